@@ -1,0 +1,181 @@
+"""Every place where litgpt-mka touches litgpt's internals. Nothing else in the package does.
+
+Tested with litgpt 0.5.13 only; any other version raises at the first import of litgpt, with the
+way out (pin litgpt, or ``LITGPT_MKA_DISABLE=1``). The installed litgpt files are never edited:
+each extension below is applied to the imported module object, once (idempotent).
+
+``litgpt.config``  -- ``extend_config_module``
+    ``Config`` is extended *in place* (the same class object, so every ``from litgpt.config import
+    Config`` and every type hint that jsonargparse reads sees it) with two dataclass fields:
+
+    * ``attention_class_name: str = "CausalSelfAttention"`` -- the key of
+      :data:`litgpt_mka.registry.ATTENTION_CLASSES`, after litgpt's ``mlp_class_name``;
+    * ``memorized_key_attention: dict | None = None`` -- the MKA parameters.
+
+    ``__post_init__`` is wrapped: litgpt's bare ``assert``s on user input are preceded by
+    ``ValueError`` checks (:mod:`litgpt_mka.validation`), and litgpt's ``latent_attention``
+    handling (which requires ``q_lora_rank`` and asserts) is replaced by :func:`_derive_latent_fields`,
+    which derives the same attributes and lets ``q_lora_rank`` be unset. ``config.attention_class``
+    returns the registered class, like litgpt's ``config.mlp_class``.
+
+``litgpt.model``  -- ``extend_model_module``
+    ``Block.__init__`` is wrapped: after litgpt built its attention module, the block holds an instance
+    of ``config.attention_class`` (the litgpt-built one is replaced only when the class differs).
+
+``litgpt.pretrain``  -- ``extend_pretrain_module``
+    ``initialize_weights`` (GPT-NeoX init) scales the output projection of ``CausalSelfAttention``
+    only; the replacement scales the output projection of every registered attention class the same
+    way, so that comparisons between variants are fair. Everything else is litgpt's code path.
+"""
+
+import dataclasses
+import math
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
+
+from litgpt_mka.registry import DEFAULT_ATTENTION_CLASS, attention_class, attention_classes
+from litgpt_mka.validation import resolve_attention_class_name, validate_litgpt_fields
+
+TESTED_LITGPT_VERSION = "0.5.13"
+_EXTENDED_MARK = "_litgpt_mka_extended"
+
+
+def check_litgpt_version() -> None:
+    try:
+        installed = version("litgpt")
+    except PackageNotFoundError:  # litgpt importable but without metadata (e.g. a source checkout)
+        installed = "unknown"
+    if installed != TESTED_LITGPT_VERSION:
+        raise RuntimeError(
+            f"litgpt-mka extends litgpt's internals and was tested with litgpt=={TESTED_LITGPT_VERSION} only;"
+            f" the installed litgpt is {installed}. Install litgpt=={TESTED_LITGPT_VERSION}, or set"
+            " LITGPT_MKA_DISABLE=1 to run litgpt without the plugin."
+        )
+
+
+def _first_time(owner: object) -> bool:
+    if getattr(owner, _EXTENDED_MARK, False):
+        return False
+    setattr(owner, _EXTENDED_MARK, True)
+    return True
+
+
+# ----------------------------------------------------------------------------------------- litgpt.config
+NEW_CONFIG_FIELDS = (
+    # (name, type, default)
+    ("attention_class_name", str, DEFAULT_ATTENTION_CLASS),
+    ("memorized_key_attention", dict | None, None),
+)
+
+
+def _add_dataclass_fields(cls: type, new_fields: tuple) -> None:
+    """Adds fields with defaults to an existing dataclass, in place, by letting `dataclass` re-process it."""
+    for existing in dataclasses.fields(cls):
+        # `dataclass` deleted the class attributes of `default_factory` fields; give every field back its
+        # `Field` so that the second processing sees the same defaults as the first
+        setattr(cls, existing.name, existing)
+    for name, type_, default in new_fields:
+        cls.__annotations__[name] = type_
+        setattr(cls, name, dataclasses.field(default=default))
+    for generated in ("__init__", "__repr__", "__eq__", "__match_args__"):
+        if generated in cls.__dict__:
+            delattr(cls, generated)
+    dataclasses.dataclass(cls)
+
+
+def _derive_latent_fields(config) -> None:
+    """litgpt's `latent_attention` derivations (config.py, `__post_init__`), with `q_lora_rank` optional."""
+    latent = config.latent_attention
+    config.q_lora_rank = latent.get("q_lora_rank")
+    config.kv_lora_rank = latent.get("kv_lora_rank")
+    config.qk_rope_head_dim = latent.get("qk_rope_head_dim")
+    config.qk_nope_head_dim = latent.get("qk_nope_head_dim")
+    config.v_head_dim = latent.get("v_head_dim")
+    if config.qk_rope_head_dim is not None and config.qk_nope_head_dim is not None:
+        config.qk_head_dim = config.qk_rope_head_dim + config.qk_nope_head_dim
+        config.rope_n_elem = config.qk_rope_head_dim
+
+
+def extend_config_module(module: ModuleType) -> None:
+    check_litgpt_version()
+    config_cls = module.Config
+    if not _first_time(config_cls):
+        return
+    litgpt_post_init = config_cls.__post_init__
+
+    def __post_init__(self) -> None:
+        validate_litgpt_fields(self)
+        latent_attention, self.latent_attention = self.latent_attention, None
+        try:
+            litgpt_post_init(self)
+        finally:
+            self.latent_attention = latent_attention
+        if latent_attention is not None:
+            _derive_latent_fields(self)
+        resolve_attention_class_name(self)
+
+    _add_dataclass_fields(config_cls, NEW_CONFIG_FIELDS)
+    config_cls.__post_init__ = __post_init__
+    config_cls.attention_class = property(
+        lambda self: attention_class(self.attention_class_name),
+        doc="The attention module class named by `attention_class_name` (see litgpt_mka.registry).",
+    )
+
+
+# ------------------------------------------------------------------------------------------ litgpt.model
+def extend_model_module(module: ModuleType) -> None:
+    check_litgpt_version()
+    block_cls = module.Block
+    if not _first_time(block_cls):
+        return
+    litgpt_init = block_cls.__init__
+
+    def __init__(self, config, block_idx: int) -> None:
+        litgpt_init(self, config, block_idx)
+        configured = config.attention_class
+        if type(self.attn) is not configured:
+            self.attn = configured(config, block_idx)
+
+    __init__.__doc__ = litgpt_init.__doc__
+    block_cls.__init__ = __init__
+
+
+# --------------------------------------------------------------------------------------- litgpt.pretrain
+def extend_pretrain_module(module: ModuleType) -> None:
+    check_litgpt_version()
+    if not _first_time(module):
+        return
+    module.initialize_weights = initialize_weights
+
+
+def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
+    """litgpt 0.5.13's GPT-NeoX initialisation (pretrain.py), applied to every registered attention class.
+
+    Embeddings and linear layers: N(0, sqrt(2 / (5 n_embd))). Output projections of the attention
+    module and of LLaMAMLP: N(0, 1 / (sqrt(n_embd) n_layer)). litgpt applies the second rule to
+    `CausalSelfAttention` only, which would give MLA a different init than MHA.
+    """
+    import torch.nn as nn
+    from lightning.fabric.strategies import FSDPStrategy
+    from litgpt.model import LLaMAMLP
+    from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
+    from litgpt.utils import reset_parameters
+
+    def init_weights(module, std):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+    for mod in model.modules():
+        if isinstance(mod, (nn.Embedding, nn.Linear)):
+            mod.reset_parameters = partial(init_weights, mod, std=math.sqrt(2.0 / 5 / n_embd))
+
+    # a separate loop because `mod.proj` below is an `nn.Linear` too
+    scaled_projection_owners = (LLaMAMLP, LitgptMultiheadLatentAttention, *attention_classes())
+    for mod in model.modules():
+        if isinstance(mod, scaled_projection_owners):
+            mod.proj.reset_parameters = partial(init_weights, mod.proj, std=(1 / math.sqrt(n_embd) / n_layer))
+
+    if not isinstance(fabric.strategy, FSDPStrategy):
+        reset_parameters(model)
