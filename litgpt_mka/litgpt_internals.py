@@ -24,8 +24,8 @@ each extension below is applied to the imported module object, once (idempotent)
 
 ``litgpt.pretrain``  -- ``extend_pretrain_module``
     ``initialize_weights`` (GPT-NeoX init) scales the output projection of ``CausalSelfAttention``
-    only; the replacement scales the output projection of every registered attention class the same
-    way, so that comparisons between variants are fair. Everything else is litgpt's code path.
+    only; the replacement scales the output projection ``proj`` of every block's attention module,
+    whatever its class, the same way, so that comparisons between variants are fair. Everything else is litgpt's code path.
 """
 
 import dataclasses
@@ -34,7 +34,7 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
-from litgpt_mka.registry import DEFAULT_ATTENTION_CLASS, attention_class, attention_classes
+from litgpt_mka.registry import DEFAULT_ATTENTION_CLASS, attention_class
 from litgpt_mka.validation import resolve_attention_class_name, validate_litgpt_fields
 
 TESTED_LITGPT_VERSION = "0.5.13"
@@ -150,7 +150,7 @@ def extend_pretrain_module(module: ModuleType) -> None:
 
 
 def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
-    """litgpt 0.5.13's GPT-NeoX initialisation (pretrain.py), applied to every registered attention class.
+    """litgpt 0.5.13's GPT-NeoX initialisation (pretrain.py), applied to every attention class alike.
 
     Embeddings and linear layers: N(0, sqrt(2 / (5 n_embd))). Output projections of the attention
     module and of LLaMAMLP: N(0, 1 / (sqrt(n_embd) n_layer)). litgpt applies the second rule to
@@ -159,7 +159,6 @@ def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
     import torch.nn as nn
     from lightning.fabric.strategies import FSDPStrategy
     from litgpt.model import LLaMAMLP
-    from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
     from litgpt.utils import reset_parameters
 
     def init_weights(module, std):
@@ -171,11 +170,11 @@ def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
         if isinstance(mod, (nn.Embedding, nn.Linear)):
             mod.reset_parameters = partial(init_weights, mod, std=math.sqrt(2.0 / 5 / n_embd))
 
-    # a separate loop because `mod.proj` below is an `nn.Linear` too
-    scaled_projection_owners = (LLaMAMLP, LitgptMultiheadLatentAttention, *attention_classes())
-    for mod in model.modules():
-        if isinstance(mod, scaled_projection_owners):
-            mod.proj.reset_parameters = partial(init_weights, mod.proj, std=(1 / math.sqrt(n_embd) / n_layer))
+    # a separate loop because the projections below are `nn.Linear`s too
+    scaled_projections = [mod.proj for mod in model.modules() if isinstance(mod, LLaMAMLP)]
+    scaled_projections += [block.attn.proj for block in model.transformer.h]  # whatever the attention class
+    for proj in scaled_projections:
+        proj.reset_parameters = partial(init_weights, proj, std=(1 / math.sqrt(n_embd) / n_layer))
 
     if not isinstance(fabric.strategy, FSDPStrategy):
         reset_parameters(model)

@@ -29,8 +29,3 @@ def attention_class(name: str) -> type:
     check_attention_class_name(name)
     module_name, class_name = ATTENTION_CLASSES[name].split(":")
     return getattr(import_module(module_name), class_name)
-
-
-def attention_classes() -> tuple[type, ...]:
-    """Every registered attention class (imports them all)."""
-    return tuple(attention_class(name) for name in ATTENTION_CLASSES)
