@@ -170,3 +170,16 @@ def test_shared_tinystories_sample_tokenizes_into_disjoint_sets(shared_data, tok
     assert 400_000 < len(module._train_tokens) < 470_000 and 70_000 < len(module._val_tokens) < 85_000
     windows, _ = validation_windows(module._val_tokens, 512)
     assert (windows.shape[0] - 1) * 512 < len(module._val_tokens) <= windows.shape[0] * 512 + 1
+
+
+def test_distributed_ranks_take_equal_disjoint_shares_of_each_epoch(monkeypatch):
+    windows = torch.arange(11)[:, None].repeat(1, 3)
+    shares = []
+    for rank in range(3):
+        monkeypatch.setattr(data_module, "_rank_and_world_size", lambda rank=rank: (rank, 3))
+        shares.append(torch.stack(list(ShuffledWindows(windows, seed=5)))[:, 0].tolist())
+    assert [len(share) for share in shares] == [3, 3, 3]
+    assert len(set(sum(shares, []))) == 9  # disjoint; 11 % 3 = 2 windows sit this epoch out
+    monkeypatch.setattr(data_module, "_rank_and_world_size", lambda: (0, 1))
+    order = torch.randperm(11, generator=torch.Generator().manual_seed(5))[:9]
+    assert sorted(sum(shares, [])) == sorted(order.tolist())
