@@ -37,3 +37,35 @@ def test_pretrain_then_generate(path, shared_data, tokenizer_dir, subprocess_env
     )
     text = generated.stdout.strip().splitlines()[-1]
     assert text.startswith("Once upon a time") and len(text) > len("Once upon a time") + 10
+
+
+@pytest.mark.slow
+def test_interrupted_pretraining_resumes_to_the_same_weights(shared_data, tokenizer_dir, subprocess_env, tmp_path):
+    """A run that crashed after step 2 of 4 and is resumed with `--resume auto` ends with exactly the weights
+    of the uninterrupted run: checkpoints are resumable and the data order continues where it stopped.
+    (Eager mode, TORCHDYNAMO_DISABLE=1: resumption does not depend on compilation.)"""
+    import shutil
+
+    import torch
+
+    env = {**subprocess_env, "TORCHDYNAMO_DISABLE": "1"}
+    args = [
+        *litgpt_command(), "pretrain", "--config", str(CONFIG_HUB / "pythia-14m-gqa.yaml"),
+        "--data.train_path", str(shared_data / "train.txt"), "--data.val_path", str(shared_data / "val.txt"),
+        "--tokenizer_dir", str(tokenizer_dir), "--precision", "32-true",
+        "--train.max_seq_length", "64", "--train.micro_batch_size", "2", "--train.global_batch_size", "2",
+        "--train.max_tokens", "512", "--train.save_interval", "1", "--eval.max_iters", "1",
+    ]
+    run([*args, "--out_dir", str(tmp_path / "uninterrupted")], env=env)
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "uninterrupted", crashed)
+    for later in ("step-00000003", "step-00000004", "final"):
+        shutil.rmtree(crashed / later)
+    resumed = run([*args, "--out_dir", str(crashed), "--resume", "auto"], env=env)
+    assert "Resuming training from" in resumed.stdout + resumed.stderr
+
+    expected = torch.load(tmp_path / "uninterrupted" / "final" / "lit_model.pth", weights_only=False)
+    got = torch.load(crashed / "final" / "lit_model.pth", weights_only=False)
+    assert got["iter_num"] == expected["iter_num"] == 4
+    assert got["train_dataloader"] == expected["train_dataloader"]
+    torch.testing.assert_close(got["model"], expected["model"], rtol=0, atol=0)
