@@ -11,14 +11,14 @@ letter     meaning                                                         14m
 =========  ==============================================================  =====
 B          batch size
 T          tokens in this forward (sequence length, or a chunk of it)
-L          KV-cache length (``max_seq_length`` of ``set_kv_cache``)
+S          KV-cache length (``max_seq_length`` of ``set_kv_cache``)
 C          model width, ``n_embd``                                         128
 nh_q       query heads, ``n_head``                                         4
 nh_kv      key/value heads, ``n_query_groups`` (MHA = nh_q, MQA = 1)        4
 hs         head size                                                       32
 D          key (= value) width, ``nh_kv * hs``                             128
 H          router hidden width, ``router_hidden`` (default ``C // 8``)     16
-P          memory sources (local, session, long-term)                      3
+M          memory sources (local, session, long-term)                      3
 w          width of the running mean: D (``keys``) or 2D (``keys_values``, ``outputs``)
 =========  ==============================================================  =====
 
@@ -28,7 +28,7 @@ Weights of one layer
   biases; ``k(m) = W_K m + b_K`` and ``v(m) = W_V m + b_V``.
 * ``proj``: litgpt's output projection (C, nh_q hs).
 * ``memory``: the long-term memory ``p`` (C,), learned, shared by all sequences.
-* ``router``: ``Linear(C, H) -> GELU -> Linear(H, P)`` then a softmax over the P sources.
+* ``router``: ``Linear(C, H) -> GELU -> Linear(H, M)`` then a softmax over the M sources.
 
 Equations (position t counted from 0; the running mean divides by t + 1)
 ------------------------------------------------------------------------
@@ -37,7 +37,7 @@ Memory sources at position t, and the per-token routing weights::
     m1_t = x_t                                  local memory
     m2_t = 1/(t+1) sum_{s<=t} x_s               session memory: a causal running mean
     m3   = p                                    long-term memory
-    lam_t = softmax(router(x_t))                (P,), sums to 1; shared by the heads
+    lam_t = softmax(router(x_t))                (M,), sums to 1; shared by the heads
 
 ``routing="keys"`` (MKA)::
 
@@ -72,12 +72,12 @@ KV cache (:class:`MemorizedKeyCache`), per layer
 ===============  ========================  =========================================  ============
 buffer           shape                     content                                    dtype
 ===============  ========================  =========================================  ============
-``k``            (B, nh_kv, L, hs)         the attended keys, mixed and roped         cache dtype
+``k``            (B, nh_kv, S, hs)         the attended keys, mixed and roped         cache dtype
                                            (``outputs``: the local branch's keys)
-``v``            (B, nh_kv, L, hs)         the attended values (``outputs``: local)   cache dtype
-``k_session``    (B, nh_kv, L, hs)         ``outputs`` only: roped session keys       cache dtype
+``v``            (B, nh_kv, S, hs)         the attended values (``outputs``: local)   cache dtype
+``k_session``    (B, nh_kv, S, hs)         ``outputs`` only: roped session keys       cache dtype
                                            ``rope(k(m2_t))``
-``sums``         (B, L, w)                 running sums ``sum_{s<=t} k(x_s)`` (and    float32 (or
+``sums``         (B, S, w)                 running sums ``sum_{s<=t} k(x_s)`` (and    float32 (or
                                            ``v(x_s)``) at every position t            wider)
 ===============  ========================  =========================================  ============
 
@@ -105,7 +105,7 @@ There is no per-sequence constant state (``p`` is a weight). A chunk's positions
 
 Router initialisation
 ---------------------
-The router's output layer (``router.out_weight`` (P, H), ``router.out_bias`` (P,)) is initialised to
+The router's output layer (``router.out_weight`` (M, H), ``router.out_bias`` (M,)) is initialised to
 zero in ``Router.reset_parameters``, so every layer starts with ``lam = (1/3, 1/3, 1/3)`` and the
 output layer receives gradients from the first step. It is held as raw parameters rather than an
 ``nn.Linear`` so that litgpt pretrain's ``initialize_weights``, which re-initialises every
@@ -160,19 +160,19 @@ def running_mean(sums: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
 def mix_memories(
     lam: torch.Tensor, local: torch.Tensor, session: torch.Tensor, long_term: torch.Tensor
 ) -> torch.Tensor:
-    """``sum_i lam_i m_i``: lam (B, T, P); local, session (B, T, w); long_term (w,) -> (B, T, w)."""
-    lam = lam.unsqueeze(-1)  # (B, T, P) -> (B, T, P, 1)
+    """``sum_i lam_i m_i``: lam (B, T, M); local, session (B, T, w); long_term (w,) -> (B, T, w)."""
+    lam = lam.unsqueeze(-1)  # (B, T, M) -> (B, T, M, 1)
     return lam[:, :, 0] * local + lam[:, :, 1] * session + lam[:, :, 2] * long_term
 
 
 # ---------------------------------------------------------------------------------------------- router
 class Router(nn.Module):
-    """``lam_t = softmax(W_2 gelu(W_1 x_t + b_1) + b_2)``, (B, T, C) -> (B, T, P); see the module docstring."""
+    """``lam_t = softmax(W_2 gelu(W_1 x_t + b_1) + b_2)``, (B, T, C) -> (B, T, M); see the module docstring."""
 
     def __init__(self, n_embd: int, hidden: int) -> None:
         super().__init__()
         self.fc = nn.Linear(n_embd, hidden)  # W_1 (H, C), b_1 (H,)
-        # W_2 (P, H), b_2 (P,): raw parameters, zero-initialised (see "Router initialisation")
+        # W_2 (M, H), b_2 (M,): raw parameters, zero-initialised (see "Router initialisation")
         self.out_weight = nn.Parameter(torch.empty(len(MEMORY_SOURCES), hidden))
         self.out_bias = nn.Parameter(torch.empty(len(MEMORY_SOURCES)))
         self.reset_parameters()
@@ -182,8 +182,8 @@ class Router(nn.Module):
         nn.init.zeros_(self.out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(F.gelu(self.fc(x)), self.out_weight, self.out_bias)  # (B, T, H) -> (B, T, P)
-        return torch.softmax(logits, dim=-1, dtype=torch.float32).to(x.dtype)  # (B, T, P)
+        logits = F.linear(F.gelu(self.fc(x)), self.out_weight, self.out_bias)  # (B, T, H) -> (B, T, M)
+        return torch.softmax(logits, dim=-1, dtype=torch.float32).to(x.dtype)  # (B, T, M)
 
 
 # ------------------------------------------------------------------------------------------- attention
@@ -313,7 +313,7 @@ class MemorizedKeyAttention(CausalSelfAttention):
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         if input_pos is not None:
-            k, v = self.kv_cache(input_pos, k, v, input_pos_maxp1)  # 2x (B, nh_kv, L', hs)
+            k, v = self.kv_cache(input_pos, k, v, input_pos_maxp1)  # 2x (B, nh_kv, S', hs)
         y = self._attend(q, k, v, mask, input_pos)  # (B, T, nh_q, hs)
         return self.proj(y.reshape(B, T, -1))  # (B, T, nh_q hs) -> (B, T, C)
 
@@ -331,7 +331,7 @@ class MemorizedKeyAttention(CausalSelfAttention):
         if input_pos is not None:
             k_local, v_local, k_session, v_session = self.kv_cache.branches(
                 input_pos, k_local, v_local, k_session, input_pos_maxp1
-            )  # 4x (B, nh_kv, L', hs)
+            )  # 4x (B, nh_kv, S', hs)
         y_local = self._attend(q, k_local, v_local, mask, input_pos)  # (B, T, nh_q, hs)
         y_session = self._attend(q, k_session, v_session, mask, input_pos)  # (B, T, nh_q, hs)
         y_long_term = self._expand_groups(self._long_term_memory()[D:])  # (nh_q, hs): exactly v(p) per head
@@ -417,12 +417,12 @@ class MemorizedKeyCache(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        kv_shape = (batch_size, n_query_groups, max_seq_length, head_size)  # (B, nh_kv, L, hs)
+        kv_shape = (batch_size, n_query_groups, max_seq_length, head_size)  # (B, nh_kv, S, hs)
         self.register_buffer("k", torch.zeros(kv_shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(kv_shape, device=device, dtype=dtype), persistent=False)
         k_session = torch.zeros(kv_shape, device=device, dtype=dtype) if session_keys else None
         self.register_buffer("k_session", k_session, persistent=False)
-        sums = torch.zeros(batch_size, max_seq_length, sum_width, device=device, dtype=_sum_dtype(dtype))  # (B, L, w)
+        sums = torch.zeros(batch_size, max_seq_length, sum_width, device=device, dtype=_sum_dtype(dtype))  # (B, S, w)
         self.register_buffer("sums", sums, persistent=False)
         self.batch_size = batch_size
         self.max_cache_len = max_seq_length
@@ -435,9 +435,9 @@ class MemorizedKeyCache(nn.Module):
     def forward(
         self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos_maxp1: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Writes k, v (bs, nh_kv, T, hs) at ``input_pos``; returns the buffers (bs, nh_kv, L', hs).
+        """Writes k, v (bs, nh_kv, T, hs) at ``input_pos``; returns the buffers (bs, nh_kv, S', hs).
 
-        L' is ``input_pos_maxp1`` when given, else L. ``input_pos`` was checked by :meth:`running_sums`,
+        S' is ``input_pos_maxp1`` when given, else S. ``input_pos`` was checked by :meth:`running_sums`,
         which the attention module calls first.
         """
         self._match_dtype(k.dtype)
@@ -456,15 +456,15 @@ class MemorizedKeyCache(nn.Module):
         """``outputs`` mode: writes the local keys/values and the session keys, returns all four branches.
 
         The session values ``sums_s / (s + 1)`` are read from ``sums``, which :meth:`running_sums` has
-        already updated for this chunk. Returns 4x (bs, nh_kv, L', hs).
+        already updated for this chunk. Returns 4x (bs, nh_kv, S', hs).
         """
         k_local, v_local = self(input_pos, k_local, v_local, input_pos_maxp1)
         bs, n_query_groups, _, head_size = k_session.shape
         k_session = _write_time(self.k_session[:bs], 2, input_pos, k_session)[:, :, :input_pos_maxp1]
-        sums = self.sums[:bs, :input_pos_maxp1, -n_query_groups * head_size :]  # (bs, L', D)
-        positions = torch.arange(sums.size(1), device=sums.device)  # (L',)
-        v_session = running_mean(sums, positions).to(v_local.dtype)  # (bs, L', D)
-        v_session = v_session.view(bs, -1, n_query_groups, head_size).transpose(1, 2)  # (bs, nh_kv, L', hs)
+        sums = self.sums[:bs, :input_pos_maxp1, -n_query_groups * head_size :]  # (bs, S', D)
+        positions = torch.arange(sums.size(1), device=sums.device)  # (S',)
+        v_session = running_mean(sums, positions).to(v_local.dtype)  # (bs, S', D)
+        v_session = v_session.view(bs, -1, n_query_groups, head_size).transpose(1, 2)  # (bs, nh_kv, S', hs)
         return k_local, v_local, k_session, v_session
 
     def running_sums(self, input_pos: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -475,7 +475,7 @@ class MemorizedKeyCache(nn.Module):
         """
         bs, T, width = src.shape
         self._check(input_pos, bs)
-        sums = self.sums[:bs]  # (bs, L, w)
+        sums = self.sums[:bs]  # (bs, S, w)
         start = input_pos[..., :1].expand(bs, 1)  # (T,) | (bs, T) -> (bs, 1)
         previous = (start - 1).clamp(min=0).unsqueeze(-1).expand(bs, 1, width)  # (bs, 1, w)
         prefix = torch.where(start.unsqueeze(-1) > 0, sums.gather(1, previous), 0.0)  # (bs, 1, w)
@@ -528,7 +528,7 @@ def routing_weights(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     """Mean routing weights per layer on a batch of token ids ``idx`` (B, T), without a KV cache.
 
     Returns:
-        (n_layer, P) float32; columns are :data:`MEMORY_SOURCES` (local, session, long-term), each row
+        (n_layer, M) float32; columns are :data:`MEMORY_SOURCES` (local, session, long-term), each row
         sums to 1: which memory each layer draws its keys (or outputs) from, on average over B x T tokens.
 
     Raises:
@@ -549,4 +549,4 @@ def routing_weights(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         for handle in handles:
             handle.remove()
     # `outputs` and the mixed modes call the router once per layer and forward
-    return torch.stack([lam.float().mean(dim=(0, 1)) for lam in captured])  # n_layer x (B, T, P) -> (n_layer, P)
+    return torch.stack([lam.float().mean(dim=(0, 1)) for lam in captured])  # n_layer x (B, T, M) -> (n_layer, M)
