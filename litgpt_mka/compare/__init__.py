@@ -1,0 +1,64 @@
+"""`litgpt-mka compare`: train, evaluate and measure attention variants the same way, then report.
+
+    litgpt-mka compare --configs config_hub/pretrain/pythia-14m-*.yaml --seeds 1 2 3 \\
+        --max_tokens 300000 --max_seq_length 512 --out_dir out/compare/pythia-14m
+
+Modules (one concern each)
+--------------------------
+* :mod:`.plan`: the runs (config x seed), their ``litgpt pretrain`` arguments and the check that every
+  setting except the model is identical across configs.
+* :mod:`.runner`: runs every run in its own worker processes, in order, with resume, progress and
+  failure records; rewrites the report after every run.
+* :mod:`.worker`: ``python -m litgpt_mka.compare.worker {train,evaluate} RUN_DIR``: the per-run processes.
+* :mod:`.evaluate`: the exact held-out evaluation of a checkpoint.
+* :mod:`.measure`: parameters, training throughput, peak memory, KV cache, decode speed.
+* :mod:`.report` and :mod:`.plots`: ``results.json``, ``results.csv``, ``report.md`` and the PNG plots.
+* :mod:`.environment`, :mod:`.atomic`: versions/machine, and atomic file writes.
+
+Output folder
+-------------
+::
+
+    OUT/results.json  results.csv  report.md  loss_vs_tokens.png  loss_vs_kv_cache.png  throughput.png
+    OUT/runs/<config stem>-seed<seed>/
+        spec.json          what the run is (config path and sha256, seed, litgpt arguments); a rerun with
+                           other settings into the same OUT is refused
+        checkpoints/       litgpt pretrain's --out_dir: step-*/ (resume and curve points; deleted once the run
+                           finished, unless --keep_step_checkpoints), final/, logs/csv/version_*/metrics.csv
+        run.log            the workers' full output (training and evaluation), every attempt appended
+        train.json         written when training finished (wall time, peak memory of the training process)
+        result.json        written last: status "ok" with every metric, or "failed" with the log's tail
+
+A run is finished iff its ``result.json`` says ``"status": "ok"``; finished runs are never touched
+again. Every other run, failed ones included, is (re)started: training with ``--resume auto`` (litgpt continues from the latest
+``step-*`` checkpoint) unless ``train.json`` exists, then evaluation. All files are written atomically
+(temporary file + ``os.replace``), so an interrupt leaves either the old or the new version.
+
+Metrics
+-------
+* Validation loss: mean token-level cross-entropy (nats) of the final checkpoint, in float32, over the
+  whole validation file and nothing else: windows of ``max_seq_length + 1`` tokens laid out by
+  :func:`litgpt_mka.data.validation_windows` (stride ``max_seq_length``, plus one window aligned to
+  the end of the stream whose already-seen targets are skipped), so every token after the first is a
+  target exactly once; no padding exists. Perplexity = exp(validation loss). The curve points
+  evaluate every ``step-*`` checkpoint the same way; litgpt's own in-training validation (a mean of
+  per-batch means over ``eval.max_iters`` batches) is switched off.
+* Training throughput: tokens per second over the iterations litgpt itself timed (``iter_time`` in
+  metrics.csv, logged every iteration), excluding the first ``throughput_skip_iters`` iterations of every
+  training process (compilation, allocator warm-up): timed iterations x tokens per iteration / sum of
+  their ``iter_time``. Checkpoint saving is outside ``iter_time``.
+* Wall time: the ``litgpt pretrain`` call in the training process (litgpt's imports, data, model,
+  compilation, training, checkpoint saves) of the attempt that finished; resumed runs are marked.
+* Peak memory: of the training process only: CUDA ``max_memory_allocated`` (reset at process start) on
+  GPU, else the process's peak resident set size (``ru_maxrss``). The evaluation process's own peak is
+  recorded separately in results.json.
+* KV cache: the bytes of the buffers that ``set_kv_cache`` allocates for ``decode_batch_size`` x
+  ``context_length`` in the decode dtype (all layers), and that divided by batch x context (bytes per
+  token). :mod:`litgpt_mka.kv_cache`'s accounting is recorded beside them; a disagreement is warned
+  about and noted in report.md.
+* Busy machine: the 1-minute load average is recorded at the end of training and of decoding; above
+  1.5 x the CPU count, report.md warns that other processes made the timings unreliable.
+* Decode: greedy cached decode tokens/s (:func:`litgpt_mka.speed.measure_decode_tokens_per_second`) at
+  ``context_length`` prompt tokens and ``decode_batch_size`` sequences, in the decode dtype (default:
+  the dtype of ``litgpt generate``'s default precision on the machine: bfloat16 on CPUs and bf16 GPUs).
+"""

@@ -1,0 +1,131 @@
+"""Exact held-out evaluation of a ``litgpt pretrain`` checkpoint on its whole validation text.
+
+Notation: ``N`` tokens in the validation stream, ``L`` = ``train.max_seq_length`` of the run, ``W``
+windows, ``B`` windows per forward pass, ``V`` the padded vocabulary.
+
+The windows are those of :func:`litgpt_mka.data.validation_windows`, rebuilt from what the checkpoint
+itself records (``hyperparameters.yaml``: ``data.init_args.val_path``, ``tokenizer_dir``,
+``train.max_seq_length``): ``W`` windows of ``L + 1`` tokens, stride ``L``, plus, when a tail is left,
+one window aligned to the end of the stream, of which only the targets ``w[1:][new_from:]`` that no
+earlier window scored are counted. So each of the ``N - 1`` targets is scored exactly once, with at
+least one and at most ``L`` tokens of context, and no padding exists anywhere. The loss is the sum of
+per-token cross-entropies (float32 logits, float64 sum) divided by ``N - 1``.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from litgpt_mka.data import default_cache_dir, load_or_tokenize, validation_windows
+
+TEXT_CORPUS_CLASSES = ("litgpt_mka.data.TextCorpus", "TextCorpus")
+
+
+@dataclass(frozen=True)
+class HeldoutData:
+    """The validation windows of a run."""
+
+    windows: torch.Tensor  # (W, L + 1) token ids
+    new_from: torch.Tensor  # (W,) index of the first target of each window that no earlier window scored
+    val_path: Path
+    max_seq_length: int  # L
+    num_tokens: int  # N
+
+
+@dataclass(frozen=True)
+class HeldoutLoss:
+    loss: float  # mean cross-entropy in nats per target token
+    tokens: int  # targets scored (N - 1)
+
+
+def read_hyperparameters(checkpoint_dir: Path) -> dict:
+    """The ``hyperparameters.yaml`` that litgpt saved beside the checkpoint."""
+    with open(Path(checkpoint_dir) / "hyperparameters.yaml", encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def load_config(checkpoint_dir: Path):
+    from litgpt.config import Config
+
+    import litgpt_mka  # noqa: F401  (the Config fields of the plugin, also without the .pth hook)
+
+    return Config.from_file(Path(checkpoint_dir) / "model_config.yaml")
+
+
+def heldout_data(checkpoint_dir: Path) -> HeldoutData:
+    """The validation windows defined by the run's own settings.
+
+    Raises:
+        ValueError: the run did not train on a TextCorpus, or has no tokenizer_dir.
+    """
+    from litgpt.tokenizer import Tokenizer
+
+    hparams = read_hyperparameters(checkpoint_dir)
+    data = hparams.get("data") or {}
+    if not isinstance(data, dict) or data.get("class_path") not in TEXT_CORPUS_CLASSES:
+        raise ValueError(
+            f"data={data!r} in {checkpoint_dir}/hyperparameters.yaml is not a TextCorpus; its validation text is unknown"
+        )
+    if hparams.get("tokenizer_dir") is None:
+        raise ValueError(f"tokenizer_dir is not set in {checkpoint_dir}/hyperparameters.yaml")
+    init_args = data["init_args"]
+    max_seq_length = hparams["train"].get("max_seq_length") or load_config(checkpoint_dir).block_size
+    cache_dir = Path(init_args.get("cache_dir") or default_cache_dir())
+    val_path = Path(init_args["val_path"])
+    tokens = load_or_tokenize(val_path, Tokenizer(hparams["tokenizer_dir"]), cache_dir, field_name="data.val_path")
+    windows, new_from = validation_windows(tokens, max_seq_length)
+    return HeldoutData(windows, new_from, val_path, max_seq_length, len(tokens))
+
+
+def load_state(checkpoint_file: Path) -> dict:
+    """The saved training state (``model``, ``iter_num``, ...) of a litgpt checkpoint, memory-mapped."""
+    return torch.load(checkpoint_file, map_location="cpu", mmap=True, weights_only=True)
+
+
+def load_model(checkpoint_dir: Path, device: torch.device, state: dict | None = None) -> torch.nn.Module:
+    """The float32 litgpt ``GPT`` of a checkpoint folder, in eval mode on `device`."""
+    from litgpt.model import GPT
+
+    state = load_state(Path(checkpoint_dir) / "lit_model.pth") if state is None else state
+    model = GPT(load_config(checkpoint_dir))
+    model.load_state_dict(state.get("model", state))
+    return model.to(device=device, dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, data: HeldoutData, batch_size: int) -> HeldoutLoss:
+    """Mean cross-entropy over every validation target exactly once (see the module docstring).
+
+    Raises:
+        RuntimeError: the windows do not score N - 1 targets (the layout contract is broken).
+    """
+    device = next(model.parameters()).device
+    L = data.max_seq_length
+    positions = torch.arange(L, device=device)  # (L,)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for start in range(0, len(data.windows), batch_size):
+        batch = data.windows[start : start + batch_size].to(device)  # (B, L + 1)
+        logits = model(batch[:, :-1])  # (B, L, V)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="none")  # (B L,)
+        counted = positions[None, :] >= data.new_from[start : start + batch_size, None].to(device)  # (B, L)
+        total += nll.view_as(counted)[counted].double().sum()
+        count += int(counted.sum())
+    if count != data.num_tokens - 1:
+        raise RuntimeError(f"scored {count} targets, expected every target of the stream once: {data.num_tokens - 1}")
+    return HeldoutLoss(loss=float(total / count), tokens=count)
+
+
+def checkpoint_dirs(out_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of a pretraining out_dir: ``step-*`` by step, then ``final``.
+
+    A folder counts once litgpt wrote its ``model_config.yaml``, the last file of a save.
+    """
+    out_dir = Path(out_dir)
+    steps = [p for p in out_dir.glob("step-*") if (p / "model_config.yaml").is_file()]
+    steps.sort(key=lambda p: int(p.name.split("-")[1]))
+    final = out_dir / "final"
+    return steps + ([final] if (final / "model_config.yaml").is_file() else [])

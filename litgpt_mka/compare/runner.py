@@ -1,0 +1,246 @@
+"""Runs a comparison: every run in its own worker processes, one after the other, resumable.
+
+For run ``i`` of ``n`` (configs outermost, seeds inner):
+
+1. finished (``result.json`` with ``"status": "ok"`` and this spec's sha256)? skip it.
+2. no ``train.json``? ``python -m litgpt_mka.compare.worker train RUN_DIR`` (``--resume auto``).
+3. ``python -m litgpt_mka.compare.worker evaluate RUN_DIR`` writes ``result.json``.
+
+A worker that exits nonzero (exception, out-of-memory kill, ...) makes the run "failed": its
+``result.json`` records the phase, exit status and the tail of ``run.log``, and the next run starts.
+Failed and unfinished runs are started again by the next invocation. The report (results.json,
+results.csv, report.md, plots) is rewritten after every run, so it always shows what is finished.
+
+Progress: each phase of each run is announced as ``[run i/n] NAME: phase``, and the worker's own
+output is streamed below it, every line prefixed with ``[i/n NAME]`` (and saved unprefixed in the
+run's ``run.log``). Ctrl-C (or SIGTERM) stops the worker (terminate, then kill after 10 s), rewrites
+the report of the finished runs and exits with status 130; finished runs stay finished.
+
+Before any run, both data files are tokenized into the shared token cache, so that no run's wall
+time includes tokenization. Exit status: 0 when every run finished, 1 when any failed, 130 on Ctrl-C.
+"""
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from litgpt_mka.compare import report
+from litgpt_mka.compare.atomic import read_json, write_json
+from litgpt_mka.compare.environment import command_line, utc_now
+from litgpt_mka.compare.plan import CompareOptions, RunPlan, SharedSettings, plan_runs
+
+LOG_NAME = "run.log"
+TAIL_LINES = 40
+INTERRUPTED = 130
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b.*:|^[\w.]*(Error|Exception)$")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A validated comparison, ready to run."""
+
+    options: CompareOptions
+    shared: SharedSettings
+    runs: list[RunPlan]
+    out_dir: Path
+    command: str
+
+
+# ------------------------------------------------------------------------------------------ preparation
+def prepare(options: CompareOptions, argv: list[str] | None = None) -> Comparison:
+    """Plans the runs and checks them against what `out_dir` already holds.
+
+    Raises:
+        ValueError: invalid options or configs, or `out_dir` holds a run of the same name with other settings.
+        FileNotFoundError: a config, data file or tokenizer folder is missing.
+    """
+    from litgpt_mka.compare.measure import default_decode_dtype
+
+    shared, runs = plan_runs(options, options.decode_dtype or default_decode_dtype())
+    for run in runs:
+        check_existing_spec(run)
+    return Comparison(options, shared, runs, Path(options.out_dir).expanduser().resolve(), command_line(argv))
+
+
+def check_existing_spec(run: RunPlan) -> None:
+    """Refuses to reuse a run folder that was made with other settings."""
+    path = run.run_dir / "spec.json"
+    if not path.is_file():
+        return
+    existing, wanted = read_json(path), run.spec()
+    if existing != wanted:
+        differing = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
+        raise ValueError(
+            f"{run.run_dir} holds a run made with other settings (differing: {', '.join(differing)}); use another"
+            " --out_dir, or delete that folder to start the run again"
+        )
+
+
+def prepare_data(shared: SharedSettings) -> None:
+    """Tokenizes the training and validation text into the shared cache (what TextCorpus reads)."""
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_mka.data import default_cache_dir, load_or_tokenize
+
+    tokenizer = Tokenizer(shared.tokenizer_dir)
+    cache_dir = shared.cache_dir or default_cache_dir()
+    for name in ("train_path", "val_path"):
+        load_or_tokenize(getattr(shared, name), tokenizer, cache_dir, field_name=f"data.{name}")
+
+
+# ------------------------------------------------------------------------------------------------- runs
+def is_finished(run: RunPlan) -> bool:
+    path = run.run_dir / "result.json"
+    if not path.is_file():
+        return False
+    result = read_json(path)
+    return result.get("status") == "ok" and result.get("spec_sha256") == run.spec_sha256()
+
+
+def announce(run: RunPlan, total: int, message: str) -> None:
+    print(f"[run {run.index}/{total}] {run.name}: {message}", flush=True)
+
+
+def worker_command(run: RunPlan, phase: str, keep_step_checkpoints: bool) -> list[str]:
+    command = [sys.executable, "-m", "litgpt_mka.compare.worker", phase, str(run.run_dir)]
+    return command + (["--keep_step_checkpoints"] if keep_step_checkpoints and phase == "evaluate" else [])
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminates a worker, and kills it if it is still alive 10 s later."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def launch(run: RunPlan, total: int, command: list[str]) -> int:
+    """Runs a worker; streams its output to the screen (prefixed) and to run.log. Returns its exit status."""
+    prefix = f"[{run.index}/{total} {run.name}] "
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run.run_dir / LOG_NAME, "a", encoding="utf-8") as log:
+        log.write(f"=== {utc_now()} {shlex.join(command)}\n")
+        log.flush()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   errors="replace", env=env)
+        try:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                sys.stdout.write(prefix + line)
+                sys.stdout.flush()
+            return process.wait()
+        except BaseException:
+            stop(process)
+            raise
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    name = signal.Signals(-returncode).name
+    hint = " (often the out-of-memory killer)" if -returncode == signal.SIGKILL else ""
+    return f"killed by {name}{hint}"
+
+
+def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+    """The last `lines` lines of the latest attempt in a run.log."""
+    tail: deque[str] = deque(maxlen=lines)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("=== "):
+                tail.clear()
+            tail.append(line.rstrip("\n"))
+    return list(tail)
+
+
+def error_summary(tail: list[str], max_chars: int = 400) -> str:
+    """What a failed worker said last: its last exception line and the lines after it, else its last line.
+
+    Lines after the exception (jsonargparse lists the real reasons there) are joined with " / ";
+    jsonargparse's "Given value" dumps are left out.
+    """
+    lines = [line.strip() for line in tail if line.strip() and not line.startswith("=== ")]
+    starts = [i for i, line in enumerate(lines) if _EXCEPTION_LINE.match(line)]
+    if not starts:
+        return lines[-1][:max_chars] if lines else ""
+    kept = [line for line in lines[starts[-1]:] if not line.startswith("Given value")]
+    summary = " / ".join(kept)
+    return summary if len(summary) <= max_chars else summary[: max_chars - 3] + "..."
+
+
+def record_failure(run: RunPlan, phase: str, returncode: int) -> dict:
+    tail = log_tail(run.run_dir / LOG_NAME)
+    failure = {
+        "schema": "litgpt-mka.compare.run/v1",
+        "status": "failed",
+        **{k: v for k, v in run.spec().items() if k in ("name", "variant", "config_path", "config_sha256", "seed")},
+        "spec_sha256": run.spec_sha256(),
+        "phase": phase,
+        "returncode": returncode,
+        "reason": describe_exit(returncode),
+        "error": error_summary(tail),
+        "log": str(run.run_dir / LOG_NAME),
+        "log_tail": tail,
+        "finished": utc_now(),
+    }
+    write_json(run.run_dir / "result.json", failure)
+    return failure
+
+
+def execute(run: RunPlan, total: int, keep_step_checkpoints: bool) -> bool:
+    """Brings one run to a result; True if it finished, False if it failed."""
+    if is_finished(run):
+        announce(run, total, "finished earlier, skipped")
+        return True
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run.run_dir / "spec.json").is_file():
+        write_json(run.run_dir / "spec.json", run.spec())
+    phases = ["evaluate"] if (run.run_dir / "train.json").is_file() else ["train", "evaluate"]
+    for phase in phases:
+        announce(run, total, {"train": "training (litgpt pretrain)", "evaluate": "evaluating and measuring"}[phase])
+        returncode = launch(run, total, worker_command(run, phase, keep_step_checkpoints))
+        if returncode in (-signal.SIGINT, INTERRUPTED):  # Ctrl-C reached the worker first: not a failure
+            raise KeyboardInterrupt
+        if returncode != 0:
+            failure = record_failure(run, phase, returncode)
+            announce(run, total, f"FAILED in {phase}, {failure['reason']}: {failure['error']} (log: {failure['log']})")
+            return False
+    announce(run, total, f"done: validation loss {read_json(run.run_dir / 'result.json')['validation']['loss']:.4f}")
+    return True
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run_comparison(comparison: Comparison) -> int:
+    """Runs every run of a prepared comparison and writes the report; returns the exit status.
+
+    SIGTERM (a job scheduler, ``kill``) is handled like Ctrl-C: the worker is stopped, the report rewritten.
+    """
+    total, failed = len(comparison.runs), []
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        prepare_data(comparison.shared)
+        for plan in comparison.runs:
+            if not execute(plan, total, comparison.options.keep_step_checkpoints):
+                failed.append(plan.name)
+            report.write_report(comparison)
+    except KeyboardInterrupt:
+        report.write_report(comparison)
+        print(f"interrupted: finished runs are kept in {comparison.out_dir}; run the same command again to resume",
+              file=sys.stderr, flush=True)
+        return INTERRUPTED
+    failures = f"; failed runs: {', '.join(failed)}" if failed else ""
+    print(f"report: {comparison.out_dir / 'report.md'}{failures}", flush=True)
+    return 1 if failed else 0

@@ -1,0 +1,214 @@
+"""The processes of one run: ``python -m litgpt_mka.compare.worker {train,evaluate} RUN_DIR``.
+
+Both read ``RUN_DIR/spec.json`` (written by the runner) and write their result atomically.
+
+``train``
+    Runs ``litgpt pretrain`` through litgpt's own CLI entry point: ``litgpt.__main__.main`` with
+    ``sys.argv = ["litgpt", "pretrain", *spec["pretrain_args"], "--out_dir", RUN_DIR/checkpoints]``, the
+    exact code path of the ``litgpt`` command. ``--resume auto`` continues from the latest complete
+    ``step-*`` checkpoint; a ``step-*`` folder without ``model_config.yaml`` (litgpt writes it last, so
+    its save was interrupted) is renamed ``incomplete-step-*`` first, since resuming from it would fail.
+    Then writes ``train.json``: the wall time of the ``litgpt pretrain`` call (litgpt's imports, data,
+    model, compilation, training, checkpoints; not the interpreter's and torch's start-up), the step it
+    resumed from, and the process's peak memory (training only: evaluation runs in another process).
+    Multi-device runs: Fabric starts the other ranks as ``python -m litgpt_mka.compare.worker pretrain
+    ARGS``, which runs ``litgpt pretrain ARGS``; the measurements are rank 0's (not tested on several GPUs).
+``evaluate``
+    Evaluates every complete checkpoint (``step-*`` and ``final``) exactly on the validation text
+    (:mod:`.evaluate`), reads litgpt's metrics.csv (:mod:`.measure`), measures parameters, KV cache and
+    decode speed on the final weights, and writes ``result.json`` with ``"status": "ok"``. Then removes
+    the ``step-*`` folders unless ``--keep_step_checkpoints`` (the run is finished; ``final/`` stays).
+"""
+
+import argparse
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from litgpt_mka.compare.atomic import read_json, write_json
+from litgpt_mka.compare.environment import environment, utc_now
+from litgpt_mka.compare.plan import spec_sha256
+
+RUN_SCHEMA = "litgpt-mka.compare.run/v1"
+
+
+# ------------------------------------------------------------------------------------------------ train
+def quarantine_incomplete_checkpoints(out_dir: Path) -> None:
+    """Renames ``step-*`` folders whose save did not finish, so that ``--resume auto`` skips them."""
+    for step_dir in sorted(Path(out_dir).glob("step-*")):
+        if step_dir.is_dir() and not (step_dir / "model_config.yaml").is_file():
+            target = step_dir.with_name(f"incomplete-{step_dir.name}")
+            shutil.rmtree(target, ignore_errors=True)
+            step_dir.rename(target)
+            warnings.warn(f"{step_dir} is an interrupted checkpoint save; moved to {target.name} and not resumed from")
+
+
+def latest_checkpoint_step(out_dir: Path) -> int | None:
+    """The step of the checkpoint that ``--resume auto`` will load (litgpt's own rule), or None."""
+    from litgpt.utils import find_resume_path
+
+    path = find_resume_path("auto", Path(out_dir)) if Path(out_dir).is_dir() else None
+    return None if path is None else int(path.parent.name.split("-")[1])
+
+
+def effective_precision(checkpoint_dir: Path) -> str:
+    """The precision litgpt trained with: the saved setting, or litgpt's default for null (as litgpt decides)."""
+    from litgpt.utils import get_default_supported_precision
+
+    from litgpt_mka.compare.evaluate import read_hyperparameters
+
+    return read_hyperparameters(checkpoint_dir).get("precision") or get_default_supported_precision(training=True)
+
+
+def run_litgpt_pretrain(args: list[str]) -> None:
+    """``litgpt pretrain ARGS`` in this process, through litgpt's CLI entry point."""
+    from litgpt.__main__ import main
+
+    sys.argv = ["litgpt", "pretrain", *args]
+    main()
+
+
+def train(run_dir: Path) -> None:
+    from litgpt_mka.compare.measure import load_average, peak_memory, reset_peak_memory
+
+    spec = read_json(run_dir / "spec.json")
+    out_dir = run_dir / "checkpoints"
+    quarantine_incomplete_checkpoints(out_dir)
+    resumed_from = latest_checkpoint_step(out_dir)
+    reset_peak_memory()
+    started, t0 = utc_now(), time.perf_counter()
+    run_litgpt_pretrain([*spec["pretrain_args"], "--out_dir", str(out_dir)])
+    write_json(run_dir / "train.json", {
+        "spec_sha256": spec_sha256(spec),
+        "precision": effective_precision(out_dir / "final"),
+        "started": started,
+        "finished": utc_now(),
+        "wall_time_s": time.perf_counter() - t0,
+        "resumed_from_step": resumed_from,
+        "peak_memory": peak_memory(),
+        "load_average_1min": load_average(),
+    })
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+def validation_curve(
+    out_dir: Path, data, batch_size: int, tokens_per_iter: int, device: torch.device
+) -> tuple[list[dict], torch.nn.Module]:
+    """Exact validation loss of every complete checkpoint, by iteration; and the final model.
+
+    Checkpoints holding an iteration already evaluated (the last ``step-*`` is often ``final``) are skipped.
+    """
+    from litgpt_mka.compare.evaluate import checkpoint_dirs, heldout_loss, load_model, load_state
+
+    dirs = checkpoint_dirs(out_dir)
+    if not dirs or dirs[-1].name != "final":
+        raise FileNotFoundError(f"{out_dir}/final holds no complete checkpoint; training did not finish")
+    points, final_model = {}, None
+    for position, checkpoint_dir in enumerate(reversed(dirs), start=1):
+        state = load_state(checkpoint_dir / "lit_model.pth")
+        iteration = int(state["iter_num"])
+        if iteration in points:
+            continue
+        print(f"evaluating {checkpoint_dir.name} (iteration {iteration}; {position}/{len(dirs)})", flush=True)
+        model = load_model(checkpoint_dir, device, state)
+        result = heldout_loss(model, data, batch_size)
+        points[iteration] = {"iter": iteration, "tokens": iteration * tokens_per_iter, "val_loss": result.loss,
+                             "val_tokens": result.tokens, "checkpoint": checkpoint_dir.name}
+        final_model = model if final_model is None else final_model
+        del state
+    return [points[i] for i in sorted(points)], final_model
+
+
+def evaluate(run_dir: Path, keep_step_checkpoints: bool) -> None:
+    import math
+
+    from litgpt_mka.compare import measure
+    from litgpt_mka.compare.evaluate import heldout_data
+
+    spec, trained = read_json(run_dir / "spec.json"), read_json(run_dir / "train.json")
+    out_dir, settings = run_dir / "checkpoints", spec["measure"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    started, t0 = utc_now(), time.perf_counter()
+    data = heldout_data(out_dir / "final")
+    segments = measure.read_metrics(out_dir)
+    throughput = measure.training_throughput(segments, settings["throughput_skip_iters"])
+    curve, model = validation_curve(out_dir, data, settings["eval_batch_size"], throughput["tokens_per_iteration"], device)
+    final = curve[-1]
+    result = {
+        "schema": RUN_SCHEMA,
+        "status": "ok",
+        **{k: spec[k] for k in ("name", "variant", "config_path", "config_sha256", "seed")},
+        "spec_sha256": spec_sha256(spec),
+        "validation": {
+            "loss": final["val_loss"],
+            "perplexity": math.exp(final["val_loss"]),
+            "tokens": final["val_tokens"],
+            "windows": len(data.windows),
+            "max_seq_length": data.max_seq_length,
+            "val_path": str(data.val_path),
+            "dtype": "float32",
+        },
+        "training": {
+            "tokens": final["tokens"],
+            "iterations": final["iter"],
+            "precision": trained["precision"],
+            "wall_time_s": trained["wall_time_s"],
+            "resumed_from_step": trained["resumed_from_step"],
+            "peak_memory": trained["peak_memory"],
+            "load_average_1min": trained["load_average_1min"],
+            **throughput,
+        },
+        "parameters": measure.parameter_counts(model),
+        "kv_cache": measure.kv_cache(
+            model, settings["decode_batch_size"], settings["context_length"], settings["decode_dtype"]
+        ),
+        "decode": measure.decode_speed(model, settings["decode_batch_size"], settings["context_length"],
+                                       settings["decode_new_tokens"], settings["decode_dtype"]),
+        "curve": curve,
+        "train_loss_curve": measure.train_loss_curve(segments),
+        "evaluation": {"device": str(device), "wall_time_s": time.perf_counter() - t0,
+                       "peak_memory": measure.peak_memory(), "load_average_1min": measure.load_average()},
+        "environment": environment(),
+        "train_started": trained["started"],
+        "evaluation_started": started,
+        "finished": utc_now(),
+    }
+    write_json(run_dir / "result.json", result)
+    if not keep_step_checkpoints:
+        remove_step_checkpoints(out_dir)
+
+
+def remove_step_checkpoints(out_dir: Path) -> None:
+    """Deletes the resume points of a finished run (``step-*``, ``incomplete-step-*``); ``final/`` stays."""
+    for path in [*Path(out_dir).glob("step-*"), *Path(out_dir).glob("incomplete-step-*")]:
+        shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------------------------------------- command
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m litgpt_mka.compare.worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("phase", choices=("train", "evaluate"))
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--keep_step_checkpoints", action="store_true", help="evaluate: keep the step-* folders")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pretrain"]:
+        # a rank > 0 of a multi-device run: Fabric starts `python -m <this module> <sys.argv[1:]>` again
+        run_litgpt_pretrain(argv[1:])
+        return
+    args = parse_args(argv)
+    if args.phase == "train":
+        train(args.run_dir)
+    else:
+        evaluate(args.run_dir, args.keep_step_checkpoints)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,466 @@
+"""Multi-head latent attention (DeepSeek-V2) with a compressed latent KV cache and absorbed decoding.
+
+Notation (example sizes: ``config_hub/pretrain/pythia-70m-mla.yaml``)
+
+====  ==============================================  =====
+B     batch size
+T     query positions in this call (chunk length)
+S     key positions attended to (cache length, ``input_pos_maxp1`` when given)
+C     model width, ``n_embd``                         512
+nh    heads, ``n_head`` (``n_query_groups`` == nh)    8
+Lq    ``q_lora_rank``, query latent; None = full rank 256
+L     ``kv_lora_rank``, the cached KV latent          128
+P     ``qk_nope_head_dim``, per-head key without RoPE 48
+R     ``qk_rope_head_dim``, RoPE key shared by heads  16
+V     ``v_head_dim``, per-head value                  64
+====  ==============================================  =====
+
+Weights (litgpt's parameter names, so stock litgpt MLA checkpoints load unchanged)
+
+========================  =================  ==================================================
+``q_a_proj``              W_DQ  (Lq, C)      query down-projection (only when Lq is set)
+``q_a_norm``              RMSNorm(Lq)
+``q_b_proj``              W_UQ  (nh(P+R), Lq)
+``q_proj``                W_Q   (nh(P+R), C) full-rank query projection (only when Lq is None)
+``kv_a_proj_with_mqa``    W_DKV (L+R, C)     latent ``c`` and shared RoPE key ``k_r``
+``kv_a_norm``             RMSNorm(L)
+``kv_b_proj``             (nh(P+V), L)       per head ``[W_UK (P, L) ; W_UV (V, L)]``, bias ``[b_K ; b_V]``
+``proj``                  W_O   (C, nh V)
+========================  =================  ==================================================
+
+Equations, per layer, for ``x`` of shape (B, T, C)::
+
+    q = W_UQ norm(W_DQ x)  or  W_Q x                      (B, T, nh, P+R) = [q_nope (P) ; q_rope (R)]
+    q_rope = RoPE(q_rope)
+    [c ; k_r] = W_DKV x,  c = norm(c),  k_r = RoPE(k_r)    (B, T, L), (B, T, R)  <- cached, nothing else
+    scale = mscale^2 / sqrt(P + R)                         (litgpt's ``attention_scores_scalar`` replaces P+R)
+
+Expanded path (training, and chunks longer than ``absorb_max_queries``): materialise the heads, then SDPA::
+
+    k_nope = W_UK c + b_K,  v = W_UV c + b_V              (B, nh, S, P), (B, nh, S, V)
+    k = [k_nope ; k_r]  (k_r broadcast over heads)         (B, nh, S, P+R)
+    o = softmax(scale q k^T + causal) v                    (B, nh, T, V)
+    y = W_O o
+
+Absorbed path (decode: chunks of at most ``absorb_max_queries`` queries against the cache): MQA with one
+shared key ``[c ; k_r]`` (width L+R) and one shared value ``c`` (width L)::
+
+    q_lat = q_nope W_UK                                    "bhtp,hpl->bhtl"  (B, nh, T, L)
+    s = scale (q_lat c^T + q_rope k_r^T)                   "bhtl,bsl->bhts" + "bhtr,bsr->bhts"
+    o_lat = softmax(s + mask) c                            "bhts,bsl->bhtl"  (B, nh, T, L)
+    o = o_lat W_UV^T + b_V                                 "bhtl,hvl->bhtv"  (B, nh, T, V)
+    y = W_O o
+
+The middle two lines run as one SDPA call over the nh T query rows of a single MQA head: q_lat against
+key = value = c (all L wide, so the flash kernel is eligible and each latent is read once), with
+``scale q_rope k_r^T`` and the mask entering as an additive bias (explicit softmax under softcapping).
+
+The key bias b_K adds ``q_nope . b_K`` to every score of a query row, which softmax ignores, so it is
+dropped (kept only under ``attention_logit_softcapping``, which is not shift-invariant); the value bias
+passes through unchanged because the attention weights sum to one. Folding W_UK into W_UQ, or W_UV
+into W_O, would need nh·Lq·L and nh·L·C numbers instead of nh·P·(Lq+L) and nh·V·(L+C): more for every
+preset here (and for DeepSeek-V2's own sizes), so it is not done. The derived weights (W_UK, W_UV, b_V
+as contiguous per-head tensors) are computed in one method, :meth:`MultiheadLatentAttention.absorb_weights`,
+and recomputed when ``kv_b_proj`` changes (data pointer, dtype, device or in-place version; loading a
+state dict always), never stored in the state dict.
+
+Which path a cached chunk takes: absorbed iff ``T <= absorb_max_queries``. Per batch row and layer the
+expanded path costs ``nh S [L (P+V) + T (P+R+V)]`` multiply-adds (expanding all S latents dominates),
+the absorbed one ``nh T [S (2L+R) + L (P+V)]``; for S >> L they are equal at
+``T* = L (P+V) / (2L - P - V)`` (99 for the 70m preset; unbounded when 2L <= P+V), the default.
+``latent_attention: {absorb_max_queries: N}`` overrides it (0 = always expanded); so does setting the
+module attribute of the same name. Both paths give the same outputs (tested to 1e-5 in fp32).
+
+Cache layout (:class:`LatentKVCache`), per layer::
+
+    latent  (B, S, L)   c after kv_a_norm
+    k_rope  (B, S, R)   k_r after RoPE (at its own position: relative positions stay exact)
+
+    bytes per token per layer = (L + R) x dtype size     e.g. 70m fp32: (128 + 16) x 4 = 576
+    (litgpt's stock MLA caches nh (P+R+V) = 1024 numbers, plain MHA 2 nh hs = 1024)
+"""
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
+from litgpt.model import (
+    RMSNorm,
+    apply_rope,
+    apply_rope_interleave,
+    batched_index_copy_,
+    do_softcapping,
+    yarn_get_mscale,
+)
+
+LATENT_ATTENTION_KEYS = (
+    "q_lora_rank",
+    "kv_lora_rank",
+    "qk_rope_head_dim",
+    "qk_nope_head_dim",
+    "v_head_dim",
+    "absorb_max_queries",
+)
+_REQUIRED_DIMS = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def default_absorb_max_queries(config: Any) -> int:
+    """T* = L (P+V) / (2L - P - V): the chunk length where both paths cost the same (see module doc)."""
+    L, P, V = config.kv_lora_rank, config.qk_nope_head_dim, config.v_head_dim
+    if 2 * L <= P + V:
+        return torch.iinfo(torch.int64).max  # absorbed is never more expensive
+    return L * (P + V) // (2 * L - P - V)
+
+
+def yarn_mscale(config: Any) -> float:
+    """litgpt's YaRN attention factor (1.0 unless `rope_adjustments` sets `factor` and `mscale_all_dim`)."""
+    adjustments = config.rope_adjustments or {}
+    factor, mscale_all_dim = adjustments.get("factor"), adjustments.get("mscale_all_dim")
+    return yarn_get_mscale(factor, mscale_all_dim) if factor and mscale_all_dim else 1.0
+
+
+class AbsorbedWeights(NamedTuple):
+    """Per-head views of ``kv_b_proj``, laid out for the absorbed path."""
+
+    w_uk: torch.Tensor  # (nh, P, L)
+    w_uv: torch.Tensor  # (nh, V, L)
+    b_k: torch.Tensor | None  # (nh, P), needed only with softcapping
+    b_v: torch.Tensor | None  # (nh, V)
+
+
+class LatentKVCache(nn.Module):
+    """The compressed MLA cache: ``latent`` (B, S, L) and ``k_rope`` (B, S, R), nothing else.
+
+    Follows litgpt's ``KVCache`` contract: ``input_pos`` of shape (T,) or (B, T), writes at those
+    positions, returns the buffers for the first ``bs`` batch rows (``bs`` <= allocated batch size),
+    sliced to ``input_pos_maxp1`` positions when given.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        max_seq_length: int,
+        kv_lora_rank: int,
+        qk_rope_head_dim: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        shape = (batch_size, max_seq_length)
+        self.register_buffer("latent", torch.zeros(*shape, kv_lora_rank, device=device, dtype=dtype), persistent=False)
+        self.register_buffer(
+            "k_rope", torch.zeros(*shape, qk_rope_head_dim, device=device, dtype=dtype), persistent=False
+        )
+
+    def forward(
+        self,
+        input_pos: torch.Tensor,
+        latent: torch.Tensor,
+        k_rope: torch.Tensor,
+        input_pos_maxp1: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writes `latent` (bs, T, L) and `k_rope` (bs, T, R) at `input_pos`; returns (bs, S, L), (bs, S, R).
+
+        Raises:
+            ValueError: more rows than allocated, a chunk or a position beyond the cache length, or a
+                batched `input_pos` whose batch size differs from the inputs'.
+        """
+        self._check_fits(input_pos, latent, input_pos_maxp1)
+        if self.latent.dtype != latent.dtype:  # follow the activation dtype, as litgpt's KVCache does (AMP)
+            self.latent = self.latent.to(latent.dtype)
+            self.k_rope = self.k_rope.to(k_rope.dtype)
+        bs = latent.size(0)
+        latent_all = batched_index_copy_(self.latent[:bs], 1, input_pos, latent)  # (bs, S, L)
+        k_rope_all = batched_index_copy_(self.k_rope[:bs], 1, input_pos, k_rope)  # (bs, S, R)
+        if input_pos_maxp1 is not None:
+            latent_all, k_rope_all = latent_all[:, :input_pos_maxp1], k_rope_all[:, :input_pos_maxp1]
+        return latent_all, k_rope_all
+
+    def _check_fits(self, input_pos: torch.Tensor, latent: torch.Tensor, input_pos_maxp1: int | None) -> None:
+        allocated_batch, max_seq_length = self.latent.shape[:2]
+        bs, T = latent.shape[:2]
+        if bs > allocated_batch:
+            raise ValueError(
+                f"batch size {bs} exceeds the KV cache's batch size {allocated_batch};"
+                f" call `model.set_kv_cache(batch_size={bs})`"
+            )
+        if input_pos.dim() == 2 and input_pos.size(0) != bs:
+            raise ValueError(f"input_pos has batch size {input_pos.size(0)}, the inputs have {bs}; they must match")
+        if T > max_seq_length:
+            raise ValueError(f"a chunk of {T} positions does not fit a KV cache of {max_seq_length} positions")
+        if input_pos_maxp1 is not None:
+            last = input_pos_maxp1 - 1
+        elif torch.compiler.is_compiling():
+            return  # no data-dependent check inside a compiled graph; index_copy_ still bounds-checks
+        else:
+            last = int(input_pos.max())
+        if last >= max_seq_length:
+            raise ValueError(
+                f"position {last} is beyond the KV cache's {max_seq_length} positions;"
+                f" call `model.set_kv_cache(..., max_seq_length={last + 1})` or larger"
+            )
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.zeros_(self.latent)
+        torch.nn.init.zeros_(self.k_rope)
+
+
+class MultiheadLatentAttention(LitgptMultiheadLatentAttention):
+    """DeepSeek-V2 MLA, a drop-in for litgpt's class: same parameters, compressed cache, absorbed decode.
+
+    See the module docstring for notation, weights, both paths and the cache layout.
+    """
+
+    def __init__(self, config: Any, block_idx: int) -> None:
+        # litgpt's __init__ requires q_lora_rank; the modules below carry its names and shapes
+        nn.Module.__init__(self)
+        nh, C, L, R = config.n_head, config.n_embd, config.kv_lora_rank, config.qk_rope_head_dim
+        P, V = config.qk_nope_head_dim, config.v_head_dim
+        if config.q_lora_rank is None:
+            self.q_proj = nn.Linear(C, nh * (P + R), bias=config.bias)
+        else:
+            self.q_a_proj = nn.Linear(C, config.q_lora_rank, bias=config.attn_bias)
+            self.q_a_norm = RMSNorm(config.q_lora_rank, eps=config.norm_eps)
+            self.q_b_proj = nn.Linear(config.q_lora_rank, nh * (P + R), bias=config.bias)
+        self.kv_a_proj_with_mqa = nn.Linear(C, L + R, bias=config.attn_bias)
+        self.kv_a_norm = RMSNorm(L, eps=config.norm_eps)
+        self.kv_b_proj = nn.Linear(L, nh * (P + V), bias=config.bias)
+        self.proj = nn.Linear(nh * V, C, bias=config.bias)
+        self.kv_cache: LatentKVCache | None = None
+
+        self.mscale = yarn_mscale(config)
+        self.scale = self.mscale**2 / math.sqrt(config.attention_scores_scalar or P + R)
+        absorb_max_queries = config.latent_attention.get("absorb_max_queries")
+        self.absorb_max_queries = (
+            default_absorb_max_queries(config) if absorb_max_queries is None else absorb_max_queries
+        )
+        self._rope = apply_rope_interleave if config.rope_interleave else apply_rope
+        self._absorbed: AbsorbedWeights | None = None
+        self._absorbed_key: tuple | None = None
+        self.config = config
+        self.block_idx = block_idx
+
+    # ---------------------------------------------------------------------------------------- config
+    @staticmethod
+    def validate_config(config: Any) -> None:
+        """Raises ValueError for a `latent_attention` dict or config this module cannot run."""
+        latent = config.latent_attention
+        unknown = sorted(set(latent) - set(LATENT_ATTENTION_KEYS))
+        if unknown:
+            raise ValueError(f"latent_attention has unknown keys {unknown}; allowed: {list(LATENT_ATTENTION_KEYS)}")
+        for key in _REQUIRED_DIMS:
+            if not _is_positive_int(latent.get(key)):
+                raise ValueError(f"latent_attention[{key!r}]={latent.get(key)!r} must be a positive integer")
+        if latent.get("q_lora_rank") is not None and not _is_positive_int(latent["q_lora_rank"]):
+            raise ValueError(
+                f"latent_attention['q_lora_rank']={latent['q_lora_rank']!r} must be a positive integer,"
+                " or null for a full-rank query projection"
+            )
+        if latent["qk_rope_head_dim"] % 2:
+            raise ValueError(
+                f"latent_attention['qk_rope_head_dim']={latent['qk_rope_head_dim']} must be even (RoPE rotates pairs)"
+            )
+        absorb = latent.get("absorb_max_queries")
+        if absorb is not None and (isinstance(absorb, bool) or not isinstance(absorb, int) or absorb < 0):
+            raise ValueError(
+                f"latent_attention['absorb_max_queries']={absorb!r} must be a non-negative integer, or null for"
+                " the cost-model default"
+            )
+        if config.n_query_groups != config.n_head:
+            raise ValueError(
+                f"n_query_groups={config.n_query_groups} must equal n_head={config.n_head} for"
+                " MultiheadLatentAttention (heads share the latent, not key groups)"
+            )
+
+    @classmethod
+    def kv_cache_elements_per_token(cls, config: Any) -> int:
+        """Numbers cached per token per layer: the latent (L) and the shared RoPE key (R)."""
+        return config.kv_lora_rank + config.qk_rope_head_dim
+
+    # --------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        input_pos_maxp1: int | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q_nope, q_rope = self._queries(x, cos, sin)  # (B, nh, T, P), (B, nh, T, R)
+        latent, k_rope = self._latent_keys(x, cos, sin)  # (B, T, L), (B, T, R)
+        if input_pos is None:  # training / no cache: causal SDPA over this chunk
+            o = self._expanded_attention(q_nope, q_rope, latent, k_rope, mask=None)
+        else:
+            if not isinstance(self.kv_cache, LatentKVCache):
+                raise TypeError("You need to call `gpt.set_kv_cache()`")
+            latent, k_rope = self.kv_cache(input_pos, latent, k_rope, input_pos_maxp1)  # (B, S, L), (B, S, R)
+            if mask is None:
+                mask = causal_mask(input_pos, latent.size(1))
+            if T <= self.absorb_max_queries:
+                o = self._absorbed_attention(q_nope, q_rope, latent, k_rope, mask)
+            else:
+                o = self._expanded_attention(q_nope, q_rope, latent, k_rope, mask)
+        o = o.transpose(1, 2).reshape(B, T, -1)  # (B, nh, T, V) -> (B, T, nh V)
+        return self.proj(o)  # (B, T, C)
+
+    def _queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        c = self.config
+        if c.q_lora_rank is None:
+            q = self.q_proj(x)  # (B, T, nh (P+R))
+        else:
+            q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))  # (B, T, Lq) -> (B, T, nh (P+R))
+        q = q.view(B, T, c.n_head, c.qk_head_dim).transpose(1, 2)  # (B, T, nh, P+R) -> (B, nh, T, P+R)
+        q_nope, q_rope = q.split((c.qk_nope_head_dim, c.qk_rope_head_dim), dim=-1)  # (B, nh, T, P), (B, nh, T, R)
+        return q_nope, self._rope(q_rope, cos, sin)
+
+    def _latent_keys(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        latent, k_rope = self.kv_a_proj_with_mqa(x).split(
+            (self.config.kv_lora_rank, self.config.qk_rope_head_dim), dim=-1
+        )  # (B, T, L+R) -> (B, T, L), (B, T, R)
+        return self.kv_a_norm(latent), self._rope(k_rope, cos, sin)
+
+    def _expanded_attention(
+        self,
+        q_nope: torch.Tensor,
+        q_rope: torch.Tensor,
+        latent: torch.Tensor,
+        k_rope: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Materialises per-head keys and values from the S latents; SDPA (flash when P+R == V, no mask)."""
+        B, S, _ = latent.shape
+        nh, P, V = self.config.n_head, self.config.qk_nope_head_dim, self.config.v_head_dim
+        kv = self.kv_b_proj(latent).view(B, S, nh, P + V).transpose(1, 2)  # (B, S, nh (P+V)) -> (B, nh, S, P+V)
+        k_nope, v = kv.split((P, V), dim=-1)  # (B, nh, S, P), (B, nh, S, V)
+        k_rope = k_rope.unsqueeze(1).expand(B, nh, S, -1)  # (B, S, R) -> (B, nh, S, R)
+        q = torch.cat((q_nope, q_rope), dim=-1)  # (B, nh, T, P+R)
+        k = torch.cat((k_nope, k_rope), dim=-1)  # (B, nh, S, P+R)
+        if self.config.attention_logit_softcapping is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, is_causal=mask is None)
+        scores = torch.einsum("bhtd,bhsd->bhts", q, k) * self.scale  # (B, nh, T, S)
+        return torch.einsum("bhts,bhsv->bhtv", self._attention_weights(scores, mask), v)  # (B, nh, T, V)
+
+    def _absorbed_attention(
+        self,
+        q_nope: torch.Tensor,
+        q_rope: torch.Tensor,
+        latent: torch.Tensor,
+        k_rope: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """MQA over the cache itself: shared key [c ; k_r] (L+R), shared value c (L).
+
+        Without softcapping, the latent part runs in SDPA (q, k and v all L wide, so the flash kernel is
+        eligible and the latent is read once for scores and values) and the RoPE part enters as an
+        additive bias, together with the mask: scale (q_lat c^T + q_rope k_r^T) = scale q_lat c^T + bias.
+        """
+        w = self._absorbed_weights()
+        B, nh, T, _ = q_nope.shape
+        S, L = latent.shape[1:]
+        q_lat = torch.einsum("bhtp,hpl->bhtl", q_nope, w.w_uk)  # (B, nh, T, L)
+        rope_scores = torch.einsum("bhtr,bsr->bhts", q_rope, k_rope) * self.scale  # (B, nh, T, S)
+        if self.config.attention_logit_softcapping is None:
+            bias = rope_scores.masked_fill(~mask, float("-inf"))  # (B, nh, T, S)
+            bias = bias.reshape(B, 1, nh * T, S)  # (B, nh, T, S) -> (B, 1, nh T, S): heads as query rows
+            latent = latent.unsqueeze(1)  # (B, S, L) -> (B, 1, S, L): one key/value head shared by all heads
+            o_lat = F.scaled_dot_product_attention(
+                q_lat.reshape(B, 1, nh * T, L), latent, latent, attn_mask=bias, scale=self.scale
+            ).reshape(B, nh, T, L)  # (B, 1, nh T, L) -> (B, nh, T, L)
+        else:
+            scores = torch.einsum("bhtl,bsl->bhts", q_lat, latent) * self.scale + rope_scores  # (B, nh, T, S)
+            if w.b_k is not None:  # softcapping is not shift-invariant: keep q_nope . b_K
+                scores = scores + torch.einsum("bhtp,hp->bht", q_nope, w.b_k).unsqueeze(-1) * self.scale
+            o_lat = torch.einsum("bhts,bsl->bhtl", self._attention_weights(scores, mask), latent)  # (B, nh, T, L)
+        o = torch.einsum("bhtl,hvl->bhtv", o_lat, w.w_uv)  # (B, nh, T, V)
+        return o if w.b_v is None else o + w.b_v.unsqueeze(1)  # b_V: (nh, V) -> (nh, 1, V)
+
+    def _attention_weights(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Softcapping (if configured), boolean mask (None: causal), softmax in fp32. (B, nh, T, S)."""
+        if self.config.attention_logit_softcapping is not None:
+            scores = do_softcapping(scores, self.config.attention_logit_softcapping)
+        if mask is None:
+            T = scores.size(-2)
+            mask = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()  # (T, T)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
+
+    # ------------------------------------------------------------------------------- derived weights
+    def absorb_weights(self) -> AbsorbedWeights:
+        """Computes the absorbed-path weights from ``kv_b_proj``: W_UK (nh, P, L), W_UV (nh, V, L), b_K, b_V.
+
+        b_K (nh, P) is only needed with softcapping (see the module doc); b_V is (nh, V).
+        """
+        nh, L = self.config.n_head, self.config.kv_lora_rank
+        P, V = self.config.qk_nope_head_dim, self.config.v_head_dim
+        weight = self.kv_b_proj.weight.view(nh, P + V, L)  # (nh (P+V), L) -> (nh, P+V, L)
+        w_uk, w_uv = weight.split((P, V), dim=1)  # (nh, P, L), (nh, V, L)
+        b_k = b_v = None
+        if self.kv_b_proj.bias is not None:
+            b_k, b_v = self.kv_b_proj.bias.view(nh, P + V).split((P, V), dim=1)  # (nh (P+V),) -> (nh, P), (nh, V)
+            b_k = b_k.clone() if self.config.attention_logit_softcapping is not None else None
+            b_v = b_v.clone()
+        contiguous = torch.contiguous_format
+        return AbsorbedWeights(w_uk.clone(memory_format=contiguous), w_uv.clone(memory_format=contiguous), b_k, b_v)
+
+    def _absorbed_weights(self) -> AbsorbedWeights:
+        """`absorb_weights()`, cached until ``kv_b_proj``'s tensors change (data_ptr, dtype, device, version).
+
+        Uncached while autograd records (gradients flow into ``kv_b_proj``) and inside torch.compile.
+        """
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.kv_b_proj.weight.requires_grad):
+            return self.absorb_weights()
+        key = tuple(_tensor_state(t) for t in (self.kv_b_proj.weight, self.kv_b_proj.bias) if t is not None)
+        if self._absorbed is None or key != self._absorbed_key:
+            self._absorbed, self._absorbed_key = self.absorb_weights(), key
+        return self._absorbed
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        # inference tensors (litgpt generate builds the model under inference_mode) have no version counter
+        self._absorbed = self._absorbed_key = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    # ----------------------------------------------------------------------------------------- cache
+    def build_kv_cache(
+        self,
+        batch_size: int,
+        max_seq_length: int,
+        rope_cache_length: int | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LatentKVCache:
+        R = self.config.qk_rope_head_dim
+        if rope_cache_length is not None and rope_cache_length != R:
+            raise ValueError(
+                f"rope_cache_length={rope_cache_length} must equal qk_rope_head_dim={R} for MultiheadLatentAttention"
+            )
+        return LatentKVCache(batch_size, max_seq_length, self.config.kv_lora_rank, R, device=device, dtype=dtype)
+
+
+def _tensor_state(t: torch.Tensor) -> tuple:
+    """What changes when a tensor is replaced, moved, cast or updated in place (no version for inference tensors)."""
+    return (t.data_ptr(), t.dtype, t.device, None if t.is_inference() else t._version)
+
+
+def causal_mask(input_pos: torch.Tensor, S: int) -> torch.Tensor:
+    """Boolean mask (1 or B, 1, T, S): query at position p sees cache positions <= p."""
+    mask = torch.arange(S, device=input_pos.device) <= input_pos.unsqueeze(-1)  # (T, S) or (B, T, S)
+    return mask.unsqueeze(-3) if mask.dim() == 3 else mask[None, None]  # (B, 1, T, S) or (1, 1, T, S)
+
+
+__all__ = [
+    "AbsorbedWeights",
+    "LatentKVCache",
+    "MultiheadLatentAttention",
+    "causal_mask",
+    "default_absorb_max_queries",
+]

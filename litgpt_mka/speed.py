@@ -1,0 +1,131 @@
+"""Decode throughput of a litgpt ``GPT`` with its KV cache, the way ``litgpt generate`` decodes.
+
+One measurement (:func:`measure_decode_tokens_per_second`): allocate the cache and prefill a random
+prompt of ``context_length`` tokens (:func:`prefill_random_prompt`, untimed), decode ``warmup_tokens``
+greedy tokens (untimed), then time ``new_tokens`` single-token steps (:func:`time_decode_steps`; each a
+forward of (B, 1) tokens with ``input_pos`` (1,) and ``input_pos_maxp1``, then greedy argmax).
+Throughput is ``batch_size / median step time``: the median keeps a step disturbed by another process
+on a shared machine from moving the figure. Under ``torch.no_grad``; CUDA is synchronised around every
+timed step.
+"""
+
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+
+def measure_decode_tokens_per_second(
+    model: nn.Module,
+    batch_size: int,
+    context_length: int,
+    new_tokens: int,
+    *,
+    warmup_tokens: int = 2,
+    prefill_chunk_size: int = 256,
+    seed: int = 0,
+) -> float:
+    """Greedy cached decode speed in tokens per second (all batch rows together).
+
+    Args:
+        model: a litgpt ``GPT`` (any attention class); its parameters' device and dtype are used.
+        batch_size: sequences decoded together.
+        context_length: prompt tokens in the cache when decoding starts (the first timed token is
+            decoded at position ``context_length + warmup_tokens``).
+        new_tokens: timed decode steps.
+        warmup_tokens: untimed decode steps before timing (allocator, caches, absorbed weights).
+        prefill_chunk_size: prompt tokens per prefill forward.
+        seed: seed of the random prompt.
+
+    The model is put in eval mode; its KV cache is allocated for exactly the positions used and
+    cleared again at the end (``model.clear_kv_cache()``).
+
+    Raises:
+        ValueError: non-positive sizes, or more positions than ``model.config.block_size``.
+    """
+    for name, value in (("batch_size", batch_size), ("context_length", context_length), ("new_tokens", new_tokens)):
+        if value <= 0:
+            raise ValueError(f"{name}={value} must be positive")
+    try:
+        token = prefill_random_prompt(
+            model,
+            batch_size,
+            context_length,
+            max_seq_length=context_length + warmup_tokens + new_tokens,
+            chunk_size=prefill_chunk_size,
+            seed=seed,
+        )
+        step_seconds = time_decode_steps(model, token, context_length, warmup_tokens, new_tokens)
+    finally:
+        model.clear_kv_cache()
+    return batch_size / statistics.median(step_seconds)
+
+
+def prefill_random_prompt(
+    model: nn.Module,
+    batch_size: int,
+    context_length: int,
+    max_seq_length: int,
+    *,
+    chunk_size: int = 256,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Allocates a KV cache of `max_seq_length` positions and writes a random prompt (B, context_length) into it.
+
+    Puts the model in eval mode; prefill runs in chunks of `chunk_size`, and ``lm_head`` sees only each
+    chunk's last position (a forward pre-hook, removed afterwards): the prompt's other logits are never
+    used, and the output head would otherwise cost more than all the blocks of a small model.
+    Returns the greedy next token (B, 1), to decode from position `context_length`.
+
+    Raises:
+        ValueError: `max_seq_length` exceeds ``model.config.block_size``.
+    """
+    if max_seq_length > model.config.block_size:
+        raise ValueError(
+            f"max_seq_length={max_seq_length} exceeds block_size={model.config.block_size};"
+            " build the model with a larger block_size"
+        )
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    model.eval()
+    model.max_seq_length = max_seq_length
+    model.set_kv_cache(batch_size=batch_size, max_seq_length=max_seq_length, device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, model.config.vocab_size, (batch_size, context_length), generator=generator).to(device)
+    last_position_only = model.lm_head.register_forward_pre_hook(lambda _, args: (args[0][:, -1:],))
+    try:
+        with torch.no_grad():
+            for start in range(0, context_length, chunk_size):
+                end = min(start + chunk_size, context_length)
+                logits = model(prompt[:, start:end], torch.arange(start, end, device=device), input_pos_maxp1=end)
+    finally:
+        last_position_only.remove()
+    return logits[:, -1].argmax(dim=-1, keepdim=True)
+
+
+def time_decode_steps(
+    model: nn.Module, token: torch.Tensor, position: int, warmup_tokens: int, new_tokens: int
+) -> list[float]:
+    """Greedy single-token decode from `position` on; the seconds of each step after `warmup_tokens` steps.
+
+    Decoding at position ``p`` with ``input_pos_maxp1 = p + 1`` reads cache positions ``[0, p]`` only: the
+    work of a run with a ``p``-token prompt, whatever the cache holds beyond ``p``. So one prefill to the
+    largest context serves timings at every smaller one.
+    """
+    device = token.device
+    step_seconds = []
+    with torch.no_grad():
+        for p in range(position, position + warmup_tokens + new_tokens):
+            start = _now(device)
+            logits = model(token, torch.tensor([p], device=device), input_pos_maxp1=p + 1)
+            token = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
+            if p >= position + warmup_tokens:
+                step_seconds.append(_now(device) - start)
+    return step_seconds
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
