@@ -55,7 +55,15 @@ def kv_cache_elements_per_token(config: Any, attention_class: type | None = None
 def kv_cache_bytes_per_token(
     config: Any, dtype: torch.dtype = torch.float32, attention_class: type | None = None
 ) -> int:
-    """Bytes cached per token over all layers, for buffers of `dtype`."""
+    """Bytes cached per token over all layers, for buffers of `dtype`.
+
+    A class whose buffers are not all of `dtype` (MKA keeps float32 running sums) reports its own bytes
+    through a ``kv_cache_bytes_per_token(config, dtype)`` classmethod (per layer).
+    """
+    cls = config.attention_class if attention_class is None else attention_class
+    own_bytes = getattr(cls, "kv_cache_bytes_per_token", None)
+    if own_bytes is not None:
+        return config.n_layer * own_bytes(config, dtype)
     element_size = torch.empty((), dtype=dtype).element_size()
     return config.n_layer * kv_cache_elements_per_token(config, attention_class) * element_size
 
