@@ -20,7 +20,9 @@ each extension below is applied to the imported module object, once (idempotent)
 
 ``litgpt.model``  -- ``extend_model_module``
     ``Block.__init__`` is wrapped: after litgpt built its attention module, the block holds an instance
-    of ``config.attention_class`` (the litgpt-built one is replaced only when the class differs).
+    of ``config.attention_class`` (the litgpt-built one is replaced only when the class differs). While
+    litgpt's ``__init__`` runs for a class other than its own MLA, ``latent_attention`` is hidden from it,
+    so that it builds its cheap ``CausalSelfAttention`` rather than its MLA (which needs ``q_lora_rank``).
 
 ``litgpt.pretrain``  -- ``extend_pretrain_module``
     ``initialize_weights`` (GPT-NeoX init) scales the output projection of ``CausalSelfAttention``
@@ -132,8 +134,15 @@ def extend_model_module(module: ModuleType) -> None:
     litgpt_init = block_cls.__init__
 
     def __init__(self, config, block_idx: int) -> None:
-        litgpt_init(self, config, block_idx)
         configured = config.attention_class
+        latent_attention = config.latent_attention
+        if configured is not module.MultiheadLatentAttention:
+            # litgpt would build its own MLA first, which needs `q_lora_rank`; ours is built below
+            config.latent_attention = None
+        try:
+            litgpt_init(self, config, block_idx)
+        finally:
+            config.latent_attention = latent_attention
         if type(self.attn) is not configured:
             self.attn = configured(config, block_idx)
 

@@ -56,7 +56,6 @@ def test_accounting_equals_allocated_buffers(overrides, name, elements, dtype):
     assert kv_cache_bytes(config, 3, 20, dtype, attention_class) == 3 * 20 * per_token
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("routing", ["keys", "keys_values", "outputs"])
 def test_accounting_equals_allocated_buffers_for_mka(routing, dtype):
@@ -67,6 +66,7 @@ def test_accounting_equals_allocated_buffers_for_mka(routing, dtype):
     per_token = kv_cache_bytes_per_token(config, dtype)
     assert allocated_kv_cache_bytes(model) == 3 * 20 * per_token
     assert kv_cache_bytes(config, 3, 20, dtype) == 3 * 20 * per_token
+
 
 def test_default_attention_class_comes_from_config():
     config = tiny(latent_attention=LATENT)
