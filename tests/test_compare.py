@@ -296,10 +296,23 @@ def test_configs_with_different_training_settings_are_refused(tmp_path):
                                       CompareOptions(configs=[a], max_tokens=100))
 
 
+def test_decode_measurement_longer_than_block_size_is_refused_before_training(tmp_path):
+    """pythia-14m's block_size is 512: a 512-token decode context cannot fit, and nothing may train first."""
+    from litgpt_mka.compare.plan import check_decode_fits_block_size
+
+    config = tiny_config(tmp_path, "a")
+    yamls = {config: yaml.safe_load(config.read_text())}
+    block_size = yamls[config]["model_config"]["block_size"]
+    check_decode_fits_block_size(yamls, CompareOptions(configs=[config], context_length=block_size - 34))
+    with pytest.raises(ValueError, match=rf"context_length={block_size} \+ decode_new_tokens=32 \+ 2 warm-up tokens = {block_size + 34} exceeds block_size={block_size} of a.yaml; use at most context_length={block_size - 34}"):
+        check_decode_fits_block_size(yamls, CompareOptions(configs=[config], context_length=block_size))
+
+
 def test_rerun_with_other_settings_into_the_same_folder_is_refused(tmp_path, shared_data, tokenizer_dir):
     config = tiny_config(tmp_path, "tiny")
     options = CompareOptions(configs=[config], out_dir=tmp_path / "out", train_path=shared_data / "train.txt",
-                             val_path=shared_data / "val.txt", tokenizer_dir=tokenizer_dir, max_tokens=1024)
+                             val_path=shared_data / "val.txt", tokenizer_dir=tokenizer_dir, max_tokens=1024,
+                             context_length=16, decode_new_tokens=4)
     first = prepare(options)
     first.runs[0].run_dir.mkdir(parents=True)
     (first.runs[0].run_dir / "spec.json").write_text(json.dumps(first.runs[0].spec()))

@@ -33,6 +33,8 @@ TEXT_CORPUS = "litgpt_mka.data.TextCorpus"
 NEVER = 1_000_000_000  # eval.interval that no run reaches
 PRECISIONS = ("bf16-true", "bf16-mixed", "32-true")  # what `litgpt pretrain --precision` accepts
 DECODE_DTYPES = ("float32", "bfloat16", "float16")
+DECODE_WARMUP_TOKENS = 2  # the default `warmup_tokens` of litgpt_mka.speed.measure_decode_tokens_per_second
+
 # top-level YAML keys that may differ between configs (the model) or that compare sets for every run
 _NOT_SHARED = ("model_config", "model_name", "out_dir", "seed", "resume", "logger_name", "eval")
 
@@ -274,12 +276,30 @@ def measure_settings(options: CompareOptions, decode_dtype: str) -> dict[str, An
     }
 
 
+def check_decode_fits_block_size(yamls: dict[Path, dict], options: CompareOptions) -> None:
+    """Refuses, before any training, a decode measurement longer than a model's block_size.
+
+    The measurement prefills `context_length` tokens and decodes `decode_new_tokens` after
+    `DECODE_WARMUP_TOKENS` untimed ones (litgpt_mka.speed.measure_decode_tokens_per_second).
+    """
+    needed = options.context_length + options.decode_new_tokens + DECODE_WARMUP_TOKENS
+    for path, yaml in yamls.items():
+        block_size = (yaml.get("model_config") or {}).get("block_size")
+        if block_size is not None and needed > block_size:
+            raise ValueError(
+                f"context_length={options.context_length} + decode_new_tokens={options.decode_new_tokens}"
+                f" + {DECODE_WARMUP_TOKENS} warm-up tokens = {needed} exceeds block_size={block_size} of {path.name};"
+                f" use at most context_length={block_size - options.decode_new_tokens - DECODE_WARMUP_TOKENS}"
+            )
+
+
 def plan_runs(options: CompareOptions, decode_dtype: str) -> tuple[SharedSettings, list[RunPlan]]:
     """Validates the options and the configs; every config x seed as a RunPlan, configs outermost."""
     validate_options(options)
     config_paths = [_absolute(p) for p in options.configs]
     yamls = {path: load_pretrain_yaml(path) for path in config_paths}
     check_identical_training_settings(yamls, options)
+    check_decode_fits_block_size(yamls, options)
     shared = shared_settings(options, yamls[config_paths[0]], config_paths[0])
     measure = measure_settings(options, decode_dtype)
     runs_dir = _absolute(options.out_dir) / "runs"
