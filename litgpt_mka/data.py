@@ -87,7 +87,7 @@ class TextCorpus(DataModule):
         self._val_tokens = self._tokens("val_path")
 
     def train_dataloader(self) -> DataLoader:
-        windows = ShuffledWindows(_train_windows(self._train_tokens, self.max_seq_length, "train_path"), self.seed)
+        windows = ShuffledWindows(_train_windows(self._train_tokens, self.max_seq_length), self.seed)
         return ResumableDataLoader(windows, batch_size=self.batch_size, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -173,7 +173,7 @@ def _check_length(tokens: np.ndarray, max_seq_length: int, field_name: str) -> N
 
 
 def _train_windows(tokens: np.ndarray, max_seq_length: int, field_name: str = "data.train_path") -> torch.Tensor:
-    _check_length(tokens, max_seq_length, f"data.{field_name}" if "." not in field_name else field_name)
+    _check_length(tokens, max_seq_length, field_name)
     n_windows = (len(tokens) - 1) // max_seq_length
     starts = np.arange(n_windows) * max_seq_length
     return torch.from_numpy(np.stack([tokens[s : s + max_seq_length + 1] for s in starts]).astype(np.int64))
@@ -185,7 +185,6 @@ def validation_windows(tokens: np.ndarray, max_seq_length: int) -> tuple[torch.T
     Targets ``w[1:][new_from:]`` of each window are the ones no earlier window has; summing the loss over
     them counts every token of the stream after the first exactly once.
     """
-    _check_length(tokens, max_seq_length, "data.val_path")
     windows = _train_windows(tokens, max_seq_length, "data.val_path")
     new_from = torch.zeros(len(windows), dtype=torch.int64)
     covered = len(windows) * max_seq_length + 1  # tokens covered by the full windows
