@@ -5,7 +5,7 @@
 
 Variants at one Pythia size, from config_hub/pretrain/pythia-{size}-*.yaml: MHA, GQA, MQA (litgpt's
 CausalSelfAttention), litgpt's stock MultiheadLatentAttention (expanded per-head cache) and ours
-(litgpt_mka.mla: latent cache, absorbed decode). The two MLA rows run the same weights. Weights are
+(litgpt_mka.attention.mla: latent cache, absorbed decode). The two MLA rows run the same weights. Weights are
 random (speed does not depend on them); ``block_size`` is raised to fit the largest context plus the
 decoded tokens (Pythia has no learned positions). Prints a markdown table; stock litgpt's own
 ``print`` warnings go to stderr.
@@ -24,14 +24,14 @@ import torch
 import yaml
 from litgpt.config import Config
 
-from litgpt_mka.kv_cache import (
+from litgpt_mka.measure.kv_cache_size import (
     allocated_kv_cache_bytes,
     build_gpt,
     kv_cache_bytes_per_token,
     kv_cache_elements_per_token,
     stock_mla_class,
 )
-from litgpt_mka.speed import prefill_random_prompt, time_decode_steps
+from litgpt_mka.measure.decode_speed import prefill_random_prompt, time_decode_steps
 
 PRESETS = Path(__file__).resolve().parents[1] / "config_hub" / "pretrain"
 # (row label, preset suffix, use litgpt's stock MLA class)

@@ -16,7 +16,7 @@ Reported per variant: the best and the median tokens/s over the rounds and their
 a machine shared with other work the best round (least interference, the usual estimator of a step's
 intrinsic cost) is the one to read; a median far below the best says the run was disturbed.
 
-Variants: MHA, GQA (2 key/value heads), MQA (1), MLA (when ``litgpt_mka.mla`` imports; its
+Variants: MHA, GQA (2 key/value heads), MQA (1), MLA (when ``litgpt_mka.attention.mla`` imports; its
 ``latent_attention`` from ``config_hub/pretrain/<model>-mla.yaml`` when that file exists, else the
 fallback dims printed below the table), MKA ``keys``, FMKA ``keys_values``, MKA ``outputs``.
 Defaults (batch 4 x 256 tokens, float32, eager) take about 6 minutes on an otherwise idle 2-core CPU.
@@ -63,7 +63,7 @@ def variants(model_name: str) -> dict[str, dict]:
 
 def mla_overrides(model_name: str) -> dict | None:
     try:
-        import litgpt_mka.mla  # noqa: F401
+        import litgpt_mka.attention.mla  # noqa: F401
     except ImportError:
         return None
     preset = CONFIG_HUB / f"{model_name}-mla.yaml"
@@ -176,7 +176,7 @@ def main() -> None:
         if mla is not None:
             print(f"\n{model_name} MLA: {mla}")
         else:
-            print(f"\n{model_name} MLA: skipped (litgpt_mka.mla does not import)")
+            print(f"\n{model_name} MLA: skipped (litgpt_mka.attention.mla does not import)")
 
 
 if __name__ == "__main__":

@@ -1,87 +1,25 @@
 """litgpt-mka: attention variants for litgpt 0.5.13, active in litgpt's own commands.
 
-How the plugin switches itself on
----------------------------------
-litgpt has no plugin registry, and jsonargparse treats its ``Config`` dataclass as final, so
-unknown YAML keys are rejected before any user code could run. The package therefore installs a
-one-line ``litgpt_mka.pth`` file into site-packages (``pip install .`` and ``pip install -e .``
-alike). Python's ``site`` module executes it at interpreter start: it imports this package, which
-only appends a tiny finder to ``sys.meta_path`` (no torch, no litgpt import; see
-``python -X importtime -c pass``). The first time ``litgpt.config``, ``litgpt.model`` or
-``litgpt.pretrain`` is imported, by the ``litgpt`` console script, ``python -m litgpt`` or user
-code, the finder lets the module execute normally and then hands it to
-:mod:`litgpt_mka.litgpt_internals`, the only module that touches litgpt's internals.
+Layout
+------
+``attention/``  the variants: the registry (one entry per variant), the KV-cache base, one module per
+                variant (equations, weights and cache layout in its docstring).
+``plugin/``     how litgpt is extended: activation at interpreter start, the one module that touches
+                litgpt's internals, and the checks of ``Config`` values.
+``measure/``    KV-cache accounting and decode-speed measurement.
+``compare/``    ``litgpt-mka compare`` (``cli.py`` is the console script).
+``data.py``     the offline ``TextCorpus`` data module; ``presets.py`` reads ``config_hub`` YAMLs.
 
-* ``import litgpt_mka`` activates the same way (and patches modules that were imported earlier).
-* Activation is idempotent: each litgpt module is extended once.
-* ``LITGPT_MKA_DISABLE=1`` in the environment switches the automatic activation off; litgpt then
-  behaves exactly as if the plugin were not installed. :func:`activate` still works explicitly.
+Importing this package activates the plugin (see :mod:`litgpt_mka.plugin.activation`) unless
+``LITGPT_MKA_DISABLE=1``; it imports neither torch nor litgpt.
 """
 
 import os
-import sys
+
+from litgpt_mka.plugin.activation import DISABLE_ENV_VAR, activate
 
 __version__ = "0.1.0"
-
-DISABLE_ENV_VAR = "LITGPT_MKA_DISABLE"
-
-# litgpt module name -> name of the function in `litgpt_mka.litgpt_internals` that extends it
-_EXTENSIONS = {
-    "litgpt.config": "extend_config_module",
-    "litgpt.model": "extend_model_module",
-    "litgpt.pretrain": "extend_pretrain_module",
-}
-
-
-def _extend(module) -> None:
-    from litgpt_mka import litgpt_internals
-
-    getattr(litgpt_internals, _EXTENSIONS[module.__name__])(module)
-
-
-class _ExtendingLoader:
-    """Wraps a module's real loader: executes the module, then extends it."""
-
-    def __init__(self, loader) -> None:
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        _extend(module)
-
-    def __getattr__(self, name):  # get_source, get_code, ... for inspect and linecache
-        return getattr(self._loader, name)
-
-
-class _LitgptFinder:
-    """A `sys.meta_path` finder that only ever answers for the modules in `_EXTENSIONS`."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname not in _EXTENSIONS:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _ExtendingLoader(spec.loader)
-                return spec
-        return None
-
-
-def activate() -> None:
-    """Extend litgpt now if its modules are already imported, and on their first import otherwise."""
-    if not any(isinstance(finder, _LitgptFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _LitgptFinder())
-    for name in _EXTENSIONS:  # dict order: config before model before pretrain
-        module = sys.modules.get(name)
-        if module is not None:
-            _extend(module)
-
+__all__ = ["DISABLE_ENV_VAR", "activate"]
 
 if os.environ.get(DISABLE_ENV_VAR, "") not in ("1", "true", "True"):
     activate()

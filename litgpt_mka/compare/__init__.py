@@ -54,11 +54,11 @@ Metrics
   recorded separately in results.json.
 * KV cache: the bytes of the buffers that ``set_kv_cache`` allocates for ``decode_batch_size`` x
   ``context_length`` in the decode dtype (all layers), and that divided by batch x context (bytes per
-  token). :mod:`litgpt_mka.kv_cache`'s accounting is recorded beside them; a disagreement is warned
+  token). :mod:`litgpt_mka.measure.kv_cache_size`'s accounting is recorded beside them; a disagreement is warned
   about and noted in report.md.
 * Busy machine: the 1-minute load average is recorded at the end of training and of decoding; above
   1.5 x the CPU count, report.md warns that other processes made the timings unreliable.
-* Decode: greedy cached decode tokens/s (:func:`litgpt_mka.speed.measure_decode_tokens_per_second`) at
+* Decode: greedy cached decode tokens/s (:func:`litgpt_mka.measure.decode_speed.measure_decode_tokens_per_second`) at
   ``context_length`` prompt tokens and ``decode_batch_size`` sequences, in the decode dtype (default:
   the dtype of ``litgpt generate``'s default precision on the machine: bfloat16 on CPUs and bf16 GPUs).
 """

@@ -114,11 +114,11 @@ def default_decode_dtype() -> str:
 def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype: str) -> dict[str, Any]:
     """The bytes ``set_kv_cache`` allocates for batch x context, and per cached token (all layers).
 
-    Both are measured (the buffers' ``nbytes``). The accounting of :mod:`litgpt_mka.kv_cache` is recorded
+    Both are measured (the buffers' ``nbytes``). The accounting of :mod:`litgpt_mka.measure.kv_cache_size` is recorded
     beside them (``*_formula``); when it disagrees with the allocation, a warning says so and
     ``formula_matches`` is False.
     """
-    from litgpt_mka.kv_cache import allocated_kv_cache_bytes, kv_cache_bytes, kv_cache_bytes_per_token
+    from litgpt_mka.measure.kv_cache_size import allocated_kv_cache_bytes, kv_cache_bytes, kv_cache_bytes_per_token
 
     device = next(model.parameters()).device
     model.set_kv_cache(batch_size=batch_size, max_seq_length=context_length, device=device, dtype=DTYPES[dtype])
@@ -129,7 +129,7 @@ def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype
     formula = kv_cache_bytes(model.config, batch_size, context_length, DTYPES[dtype])
     if formula != allocated:
         warnings.warn(
-            f"litgpt_mka.kv_cache.kv_cache_bytes says {formula} bytes for batch {batch_size} x context {context_length},"
+            f"litgpt_mka.measure.kv_cache_size.kv_cache_bytes says {formula} bytes for batch {batch_size} x context {context_length},"
             f" but set_kv_cache allocates {allocated}; the report uses the allocation"
         )
     per_token = allocated / (batch_size * context_length)
@@ -148,8 +148,8 @@ def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype
 def decode_speed(
     model: torch.nn.Module, batch_size: int, context_length: int, new_tokens: int, dtype: str
 ) -> dict[str, Any]:
-    """Greedy cached decode tokens/s of `model` cast to `dtype` (:mod:`litgpt_mka.speed`)."""
-    from litgpt_mka.speed import measure_decode_tokens_per_second
+    """Greedy cached decode tokens/s of `model` cast to `dtype` (:mod:`litgpt_mka.measure.decode_speed`)."""
+    from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
 
     model = model.to(DTYPES[dtype])
     tokens_per_s = measure_decode_tokens_per_second(model, batch_size, context_length, new_tokens)

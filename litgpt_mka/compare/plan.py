@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from litgpt_mka.hub import load_pretrain_yaml
+from litgpt_mka.presets import load_pretrain_yaml
 
 TEXT_CORPUS = "litgpt_mka.data.TextCorpus"
 NEVER = 1_000_000_000  # eval.interval that no run reaches
 PRECISIONS = ("bf16-true", "bf16-mixed", "32-true")  # what `litgpt pretrain --precision` accepts
 DECODE_DTYPES = ("float32", "bfloat16", "float16")
-DECODE_WARMUP_TOKENS = 2  # the default `warmup_tokens` of litgpt_mka.speed.measure_decode_tokens_per_second
+DECODE_WARMUP_TOKENS = 2  # the default `warmup_tokens` of litgpt_mka.measure.decode_speed.measure_decode_tokens_per_second
 
 # top-level YAML keys that may differ between configs (the model) or that compare sets for every run
 _NOT_SHARED = ("model_config", "model_name", "out_dir", "seed", "resume", "logger_name", "eval")
@@ -280,7 +280,7 @@ def check_decode_fits_block_size(yamls: dict[Path, dict], options: CompareOption
     """Refuses, before any training, a decode measurement longer than a model's block_size.
 
     The measurement prefills `context_length` tokens and decodes `decode_new_tokens` after
-    `DECODE_WARMUP_TOKENS` untimed ones (litgpt_mka.speed.measure_decode_tokens_per_second).
+    `DECODE_WARMUP_TOKENS` untimed ones (litgpt_mka.measure.decode_speed.measure_decode_tokens_per_second).
     """
     needed = options.context_length + options.decode_new_tokens + DECODE_WARMUP_TOKENS
     for path, yaml in yamls.items():

@@ -212,7 +212,7 @@ def setup_lines(comparison, results: list[dict]) -> list[str]:
         lines.append(f"- Resumed after an interruption (wall time covers the last attempt only): {', '.join(resumed)}")
     mismatched = [r["name"] for r in ok if not r["kv_cache"].get("formula_matches", True)]
     if mismatched:
-        lines.append(f"- **KV accounting mismatch**: `litgpt_mka.kv_cache` disagrees with the bytes `set_kv_cache`"
+        lines.append(f"- **KV accounting mismatch**: `litgpt_mka.measure.kv_cache_size` disagrees with the bytes `set_kv_cache`"
                      f" allocates for {', '.join(mismatched)}; the table shows the allocation (results.json has both)")
     busy = busy_machine_note(ok)
     return lines + ([busy] if busy else [])

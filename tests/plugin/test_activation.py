@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import litgpt_mka
-from litgpt_mka import litgpt_internals
+from litgpt_mka.plugin import litgpt_internals
 from tests.conftest import CONFIG_HUB, PROJECT_ROOT, litgpt_command
 
 

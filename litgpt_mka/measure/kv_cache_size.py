@@ -7,7 +7,7 @@ variant                                     numbers per token per layer  pythia-
 ==========================================  ===========================  =====================
 MHA / GQA / MQA (litgpt CausalSelfAttention)  2 nq hs                     1024 / 512 (nq 4) / 128
 litgpt's stock MultiheadLatentAttention     nh (P + R + V)               1024 (P 48, R 16, V 64)
-ours (litgpt_mka.mla)                       L + R                        144 (L 128, R 16)
+ours (litgpt_mka.attention.mla)                       L + R                        144 (L 128, R 16)
 ==========================================  ===========================  =====================
 
 A class that defines ``kv_cache_elements_per_token(config)`` (our MLA, MKA) is asked; litgpt's two

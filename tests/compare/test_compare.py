@@ -159,7 +159,7 @@ def test_report_tables_show_the_numbers_of_the_runs(finished):
         assert f"| {result['kv_cache']['bytes_per_token']:,} B |" in table_row
         kv = result["kv_cache"]
         assert kv["bytes_at_context"] == kv["bytes_per_token"] * kv["batch_size"] * kv["context_length"]
-        assert kv["formula_matches"]  # litgpt_mka.kv_cache's accounting of litgpt's own attention class
+        assert kv["formula_matches"]  # litgpt_mka.measure.kv_cache_size's accounting of litgpt's own attention class
     # MQA caches one key/value head of the two that MHA caches
     assert runs["tiny-mqa-seed1"]["kv_cache"]["bytes_per_token"] * 2 == runs["tiny-mha-seed1"]["kv_cache"]["bytes_per_token"]
     assert shlex.split(report.split("```\n")[1].split("\n")[0]) == ["litgpt-mka", *finished["args"][1:]]

@@ -1,4 +1,4 @@
-"""litgpt_mka.kv_cache: accounting against the buffers `set_kv_cache` allocates, preset cache targets; speed helpers."""
+"""litgpt_mka.measure.kv_cache_size: accounting against the buffers `set_kv_cache` allocates, preset cache targets; speed helpers."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import yaml
 from litgpt.config import Config
 from litgpt.model import CausalSelfAttention
 
-from litgpt_mka.kv_cache import (
+from litgpt_mka.measure.kv_cache_size import (
     allocated_kv_cache_bytes,
     build_gpt,
     kv_cache_bytes,
@@ -16,10 +16,10 @@ from litgpt_mka.kv_cache import (
     kv_cache_elements_per_token,
     stock_mla_class,
 )
-from litgpt_mka.mla import MultiheadLatentAttention
-from litgpt_mka.speed import measure_decode_tokens_per_second, prefill_random_prompt, time_decode_steps
+from litgpt_mka.attention.mla import MultiheadLatentAttention
+from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second, prefill_random_prompt, time_decode_steps
 
-PRESETS = Path(__file__).parents[1] / "config_hub" / "pretrain"
+PRESETS = Path(__file__).parents[2] / "config_hub" / "pretrain"
 LATENT = dict(q_lora_rank=24, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
 
 
@@ -125,7 +125,7 @@ def test_preset_cache_targets(size, ours, mha, stock):
     assert stock_bytes >= 6 * ours_bytes
 
 
-# ------------------------------------------------------------------------------ litgpt_mka.speed helpers
+# ------------------------------------------------------------------------------ litgpt_mka.measure.decode_speed helpers
 def test_prefill_random_prompt_fills_the_cache_as_a_plain_prefill_does():
     config = tiny(latent_attention=LATENT)
     model = build_gpt(config).eval()

@@ -9,10 +9,10 @@ from importlib import import_module
 ATTENTION_CLASSES: dict[str, str] = {
     # litgpt's own class: MHA, GQA and MQA through `n_query_groups`
     "CausalSelfAttention": "litgpt.model:CausalSelfAttention",
-    # DeepSeek-V2 multi-head latent attention with a compressed KV cache (litgpt_mka/mla.py)
-    "MultiheadLatentAttention": "litgpt_mka.mla:MultiheadLatentAttention",
-    # memorized-key attention, MKA / FMKA (litgpt_mka/mka.py)
-    "MemorizedKeyAttention": "litgpt_mka.mka:MemorizedKeyAttention",
+    # DeepSeek-V2 multi-head latent attention with a compressed KV cache (litgpt_mka/attention/mla.py)
+    "MultiheadLatentAttention": "litgpt_mka.attention.mla:MultiheadLatentAttention",
+    # memorized-key attention, MKA / FMKA (litgpt_mka/attention/mka.py)
+    "MemorizedKeyAttention": "litgpt_mka.attention.mka:MemorizedKeyAttention",
 }
 DEFAULT_ATTENTION_CLASS = "CausalSelfAttention"
 

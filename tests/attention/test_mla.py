@@ -1,4 +1,4 @@
-"""litgpt_mka.mla: equations, cache, absorbed vs expanded paths, stock-litgpt equivalence, presets.
+"""litgpt_mka.attention.mla: equations, cache, absorbed vs expanded paths, stock-litgpt equivalence, presets.
 
 fp32 on CPU, tiny overrides of the pythia-14m preset, fixed seeds, whole tensors compared with
 `torch.testing.assert_close` (rtol/atol 1e-5 unless a test says otherwise).
@@ -17,11 +17,11 @@ import yaml
 from litgpt.config import Config
 from litgpt.model import GPT, apply_rope
 
-from litgpt_mka.kv_cache import build_gpt, stock_mla_class
-from litgpt_mka.mla import LatentKVCache, MultiheadLatentAttention, default_absorb_max_queries
+from litgpt_mka.measure.kv_cache_size import build_gpt, stock_mla_class
+from litgpt_mka.attention.mla import LatentKVCache, MultiheadLatentAttention, default_absorb_max_queries
 
-ROOT = Path(__file__).parents[1]
-TOKENIZER_DIR = Path(__file__).parents[1] / ".." / "shared" / "tokenizers" / "pythia"
+ROOT = Path(__file__).parents[2]
+TOKENIZER_DIR = Path(__file__).parents[2] / ".." / "shared" / "tokenizers" / "pythia"
 TOL = dict(rtol=1e-5, atol=1e-5)
 # L = 32, R = 8, P = 8, V = 16 (P + R == V), nh = 4: T* = 32 * 24 / (64 - 24) = 19
 LATENT = dict(kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)

@@ -11,7 +11,7 @@ import yaml
 from litgpt.config import Config
 from litgpt.model import GPT
 from litgpt.utils import save_config
-from litgpt_mka.hub import load_pretrain_yaml, model_config_from_yaml
+from litgpt_mka.presets import load_pretrain_yaml, model_config_from_yaml
 from tests.conftest import CONFIG_HUB
 
 HUB_FILES = sorted(CONFIG_HUB.glob("*.yaml"))

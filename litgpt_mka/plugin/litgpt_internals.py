@@ -9,11 +9,11 @@ each extension below is applied to the imported module object, once (idempotent)
     Config`` and every type hint that jsonargparse reads sees it) with two dataclass fields:
 
     * ``attention_class_name: str = "CausalSelfAttention"`` -- the key of
-      :data:`litgpt_mka.registry.ATTENTION_CLASSES`, after litgpt's ``mlp_class_name``;
+      :data:`litgpt_mka.attention.registry.ATTENTION_CLASSES`, after litgpt's ``mlp_class_name``;
     * ``memorized_key_attention: dict | None = None`` -- the MKA parameters.
 
     ``__post_init__`` is wrapped: litgpt's bare ``assert``s on user input are preceded by
-    ``ValueError`` checks (:mod:`litgpt_mka.validation`), and litgpt's ``latent_attention``
+    ``ValueError`` checks (:mod:`litgpt_mka.plugin.config_checks`), and litgpt's ``latent_attention``
     handling (which requires ``q_lora_rank`` and asserts) is replaced by :func:`_derive_latent_fields`,
     which derives the same attributes and lets ``q_lora_rank`` be unset. ``config.attention_class``
     returns the registered class, like litgpt's ``config.mlp_class``.
@@ -36,8 +36,8 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
-from litgpt_mka.registry import DEFAULT_ATTENTION_CLASS, attention_class
-from litgpt_mka.validation import resolve_attention_class_name, validate_litgpt_fields
+from litgpt_mka.attention.registry import DEFAULT_ATTENTION_CLASS, attention_class
+from litgpt_mka.plugin.config_checks import resolve_attention_class_name, validate_litgpt_fields
 
 TESTED_LITGPT_VERSION = "0.5.13"
 _EXTENDED_MARK = "_litgpt_mka_extended"
@@ -121,7 +121,7 @@ def extend_config_module(module: ModuleType) -> None:
     config_cls.__post_init__ = __post_init__
     config_cls.attention_class = property(
         lambda self: attention_class(self.attention_class_name),
-        doc="The attention module class named by `attention_class_name` (see litgpt_mka.registry).",
+        doc="The attention module class named by `attention_class_name` (see litgpt_mka.attention.registry).",
     )
 
 

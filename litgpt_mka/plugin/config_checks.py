@@ -6,7 +6,7 @@ checks live with their variant (``validate_config`` on the attention class) and 
 
 from typing import Any
 
-from litgpt_mka.registry import DEFAULT_ATTENTION_CLASS, attention_class, check_attention_class_name
+from litgpt_mka.attention.registry import DEFAULT_ATTENTION_CLASS, attention_class, check_attention_class_name
 
 LATENT_ATTENTION_CLASS = "MultiheadLatentAttention"
 MEMORIZED_KEY_ATTENTION_CLASS = "MemorizedKeyAttention"

@@ -1,4 +1,4 @@
-"""Tests of litgpt_mka/mka.py: the equations (naive reference), causality, the KV cache, FlashAttention
+"""Tests of litgpt_mka/attention/mka.py: the equations (naive reference), causality, the KV cache, FlashAttention
 dispatch, validation, initialisation and the routing inspection.
 
 Every numerical check runs in float32 on the CPU with fixed seeds and compares whole tensors with
@@ -16,8 +16,8 @@ import litgpt_mka  # noqa: F401  (activates the plugin for litgpt modules import
 from litgpt.config import Config
 from litgpt.model import GPT, CausalSelfAttention
 
-from litgpt_mka import mka
-from litgpt_mka.mka import MemorizedKeyAttention, MemorizedKeyCache, routing_weights
+from litgpt_mka.attention import mka
+from litgpt_mka.attention.mka import MemorizedKeyAttention, MemorizedKeyCache, routing_weights
 
 ROUTINGS = ("keys", "keys_values", "outputs")
 LAYOUTS = {"mha": 4, "gqa": 2, "mqa": 1}  # n_query_groups for n_head = 4
@@ -359,7 +359,7 @@ def test_invalid_config(overrides, message):
 def test_router_starts_uniform_under_pretrain_init():
     """litgpt pretrain: empty_init, then the plugin's initialize_weights (every nn.Linear re-initialised)."""
     import lightning as L
-    from litgpt_mka.litgpt_internals import initialize_weights
+    from litgpt_mka.plugin.litgpt_internals import initialize_weights
 
     fabric = L.Fabric(accelerator="cpu", devices=1)
     torch.manual_seed(0)

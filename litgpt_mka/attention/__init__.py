@@ -1,0 +1,1 @@
+"""The attention variants: ``registry.py`` (one entry per variant), one module per variant."""
