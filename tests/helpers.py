@@ -1,0 +1,108 @@
+"""Shared test helpers: one tiny-config builder, one way to load presets, the decoding equivalences.
+
+Every numerical helper runs in float32 on the CPU by default and compares whole tensors with
+``torch.testing.assert_close``; callers pass documented looser tolerances for half precision.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from litgpt.config import Config
+from litgpt.model import GPT
+
+import litgpt_mka  # noqa: F401  (activates the plugin for litgpt modules imported by the tests)
+from litgpt_mka.presets import model_config_from_yaml
+
+CONFIG_HUB = Path(__file__).resolve().parents[1] / "config_hub" / "pretrain"
+TINY_VOCAB = 128
+
+# attention keys of each variant at a tiny size (n_head 4, head size 16, rotary on 4 of 16 features)
+TINY_LATENT = dict(q_lora_rank=24, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+TINY_VARIANTS: dict[str, dict[str, Any]] = {
+    "mha": {},
+    "gqa": {"n_query_groups": 2},
+    "mqa": {"n_query_groups": 1},
+    "mla": {"latent_attention": TINY_LATENT},
+    "mka": {"attention_class_name": "MemorizedKeyAttention", "memorized_key_attention": {"routing": "keys"}},
+    "fmka": {"attention_class_name": "MemorizedKeyAttention", "memorized_key_attention": {"routing": "keys_values"}},
+}
+
+
+def tiny_config(variant: str = "mha", **overrides: Any) -> Config:
+    """A tiny override of the real pythia-14m config: 2 layers, width 64, 4 heads, vocabulary 128.
+
+    `variant` names a key of :data:`TINY_VARIANTS`; `overrides` win over both.
+    """
+    settings = dict(
+        n_layer=2, n_embd=64, n_head=4, block_size=64, vocab_size=TINY_VOCAB, padded_vocab_size=TINY_VOCAB
+    )
+    settings.update(TINY_VARIANTS[variant])
+    settings.update(overrides)
+    return Config.from_name("pythia-14m", **settings)
+
+
+def preset_config(name: str, **overrides: Any) -> Config:
+    """The `Config` of ``config_hub/pretrain/<name>.yaml`` (e.g. ``"pythia-14m-mla"``), with `overrides`."""
+    return model_config_from_yaml(CONFIG_HUB / f"{name}.yaml", **overrides)
+
+
+def random_gpt(config: Config, seed: int = 0, std: float | None = None) -> GPT:
+    """A `GPT` in eval mode whose every parameter is random (no zero bias, no unit norm, no zero router).
+
+    ``std=None`` keeps the default init and perturbs biases and norms by N(0, 0.1); a number redraws every
+    parameter from N(0, std).
+    """
+    torch.manual_seed(seed)
+    model = GPT(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if std is not None:
+                parameter.normal_(0.0, std)
+            elif name.endswith("bias") or "norm" in name or "router.out" in name:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    return model.eval()
+
+
+def tokens(batch: int, length: int, seed: int = 1, vocab_size: int = TINY_VOCAB) -> torch.Tensor:
+    """Random token ids (batch, length) from a fixed seed."""
+    return torch.randint(0, vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def decode_token_by_token(model: GPT, idx: torch.Tensor, prompt: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """litgpt generate's loop: prefill `prompt` tokens, then one token at a time; logits (B, T, V)."""
+    model.set_kv_cache(batch_size=idx.size(0), dtype=dtype)
+    logits = [model(idx[:, :prompt], torch.arange(prompt), input_pos_maxp1=prompt)]
+    for t in range(prompt, idx.size(1)):
+        logits.append(model(idx[:, t : t + 1], torch.tensor([t]), input_pos_maxp1=t + 1))
+    return torch.cat(logits, dim=1)
+
+
+@torch.no_grad()
+def prefill_in_chunks(model: GPT, idx: torch.Tensor, sizes: list[int], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Fresh cache, then consecutive chunks of `sizes` tokens (they must add up to T); logits (B, T, V)."""
+    if sum(sizes) != idx.size(1):
+        raise ValueError(f"chunk sizes {sizes} add up to {sum(sizes)}, not to the {idx.size(1)} tokens")
+    model.set_kv_cache(batch_size=idx.size(0), dtype=dtype)
+    logits, start = [], 0
+    for size in sizes:
+        end = start + size
+        logits.append(model(idx[:, start:end], torch.arange(start, end), input_pos_maxp1=end))
+        start = end
+    return torch.cat(logits, dim=1)
+
+
+def assert_cached_decode_matches_full_forward(model: GPT, idx: torch.Tensor, prompt: int, **tolerance: Any) -> None:
+    """Token-by-token cached decoding gives the full forward's logits at every position."""
+    with torch.no_grad():
+        full = model(idx)
+    torch.testing.assert_close(decode_token_by_token(model, idx, prompt), full, **tolerance)
+
+
+def assert_chunked_prefill_matches_single_prefill(
+    model: GPT, idx: torch.Tensor, sizes: list[int], **tolerance: Any
+) -> None:
+    """Prefill in chunks of `sizes` gives the logits (and so the cache) of one prefill of all tokens."""
+    single = prefill_in_chunks(model, idx, [idx.size(1)])
+    torch.testing.assert_close(prefill_in_chunks(model, idx, sizes), single, **tolerance)
