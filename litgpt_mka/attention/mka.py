@@ -75,32 +75,37 @@ buffer           shape                     content                              
 ``k``            (B, nh_kv, S, hs)         the attended keys, mixed and roped         cache dtype
                                            (``outputs``: the local branch's keys)
 ``v``            (B, nh_kv, S, hs)         the attended values (``outputs``: local)   cache dtype
-``k_session``    (B, nh_kv, S, hs)         ``outputs`` only: roped session keys       cache dtype
-                                           ``rope(k(m2_t))``
-``sums``         (B, S, w)                 running sums ``sum_{s<=t} k(x_s)`` (and    float32 (or
-                                           ``v(x_s)``) at every position t            wider)
+``k_session``    (B, nh_kv, S, hs)         ``outputs`` only: ``rope(k(m2_t))``        cache dtype
+``v_session``    (B, nh_kv, S, hs)         ``outputs`` only: ``v(m2_t)``              cache dtype
+``sums``         (B, W, w)                 ring of running sums ``sum_{s<=t} k(x_s)``  float32 (or
+                                           (and ``v(x_s)``) of the last W positions   wider)
+``sum_positions`` (B, W)                   the position each ring slot holds (-1:     int64
+                                           empty)
 ===============  ========================  =========================================  ============
 
-Numbers per token per layer (``kv_cache_elements_per_token``) and bytes per token per layer with a
-cache dtype of ``b`` bytes (``kv_cache_bytes_per_token``); litgpt's MHA/GQA cache is ``2 D`` numbers,
-``2 D b`` bytes:
+The running sum of position t lives in ring slot ``t mod W``; W is ``sum_window`` (default 16, at most
+S). A chunk starting at position s continues the sum of position s - 1, so a chunk may start anywhere
+the ring still holds: appending (every decode step, chunked prefill) and rewriting any of the last
+W - 1 positions written (litgpt's speculative decoding rewrites up to ``speculative_k``, so it needs
+W > speculative_k) are exact. Starting a chunk further back raises ``ValueError`` naming
+``memorized_key_attention.sum_window``.
 
-==============  =====================  ======================  =====================  ==============
-routing         cache-dtype numbers    float32 numbers         bytes                  14m, bf16, 6 layers
-==============  =====================  ======================  =====================  ==============
-``keys``        2 D                    D                       (2 b + 4) D            6144 B (MHA 3072)
-``keys_values`` 2 D                    2 D                     (2 b + 8) D            9216 B
-``outputs``     3 D                    2 D                     (3 b + 8) D            10752 B
-==============  =====================  ======================  =====================  ==============
+Bytes per token per layer with a cache dtype of ``b`` bytes (``kv_cache_bytes_per_token``), plus a
+constant per sequence and layer (``kv_cache_bytes_per_sequence``, the ring); litgpt's MHA/GQA cache is
+``2 D b`` bytes per token:
 
-Why a sum per position, and why float32: ``input_pos`` may start a chunk anywhere (chunked prefill),
-differ per row (batched ``(B, T)`` positions) and rewrite earlier positions; the running sum at the
-position just before a chunk is always in the cache, so the mean at any position is exact whatever the
-chunking. The full forward accumulates in float32, and a bfloat16 running sum drifts: for keys of mean
-0.5 and unit noise, a bf16-stored sum gives the running mean at position 2048 a mean absolute error of
-0.13 (0.0007 with float32), so the sums are kept in ``promote_types(dtype, float32)``.
-The session values of ``outputs`` are not stored: ``v(m2_s) = sums_s / (s+1)`` is read from ``sums``.
-There is no per-sequence constant state (``p`` is a weight). A chunk's positions must be consecutive
+==============  =====================  ====================================  =========================
+routing         bytes per token        bytes per sequence (ring)             14m, bf16, context 2048
+==============  =====================  ====================================  =========================
+``keys``        2 D b (= MHA)          W (4 D + 8)                           MHA + 0.8%
+``keys_values`` 2 D b (= MHA)          W (8 D + 8)                           MHA + 1.6%
+``outputs``     4 D b                  W (8 D + 8)                           2 MHA + 1.6%
+==============  =====================  ====================================  =========================
+
+Why float32 sums: the full forward accumulates in float32, and a bfloat16 running sum drifts: for
+keys of mean 0.5 and unit noise, a bf16-stored sum gives the running mean at position 2048 a mean
+absolute error of 0.13 (0.0007 with float32), so the sums are kept in ``promote_types(dtype, float32)``.
+There is no other per-sequence state (``p`` is a weight). A chunk's positions must be consecutive
 (``input_pos[..., j+1] = input_pos[..., j] + 1``), which every litgpt generation path satisfies.
 
 Router initialisation
@@ -119,16 +124,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from litgpt.config import Config
-from litgpt.model import CausalSelfAttention, apply_rope, apply_rope_interleave
+from litgpt.model import CausalSelfAttention
+
+from litgpt_mka.attention.kv_cache import (
+    KVCacheBase,
+    causal_mask,
+    check_rope_cache_length,
+    reads_positions,
+    require_cache,
+    write_positions,
+)
+from litgpt_mka.attention.variant import AttentionVariant, check_keys, positive_int, rope_function
 
 ROUTINGS = ("keys", "keys_values", "outputs")
 MEMORY_SOURCES = ("local", "session", "long_term")
 DEFAULT_ROUTING = "keys"
 # parameters of the router ~ C * H = C^2 / 8, about 1% of a Pythia block's 12 C^2 (attention 4 C^2 + MLP 8 C^2)
 ROUTER_HIDDEN_FRACTION = 8
-CONFIG_KEYS = ("routing", "router_hidden")
-# numbers per token per layer: (in the cache dtype, in float32), in units of D = n_query_groups * head_size
-_CACHE_UNITS = {"keys": (2, 1), "keys_values": (2, 2), "outputs": (3, 2)}
+# running sums kept for rewriting recent positions: litgpt's speculative decoding rewrites up to
+# speculative_k (default 3) positions; 16 costs under 2% of an MHA cache at context 2048
+DEFAULT_SUM_WINDOW = 16
+CONFIG_KEYS = ("routing", "router_hidden", "sum_window")
+# per token per layer, in units of D = n_query_groups * head_size: buffers of the cache dtype
+_CACHE_UNITS = {"keys": 2, "keys_values": 2, "outputs": 4}
 # forward method per routing mode
 _FORWARDS = {"keys": "_forward_mixed", "keys_values": "_forward_mixed", "outputs": "_forward_branches"}
 
@@ -187,7 +205,7 @@ class Router(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- attention
-class MemorizedKeyAttention(CausalSelfAttention):
+class MemorizedKeyAttention(AttentionVariant, CausalSelfAttention):
     """MKA / FMKA / multi-branch memorized-key attention; equations, cache and init in the module docstring.
 
     Subclasses litgpt's ``CausalSelfAttention``: the fused ``qkv``, ``proj`` and
@@ -208,26 +226,27 @@ class MemorizedKeyAttention(CausalSelfAttention):
         nn.init.normal_(self.memory, mean=0.0, std=1.0)
 
     # --------------------------------------------------------------------------------- configuration
-    @staticmethod
-    def validate_config(config: Config) -> None:
-        """Validates ``config.memorized_key_attention`` and writes its defaults into it.
+    @classmethod
+    def validate_config(cls, config: Config) -> None:
+        """Validates ``config.memorized_key_attention`` (None means all defaults) and writes its defaults into it.
 
         Raises:
-            ValueError: unknown key, unknown ``routing``, non-positive ``router_hidden``, or a litgpt
-                option this module does not implement (``norm_qk``, ``sliding_window_size``).
+            ValueError: unknown key, unknown ``routing``, non-positive ``router_hidden`` or ``sum_window``,
+                or a litgpt option this module does not implement (``norm_qk``, ``sliding_window_size``).
         """
+        if config.memorized_key_attention is None:
+            config.memorized_key_attention = {}
+        if not isinstance(config.memorized_key_attention, dict):
+            raise ValueError(f"memorized_key_attention={config.memorized_key_attention!r} must be a dict or null")
         settings = dict(config.memorized_key_attention)
-        unknown = sorted(set(settings) - set(CONFIG_KEYS))
-        if unknown:
-            raise ValueError(
-                f"memorized_key_attention has unknown key(s) {unknown}; allowed keys are {list(CONFIG_KEYS)}"
-            )
+        check_keys("memorized_key_attention", settings, CONFIG_KEYS)
         routing = settings.setdefault("routing", DEFAULT_ROUTING)
         if routing not in ROUTINGS:
             raise ValueError(f"memorized_key_attention.routing={routing!r} must be one of {list(ROUTINGS)}")
-        hidden = settings.setdefault("router_hidden", max(1, config.n_embd // ROUTER_HIDDEN_FRACTION))
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0:
-            raise ValueError(f"memorized_key_attention.router_hidden={hidden!r} must be a positive integer")
+        settings.setdefault("router_hidden", max(1, config.n_embd // ROUTER_HIDDEN_FRACTION))
+        settings.setdefault("sum_window", DEFAULT_SUM_WINDOW)
+        for key in ("router_hidden", "sum_window"):
+            positive_int(f"memorized_key_attention.{key}", settings[key])
         if config.norm_qk:
             raise ValueError(
                 "norm_qk=True is not supported with attention_class_name='MemorizedKeyAttention'"
@@ -243,21 +262,19 @@ class MemorizedKeyAttention(CausalSelfAttention):
 
     @classmethod
     def kv_cache_elements_per_token(cls, config: Config) -> int:
-        """Numbers :meth:`build_kv_cache` allocates per token per layer, all buffers and dtypes together.
-
-        ``(2 + 1) D`` for ``keys``, ``(2 + 2) D`` for ``keys_values``, ``(3 + 2) D`` for ``outputs``, with
-        ``D = n_query_groups * head_size``; the second term is held in float32 (see
-        :meth:`kv_cache_bytes_per_token`). No per-sequence constant state.
-        """
-        in_dtype, in_float32 = _CACHE_UNITS[config.memorized_key_attention["routing"]]
-        return (in_dtype + in_float32) * config.n_query_groups * config.head_size
+        """Numbers per token per layer, all in the cache dtype: ``2 D`` (``keys``, ``keys_values``), ``4 D``
+        (``outputs``), ``D = n_query_groups * head_size``. The ring of sums is per sequence."""
+        return _CACHE_UNITS[config.memorized_key_attention["routing"]] * config.n_query_groups * config.head_size
 
     @classmethod
-    def kv_cache_bytes_per_token(cls, config: Config, dtype: torch.dtype) -> int:
-        """Bytes :meth:`build_kv_cache` allocates per token per layer for a cache of ``dtype``."""
-        in_dtype, in_float32 = _CACHE_UNITS[config.memorized_key_attention["routing"]]
-        sum_bytes = _sum_dtype(dtype).itemsize
-        return (in_dtype * dtype.itemsize + in_float32 * sum_bytes) * config.n_query_groups * config.head_size
+    def kv_cache_bytes_per_sequence(cls, config: Config, dtype: torch.dtype) -> int:
+        """The ring of running sums per sequence and layer: ``W (w * 4 + 8)`` bytes (float32 sums, int64 positions).
+
+        ``W = sum_window``, capped at the cache length by :meth:`build_kv_cache`; this counts the full window.
+        """
+        settings = config.memorized_key_attention
+        width = _sum_width(settings["routing"], config.n_query_groups * config.head_size)
+        return settings["sum_window"] * (width * _sum_dtype(dtype).itemsize + torch.int64.itemsize)
 
     def build_kv_cache(
         self,
@@ -267,19 +284,15 @@ class MemorizedKeyAttention(CausalSelfAttention):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> "MemorizedKeyCache":
-        if rope_cache_length is not None and rope_cache_length != self.config.rope_n_elem:
-            raise ValueError(
-                f"rope_cache_length={rope_cache_length} must equal rope_n_elem={self.config.rope_n_elem}"
-                " for MemorizedKeyAttention (or be None)"
-            )
-        width = self._sum_width()
+        check_rope_cache_length("MemorizedKeyAttention", rope_cache_length, self.config.rope_n_elem, "rope_n_elem")
         return MemorizedKeyCache(
             batch_size,
             max_seq_length,
             self.config.n_query_groups,
             self.config.head_size,
-            sum_width=width,
-            session_keys=self.routing == "outputs",
+            sum_width=self._sum_width(),
+            sum_window=self.config.memorized_key_attention["sum_window"],
+            session_branch=self.routing == "outputs",
             device=device,
             dtype=dtype,
         )
@@ -295,8 +308,8 @@ class MemorizedKeyAttention(CausalSelfAttention):
         input_pos_maxp1: int | None = None,
     ) -> torch.Tensor:
         """litgpt's attention contract; x (B, T, C) -> (B, T, C)."""
-        if input_pos is not None and not isinstance(self.kv_cache, MemorizedKeyCache):
-            raise TypeError("You need to call `gpt.set_kv_cache()`")
+        if input_pos is not None:
+            require_cache(self, MemorizedKeyCache)
         return getattr(self, _FORWARDS[self.routing])(x, cos, sin, mask, input_pos, input_pos_maxp1)
 
     def _forward_mixed(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
@@ -306,7 +319,7 @@ class MemorizedKeyAttention(CausalSelfAttention):
         q, kv = self._project(x)  # (B, T, nh_q hs), (B, T, 2D)
         w = self._sum_width()  # D: keys only; 2D: keys and values
         local = kv[..., :w]  # (B, T, w)
-        session = self._session_memory(local, input_pos)  # (B, T, w)
+        session = self._session_memory(local, input_pos, input_pos_maxp1)  # (B, T, w)
         mixed = mix_memories(self.router(x), local, session, self._long_term_memory()[:w])  # (B, T, w)
         k = mixed[..., :D]  # (B, T, D)
         v = (mixed if w == 2 * D else kv)[..., D:]  # (B, T, D)
@@ -314,6 +327,7 @@ class MemorizedKeyAttention(CausalSelfAttention):
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         if input_pos is not None:
             k, v = self.kv_cache(input_pos, k, v, input_pos_maxp1)  # 2x (B, nh_kv, S', hs)
+            mask = causal_mask(input_pos, k.size(2)) if mask is None else mask  # (B|1, 1, T, S')
         y = self._attend(q, k, v, mask, input_pos)  # (B, T, nh_q, hs)
         return self.proj(y.reshape(B, T, -1))  # (B, T, nh_q hs) -> (B, T, C)
 
@@ -322,7 +336,7 @@ class MemorizedKeyAttention(CausalSelfAttention):
         B, T, _ = x.shape
         D = self.config.n_query_groups * self.config.head_size
         q, kv = self._project(x)  # (B, T, nh_q hs), (B, T, 2D)
-        session = self._session_memory(kv, input_pos)  # (B, T, 2D): (k(m2), v(m2))
+        session = self._session_memory(kv, input_pos, input_pos_maxp1)  # (B, T, 2D): (k(m2), v(m2))
         q = self._rope(self._heads(q), cos, sin)  # (B, nh_q, T, hs)
         k_local = self._rope(self._heads(kv[..., :D]), cos, sin)  # (B, nh_kv, T, hs)
         v_local = self._heads(kv[..., D:])  # (B, nh_kv, T, hs)
@@ -330,8 +344,9 @@ class MemorizedKeyAttention(CausalSelfAttention):
         v_session = self._heads(session[..., D:])  # (B, nh_kv, T, hs)
         if input_pos is not None:
             k_local, v_local, k_session, v_session = self.kv_cache.branches(
-                input_pos, k_local, v_local, k_session, input_pos_maxp1
+                input_pos, k_local, v_local, k_session, v_session, input_pos_maxp1
             )  # 4x (B, nh_kv, S', hs)
+            mask = causal_mask(input_pos, k_local.size(2)) if mask is None else mask  # (B|1, 1, T, S')
         y_local = self._attend(q, k_local, v_local, mask, input_pos)  # (B, T, nh_q, hs)
         y_session = self._attend(q, k_session, v_session, mask, input_pos)  # (B, T, nh_q, hs)
         y_long_term = self._expand_groups(self._long_term_memory()[D:])  # (nh_q, hs): exactly v(p) per head
@@ -341,9 +356,7 @@ class MemorizedKeyAttention(CausalSelfAttention):
 
     # ------------------------------------------------------------------------------------------- pieces
     def _sum_width(self) -> int:
-        """w: columns of ``(k(x), v(x))`` that need a running mean."""
-        D = self.config.n_query_groups * self.config.head_size
-        return D if self.routing == "keys" else 2 * D
+        return _sum_width(self.routing, self.config.n_query_groups * self.config.head_size)
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """litgpt's fused projection: (B, T, C) -> q (B, T, nh_q hs), kv (B, T, 2D) = (k(x), v(x))."""
@@ -357,13 +370,15 @@ class MemorizedKeyAttention(CausalSelfAttention):
         bias = None if self.qkv.bias is None else self.qkv.bias[q_size:]
         return F.linear(self.memory, self.qkv.weight[q_size:], bias)  # (C,) -> (2D,)
 
-    def _session_memory(self, local: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
+    def _session_memory(
+        self, local: torch.Tensor, input_pos: torch.Tensor | None, input_pos_maxp1: int | None
+    ) -> torch.Tensor:
         """Running mean over positions <= t of ``local`` (B, T, w); sums read from/written to the cache."""
         if input_pos is None:
             sums = running_sums(local)  # (B, T, w)
             input_pos = torch.arange(local.size(1), device=local.device)  # (T,)
         else:
-            sums = self.kv_cache.running_sums(input_pos, local)  # (B, T, w)
+            sums = self.kv_cache.running_sums(input_pos, local, input_pos_maxp1)  # (B, T, w)
         return running_mean(sums, input_pos).to(local.dtype)  # (B, T, w)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -374,8 +389,7 @@ class MemorizedKeyAttention(CausalSelfAttention):
     def _rope(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """RoPE on the first ``rope_n_elem`` features of (B, n, T, hs), as litgpt does."""
         n_elem = self.config.rope_n_elem
-        rope = apply_rope_interleave if self.config.rope_interleave else apply_rope
-        return torch.cat((rope(t[..., :n_elem], cos, sin), t[..., n_elem:]), dim=-1)  # (B, n, T, hs)
+        return torch.cat((rope_function(self.config)(t[..., :n_elem], cos, sin), t[..., n_elem:]), dim=-1)  # (B, n, T, hs)
 
     def _expand_groups(self, t: torch.Tensor) -> torch.Tensor:
         """Per-group vector (D,) -> per-query-head (nh_q, hs), query heads of a group sharing it."""
@@ -394,16 +408,28 @@ class MemorizedKeyAttention(CausalSelfAttention):
 
 
 # --------------------------------------------------------------------------------------------- cache
+def _sum_width(routing: str, D: int) -> int:
+    """w: columns of ``(k(x), v(x))`` that need a running mean: D for ``keys``, 2D otherwise."""
+    return D if routing == "keys" else 2 * D
+
+
 def _sum_dtype(dtype: torch.dtype | None) -> torch.dtype:
     return torch.promote_types(dtype or torch.get_default_dtype(), torch.float32)
 
 
-class MemorizedKeyCache(nn.Module):
-    """KV cache of :class:`MemorizedKeyAttention`; buffer layout and bytes per token in the module docstring.
+class MemorizedKeyCache(KVCacheBase):
+    """KV cache of :class:`MemorizedKeyAttention`; buffer layout and bytes in the module docstring.
 
-    Raises ``ValueError`` when a forward's batch exceeds the cache's batch size, a position is beyond
-    its length, or a chunk's positions are not consecutive.
+    litgpt's contract through :class:`~litgpt_mka.attention.kv_cache.KVCacheBase`. Per forward the module
+    calls :meth:`running_sums` (the session memory of the chunk) and then the cache itself (``keys``,
+    ``keys_values``) or :meth:`branches` (``outputs``); each checks the chunk.
+
+    Raises:
+        ValueError: the contract's errors (batch, length, positions), positions of a chunk that are not
+            consecutive, or a chunk that starts more than ``sum_window`` positions behind the latest written.
     """
+
+    activation_buffers = ("k", "v", "k_session", "v_session")
 
     def __init__(
         self,
@@ -412,38 +438,39 @@ class MemorizedKeyCache(nn.Module):
         n_query_groups: int,
         head_size: int,
         sum_width: int,
-        session_keys: bool,
+        sum_window: int,
+        session_branch: bool,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, max_seq_length)
         kv_shape = (batch_size, n_query_groups, max_seq_length, head_size)  # (B, nh_kv, S, hs)
-        self.register_buffer("k", torch.zeros(kv_shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(kv_shape, device=device, dtype=dtype), persistent=False)
-        k_session = torch.zeros(kv_shape, device=device, dtype=dtype) if session_keys else None
-        self.register_buffer("k_session", k_session, persistent=False)
-        sums = torch.zeros(batch_size, max_seq_length, sum_width, device=device, dtype=_sum_dtype(dtype))  # (B, S, w)
+        for name in self.activation_buffers:
+            buffer = torch.zeros(kv_shape, device=device, dtype=dtype) if session_branch or "session" not in name else None
+            self.register_buffer(name, buffer, persistent=False)
+        self.sum_window = min(sum_window, max_seq_length)  # W
+        sums = torch.zeros(batch_size, self.sum_window, sum_width, device=device, dtype=_sum_dtype(dtype))  # (B, W, w)
         self.register_buffer("sums", sums, persistent=False)
-        self.batch_size = batch_size
-        self.max_cache_len = max_seq_length
+        positions = torch.full((batch_size, self.sum_window), -1, device=device, dtype=torch.int64)  # (B, W)
+        self.register_buffer("sum_positions", positions, persistent=False)
 
     def reset_parameters(self) -> None:
-        for buffer in (self.k, self.v, self.k_session, self.sums):
-            if buffer is not None:
-                nn.init.zeros_(buffer)
+        super().reset_parameters()
+        self.sum_positions.fill_(-1)
 
     def forward(
         self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos_maxp1: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Writes k, v (bs, nh_kv, T, hs) at ``input_pos``; returns the buffers (bs, nh_kv, S', hs).
 
-        S' is ``input_pos_maxp1`` when given, else S. ``input_pos`` was checked by :meth:`running_sums`,
-        which the attention module calls first.
+        S' is ``input_pos_maxp1`` when given, else S.
         """
-        self._match_dtype(k.dtype)
-        k_full = _write_time(self.k[: k.size(0)], 2, input_pos, k)
-        v_full = _write_time(self.v[: v.size(0)], 2, input_pos, v)
-        return k_full[:, :, :input_pos_maxp1], v_full[:, :, :input_pos_maxp1]
+        bs, _, T, _ = k.shape
+        self.check_chunk(input_pos, bs, T, input_pos_maxp1)
+        self.follow_dtype(k.dtype)
+        k_all = write_positions(self.k[:bs], 2, input_pos, k)[:, :, :input_pos_maxp1]
+        v_all = write_positions(self.v[:bs], 2, input_pos, v)[:, :, :input_pos_maxp1]
+        return k_all, v_all
 
     def branches(
         self,
@@ -451,75 +478,61 @@ class MemorizedKeyCache(nn.Module):
         k_local: torch.Tensor,
         v_local: torch.Tensor,
         k_session: torch.Tensor,
+        v_session: torch.Tensor,
         input_pos_maxp1: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``outputs`` mode: writes the local keys/values and the session keys, returns all four branches.
-
-        The session values ``sums_s / (s + 1)`` are read from ``sums``, which :meth:`running_sums` has
-        already updated for this chunk. Returns 4x (bs, nh_kv, S', hs).
-        """
+        """``outputs`` mode: writes both branches' keys and values, returns them: 4x (bs, nh_kv, S', hs)."""
         k_local, v_local = self(input_pos, k_local, v_local, input_pos_maxp1)
-        bs, n_query_groups, _, head_size = k_session.shape
-        k_session = _write_time(self.k_session[:bs], 2, input_pos, k_session)[:, :, :input_pos_maxp1]
-        sums = self.sums[:bs, :input_pos_maxp1, -n_query_groups * head_size :]  # (bs, S', D)
-        positions = torch.arange(sums.size(1), device=sums.device)  # (S',)
-        v_session = running_mean(sums, positions).to(v_local.dtype)  # (bs, S', D)
-        v_session = v_session.view(bs, -1, n_query_groups, head_size).transpose(1, 2)  # (bs, nh_kv, S', hs)
+        bs = k_session.size(0)
+        k_session = write_positions(self.k_session[:bs], 2, input_pos, k_session)[:, :, :input_pos_maxp1]
+        v_session = write_positions(self.v_session[:bs], 2, input_pos, v_session)[:, :, :input_pos_maxp1]
         return k_local, v_local, k_session, v_session
 
-    def running_sums(self, input_pos: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-        """Running sums (bs, T, w) of ``src`` (bs, T, w) at ``input_pos``, continuing the cached prefix.
-
-        The prefix is the cached sum at ``input_pos[..., 0] - 1`` (none at position 0); the chunk's
-        sums are written at ``input_pos`` so that a later chunk, or a rewrite, can continue from them.
-        """
+    def running_sums(
+        self, input_pos: torch.Tensor, src: torch.Tensor, input_pos_maxp1: int | None = None
+    ) -> torch.Tensor:
+        """Running sums (bs, T, w) of ``src`` (bs, T, w) at ``input_pos``, continuing the sum of the position
+        before the chunk (none at position 0), which the ring must still hold; the chunk's last W sums are
+        written to the ring."""
         bs, T, width = src.shape
-        self._check(input_pos, bs)
-        sums = self.sums[:bs]  # (bs, S, w)
-        start = input_pos[..., :1].expand(bs, 1)  # (T,) | (bs, T) -> (bs, 1)
-        previous = (start - 1).clamp(min=0).unsqueeze(-1).expand(bs, 1, width)  # (bs, 1, w)
-        prefix = torch.where(start.unsqueeze(-1) > 0, sums.gather(1, previous), 0.0)  # (bs, 1, w)
-        chunk = running_sums(src, prefix)  # (bs, T, w)
-        _write_time(sums, 1, input_pos, chunk)
-        return chunk
-
-    def _check(self, input_pos: torch.Tensor, bs: int) -> None:
-        if bs > self.batch_size:
-            raise ValueError(
-                f"batch size {bs} exceeds the KV cache's batch size {self.batch_size};"
-                f" call `model.set_kv_cache(batch_size={bs})`"
-            )
-        if input_pos.dim() == 2 and input_pos.size(0) != bs:
-            raise ValueError(f"input_pos has {input_pos.size(0)} rows, but the batch has {bs}")
-        if input_pos.numel() == 0:
-            return
-        first, last = int(input_pos.min()), int(input_pos.max())
-        if first < 0 or last >= self.max_cache_len:
-            raise ValueError(
-                f"input_pos must lie in [0, {self.max_cache_len}), the KV cache's length; got {first} to {last}."
-                " Call `model.set_kv_cache(max_seq_length=...)` with a longer length"
-            )
-        if input_pos.size(-1) > 1 and bool((input_pos.diff(dim=-1) != 1).any()):
+        self.check_chunk(input_pos, bs, T, input_pos_maxp1)
+        check_values = reads_positions(input_pos, input_pos_maxp1)
+        if T > 1 and check_values and bool((input_pos.diff(dim=-1) != 1).any()):
             raise ValueError(
                 "input_pos must hold consecutive positions within a forward"
                 " (input_pos[..., j+1] = input_pos[..., j] + 1):"
                 " the session memory continues the running sum of the position before the chunk"
             )
+        W = self.sum_window
+        sums, held = self.sums[:bs], self.sum_positions[:bs]  # (bs, W, w), (bs, W)
+        previous = input_pos[..., :1].expand(bs, 1) - 1  # (T,) | (bs, T) -> (bs, 1)
+        slot = previous.remainder(W)  # (bs, 1)
+        found = (previous < 0) | (held.gather(1, slot) == previous)  # (bs, 1)
+        self._check_found(found, previous, check_values)
+        prefix = sums.gather(1, slot.unsqueeze(-1).expand(bs, 1, width))  # (bs, 1, w)
+        prefix = torch.where((previous >= 0).unsqueeze(-1), prefix, 0.0)  # nothing before position 0
+        chunk = running_sums(src, prefix)  # (bs, T, w)
+        kept = min(T, W)  # a chunk longer than the ring keeps its last W sums
+        kept_pos = input_pos[..., T - kept :].expand(bs, kept)  # (bs, kept)
+        write_positions(sums, 1, kept_pos.remainder(W), chunk[:, T - kept :])
+        held.scatter_(1, kept_pos.remainder(W), kept_pos)
+        return chunk
 
-    def _match_dtype(self, dtype: torch.dtype) -> None:
-        """Moves the key/value buffers to the activation dtype (AMP), as litgpt's KVCache does; sums stay wide."""
-        if self.k.dtype != dtype:
-            self.k, self.v = self.k.to(dtype), self.v.to(dtype)
-            if self.k_session is not None:
-                self.k_session = self.k_session.to(dtype)
-
-
-def _write_time(buffer: torch.Tensor, dim: int, input_pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """``buffer[b, ..., input_pos[b, t], ...] = new[b, ..., t, ...]`` along the time dimension ``dim``; in place."""
-    shape = [1] * new.dim()
-    shape[0], shape[dim] = new.size(0), new.size(dim)
-    index = input_pos.expand(new.size(0), -1).reshape(shape).expand_as(new)  # (T,) | (bs, T) -> new's shape
-    return buffer.scatter_(dim, index, new.to(buffer.dtype))
+    def _check_found(self, found: torch.Tensor, previous: torch.Tensor, check_values: bool) -> None:
+        if torch.compiler.is_compiling():
+            return
+        if not check_values:  # on an accelerator with input_pos_maxp1: no host synchronisation
+            torch._assert_async(found.all(), "MKA: a chunk starts beyond memorized_key_attention.sum_window")
+            return
+        if not bool(found.all()):
+            row = int((~found).nonzero()[0, 0])
+            position = int(previous[row, 0]) + 1
+            raise ValueError(
+                f"batch row {row} writes position {position}, but the running sum of position {position - 1} is"
+                f" no longer cached: the cache keeps the sums of the last memorized_key_attention.sum_window="
+                f"{self.sum_window} positions written. Set memorized_key_attention.sum_window larger to rewrite"
+                " further back (litgpt's speculative decoding needs speculative_k + 1)"
+            )
 
 
 # ---------------------------------------------------------------------------------------- inspection

@@ -87,14 +87,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
-from litgpt.model import (
-    RMSNorm,
-    apply_rope,
-    apply_rope_interleave,
-    batched_index_copy_,
-    do_softcapping,
-    yarn_get_mscale,
+from litgpt.model import RMSNorm, do_softcapping, yarn_get_mscale
+
+from litgpt_mka.attention.kv_cache import (
+    KVCacheBase,
+    causal_mask,
+    check_rope_cache_length,
+    require_cache,
+    write_positions,
 )
+from litgpt_mka.attention.variant import AttentionVariant, check_keys, positive_int, rope_function
 
 LATENT_ATTENTION_KEYS = (
     "q_lora_rank",
@@ -107,8 +109,34 @@ LATENT_ATTENTION_KEYS = (
 _REQUIRED_DIMS = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 
 
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def validate_latent_attention(config: Any, variant: str, q_lora_rank_required: bool) -> None:
+    """Checks ``config.latent_attention`` for an MLA class named `variant`; ValueError naming the key and value."""
+    latent = config.latent_attention
+    if not isinstance(latent, dict):
+        raise ValueError(
+            f"attention_class_name={variant!r} needs the latent_attention dict (kv_lora_rank, qk_rope_head_dim,"
+            f" qk_nope_head_dim, v_head_dim, optional q_lora_rank); got latent_attention={latent!r}"
+        )
+    check_keys("latent_attention", latent, LATENT_ATTENTION_KEYS)
+    for key in _REQUIRED_DIMS:
+        positive_int(f"latent_attention[{key!r}]", latent.get(key))
+    full_rank = None if q_lora_rank_required else "a full-rank query projection"
+    positive_int("latent_attention['q_lora_rank']", latent.get("q_lora_rank"), allow_none=full_rank)
+    if latent["qk_rope_head_dim"] % 2:
+        raise ValueError(
+            f"latent_attention['qk_rope_head_dim']={latent['qk_rope_head_dim']} must be even (RoPE rotates pairs)"
+        )
+    absorb = latent.get("absorb_max_queries")
+    if absorb is not None and (isinstance(absorb, bool) or not isinstance(absorb, int) or absorb < 0):
+        raise ValueError(
+            f"latent_attention['absorb_max_queries']={absorb!r} must be a non-negative integer, or null for"
+            " the cost-model default"
+        )
+    if config.n_query_groups != config.n_head:
+        raise ValueError(
+            f"n_query_groups={config.n_query_groups} must equal n_head={config.n_head} for {variant}"
+            " (heads share the latent, not key groups)"
+        )
 
 
 def default_absorb_max_queries(config: Any) -> int:
@@ -135,13 +163,15 @@ class AbsorbedWeights(NamedTuple):
     b_v: torch.Tensor | None  # (nh, V)
 
 
-class LatentKVCache(nn.Module):
+class LatentKVCache(KVCacheBase):
     """The compressed MLA cache: ``latent`` (B, S, L) and ``k_rope`` (B, S, R), nothing else.
 
-    Follows litgpt's ``KVCache`` contract: ``input_pos`` of shape (T,) or (B, T), writes at those
-    positions, returns the buffers for the first ``bs`` batch rows (``bs`` <= allocated batch size),
-    sliced to ``input_pos_maxp1`` positions when given.
+    litgpt's KV-cache contract through :class:`~litgpt_mka.attention.kv_cache.KVCacheBase`: writes at
+    ``input_pos`` ((T,) or (B, T)), returns the first ``bs`` rows, sliced to ``input_pos_maxp1``
+    positions when given; both buffers follow the activation dtype.
     """
+
+    activation_buffers = ("latent", "k_rope")
 
     def __init__(
         self,
@@ -152,7 +182,7 @@ class LatentKVCache(nn.Module):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, max_seq_length)
         shape = (batch_size, max_seq_length)
         self.register_buffer("latent", torch.zeros(*shape, kv_lora_rank, device=device, dtype=dtype), persistent=False)
         self.register_buffer(
@@ -166,53 +196,16 @@ class LatentKVCache(nn.Module):
         k_rope: torch.Tensor,
         input_pos_maxp1: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Writes `latent` (bs, T, L) and `k_rope` (bs, T, R) at `input_pos`; returns (bs, S, L), (bs, S, R).
-
-        Raises:
-            ValueError: more rows than allocated, a chunk or a position beyond the cache length, or a
-                batched `input_pos` whose batch size differs from the inputs'.
-        """
-        self._check_fits(input_pos, latent, input_pos_maxp1)
-        if self.latent.dtype != latent.dtype:  # follow the activation dtype, as litgpt's KVCache does (AMP)
-            self.latent = self.latent.to(latent.dtype)
-            self.k_rope = self.k_rope.to(k_rope.dtype)
-        bs = latent.size(0)
-        latent_all = batched_index_copy_(self.latent[:bs], 1, input_pos, latent)  # (bs, S, L)
-        k_rope_all = batched_index_copy_(self.k_rope[:bs], 1, input_pos, k_rope)  # (bs, S, R)
-        if input_pos_maxp1 is not None:
-            latent_all, k_rope_all = latent_all[:, :input_pos_maxp1], k_rope_all[:, :input_pos_maxp1]
+        """Writes `latent` (bs, T, L) and `k_rope` (bs, T, R) at `input_pos`; returns (bs, S, L), (bs, S, R)."""
+        bs, T = latent.shape[:2]
+        self.check_chunk(input_pos, bs, T, input_pos_maxp1)
+        self.follow_dtype(latent.dtype)
+        latent_all = write_positions(self.latent[:bs], 1, input_pos, latent)[:, :input_pos_maxp1]  # (bs, S, L)
+        k_rope_all = write_positions(self.k_rope[:bs], 1, input_pos, k_rope)[:, :input_pos_maxp1]  # (bs, S, R)
         return latent_all, k_rope_all
 
-    def _check_fits(self, input_pos: torch.Tensor, latent: torch.Tensor, input_pos_maxp1: int | None) -> None:
-        allocated_batch, max_seq_length = self.latent.shape[:2]
-        bs, T = latent.shape[:2]
-        if bs > allocated_batch:
-            raise ValueError(
-                f"batch size {bs} exceeds the KV cache's batch size {allocated_batch};"
-                f" call `model.set_kv_cache(batch_size={bs})`"
-            )
-        if input_pos.dim() == 2 and input_pos.size(0) != bs:
-            raise ValueError(f"input_pos has batch size {input_pos.size(0)}, the inputs have {bs}; they must match")
-        if T > max_seq_length:
-            raise ValueError(f"a chunk of {T} positions does not fit a KV cache of {max_seq_length} positions")
-        if input_pos_maxp1 is not None:
-            last = input_pos_maxp1 - 1
-        elif torch.compiler.is_compiling():
-            return  # no data-dependent check inside a compiled graph; index_copy_ still bounds-checks
-        else:
-            last = int(input_pos.max())
-        if last >= max_seq_length:
-            raise ValueError(
-                f"position {last} is beyond the KV cache's {max_seq_length} positions;"
-                f" call `model.set_kv_cache(..., max_seq_length={last + 1})` or larger"
-            )
 
-    def reset_parameters(self) -> None:
-        torch.nn.init.zeros_(self.latent)
-        torch.nn.init.zeros_(self.k_rope)
-
-
-class MultiheadLatentAttention(LitgptMultiheadLatentAttention):
+class MultiheadLatentAttention(AttentionVariant, LitgptMultiheadLatentAttention):
     """DeepSeek-V2 MLA, a drop-in for litgpt's class: same parameters, compressed cache, absorbed decode.
 
     See the module docstring for notation, weights, both paths and the cache layout.
@@ -241,43 +234,17 @@ class MultiheadLatentAttention(LitgptMultiheadLatentAttention):
         self.absorb_max_queries = (
             default_absorb_max_queries(config) if absorb_max_queries is None else absorb_max_queries
         )
-        self._rope = apply_rope_interleave if config.rope_interleave else apply_rope
+        self._rope = rope_function(config)
         self._absorbed: AbsorbedWeights | None = None
         self._absorbed_key: tuple | None = None
         self.config = config
         self.block_idx = block_idx
 
     # ---------------------------------------------------------------------------------------- config
-    @staticmethod
-    def validate_config(config: Any) -> None:
+    @classmethod
+    def validate_config(cls, config: Any) -> None:
         """Raises ValueError for a `latent_attention` dict or config this module cannot run."""
-        latent = config.latent_attention
-        unknown = sorted(set(latent) - set(LATENT_ATTENTION_KEYS))
-        if unknown:
-            raise ValueError(f"latent_attention has unknown keys {unknown}; allowed: {list(LATENT_ATTENTION_KEYS)}")
-        for key in _REQUIRED_DIMS:
-            if not _is_positive_int(latent.get(key)):
-                raise ValueError(f"latent_attention[{key!r}]={latent.get(key)!r} must be a positive integer")
-        if latent.get("q_lora_rank") is not None and not _is_positive_int(latent["q_lora_rank"]):
-            raise ValueError(
-                f"latent_attention['q_lora_rank']={latent['q_lora_rank']!r} must be a positive integer,"
-                " or null for a full-rank query projection"
-            )
-        if latent["qk_rope_head_dim"] % 2:
-            raise ValueError(
-                f"latent_attention['qk_rope_head_dim']={latent['qk_rope_head_dim']} must be even (RoPE rotates pairs)"
-            )
-        absorb = latent.get("absorb_max_queries")
-        if absorb is not None and (isinstance(absorb, bool) or not isinstance(absorb, int) or absorb < 0):
-            raise ValueError(
-                f"latent_attention['absorb_max_queries']={absorb!r} must be a non-negative integer, or null for"
-                " the cost-model default"
-            )
-        if config.n_query_groups != config.n_head:
-            raise ValueError(
-                f"n_query_groups={config.n_query_groups} must equal n_head={config.n_head} for"
-                " MultiheadLatentAttention (heads share the latent, not key groups)"
-            )
+        validate_latent_attention(config, cls.__name__, q_lora_rank_required=False)
 
     @classmethod
     def kv_cache_elements_per_token(cls, config: Any) -> int:
@@ -300,9 +267,7 @@ class MultiheadLatentAttention(LitgptMultiheadLatentAttention):
         if input_pos is None:  # training / no cache: causal SDPA over this chunk
             o = self._expanded_attention(q_nope, q_rope, latent, k_rope, mask=None)
         else:
-            if not isinstance(self.kv_cache, LatentKVCache):
-                raise TypeError("You need to call `gpt.set_kv_cache()`")
-            latent, k_rope = self.kv_cache(input_pos, latent, k_rope, input_pos_maxp1)  # (B, S, L), (B, S, R)
+            latent, k_rope = require_cache(self, LatentKVCache)(input_pos, latent, k_rope, input_pos_maxp1)  # (B, S, L), (B, S, R)
             if mask is None:
                 mask = causal_mask(input_pos, latent.size(1))
             if T <= self.absorb_max_queries:
@@ -439,10 +404,7 @@ class MultiheadLatentAttention(LitgptMultiheadLatentAttention):
         dtype: torch.dtype | None = None,
     ) -> LatentKVCache:
         R = self.config.qk_rope_head_dim
-        if rope_cache_length is not None and rope_cache_length != R:
-            raise ValueError(
-                f"rope_cache_length={rope_cache_length} must equal qk_rope_head_dim={R} for MultiheadLatentAttention"
-            )
+        check_rope_cache_length("MultiheadLatentAttention", rope_cache_length, R, "qk_rope_head_dim")
         return LatentKVCache(batch_size, max_seq_length, self.config.kv_lora_rank, R, device=device, dtype=dtype)
 
 
@@ -451,16 +413,10 @@ def _tensor_state(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), t.dtype, t.device, None if t.is_inference() else t._version)
 
 
-def causal_mask(input_pos: torch.Tensor, S: int) -> torch.Tensor:
-    """Boolean mask (1 or B, 1, T, S): query at position p sees cache positions <= p."""
-    mask = torch.arange(S, device=input_pos.device) <= input_pos.unsqueeze(-1)  # (T, S) or (B, T, S)
-    return mask.unsqueeze(-3) if mask.dim() == 3 else mask[None, None]  # (B, 1, T, S) or (1, 1, T, S)
-
-
 __all__ = [
+    "validate_latent_attention",
     "AbsorbedWeights",
     "LatentKVCache",
     "MultiheadLatentAttention",
-    "causal_mask",
     "default_absorb_max_queries",
 ]

@@ -1,31 +1,151 @@
-"""The one registry of attention classes, keyed by ``Config.attention_class_name``.
+"""The registry: one entry per attention variant, keyed by ``Config.attention_class_name``.
 
-Entries are import paths, so that validating a name costs no import; the class is imported when a
-model is built. litgpt's ``Block`` builds ``config.attention_class`` (see ``litgpt_internals``).
+An entry names the variant, where its class lives (imported on first use, so that validating a name
+costs no import) and the ``Config`` dict it reads, if any. Everything else is derived from it: the
+``Config`` fields the plugin adds (``litgpt_internals``), which dicts may be set together
+(``config_checks``), the validation and defaults of each dict, the KV-cache accounting
+(``measure.kv_cache_size``), the ``Block``'s attention module, the benchmark rows and the tests'
+parametrisation. What each class provides is :class:`~litgpt_mka.attention.variant.AttentionVariant`.
+
+Adding a variant = one module (a class inheriting ``AttentionVariant``) + one line in ``VARIANTS``.
 """
 
+from dataclasses import dataclass
 from importlib import import_module
+from typing import Any, Callable
 
-ATTENTION_CLASSES: dict[str, str] = {
-    # litgpt's own class: MHA, GQA and MQA through `n_query_groups`
-    "CausalSelfAttention": "litgpt.model:CausalSelfAttention",
-    # DeepSeek-V2 multi-head latent attention with a compressed KV cache (litgpt_mka/attention/mla.py)
-    "MultiheadLatentAttention": "litgpt_mka.attention.mla:MultiheadLatentAttention",
-    # memorized-key attention, MKA / FMKA (litgpt_mka/attention/mka.py)
-    "MemorizedKeyAttention": "litgpt_mka.attention.mka:MemorizedKeyAttention",
-}
+
+@dataclass(frozen=True)
+class Variant:
+    """One registry entry.
+
+    Attributes:
+        name: the ``attention_class_name`` that selects it.
+        target: ``"module:Class"`` of its ``AttentionVariant`` class (the attention module itself, or an
+            adapter describing one of litgpt's classes).
+        config_field: the ``Config`` dict it reads (added to ``Config`` unless litgpt has it), or None.
+        selected_by_config_field: a config that sets ``config_field`` and leaves ``attention_class_name``
+            at its default selects this variant (litgpt's own rule for ``latent_attention``).
+    """
+
+    name: str
+    target: str
+    config_field: str | None = None
+    selected_by_config_field: bool = False
+
+    def load(self) -> Any:
+        """The variant's ``AttentionVariant`` class (imports its module)."""
+        module_name, class_name = self.target.split(":")
+        return getattr(import_module(module_name), class_name)
+
+
 DEFAULT_ATTENTION_CLASS = "CausalSelfAttention"
+VARIANTS: dict[str, Variant] = {
+    variant.name: variant
+    for variant in (
+        # litgpt's own classes: MHA, GQA and MQA through `n_query_groups`; the stock MLA (expanded cache)
+        Variant("CausalSelfAttention", "litgpt_mka.attention.litgpt_classes:LitgptCausalSelfAttention"),
+        Variant(
+            "LitgptMultiheadLatentAttention",
+            "litgpt_mka.attention.litgpt_classes:LitgptMultiheadLatentAttention",
+            config_field="latent_attention",
+        ),
+        # DeepSeek-V2 multi-head latent attention with a compressed latent cache (mla.py)
+        Variant(
+            "MultiheadLatentAttention",
+            "litgpt_mka.attention.mla:MultiheadLatentAttention",
+            config_field="latent_attention",
+            selected_by_config_field=True,
+        ),
+        # memorized-key attention, MKA / FMKA (mka.py)
+        Variant(
+            "MemorizedKeyAttention",
+            "litgpt_mka.attention.mka:MemorizedKeyAttention",
+            config_field="memorized_key_attention",
+        ),
+    )
+}
+
+_on_register: list[Callable[[Variant], None]] = []
 
 
-def check_attention_class_name(name: object) -> None:
-    if name not in ATTENTION_CLASSES:
+def lookup(name: object) -> Variant:
+    """The entry registered under `name`.
+
+    Raises:
+        ValueError: `name` is not registered (the message lists the registered names).
+    """
+    if name not in VARIANTS:
         raise ValueError(
-            f"attention_class_name={name!r} is not a known attention class; choose one of {sorted(ATTENTION_CLASSES)}"
+            f"attention_class_name={name!r} is not a known attention class; choose one of {sorted(VARIANTS)}"
         )
+    return VARIANTS[name]  # type: ignore[index]
+
+
+def variant_class(config: Any) -> Any:
+    """The ``AttentionVariant`` class of ``config.attention_class_name``."""
+    return lookup(config.attention_class_name).load()
 
 
 def attention_class(name: str) -> type:
-    """The attention module class registered under `name`."""
-    check_attention_class_name(name)
-    module_name, class_name = ATTENTION_CLASSES[name].split(":")
-    return getattr(import_module(module_name), class_name)
+    """The ``nn.Module`` class ``Block`` builds for `name`."""
+    return lookup(name).load().attention_module()
+
+
+def variant_of_module(module_class: type) -> Any:
+    """The ``AttentionVariant`` class whose attention module is `module_class` (for models built by hand).
+
+    Raises:
+        TypeError: no registered variant builds `module_class`.
+    """
+    for entry in VARIANTS.values():
+        if entry.load().attention_module() is module_class:
+            return entry.load()
+    raise TypeError(f"{module_class.__name__} is not the attention module of a registered variant; register it")
+
+
+def config_fields() -> list[str]:
+    """Every ``Config`` dict a registered variant reads, in registration order."""
+    return list(dict.fromkeys(entry.config_field for entry in VARIANTS.values() if entry.config_field))
+
+
+def readers_of(config_field: str) -> list[str]:
+    """Names of the variants that read `config_field`."""
+    return [entry.name for entry in VARIANTS.values() if entry.config_field == config_field]
+
+
+def register(entry: Variant) -> None:
+    """Adds `entry` (at run time, e.g. in a test; the package's own variants are listed in ``VARIANTS``).
+
+    The plugin adds its ``config_field`` to ``Config`` if litgpt's ``Config`` is already extended.
+
+    Raises:
+        ValueError: the name is taken.
+    """
+    if entry.name in VARIANTS:
+        raise ValueError(f"attention_class_name={entry.name!r} is already registered")
+    VARIANTS[entry.name] = entry
+    for callback in _on_register:
+        callback(entry)
+
+
+def on_register(callback: Callable[[Variant], None]) -> None:
+    """Calls `callback(entry)` for every later :func:`register` (the plugin adds Config fields this way)."""
+    _on_register.append(callback)
+
+
+def build_gpt(config: Any, module_class: type | None = None) -> Any:
+    """A litgpt ``GPT`` for `config` whose blocks use `module_class` (default: the config's variant).
+
+    ``build_gpt(config, attention_class("LitgptMultiheadLatentAttention"))`` puts litgpt's own MLA in a
+    model of our MLA config: both have the same state-dict keys, so weights move between them. Modules
+    are created on the current default device (``with torch.device("meta"):`` works).
+    """
+    from litgpt.model import GPT
+
+    model = GPT(config)
+    if module_class is not None:
+        for block_idx, block in enumerate(model.transformer.h):
+            if type(block.attn) is not module_class:
+                block.attn = module_class(config, block_idx)
+    return model

@@ -6,17 +6,19 @@ each extension below is applied to the imported module object, once (idempotent)
 
 ``litgpt.config``  -- ``extend_config_module``
     ``Config`` is extended *in place* (the same class object, so every ``from litgpt.config import
-    Config`` and every type hint that jsonargparse reads sees it) with two dataclass fields:
+    Config`` and every type hint that jsonargparse reads sees it) with dataclass fields derived from
+    the registry (:mod:`litgpt_mka.attention.registry`):
 
-    * ``attention_class_name: str = "CausalSelfAttention"`` -- the key of
-      :data:`litgpt_mka.attention.registry.ATTENTION_CLASSES`, after litgpt's ``mlp_class_name``;
-    * ``memorized_key_attention: dict | None = None`` -- the MKA parameters.
+    * ``attention_class_name: str = "CausalSelfAttention"`` -- the key of ``registry.VARIANTS``;
+    * ``<config_field>: dict | None = None`` for every variant's dict that litgpt's ``Config`` lacks
+      (today ``memorized_key_attention``; a variant registered later gets its field then).
 
     ``__post_init__`` is wrapped: litgpt's bare ``assert``s on user input are preceded by
-    ``ValueError`` checks (:mod:`litgpt_mka.plugin.config_checks`), and litgpt's ``latent_attention``
-    handling (which requires ``q_lora_rank`` and asserts) is replaced by :func:`_derive_latent_fields`,
-    which derives the same attributes and lets ``q_lora_rank`` be unset. ``config.attention_class``
-    returns the registered class, like litgpt's ``config.mlp_class``.
+    ``ValueError`` checks (:mod:`litgpt_mka.plugin.config_checks`), then the registry resolves the variant
+    and lets it validate its dict. litgpt's own handling of its ``latent_attention`` field (which
+    requires ``q_lora_rank`` and asserts) is replaced by :func:`_derive_latent_fields`, which derives the
+    same attributes and lets ``q_lora_rank`` be unset. ``config.attention_class`` returns the module
+    class ``Block`` builds, like litgpt's ``config.mlp_class``.
 
 ``litgpt.model``  -- ``extend_model_module``
     ``Block.__init__`` is wrapped: after litgpt built its attention module, the block holds an instance
@@ -36,8 +38,8 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
-from litgpt_mka.attention.registry import DEFAULT_ATTENTION_CLASS, attention_class
-from litgpt_mka.plugin.config_checks import resolve_attention_class_name, validate_litgpt_fields
+from litgpt_mka.attention import registry
+from litgpt_mka.plugin.config_checks import resolve_attention_variant, validate_litgpt_fields
 
 TESTED_LITGPT_VERSION = "0.5.13"
 _EXTENDED_MARK = "_litgpt_mka_extended"
@@ -64,15 +66,18 @@ def _first_time(owner: object) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- litgpt.config
-NEW_CONFIG_FIELDS = (
-    # (name, type, default)
-    ("attention_class_name", str, DEFAULT_ATTENTION_CLASS),
-    ("memorized_key_attention", dict | None, None),
-)
+def new_config_fields(config_cls: type, entries: list) -> list[tuple[str, object, object]]:
+    """(name, type, default) of the fields the registry needs and `config_cls` lacks."""
+    present = {field.name for field in dataclasses.fields(config_cls)}
+    wanted = [("attention_class_name", str, registry.DEFAULT_ATTENTION_CLASS)]
+    wanted += [(entry.config_field, dict | None, None) for entry in entries if entry.config_field]
+    return [field for field in dict.fromkeys(wanted) if field[0] not in present]
 
 
-def _add_dataclass_fields(cls: type, new_fields: tuple) -> None:
+def _add_dataclass_fields(cls: type, new_fields: list) -> None:
     """Adds fields with defaults to an existing dataclass, in place, by letting `dataclass` re-process it."""
+    if not new_fields:
+        return
     for existing in dataclasses.fields(cls):
         # `dataclass` deleted the class attributes of `default_factory` fields; give every field back its
         # `Field` so that the second processing sees the same defaults as the first
@@ -115,12 +120,13 @@ def extend_config_module(module: ModuleType) -> None:
             self.latent_attention = latent_attention
         if latent_attention is not None:
             _derive_latent_fields(self)
-        resolve_attention_class_name(self)
+        resolve_attention_variant(self)
 
-    _add_dataclass_fields(config_cls, NEW_CONFIG_FIELDS)
+    _add_dataclass_fields(config_cls, new_config_fields(config_cls, list(registry.VARIANTS.values())))
+    registry.on_register(lambda entry: _add_dataclass_fields(config_cls, new_config_fields(config_cls, [entry])))
     config_cls.__post_init__ = __post_init__
     config_cls.attention_class = property(
-        lambda self: attention_class(self.attention_class_name),
+        lambda self: registry.attention_class(self.attention_class_name),
         doc="The attention module class named by `attention_class_name` (see litgpt_mka.attention.registry).",
     )
 

@@ -217,53 +217,61 @@ def test_chunked_prefill_matches_single_prefill(routing, layout):
     torch.testing.assert_close(chunked_next, single_next)
 
 
-def test_cache_reset_gives_the_same_second_sample():
-    """litgpt generate calls `kv_cache.reset_parameters()` between samples."""
-    model = make_model("outputs")
-    idx = tokens(batch=1)
-    with torch.no_grad():
-        model.set_kv_cache(batch_size=1)
-        first = [model(idx[:, t : t + 1], torch.tensor([t])) for t in range(SEQ)]
-        for block in model.transformer.h:
-            block.attn.kv_cache.reset_parameters()
-            assert all(not buffer.any() for buffer in block.attn.kv_cache.buffers())
-        second = [model(idx[:, t : t + 1], torch.tensor([t])) for t in range(SEQ)]
-    torch.testing.assert_close(torch.cat(second, dim=1), torch.cat(first, dim=1))
-
-
-@pytest.mark.parametrize("routing", ROUTINGS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cache_accounting_matches_allocation(routing, dtype):
-    config = make_config(routing, n_query_groups=2)
-    model = GPT(config)
-    batch, length = 3, 20
-    model.set_kv_cache(batch_size=batch, max_seq_length=length, dtype=dtype)
-    cache = model.transformer.h[0].attn.kv_cache
-    numbers = sum(buffer.numel() for buffer in cache.buffers())
-    nbytes = sum(buffer.nbytes for buffer in cache.buffers())
-    assert MemorizedKeyAttention.kv_cache_elements_per_token(config) * batch * length == numbers
-    assert MemorizedKeyAttention.kv_cache_bytes_per_token(config, dtype) * batch * length == nbytes
-    assert cache.sums.dtype == torch.float32
-
-
-def test_cache_errors():
+def test_cache_errors_of_its_own():
     model = make_model("keys")
     idx = tokens()
     with pytest.raises(TypeError, match=r"call `gpt.set_kv_cache\(\)`"):
         model(idx[:, :2], torch.arange(2))
     model.set_kv_cache(batch_size=1, max_seq_length=16)
-    with pytest.raises(ValueError, match=r"batch size 2 exceeds the KV cache's batch size 1"):
-        model(idx[:, :2], torch.arange(2))
     attn = model.transformer.h[0].attn
     x, cos, sin = torch.randn(1, 2, 64), model.cos[:2].unsqueeze(0), model.sin[:2].unsqueeze(0)
-    with pytest.raises(ValueError, match=r"input_pos must lie in \[0, 16\), the KV cache's length; got 16 to 17"):
-        attn(x, cos, sin, None, torch.tensor([16, 17]))
     with pytest.raises(ValueError, match=r"input_pos must hold consecutive positions"):
         attn(x, cos, sin, None, torch.tensor([3, 5]))
-    with pytest.raises(ValueError, match=r"input_pos has 2 rows, but the batch has 1"):
-        attn(x, cos, sin, None, torch.tensor([[0, 1], [0, 1]]))
-    with pytest.raises(ValueError, match=r"rope_cache_length=3 must equal rope_n_elem=4"):
+    with pytest.raises(ValueError, match=r"rope_cache_length=3 must equal rope_n_elem=4 for MemorizedKeyAttention"):
         attn.build_kv_cache(1, 16, rope_cache_length=3)
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_rewrites_within_the_sum_window_are_exact_and_beyond_it_refused(routing):
+    """Decode 0..11, roll back to 9 (the last sum_window - 1 = 3 positions) and decode other tokens; 8 is refused."""
+    model = make_model(routing, memorized_key_attention={"routing": routing, "sum_window": 4})
+    idx, other = tokens(batch=1), tokens(batch=1, seed=5)
+    rewritten = torch.cat((idx[:, :9], other[:, 9:]), dim=1)
+    with torch.no_grad():
+        expected = model(rewritten)
+        model.set_kv_cache(batch_size=1)
+        for t in range(SEQ):
+            model(idx[:, t : t + 1], torch.tensor([t]), input_pos_maxp1=t + 1)
+        logits = [model(rewritten[:, t : t + 1], torch.tensor([t]), input_pos_maxp1=t + 1) for t in range(9, SEQ)]
+        torch.testing.assert_close(torch.cat(logits, dim=1), expected[:, 9:])
+        match = (
+            r"batch row 0 writes position 8, but the running sum of position 7 is no longer cached: the cache keeps"
+            r" the sums of the last memorized_key_attention.sum_window=4 positions written. Set"
+        )
+        with pytest.raises(ValueError, match=match):
+            model(idx[:, 8:9], torch.tensor([8]), input_pos_maxp1=9)
+
+
+def test_speculative_decoding_with_an_mka_target_model():
+    """litgpt's speculative decoding rolls the target back by up to speculative_k positions: the tokens equal
+    greedy decoding of the target alone (greedy drafts are accepted iff they are the target's argmax)."""
+    from litgpt.generate.base import generate as greedy_generate
+    from litgpt.generate.speculative_decoding import generate as speculative_generate
+
+    target = make_model("keys_values", seed=0, memorized_key_attention={"routing": "keys_values", "sum_window": 4})
+    draft = make_model("keys", seed=1)
+    prompt = tokens(batch=1, seq=5)[0]
+    with torch.no_grad():
+        target.set_kv_cache(batch_size=1)
+        expected = greedy_generate(target, prompt, max_returned_tokens=20, temperature=0.0)
+        target.set_kv_cache(batch_size=1)
+        draft.set_kv_cache(batch_size=1)
+        speculative, acceptance_rate = speculative_generate(
+            draft, target, prompt, max_returned_tokens=20, speculative_k=3, temperature=0.0
+        )
+    assert acceptance_rate < 1  # drafts were rejected: the target's cache was rolled back
+    assert len(speculative) >= len(expected) - 1  # litgpt's speculative loop may stop one token earlier
+    assert speculative.tolist() == expected[: len(speculative)].tolist()
 
 
 # -------------------------------------------------------------------------- training path, FlashAttention
@@ -314,10 +322,11 @@ def test_meta_device_forward(routing):
 # ------------------------------------------------------------------------------------------ validation
 def test_defaults_are_written_into_the_config():
     config = make_config(memorized_key_attention={})
-    assert config.memorized_key_attention == {"routing": "keys", "router_hidden": 8}  # n_embd 64 // 8
-    assert make_config(memorized_key_attention=None).memorized_key_attention == {"routing": "keys", "router_hidden": 8}
-    config = make_config(memorized_key_attention={"router_hidden": 5, "routing": "outputs"})
-    assert config.memorized_key_attention == {"routing": "outputs", "router_hidden": 5}
+    defaults = {"routing": "keys", "router_hidden": 8, "sum_window": 16}  # router_hidden = n_embd 64 // 8
+    assert config.memorized_key_attention == defaults
+    assert make_config(memorized_key_attention=None).memorized_key_attention == defaults
+    config = make_config(memorized_key_attention={"router_hidden": 5, "routing": "outputs", "sum_window": 3})
+    assert config.memorized_key_attention == {"routing": "outputs", "router_hidden": 5, "sum_window": 3}
 
 
 @pytest.mark.parametrize(
@@ -325,7 +334,7 @@ def test_defaults_are_written_into_the_config():
     [
         (
             {"memorized_key_attention": {"routing": "keys", "gate": 1}},
-            r"memorized_key_attention has unknown key\(s\) \['gate'\]; allowed keys are \['routing', 'router_hidden'\]",
+            r"memorized_key_attention has unknown key\(s\) \['gate'\]; allowed keys are \['routing', 'router_hidden', 'sum_window'\]",
         ),
         (
             {"memorized_key_attention": {"routing": "values"}},
@@ -342,6 +351,10 @@ def test_defaults_are_written_into_the_config():
         (
             {"memorized_key_attention": {"router_hidden": "16"}},
             r"memorized_key_attention.router_hidden='16' must be a positive integer",
+        ),
+        (
+            {"memorized_key_attention": {"sum_window": 0}},
+            r"memorized_key_attention.sum_window=0 must be a positive integer",
         ),
         ({"norm_qk": True}, r"norm_qk=True is not supported with attention_class_name='MemorizedKeyAttention'"),
         (

@@ -17,7 +17,9 @@ import yaml
 from litgpt.config import Config
 from litgpt.model import GPT, apply_rope
 
-from litgpt_mka.measure.kv_cache_size import build_gpt, stock_mla_class
+from litgpt_mka.attention.registry import attention_class, build_gpt
+
+STOCK_MLA = "LitgptMultiheadLatentAttention"
 from litgpt_mka.attention.mla import LatentKVCache, MultiheadLatentAttention, default_absorb_max_queries
 
 ROOT = Path(__file__).parents[2]
@@ -111,8 +113,8 @@ def test_attention_matches_reference_equations(q_lora_rank):
 def test_training_forward_equals_stock_litgpt_mla(overrides):
     config = tiny_config(**overrides)
     ours = tiny_gpt(config)
-    stock = build_gpt(config, stock_mla_class())
-    assert type(stock.transformer.h[0].attn) is stock_mla_class()
+    stock = build_gpt(config, attention_class(STOCK_MLA))
+    assert type(stock.transformer.h[0].attn) is attention_class(STOCK_MLA)
     stock.load_state_dict(ours.state_dict(), strict=True)
     idx = tokens(2, 20)
     torch.testing.assert_close(ours(idx), stock(idx), **TOL)
@@ -120,7 +122,7 @@ def test_training_forward_equals_stock_litgpt_mla(overrides):
 
 def test_state_dict_keys_equal_stock_litgpt_mla():
     config = tiny_config()
-    ours, stock = tiny_gpt(config), build_gpt(config, stock_mla_class())
+    ours, stock = tiny_gpt(config), build_gpt(config, attention_class(STOCK_MLA))
     assert list(ours.state_dict()) == list(stock.state_dict())
     ours.set_kv_cache(batch_size=1)
     ours(tokens(1, 1), torch.tensor([0]), 1)  # computes the absorbed weights
@@ -130,7 +132,7 @@ def test_state_dict_keys_equal_stock_litgpt_mla():
 def test_plugin_resolves_litgpt_mla_config_to_our_class():
     model = GPT(tiny_config())
     assert all(type(block.attn) is MultiheadLatentAttention for block in model.transformer.h)
-    assert isinstance(model.transformer.h[0].attn, stock_mla_class())
+    assert isinstance(model.transformer.h[0].attn, attention_class(STOCK_MLA))
 
 
 # ------------------------------------------------------------------------------------------ cached decode
@@ -279,22 +281,6 @@ def test_cache_follows_activation_dtype():
     torch.testing.assert_close(latent, expected)
 
 
-def test_cache_errors():
-    cache = LatentKVCache(2, 8, kv_lora_rank=4, qk_rope_head_dim=2)
-    latent, k_rope = torch.zeros(3, 1, 4), torch.zeros(3, 1, 2)
-    match = r"batch size 3 exceeds the KV cache's batch size 2; call `model.set_kv_cache\(batch_size=3\)`"
-    with pytest.raises(ValueError, match=match):
-        cache(torch.tensor([0]), latent, k_rope)
-    with pytest.raises(ValueError, match=r"position 8 is beyond the KV cache's 8 positions"):
-        cache(torch.tensor([8]), latent[:1], k_rope[:1])
-    with pytest.raises(ValueError, match=r"position 9 is beyond the KV cache's 8 positions"):
-        cache(torch.tensor([3]), latent[:1], k_rope[:1], input_pos_maxp1=10)
-    with pytest.raises(ValueError, match=r"a chunk of 9 positions does not fit a KV cache of 8 positions"):
-        cache(torch.arange(9), torch.zeros(1, 9, 4), torch.zeros(1, 9, 2))
-    with pytest.raises(ValueError, match=r"input_pos has batch size 2, the inputs have 1"):
-        cache(torch.tensor([[0], [1]]), latent[:1], k_rope[:1])
-
-
 def test_forward_without_cache_and_bad_rope_cache_length():
     model = tiny_gpt(tiny_config())
     attn = model.transformer.h[0].attn
@@ -303,16 +289,6 @@ def test_forward_without_cache_and_bad_rope_cache_length():
         attn(x, cos, sin, None, torch.tensor([0]))
     with pytest.raises(ValueError, match=r"rope_cache_length=16 must equal qk_rope_head_dim=8"):
         attn.build_kv_cache(1, 8, rope_cache_length=16)
-
-
-def test_mask_built_from_input_pos_when_none_is_passed():
-    model = tiny_gpt(tiny_config())
-    attn = model.transformer.h[0].attn
-    x = torch.randn(2, 6, 64, generator=torch.Generator().manual_seed(4))
-    cos, sin = model.cos[:6][None], model.sin[:6][None]
-    attn.kv_cache = attn.build_kv_cache(2, 10)
-    with torch.no_grad():
-        torch.testing.assert_close(attn(x, cos, sin, None, torch.arange(6)), attn(x, cos, sin), **TOL)
 
 
 # ---------------------------------------------------------------------------------------- absorbed weights
@@ -394,7 +370,7 @@ def test_training_forward_on_meta_device():
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"latent": {"kv_lora_rnk": 4}}, r"latent_attention has unknown keys \['kv_lora_rnk'\]; allowed: \["),
+        ({"latent": {"kv_lora_rnk": 4}}, r"latent_attention has unknown key\(s\) \['kv_lora_rnk'\]; allowed keys are \["),
         ({"latent": {"kv_lora_rank": None}}, r"latent_attention\['kv_lora_rank'\]=None must be a positive integer"),
         ({"latent": {"v_head_dim": 0}}, r"latent_attention\['v_head_dim'\]=0 must be a positive integer"),
         ({"latent": {"qk_nope_head_dim": 2.5}}, r"latent_attention\['qk_nope_head_dim'\]=2.5 must be a positive"),

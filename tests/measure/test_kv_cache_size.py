@@ -1,112 +1,95 @@
-"""litgpt_mka.measure.kv_cache_size: accounting against the buffers `set_kv_cache` allocates, preset cache targets; speed helpers."""
-
-from pathlib import Path
+"""litgpt_mka.measure.kv_cache_size: every registered variant's accounting against the buffers `set_kv_cache`
+allocates, in fp32 and bf16; sliding windows; the preset cache targets."""
 
 import pytest
 import torch
-import yaml
-from litgpt.config import Config
-from litgpt.model import CausalSelfAttention
+from litgpt.model import GPT
 
+from litgpt_mka.attention.registry import VARIANTS, attention_class, build_gpt
 from litgpt_mka.measure.kv_cache_size import (
     allocated_kv_cache_bytes,
-    build_gpt,
     kv_cache_bytes,
+    kv_cache_bytes_per_sequence,
     kv_cache_bytes_per_token,
     kv_cache_elements_per_token,
-    stock_mla_class,
 )
-from litgpt_mka.attention.mla import MultiheadLatentAttention
-from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second, prefill_random_prompt, time_decode_steps
+from tests.helpers import preset_config, tiny_config
 
-PRESETS = Path(__file__).parents[2] / "config_hub" / "pretrain"
-LATENT = dict(q_lora_rank=24, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
-
-
-def tiny(**overrides) -> Config:
-    return Config.from_name("pythia-14m", n_layer=3, n_embd=64, n_head=4, block_size=32, **overrides)
-
-
-# (id, config overrides, attention class or None for config.attention_class, numbers per token per layer)
-VARIANTS = [
-    ("MHA", {}, None, 2 * 4 * 16),
-    ("GQA", {"n_query_groups": 2}, None, 2 * 2 * 16),
-    ("MQA", {"n_query_groups": 1}, None, 2 * 1 * 16),
-    ("MHA-full-rotary", {"rotary_percentage": 1.0}, None, 2 * 4 * 16),
-    ("stock-MLA", {"latent_attention": LATENT}, "stock", 4 * (8 + 8 + 16)),
-    ("ours-MLA", {"latent_attention": LATENT}, None, 32 + 8),
-]
+STOCK_MLA = "LitgptMultiheadLatentAttention"
+# tiny config (3 layers, 4 heads of 16) -> numbers per token per layer, in the cache dtype
+CASES = {
+    "mha": ({}, 2 * 4 * 16),
+    "gqa": ({}, 2 * 2 * 16),
+    "mqa": ({}, 2 * 1 * 16),
+    "mha-full-rotary": ({"rotary_percentage": 1.0}, 2 * 4 * 16),
+    "mla": ({}, 32 + 8),
+    "stock-mla": ({"attention_class_name": STOCK_MLA}, 4 * (8 + 8 + 16)),
+    "mka": ({}, 2 * 4 * 16),
+    "fmka": ({}, 2 * 4 * 16),
+    "mka-outputs": ({"memorized_key_attention": {"routing": "outputs"}}, 4 * 4 * 16),
+}
 
 
-def attention_class_of(name):
-    return stock_mla_class() if name == "stock" else name
+def case_config(case: str, **overrides):
+    variant = case.split("-")[0] if case != "stock-mla" else "mla"
+    extra, _ = CASES[case]
+    return tiny_config(variant, n_layer=3, **{**extra, **overrides})
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize(("overrides", "name", "elements"), [v[1:] for v in VARIANTS], ids=[v[0] for v in VARIANTS])
-def test_accounting_equals_allocated_buffers(overrides, name, elements, dtype):
-    config = tiny(**overrides)
-    attention_class = attention_class_of(name)
-    model = build_gpt(config, attention_class)
-    model.set_kv_cache(batch_size=3, max_seq_length=20, dtype=dtype)
-    assert kv_cache_elements_per_token(config, attention_class) == elements
-    per_token = kv_cache_bytes_per_token(config, dtype, attention_class)
-    assert per_token == 3 * elements * dtype.itemsize  # 3 layers
-    assert allocated_kv_cache_bytes(model) == 3 * 20 * per_token
-    assert kv_cache_bytes(config, 3, 20, dtype, attention_class) == 3 * 20 * per_token
+def test_every_registered_variant_is_covered():
+    covered = {case_config(case).attention_class_name for case in CASES}
+    assert covered == set(VARIANTS)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("routing", ["keys", "keys_values", "outputs"])
-def test_accounting_equals_allocated_buffers_for_mka(routing, dtype):
-    """MKA keeps its running sums in float32 whatever the cache dtype; the accounting must say so."""
-    config = tiny(attention_class_name="MemorizedKeyAttention", memorized_key_attention={"routing": routing})
-    model = build_gpt(config)
+@pytest.mark.parametrize("case", CASES)
+def test_accounting_equals_allocated_buffers(case, dtype):
+    config = case_config(case)
+    model = GPT(config)
     model.set_kv_cache(batch_size=3, max_seq_length=20, dtype=dtype)
+    elements = CASES[case][1]
+    assert kv_cache_elements_per_token(config) == elements
     per_token = kv_cache_bytes_per_token(config, dtype)
-    assert allocated_kv_cache_bytes(model) == 3 * 20 * per_token
-    assert kv_cache_bytes(config, 3, 20, dtype) == 3 * 20 * per_token
+    assert per_token >= 3 * elements * dtype.itemsize  # 3 layers; MKA's float32 sums are per sequence
+    per_sequence = kv_cache_bytes_per_sequence(config, dtype)
+    assert allocated_kv_cache_bytes(model) == 3 * (20 * per_token + per_sequence)
+    assert kv_cache_bytes(config, 3, 20, dtype) == 3 * (20 * per_token + per_sequence)
 
 
-def test_default_attention_class_comes_from_config():
-    config = tiny(latent_attention=LATENT)
-    assert config.attention_class is MultiheadLatentAttention
+@pytest.mark.parametrize("variant", ["mka", "fmka"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_mka_cache_is_mha_size_plus_a_small_ring(variant, dtype):
+    """Issue target: MKA/FMKA cache bytes at context 2048 within 2% of MHA's, same dtype (70m preset)."""
+    mka, mha = preset_config(f"pythia-70m-{variant}"), preset_config("pythia-70m-mha")
+    assert kv_cache_bytes_per_token(mka, dtype) == kv_cache_bytes_per_token(mha, dtype)
+    assert kv_cache_bytes(mka, 1, 2048, dtype) <= 1.02 * kv_cache_bytes(mha, 1, 2048, dtype)
+
+
+def test_model_built_with_another_class_is_accounted_by_that_class():
+    config = tiny_config("mla")
     assert kv_cache_elements_per_token(config) == 40
-    assert kv_cache_elements_per_token(config, stock_mla_class()) == 128
+    assert kv_cache_elements_per_token(config, attention_class(STOCK_MLA)) == 128
 
 
 def test_sliding_window_layers_are_capped_in_kv_cache_bytes():
-    config = tiny(sliding_window_size=8, sliding_window_indices=[1, 0, 1])
-    model = build_gpt(config)
+    config = tiny_config(n_layer=3, sliding_window_size=8, sliding_window_indices=[1, 0, 1])
+    model = GPT(config)
     model.set_kv_cache(batch_size=2, max_seq_length=20)
     per_layer = 2 * 4 * 16 * 4
     assert allocated_kv_cache_bytes(model) == kv_cache_bytes(config, 2, 20) == 2 * per_layer * (8 + 20 + 8)
 
 
-def test_a_class_defines_its_own_count():
-    class Memorizing(CausalSelfAttention):
-        @classmethod
-        def kv_cache_elements_per_token(cls, config):
-            return 7
-
-    assert kv_cache_bytes_per_token(tiny(), torch.float16, Memorizing) == 3 * 7 * 2
-
-
-def test_unknown_class_and_missing_cache_raise():
-    with pytest.raises(TypeError, match=r"Linear defines no `kv_cache_elements_per_token\(config\)` classmethod"):
-        kv_cache_elements_per_token(tiny(), torch.nn.Linear)
+def test_unregistered_class_and_missing_cache_raise():
+    with pytest.raises(TypeError, match=r"Linear is not the attention module of a registered variant; register it"):
+        kv_cache_elements_per_token(tiny_config(), torch.nn.Linear)
     match = r"block 0 has no KV cache; call `model.set_kv_cache\(batch_size=...\)` first"
     with pytest.raises(RuntimeError, match=match):
-        allocated_kv_cache_bytes(build_gpt(tiny()))
+        allocated_kv_cache_bytes(GPT(tiny_config()))
 
 
-def preset(size: str, variant: str) -> Config:
-    return Config(**yaml.safe_load((PRESETS / f"pythia-{size}-{variant}.yaml").read_text())["model_config"])
-
-
-def allocated_per_token(config: Config, attention_class=None, length: int = 64) -> int:
+def allocated_per_token(config, module_class=None, length: int = 64) -> int:
     with torch.device("meta"):  # full-size models without allocating memory: meta tensors have nbytes
-        model = build_gpt(config, attention_class)
+        model = build_gpt(config, module_class)
         model.set_kv_cache(batch_size=1, max_seq_length=length, device=torch.device("meta"))
     return allocated_kv_cache_bytes(model) // length
 
@@ -116,47 +99,10 @@ def allocated_per_token(config: Config, attention_class=None, length: int = 64) 
 )
 def test_preset_cache_targets(size, ours, mha, stock):
     """Acceptance: >= 5x smaller than MHA's cache and >= 6x smaller than stock litgpt MLA's, as allocated."""
-    mla = preset(size, "mla")
+    mla = preset_config(f"pythia-{size}-mla")
     ours_bytes = allocated_per_token(mla)
-    mha_bytes = allocated_per_token(preset(size, "mha"))
-    stock_bytes = allocated_per_token(mla, stock_mla_class())
+    mha_bytes = allocated_per_token(preset_config(f"pythia-{size}-mha"))
+    stock_bytes = allocated_per_token(mla, attention_class(STOCK_MLA))
     assert (ours_bytes, mha_bytes, stock_bytes) == (4 * ours, 4 * mha, 4 * stock)
     assert mha_bytes >= 5 * ours_bytes
     assert stock_bytes >= 6 * ours_bytes
-
-
-# ------------------------------------------------------------------------------ litgpt_mka.measure.decode_speed helpers
-def test_prefill_random_prompt_fills_the_cache_as_a_plain_prefill_does():
-    config = tiny(latent_attention=LATENT)
-    model = build_gpt(config).eval()
-    token = prefill_random_prompt(model, 2, 10, max_seq_length=16, chunk_size=4, seed=3)
-    caches = [(b.attn.kv_cache.latent.clone(), b.attn.kv_cache.k_rope.clone()) for b in model.transformer.h]
-    assert not model.lm_head._forward_pre_hooks  # the last-position hook is gone
-    prompt = torch.randint(0, config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(3))
-    model.set_kv_cache(batch_size=2, max_seq_length=16)
-    with torch.no_grad():
-        logits = model(prompt, torch.arange(10), input_pos_maxp1=10)
-    torch.testing.assert_close(token, logits[:, -1].argmax(dim=-1, keepdim=True), rtol=0, atol=0)
-    for block, (latent, k_rope) in zip(model.transformer.h, caches):
-        torch.testing.assert_close(block.attn.kv_cache.latent, latent, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(block.attn.kv_cache.k_rope, k_rope, rtol=1e-5, atol=1e-5)
-
-
-def test_measure_decode_tokens_per_second_runs_and_clears_the_cache():
-    model = build_gpt(tiny())
-    assert measure_decode_tokens_per_second(model, batch_size=2, context_length=8, new_tokens=3) > 0
-    assert all(block.attn.kv_cache is None for block in model.transformer.h)
-
-
-def test_time_decode_steps_counts_only_timed_steps():
-    model = build_gpt(tiny())
-    token = prefill_random_prompt(model, 1, 4, max_seq_length=12)
-    assert len(time_decode_steps(model, token, 4, warmup_tokens=3, new_tokens=5)) == 5
-
-
-def test_measure_decode_tokens_per_second_errors():
-    model = build_gpt(tiny())
-    with pytest.raises(ValueError, match=r"new_tokens=0 must be positive"):
-        measure_decode_tokens_per_second(model, batch_size=1, context_length=8, new_tokens=0)
-    with pytest.raises(ValueError, match=r"max_seq_length=35 exceeds block_size=32; build the model with a larger"):
-        measure_decode_tokens_per_second(model, batch_size=1, context_length=30, new_tokens=3, warmup_tokens=2)

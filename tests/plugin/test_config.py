@@ -39,19 +39,19 @@ def test_model_config_yaml_round_trips(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (dict(attention_class_name="FlashAttention"), r"attention_class_name='FlashAttention' is not a known attention class; choose one of \['CausalSelfAttention', 'MemorizedKeyAttention', 'MultiheadLatentAttention'\]"),
+        (dict(attention_class_name="FlashAttention"), r"attention_class_name='FlashAttention' is not a known attention class; choose one of \['CausalSelfAttention', 'LitgptMultiheadLatentAttention', 'MemorizedKeyAttention', 'MultiheadLatentAttention'\]"),
         (dict(n_query_groups=3), r"n_head=4 must be divisible by n_query_groups=3 \(1 = MQA, n_head = MHA"),
         (dict(n_query_groups=0), r"n_query_groups=0 must be a positive integer"),
         (dict(n_head=0), r"n_head=0 must be a positive integer"),
         (dict(n_embd=130), r"n_embd=130 must be divisible by n_head=4 \(or set head_size explicitly\)"),
         (dict(head_size=-1), r"head_size=-1 must be a positive integer"),
         (dict(latent_attention=[1, 2]), r"latent_attention=\[1, 2\] must be a dict or null"),
-        (dict(memorized_key_attention={"routing": "keys"}), r"memorized_key_attention is set, but attention_class_name='CausalSelfAttention'; memorized_key_attention is only read by 'MemorizedKeyAttention'"),
+        (dict(memorized_key_attention={"routing": "keys"}), r"memorized_key_attention is set, but attention_class_name='CausalSelfAttention'; memorized_key_attention is only read by \['MemorizedKeyAttention'\]"),
         (dict(attention_class_name="MultiheadLatentAttention"), r"attention_class_name='MultiheadLatentAttention' needs the latent_attention dict"),
         (dict(attention_class_name="MemorizedKeyAttention", memorized_key_attention="keys"), r"memorized_key_attention='keys' must be a dict or null"),
         (
             dict(attention_class_name="MemorizedKeyAttention", latent_attention={"kv_lora_rank": 8}),
-            r"latent_attention is set, but attention_class_name='MemorizedKeyAttention'; latent_attention is only read by 'MultiheadLatentAttention'",
+            r"latent_attention is set, but attention_class_name='MemorizedKeyAttention'; latent_attention is only read by \['LitgptMultiheadLatentAttention', 'MultiheadLatentAttention'\]",
         ),
     ],
 )

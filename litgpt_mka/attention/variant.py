@@ -1,0 +1,74 @@
+"""What the registry asks of an attention variant, and the checks every variant's config uses.
+
+A variant is an attention module for litgpt's ``Block`` plus four class-level answers, derived from a
+``Config`` alone (no model needed):
+
+==================================  ======================================================================
+``attention_module()``              the ``nn.Module`` class ``Block`` builds (our classes: themselves)
+``validate_config(config)``         ``ValueError`` for values the variant cannot run; writes the defaults
+                                    of its config dict into the config
+``kv_cache_elements_per_token(c)``  numbers cached per token per layer
+``kv_cache_bytes_per_token(c, dt)`` bytes per token per layer for a cache of dtype ``dt``
+``kv_cache_bytes_per_sequence(..)`` bytes per sequence per layer that do not grow with the context
+==================================  ======================================================================
+
+and, on the module, litgpt's ``build_kv_cache(batch_size, max_seq_length, rope_cache_length, device,
+dtype)``. Our attention classes inherit :class:`AttentionVariant`; litgpt's own classes are described by
+small adapters in :mod:`litgpt_mka.attention.litgpt_classes`.
+"""
+
+from typing import Any
+
+import torch
+
+
+def positive_int(field: str, value: Any, *, allow_none: str | None = None) -> None:
+    """Raises ``ValueError`` naming `field` unless `value` is a positive integer (bools are not).
+
+    ``allow_none``: what ``None`` means, if ``None`` is allowed (said in the message).
+    """
+    if value is None and allow_none is not None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        alternative = f", or null for {allow_none}" if allow_none is not None else ""
+        raise ValueError(f"{field}={value!r} must be a positive integer{alternative}")
+
+
+def check_keys(field: str, settings: dict, allowed: tuple[str, ...]) -> None:
+    """Raises ``ValueError`` naming `field` when the dict `settings` has keys outside `allowed`."""
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise ValueError(f"{field} has unknown key(s) {unknown}; allowed keys are {list(allowed)}")
+
+
+class AttentionVariant:
+    """The class-level side of a variant (see the module docstring); mix it in before the module's base."""
+
+    @classmethod
+    def attention_module(cls) -> type:
+        return cls
+
+    @classmethod
+    def validate_config(cls, config: Any) -> None:
+        """No settings of its own by default."""
+
+    @classmethod
+    def kv_cache_elements_per_token(cls, config: Any) -> int:
+        raise NotImplementedError(f"{cls.__name__} must say how many numbers it caches per token and layer")
+
+    @classmethod
+    def kv_cache_bytes_per_token(cls, config: Any, dtype: torch.dtype) -> int:
+        """Every cached number in `dtype` by default; a variant with buffers of other dtypes overrides this."""
+        return cls.kv_cache_elements_per_token(config) * dtype.itemsize
+
+    @classmethod
+    def kv_cache_bytes_per_sequence(cls, config: Any, dtype: torch.dtype) -> int:
+        """Nothing that stays constant along the context, by default."""
+        return 0
+
+
+def rope_function(config: Any):
+    """litgpt's RoPE for this config: ``apply_rope_interleave`` (``rope_interleave: true``) or ``apply_rope``."""
+    from litgpt.model import apply_rope, apply_rope_interleave
+
+    return apply_rope_interleave if config.rope_interleave else apply_rope

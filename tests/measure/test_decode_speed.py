@@ -1,0 +1,51 @@
+"""litgpt_mka.measure.decode_speed: the prefill helper fills the cache as a plain prefill does; timing bookkeeping."""
+
+import pytest
+import torch
+from litgpt.model import GPT
+
+from tests.helpers import tiny_config, tokens
+
+
+def test_prefill_random_prompt_fills_the_cache_as_a_plain_prefill_does():
+    from litgpt_mka.measure.decode_speed import prefill_random_prompt
+
+    config = tiny_config("mla")
+    model = GPT(config).eval()
+    token = prefill_random_prompt(model, 2, 10, max_seq_length=16, chunk_size=4, seed=3)
+    caches = [(b.attn.kv_cache.latent.clone(), b.attn.kv_cache.k_rope.clone()) for b in model.transformer.h]
+    assert not model.lm_head._forward_pre_hooks  # the last-position hook is gone
+    prompt = tokens(2, 10, seed=3, vocab_size=config.vocab_size)
+    model.set_kv_cache(batch_size=2, max_seq_length=16)
+    with torch.no_grad():
+        logits = model(prompt, torch.arange(10), input_pos_maxp1=10)
+    torch.testing.assert_close(token, logits[:, -1].argmax(dim=-1, keepdim=True), rtol=0, atol=0)
+    for block, (latent, k_rope) in zip(model.transformer.h, caches):
+        torch.testing.assert_close(block.attn.kv_cache.latent, latent, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(block.attn.kv_cache.k_rope, k_rope, rtol=1e-5, atol=1e-5)
+
+
+def test_measure_decode_tokens_per_second_runs_and_clears_the_cache():
+    from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
+
+    model = GPT(tiny_config())
+    assert measure_decode_tokens_per_second(model, batch_size=2, context_length=8, new_tokens=3) > 0
+    assert all(block.attn.kv_cache is None for block in model.transformer.h)
+
+
+def test_time_decode_steps_counts_only_timed_steps():
+    from litgpt_mka.measure.decode_speed import prefill_random_prompt, time_decode_steps
+
+    model = GPT(tiny_config())
+    token = prefill_random_prompt(model, 1, 4, max_seq_length=12)
+    assert len(time_decode_steps(model, token, 4, warmup_tokens=3, new_tokens=5)) == 5
+
+
+def test_measure_decode_tokens_per_second_errors():
+    from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
+
+    model = GPT(tiny_config(block_size=32))
+    with pytest.raises(ValueError, match=r"new_tokens=0 must be positive"):
+        measure_decode_tokens_per_second(model, batch_size=1, context_length=8, new_tokens=0)
+    with pytest.raises(ValueError, match=r"max_seq_length=35 exceeds block_size=32; build the model with a larger"):
+        measure_decode_tokens_per_second(model, batch_size=1, context_length=30, new_tokens=3, warmup_tokens=2)
