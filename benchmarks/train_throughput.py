@@ -16,9 +16,8 @@ Reported per variant: the best and the median tokens/s over the rounds and their
 a machine shared with other work the best round (least interference, the usual estimator of a step's
 intrinsic cost) is the one to read; a median far below the best says the run was disturbed.
 
-Variants: MHA, GQA (2 key/value heads), MQA (1), MLA (when ``litgpt_mka.attention.mla`` imports; its
-``latent_attention`` from ``config_hub/pretrain/<model>-mla.yaml`` when that file exists, else the
-fallback dims printed below the table), MKA ``keys``, FMKA ``keys_values``, MKA ``outputs``.
+Variants: every preset of the model size in ``config_hub/pretrain/<model>-*.yaml`` (its attention keys
+applied to ``Config.from_name(model)``), plus MKA with ``routing: outputs``; ratios are to the ``mha`` row.
 Defaults (batch 4 x 256 tokens, float32, eager) take about 6 minutes on an otherwise idle 2-core CPU.
 """
 
@@ -30,11 +29,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 import litgpt_mka  # noqa: F401  (activates the plugin)
 from litgpt.config import Config
 from litgpt.model import GPT
+from litgpt_mka.attention import registry
+from litgpt_mka.presets import load_pretrain_yaml
 
 CONFIG_HUB = Path(__file__).resolve().parents[1] / "config_hub" / "pretrain"
 # wall: elapsed time; cpu: CPU time of this process (all its threads), which other processes on a shared
@@ -43,37 +43,20 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def variants(model_name: str) -> dict[str, dict]:
-    """Variant name -> Config overrides of the preset `model_name`."""
-    n_head = Config.from_name(model_name).n_head
-    table = {
-        "MHA": {"n_query_groups": n_head},
-        "GQA (2 kv heads)": {"n_query_groups": 2},
-        "MQA": {"n_query_groups": 1},
-    }
-    mla = mla_overrides(model_name)
-    if mla is not None:
-        table["MLA"] = mla
-    for label, routing in (("MKA keys", "keys"), ("FMKA keys_values", "keys_values"), ("MKA outputs", "outputs")):
-        table[label] = {
-            "attention_class_name": "MemorizedKeyAttention",
-            "memorized_key_attention": {"routing": routing},
-        }
+    """Row label -> Config overrides: the attention keys of every ``config_hub/pretrain/<model_name>-*.yaml``
+    (MHA first), plus MKA with ``routing: outputs``. The keys are the registry's: ``n_query_groups``,
+    ``attention_class_name`` and every variant's config dict."""
+    keys = ("n_query_groups", "attention_class_name", *registry.config_fields())
+    table = {}
+    for path in sorted(CONFIG_HUB.glob(f"{model_name}-*.yaml"), key=lambda p: (not p.stem.endswith("-mha"), p.stem)):
+        model_config = load_pretrain_yaml(path)["model_config"]
+        table[path.stem.removeprefix(f"{model_name}-")] = {key: model_config[key] for key in keys if key in model_config}
+    if not table:
+        raise SystemExit(f"no presets {CONFIG_HUB}/{model_name}-*.yaml")
+    if "mka" in table:
+        mka = table["mka"]
+        table["mka outputs"] = {**mka, "memorized_key_attention": {**mka["memorized_key_attention"], "routing": "outputs"}}
     return table
-
-
-def mla_overrides(model_name: str) -> dict | None:
-    try:
-        import litgpt_mka.attention.mla  # noqa: F401
-    except ImportError:
-        return None
-    preset = CONFIG_HUB / f"{model_name}-mla.yaml"
-    if preset.exists():
-        model_config = yaml.safe_load(preset.read_text())["model_config"]
-        return {key: model_config[key] for key in ("attention_class_name", "latent_attention", "n_query_groups")}
-    hs = Config.from_name(model_name).head_size
-    rope = max(2, hs // 4)
-    latent = {"kv_lora_rank": 2 * hs, "qk_rope_head_dim": rope, "qk_nope_head_dim": hs - rope, "v_head_dim": hs}
-    return {"attention_class_name": "MultiheadLatentAttention", "latent_attention": latent}
 
 
 class Runner:
@@ -118,7 +101,7 @@ def benchmark(model_name: str, args: argparse.Namespace) -> list[tuple]:
         for label in labels[shift:] + labels[:shift]:
             runner = runners[label]
             rates[label].append(runner.tokens_per_step / runner.step(CLOCKS[args.clock]))
-    mha_best, mha_median = max(rates["MHA"]), statistics.median(rates["MHA"])
+    mha_best, mha_median = max(rates["mha"]), statistics.median(rates["mha"])
     rows = []
     for label in labels:
         best, median = max(rates[label]), statistics.median(rates[label])

@@ -18,6 +18,13 @@ from litgpt.model import GPT, CausalSelfAttention
 
 from litgpt_mka.attention import mka
 from litgpt_mka.attention.mka import MemorizedKeyAttention, MemorizedKeyCache, routing_weights
+from tests.helpers import (
+    assert_cached_decode_matches_full_forward,
+    assert_chunked_prefill_matches_single_prefill,
+    random_gpt,
+    tiny_config,
+)
+from tests.helpers import tokens as random_tokens
 
 ROUTINGS = ("keys", "keys_values", "outputs")
 LAYOUTS = {"mha": 4, "gqa": 2, "mqa": 1}  # n_query_groups for n_head = 4
@@ -25,35 +32,20 @@ SEQ = 12
 
 
 def make_config(routing: str = "keys", n_query_groups: int = 4, **overrides) -> Config:
-    """A tiny override of the real pythia-14m preset (head size 16, rope on 4 of 16 features)."""
+    """helpers.tiny_config("mka") with `routing` and `n_query_groups` (head size 16, rope on 4 of 16 features)."""
     settings = overrides.pop("memorized_key_attention", {"routing": routing})
-    return Config.from_name(
-        "pythia-14m",
-        n_layer=2,
-        n_embd=64,
-        n_head=4,
-        n_query_groups=n_query_groups,
-        block_size=32,
-        vocab_size=100,
-        padded_vocab_size=128,
-        attention_class_name="MemorizedKeyAttention",
-        memorized_key_attention=settings,
-        **overrides,
+    return tiny_config(
+        "mka", n_query_groups=n_query_groups, block_size=32, memorized_key_attention=settings, **overrides
     )
 
 
 def make_model(routing: str = "keys", n_query_groups: int = 4, seed: int = 0, **overrides) -> GPT:
-    """A GPT with every parameter random, the router's zero-initialised output layer included."""
-    torch.manual_seed(seed)
-    model = GPT(make_config(routing, n_query_groups, **overrides))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.3)
-    return model
+    """A GPT with every parameter drawn from N(0, 0.3), the router's zero-initialised output layer included."""
+    return random_gpt(make_config(routing, n_query_groups, **overrides), seed=seed, std=0.3)
 
 
 def tokens(batch: int = 2, seq: int = SEQ, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 100, (batch, seq), generator=torch.Generator().manual_seed(seed))
+    return random_tokens(batch, seq, seed=seed)
 
 
 # ------------------------------------------------------------------------- reference implementation
@@ -191,30 +183,13 @@ def test_batched_decoding_matches_full_forward(routing, layout):
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_token_by_token_decoding_matches_full_forward(routing, layout):
     """litgpt's generate loop: 1-D input_pos, a prompt, then one token at a time with input_pos_maxp1."""
-    model = make_model(routing, LAYOUTS[layout])
-    idx = tokens()
-    with torch.no_grad():
-        full = model(idx)
-        model.set_kv_cache(batch_size=2)
-        outputs = [model(idx[:, :3], torch.arange(3), input_pos_maxp1=3)]
-        outputs += [model(idx[:, t : t + 1], torch.tensor([t]), input_pos_maxp1=t + 1) for t in range(3, SEQ)]
-    torch.testing.assert_close(torch.cat(outputs, dim=1), full)
+    assert_cached_decode_matches_full_forward(make_model(routing, LAYOUTS[layout]), tokens(), prompt=3)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_chunked_prefill_matches_single_prefill(routing, layout):
-    model = make_model(routing, LAYOUTS[layout])
-    idx = tokens()
-    with torch.no_grad():
-        model.set_kv_cache(batch_size=2)
-        single = model(idx[:, : SEQ - 1], torch.arange(SEQ - 1))
-        single_next = model(idx[:, SEQ - 1 :], torch.tensor([SEQ - 1]))
-        model.set_kv_cache(batch_size=2)
-        chunks = [model(idx[:, a:b], torch.arange(a, b)) for a, b in ((0, 5), (5, 9), (9, SEQ - 1))]
-        chunked_next = model(idx[:, SEQ - 1 :], torch.tensor([SEQ - 1]))
-    torch.testing.assert_close(torch.cat(chunks, dim=1), single)
-    torch.testing.assert_close(chunked_next, single_next)
+    assert_chunked_prefill_matches_single_prefill(make_model(routing, LAYOUTS[layout]), tokens(), [5, 4, 2, 1])
 
 
 def test_cache_errors_of_its_own():
@@ -410,7 +385,7 @@ def test_routing_weights_are_the_mean_router_output_per_layer():
 
 
 def test_routing_weights_reject_other_attention():
-    model = GPT(Config.from_name("pythia-14m", n_layer=1, n_embd=64, n_head=4, vocab_size=100, padded_vocab_size=128))
+    model = GPT(tiny_config("mha"))
     with pytest.raises(ValueError, match=r"block 0 uses CausalSelfAttention; routing_weights needs"):
         routing_weights(model, tokens())
 

@@ -17,51 +17,29 @@ import yaml
 from litgpt.config import Config
 from litgpt.model import GPT, apply_rope
 
+from litgpt_mka.attention.mla import LatentKVCache, MultiheadLatentAttention, default_absorb_max_queries
 from litgpt_mka.attention.registry import attention_class, build_gpt
+from tests.helpers import TINY_LATENT, decode_token_by_token, prefill_in_chunks, preset_config, random_gpt, tokens
+from tests.helpers import tiny_config as tiny_config_of
 
 STOCK_MLA = "LitgptMultiheadLatentAttention"
-from litgpt_mka.attention.mla import LatentKVCache, MultiheadLatentAttention, default_absorb_max_queries
-
 ROOT = Path(__file__).parents[2]
 TOKENIZER_DIR = Path(__file__).parents[2] / ".." / "shared" / "tokenizers" / "pythia"
 TOL = dict(rtol=1e-5, atol=1e-5)
-# L = 32, R = 8, P = 8, V = 16 (P + R == V), nh = 4: T* = 32 * 24 / (64 - 24) = 19
-LATENT = dict(kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+# TINY_LATENT: L = 32, R = 8, P = 8, V = 16 (P + R == V), Lq = 24, nh = 4: T* = 32 * 24 / (64 - 24) = 19
 ALWAYS_ABSORBED, ALWAYS_EXPANDED = 10**9, 0
+tiny_gpt = random_gpt
 
 
 def tiny_config(q_lora_rank: int | None = 24, **overrides) -> Config:
-    latent = {**LATENT, "q_lora_rank": q_lora_rank, **overrides.pop("latent", {})}
-    return Config.from_name(
-        "pythia-14m",
-        n_layer=2,
-        n_embd=64,
-        n_head=4,
-        block_size=64,
-        vocab_size=128,
-        padded_vocab_size=128,
-        latent_attention=latent,
-        **overrides,
-    )
-
-
-def tiny_gpt(config: Config, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    model = GPT(config)
-    for name, parameter in model.named_parameters():  # non-trivial norms and biases
-        if name.endswith("bias") or "norm" in name:
-            with torch.no_grad():
-                parameter.add_(0.1 * torch.randn_like(parameter))
-    return model.eval()
+    """helpers.tiny_config("mla") with `q_lora_rank` and `latent={...}` overrides of its latent dims."""
+    latent = {**TINY_LATENT, "q_lora_rank": q_lora_rank, **overrides.pop("latent", {})}
+    return tiny_config_of("mla", latent_attention=latent, **overrides)
 
 
 def set_path(model: GPT, absorb_max_queries: int) -> None:
     for block in model.transformer.h:
         block.attn.absorb_max_queries = absorb_max_queries
-
-
-def tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 # ---------------------------------------------------------------------------------- executable equations
@@ -136,15 +114,6 @@ def test_plugin_resolves_litgpt_mla_config_to_our_class():
 
 
 # ------------------------------------------------------------------------------------------ cached decode
-def decode_token_by_token(model: GPT, idx: torch.Tensor, prompt: int) -> torch.Tensor:
-    model.set_kv_cache(batch_size=idx.size(0))
-    with torch.no_grad():
-        logits = [model(idx[:, :prompt], torch.arange(prompt), input_pos_maxp1=prompt)]
-        for t in range(prompt, idx.size(1)):
-            logits.append(model(idx[:, t : t + 1], torch.tensor([t]), input_pos_maxp1=t + 1))
-    return torch.cat(logits, dim=1)
-
-
 @pytest.mark.parametrize(
     "absorb_max_queries", [ALWAYS_ABSORBED, ALWAYS_EXPANDED, None], ids=["absorbed", "expanded", "rule"]
 )
@@ -202,19 +171,12 @@ def test_absorbed_equals_expanded_for_a_chunk_against_the_cache():
 
 
 def test_chunked_prefill_equals_single_prefill():
-    """Chunks of 7, 3 and 1 (absorbed by the rule) against one 24-token prefill (expanded by the rule)."""
+    """Chunks of 7, 3 and 1 (absorbed by the rule) and 13 (expanded) against one 24-token prefill (expanded)."""
     model = tiny_gpt(tiny_config())
     idx = tokens(2, 24)
-    model.set_kv_cache(batch_size=2)
-    with torch.no_grad():
-        single = model(idx, torch.arange(24), input_pos_maxp1=24)
-        single_cache = [(b.attn.kv_cache.latent.clone(), b.attn.kv_cache.k_rope.clone()) for b in model.transformer.h]
-        model.set_kv_cache(batch_size=2)
-        chunks, start = [], 0
-        for size in (7, 3, 1, 13):
-            chunks.append(model(idx[:, start : start + size], torch.arange(start, start + size), start + size))
-            start += size
-    torch.testing.assert_close(torch.cat(chunks, dim=1), single, **TOL)
+    single = prefill_in_chunks(model, idx, [24])
+    single_cache = [(b.attn.kv_cache.latent.clone(), b.attn.kv_cache.k_rope.clone()) for b in model.transformer.h]
+    torch.testing.assert_close(prefill_in_chunks(model, idx, [7, 3, 1, 13]), single, **TOL)
     for block, (latent, k_rope) in zip(model.transformer.h, single_cache):
         torch.testing.assert_close(block.attn.kv_cache.latent, latent, **TOL)
         torch.testing.assert_close(block.attn.kv_cache.k_rope, k_rope, **TOL)
@@ -396,17 +358,13 @@ def test_kv_cache_elements_per_token():
 PRESETS = sorted((ROOT / "config_hub" / "pretrain").glob("pythia-*-mla.yaml"))
 
 
-def preset_config(path: Path, **overrides) -> Config:
-    return Config(**{**yaml.safe_load(path.read_text())["model_config"], **overrides})
-
-
 def test_three_presets_exist():
     assert [p.name for p in PRESETS] == ["pythia-14m-mla.yaml", "pythia-160m-mla.yaml", "pythia-70m-mla.yaml"]
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_preset_training_forward_dispatches_flash_attention(path):
-    config = preset_config(path, n_layer=1)  # attention dims as in the preset
+    config = preset_config(path.stem, n_layer=1)  # attention dims as in the preset
     assert config.qk_head_dim == config.v_head_dim  # flash needs equal q/k/v head widths
     on_cuda = torch.cuda.is_available()
     # CUDA's flash kernel takes half precision only; the CPU one takes fp32

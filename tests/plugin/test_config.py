@@ -11,12 +11,13 @@ import yaml
 from litgpt.config import Config
 from litgpt.model import GPT
 from litgpt.utils import save_config
+from litgpt_mka.attention import registry
 from litgpt_mka.presets import load_pretrain_yaml, model_config_from_yaml
 from tests.conftest import CONFIG_HUB
 
 HUB_FILES = sorted(CONFIG_HUB.glob("*.yaml"))
 # keys by which the variants of one size may differ
-ATTENTION_KEYS = {"name", "n_query_groups", "attention_class_name", "latent_attention", "memorized_key_attention"}
+ATTENTION_KEYS = {"name", "n_query_groups", "attention_class_name", *registry.config_fields()}
 
 
 def test_defaults_keep_litgpt_configs_unchanged():
