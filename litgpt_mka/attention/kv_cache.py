@@ -50,8 +50,8 @@ def reads_positions(input_pos: torch.Tensor, input_pos_maxp1: int | None) -> boo
 class KVCacheBase(nn.Module):
     """Batch, position and dtype rules of litgpt's KV-cache contract (see the module docstring).
 
-    Subclasses register their buffers, list in ``activation_buffers`` the ones that follow the
-    activation dtype, and call :meth:`check_chunk` and :meth:`follow_dtype` at the top of ``forward``.
+    Subclasses create their buffers with :meth:`add_buffer`, list in ``activation_buffers`` the ones that
+    follow the activation dtype, and call :meth:`check_chunk` and :meth:`follow_dtype` at the top of ``forward``.
 
     Raises (from :meth:`check_chunk`):
         ValueError: more batch rows than allocated, a batched ``input_pos`` whose rows differ from the
@@ -60,10 +60,22 @@ class KVCacheBase(nn.Module):
 
     activation_buffers: tuple[str, ...] = ()
 
-    def __init__(self, batch_size: int, max_seq_length: int) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        max_seq_length: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
+        self._placement = {"device": device, "dtype": dtype}
+
+    def add_buffer(self, name: str, *shape: int, dtype: torch.dtype | None = None, fill: float = 0.0) -> None:
+        """A non-persistent buffer of `shape` on the cache's device, in `dtype` (default: the cache dtype)."""
+        placement = {**self._placement, **({"dtype": dtype} if dtype is not None else {})}
+        self.register_buffer(name, torch.full(shape, fill, **placement), persistent=False)
 
     def check_chunk(self, input_pos: torch.Tensor, bs: int, T: int, input_pos_maxp1: int | None) -> None:
         if bs > self.batch_size:

@@ -126,15 +126,8 @@ import torch.nn.functional as F
 from litgpt.config import Config
 from litgpt.model import CausalSelfAttention
 
-from litgpt_mka.attention.kv_cache import (
-    KVCacheBase,
-    causal_mask,
-    check_rope_cache_length,
-    reads_positions,
-    require_cache,
-    write_positions,
-)
-from litgpt_mka.attention.variant import AttentionVariant, check_keys, positive_int, rope_function
+from litgpt_mka.attention.kv_cache import KVCacheBase, causal_mask, reads_positions, write_positions
+from litgpt_mka.attention.variant import CachedAttention, check_keys, positive_int, rope_function
 
 ROUTINGS = ("keys", "keys_values", "outputs")
 MEMORY_SOURCES = ("local", "session", "long_term")
@@ -204,13 +197,146 @@ class Router(nn.Module):
         return torch.softmax(logits, dim=-1, dtype=torch.float32).to(x.dtype)  # (B, T, M)
 
 
+# --------------------------------------------------------------------------------------------- cache
+def _sum_width(routing: str, D: int) -> int:
+    """w: columns of ``(k(x), v(x))`` that need a running mean: D for ``keys``, 2D otherwise."""
+    return D if routing == "keys" else 2 * D
+
+
+def _sum_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    return torch.promote_types(dtype or torch.get_default_dtype(), torch.float32)
+
+
+class MemorizedKeyCache(KVCacheBase):
+    """KV cache of :class:`MemorizedKeyAttention`; buffer layout and bytes in the module docstring.
+
+    litgpt's contract through :class:`~litgpt_mka.attention.kv_cache.KVCacheBase`. Per forward the module
+    calls :meth:`running_sums` (the session memory of the chunk) and then the cache itself (``keys``,
+    ``keys_values``) or :meth:`branches` (``outputs``); each checks the chunk.
+
+    Raises:
+        ValueError: the contract's errors (batch, length, positions), positions of a chunk that are not
+            consecutive, or a chunk that starts more than ``sum_window`` positions behind the latest written.
+    """
+
+    activation_buffers = ("k", "v", "k_session", "v_session")
+
+    def __init__(
+        self,
+        batch_size: int,
+        max_seq_length: int,
+        n_query_groups: int,
+        head_size: int,
+        sum_width: int,
+        sum_window: int,
+        session_branch: bool,
+        **placement,
+    ) -> None:
+        """`placement`: ``device`` and ``dtype`` (the cache dtype) of the buffers; the sums are float32 or wider."""
+        super().__init__(batch_size, max_seq_length, **placement)
+        kv_shape = (batch_size, n_query_groups, max_seq_length, head_size)  # (B, nh_kv, S, hs)
+        self.add_buffer("k", *kv_shape)
+        self.add_buffer("v", *kv_shape)
+        if session_branch:
+            self.add_buffer("k_session", *kv_shape)
+            self.add_buffer("v_session", *kv_shape)
+        else:
+            self.k_session = self.v_session = None
+        self.sum_window = min(sum_window, max_seq_length)  # W
+        self.add_buffer("sums", batch_size, self.sum_window, sum_width, dtype=_sum_dtype(placement.get("dtype")))
+        self.add_buffer("sum_positions", batch_size, self.sum_window, dtype=torch.int64, fill=-1)  # (B, W)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.sum_positions.fill_(-1)
+
+    def forward(
+        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos_maxp1: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writes k, v (bs, nh_kv, T, hs) at ``input_pos``; returns the buffers (bs, nh_kv, S', hs).
+
+        S' is ``input_pos_maxp1`` when given, else S.
+        """
+        bs, _, T, _ = k.shape
+        self.check_chunk(input_pos, bs, T, input_pos_maxp1)
+        self.follow_dtype(k.dtype)
+        k_all = write_positions(self.k[:bs], 2, input_pos, k)[:, :, :input_pos_maxp1]
+        v_all = write_positions(self.v[:bs], 2, input_pos, v)[:, :, :input_pos_maxp1]
+        return k_all, v_all
+
+    def branches(
+        self,
+        input_pos: torch.Tensor,
+        k_local: torch.Tensor,
+        v_local: torch.Tensor,
+        k_session: torch.Tensor,
+        v_session: torch.Tensor,
+        input_pos_maxp1: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``outputs`` mode: writes both branches' keys and values, returns them: 4x (bs, nh_kv, S', hs)."""
+        k_local, v_local = self(input_pos, k_local, v_local, input_pos_maxp1)
+        bs = k_session.size(0)
+        k_session = write_positions(self.k_session[:bs], 2, input_pos, k_session)[:, :, :input_pos_maxp1]
+        v_session = write_positions(self.v_session[:bs], 2, input_pos, v_session)[:, :, :input_pos_maxp1]
+        return k_local, v_local, k_session, v_session
+
+    def running_sums(
+        self, input_pos: torch.Tensor, src: torch.Tensor, input_pos_maxp1: int | None = None
+    ) -> torch.Tensor:
+        """Running sums (bs, T, w) of ``src`` (bs, T, w) at ``input_pos``, continuing the sum of the position
+        before the chunk (none at position 0), which the ring must still hold; the chunk's last W sums are
+        written to the ring."""
+        bs, T, width = src.shape
+        self.check_chunk(input_pos, bs, T, input_pos_maxp1)
+        check_values = reads_positions(input_pos, input_pos_maxp1)
+        if T > 1 and check_values and bool((input_pos.diff(dim=-1) != 1).any()):
+            raise ValueError(
+                "input_pos must hold consecutive positions within a forward"
+                " (input_pos[..., j+1] = input_pos[..., j] + 1):"
+                " the session memory continues the running sum of the position before the chunk"
+            )
+        W = self.sum_window
+        sums, held = self.sums[:bs], self.sum_positions[:bs]  # (bs, W, w), (bs, W)
+        previous = input_pos[..., :1].expand(bs, 1) - 1  # (T,) | (bs, T) -> (bs, 1)
+        slot = previous.remainder(W)  # (bs, 1)
+        found = (previous < 0) | (held.gather(1, slot) == previous)  # (bs, 1)
+        self._check_found(found, previous, check_values)
+        prefix = sums.gather(1, slot.unsqueeze(-1).expand(bs, 1, width))  # (bs, 1, w)
+        prefix = torch.where((previous >= 0).unsqueeze(-1), prefix, 0.0)  # nothing before position 0
+        chunk = running_sums(src, prefix)  # (bs, T, w)
+        kept = min(T, W)  # a chunk longer than the ring keeps its last W sums
+        kept_pos = input_pos[..., T - kept :].expand(bs, kept)  # (bs, kept)
+        write_positions(sums, 1, kept_pos.remainder(W), chunk[:, T - kept :])
+        held.scatter_(1, kept_pos.remainder(W), kept_pos)
+        return chunk
+
+    def _check_found(self, found: torch.Tensor, previous: torch.Tensor, check_values: bool) -> None:
+        if torch.compiler.is_compiling():
+            return
+        if not check_values:  # on an accelerator with input_pos_maxp1: no host synchronisation
+            torch._assert_async(found.all(), "MKA: a chunk starts beyond memorized_key_attention.sum_window")
+            return
+        if not bool(found.all()):
+            row = int((~found).nonzero()[0, 0])
+            position = int(previous[row, 0]) + 1
+            raise ValueError(
+                f"batch row {row} writes position {position}, but the running sum of position {position - 1} is"
+                f" no longer cached: the cache keeps the sums of the last memorized_key_attention.sum_window="
+                f"{self.sum_window} positions written. Set memorized_key_attention.sum_window larger to rewrite"
+                " further back (litgpt's speculative decoding needs speculative_k + 1)"
+            )
+
+
 # ------------------------------------------------------------------------------------------- attention
-class MemorizedKeyAttention(AttentionVariant, CausalSelfAttention):
+class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
     """MKA / FMKA / multi-branch memorized-key attention; equations, cache and init in the module docstring.
 
     Subclasses litgpt's ``CausalSelfAttention``: the fused ``qkv``, ``proj`` and
     ``scaled_dot_product_attention`` (scale, softcapping, SDPA) are litgpt's.
     """
+
+    cache_class = MemorizedKeyCache
+    rope_width_field = "rope_n_elem"
 
     def __init__(self, config: Config, block_idx: int) -> None:
         super().__init__(config, block_idx)
@@ -276,15 +402,7 @@ class MemorizedKeyAttention(AttentionVariant, CausalSelfAttention):
         width = _sum_width(settings["routing"], config.n_query_groups * config.head_size)
         return settings["sum_window"] * (width * _sum_dtype(dtype).itemsize + torch.int64.itemsize)
 
-    def build_kv_cache(
-        self,
-        batch_size: int,
-        max_seq_length: int,
-        rope_cache_length: int | None = None,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> "MemorizedKeyCache":
-        check_rope_cache_length("MemorizedKeyAttention", rope_cache_length, self.config.rope_n_elem, "rope_n_elem")
+    def new_kv_cache(self, batch_size: int, max_seq_length: int, device, dtype) -> MemorizedKeyCache:
         return MemorizedKeyCache(
             batch_size,
             max_seq_length,
@@ -298,18 +416,8 @@ class MemorizedKeyAttention(AttentionVariant, CausalSelfAttention):
         )
 
     # ------------------------------------------------------------------------------------------ forward
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        input_pos: torch.Tensor | None = None,
-        input_pos_maxp1: int | None = None,
-    ) -> torch.Tensor:
-        """litgpt's attention contract; x (B, T, C) -> (B, T, C)."""
-        if input_pos is not None:
-            require_cache(self, MemorizedKeyCache)
+    def attend(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
+        """litgpt's attention forward (see ``CachedAttention.forward``); x (B, T, C) -> (B, T, C)."""
         return getattr(self, _FORWARDS[self.routing])(x, cos, sin, mask, input_pos, input_pos_maxp1)
 
     def _forward_mixed(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
@@ -405,134 +513,6 @@ class MemorizedKeyAttention(AttentionVariant, CausalSelfAttention):
             k = k.repeat_interleave(q_per_kv, dim=1)  # (B, nh_kv, S, hs) -> (B, nh_q, S, hs)
             v = v.repeat_interleave(q_per_kv, dim=1)  # (B, nh_kv, S, hs) -> (B, nh_q, S, hs)
         return self.scaled_dot_product_attention(q, k, v, mask)  # (B, T, nh_q, hs)
-
-
-# --------------------------------------------------------------------------------------------- cache
-def _sum_width(routing: str, D: int) -> int:
-    """w: columns of ``(k(x), v(x))`` that need a running mean: D for ``keys``, 2D otherwise."""
-    return D if routing == "keys" else 2 * D
-
-
-def _sum_dtype(dtype: torch.dtype | None) -> torch.dtype:
-    return torch.promote_types(dtype or torch.get_default_dtype(), torch.float32)
-
-
-class MemorizedKeyCache(KVCacheBase):
-    """KV cache of :class:`MemorizedKeyAttention`; buffer layout and bytes in the module docstring.
-
-    litgpt's contract through :class:`~litgpt_mka.attention.kv_cache.KVCacheBase`. Per forward the module
-    calls :meth:`running_sums` (the session memory of the chunk) and then the cache itself (``keys``,
-    ``keys_values``) or :meth:`branches` (``outputs``); each checks the chunk.
-
-    Raises:
-        ValueError: the contract's errors (batch, length, positions), positions of a chunk that are not
-            consecutive, or a chunk that starts more than ``sum_window`` positions behind the latest written.
-    """
-
-    activation_buffers = ("k", "v", "k_session", "v_session")
-
-    def __init__(
-        self,
-        batch_size: int,
-        max_seq_length: int,
-        n_query_groups: int,
-        head_size: int,
-        sum_width: int,
-        sum_window: int,
-        session_branch: bool,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(batch_size, max_seq_length)
-        kv_shape = (batch_size, n_query_groups, max_seq_length, head_size)  # (B, nh_kv, S, hs)
-        for name in self.activation_buffers:
-            buffer = torch.zeros(kv_shape, device=device, dtype=dtype) if session_branch or "session" not in name else None
-            self.register_buffer(name, buffer, persistent=False)
-        self.sum_window = min(sum_window, max_seq_length)  # W
-        sums = torch.zeros(batch_size, self.sum_window, sum_width, device=device, dtype=_sum_dtype(dtype))  # (B, W, w)
-        self.register_buffer("sums", sums, persistent=False)
-        positions = torch.full((batch_size, self.sum_window), -1, device=device, dtype=torch.int64)  # (B, W)
-        self.register_buffer("sum_positions", positions, persistent=False)
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        self.sum_positions.fill_(-1)
-
-    def forward(
-        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos_maxp1: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Writes k, v (bs, nh_kv, T, hs) at ``input_pos``; returns the buffers (bs, nh_kv, S', hs).
-
-        S' is ``input_pos_maxp1`` when given, else S.
-        """
-        bs, _, T, _ = k.shape
-        self.check_chunk(input_pos, bs, T, input_pos_maxp1)
-        self.follow_dtype(k.dtype)
-        k_all = write_positions(self.k[:bs], 2, input_pos, k)[:, :, :input_pos_maxp1]
-        v_all = write_positions(self.v[:bs], 2, input_pos, v)[:, :, :input_pos_maxp1]
-        return k_all, v_all
-
-    def branches(
-        self,
-        input_pos: torch.Tensor,
-        k_local: torch.Tensor,
-        v_local: torch.Tensor,
-        k_session: torch.Tensor,
-        v_session: torch.Tensor,
-        input_pos_maxp1: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``outputs`` mode: writes both branches' keys and values, returns them: 4x (bs, nh_kv, S', hs)."""
-        k_local, v_local = self(input_pos, k_local, v_local, input_pos_maxp1)
-        bs = k_session.size(0)
-        k_session = write_positions(self.k_session[:bs], 2, input_pos, k_session)[:, :, :input_pos_maxp1]
-        v_session = write_positions(self.v_session[:bs], 2, input_pos, v_session)[:, :, :input_pos_maxp1]
-        return k_local, v_local, k_session, v_session
-
-    def running_sums(
-        self, input_pos: torch.Tensor, src: torch.Tensor, input_pos_maxp1: int | None = None
-    ) -> torch.Tensor:
-        """Running sums (bs, T, w) of ``src`` (bs, T, w) at ``input_pos``, continuing the sum of the position
-        before the chunk (none at position 0), which the ring must still hold; the chunk's last W sums are
-        written to the ring."""
-        bs, T, width = src.shape
-        self.check_chunk(input_pos, bs, T, input_pos_maxp1)
-        check_values = reads_positions(input_pos, input_pos_maxp1)
-        if T > 1 and check_values and bool((input_pos.diff(dim=-1) != 1).any()):
-            raise ValueError(
-                "input_pos must hold consecutive positions within a forward"
-                " (input_pos[..., j+1] = input_pos[..., j] + 1):"
-                " the session memory continues the running sum of the position before the chunk"
-            )
-        W = self.sum_window
-        sums, held = self.sums[:bs], self.sum_positions[:bs]  # (bs, W, w), (bs, W)
-        previous = input_pos[..., :1].expand(bs, 1) - 1  # (T,) | (bs, T) -> (bs, 1)
-        slot = previous.remainder(W)  # (bs, 1)
-        found = (previous < 0) | (held.gather(1, slot) == previous)  # (bs, 1)
-        self._check_found(found, previous, check_values)
-        prefix = sums.gather(1, slot.unsqueeze(-1).expand(bs, 1, width))  # (bs, 1, w)
-        prefix = torch.where((previous >= 0).unsqueeze(-1), prefix, 0.0)  # nothing before position 0
-        chunk = running_sums(src, prefix)  # (bs, T, w)
-        kept = min(T, W)  # a chunk longer than the ring keeps its last W sums
-        kept_pos = input_pos[..., T - kept :].expand(bs, kept)  # (bs, kept)
-        write_positions(sums, 1, kept_pos.remainder(W), chunk[:, T - kept :])
-        held.scatter_(1, kept_pos.remainder(W), kept_pos)
-        return chunk
-
-    def _check_found(self, found: torch.Tensor, previous: torch.Tensor, check_values: bool) -> None:
-        if torch.compiler.is_compiling():
-            return
-        if not check_values:  # on an accelerator with input_pos_maxp1: no host synchronisation
-            torch._assert_async(found.all(), "MKA: a chunk starts beyond memorized_key_attention.sum_window")
-            return
-        if not bool(found.all()):
-            row = int((~found).nonzero()[0, 0])
-            position = int(previous[row, 0]) + 1
-            raise ValueError(
-                f"batch row {row} writes position {position}, but the running sum of position {position - 1} is"
-                f" no longer cached: the cache keeps the sums of the last memorized_key_attention.sum_window="
-                f"{self.sum_window} positions written. Set memorized_key_attention.sum_window larger to rewrite"
-                " further back (litgpt's speculative decoding needs speculative_k + 1)"
-            )
 
 
 # ---------------------------------------------------------------------------------------- inspection

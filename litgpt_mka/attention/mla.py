@@ -89,14 +89,8 @@ import torch.nn.functional as F
 from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
 from litgpt.model import RMSNorm, do_softcapping, yarn_get_mscale
 
-from litgpt_mka.attention.kv_cache import (
-    KVCacheBase,
-    causal_mask,
-    check_rope_cache_length,
-    require_cache,
-    write_positions,
-)
-from litgpt_mka.attention.variant import AttentionVariant, check_keys, positive_int, rope_function
+from litgpt_mka.attention.kv_cache import KVCacheBase, causal_mask, write_positions
+from litgpt_mka.attention.variant import CachedAttention, check_keys, positive_int, rope_function
 
 LATENT_ATTENTION_KEYS = (
     "q_lora_rank",
@@ -173,21 +167,11 @@ class LatentKVCache(KVCacheBase):
 
     activation_buffers = ("latent", "k_rope")
 
-    def __init__(
-        self,
-        batch_size: int,
-        max_seq_length: int,
-        kv_lora_rank: int,
-        qk_rope_head_dim: int,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(batch_size, max_seq_length)
-        shape = (batch_size, max_seq_length)
-        self.register_buffer("latent", torch.zeros(*shape, kv_lora_rank, device=device, dtype=dtype), persistent=False)
-        self.register_buffer(
-            "k_rope", torch.zeros(*shape, qk_rope_head_dim, device=device, dtype=dtype), persistent=False
-        )
+    def __init__(self, batch_size: int, max_seq_length: int, kv_lora_rank: int, qk_rope_head_dim: int, **placement):
+        """`placement`: ``device`` and ``dtype`` of the buffers."""
+        super().__init__(batch_size, max_seq_length, **placement)
+        self.add_buffer("latent", batch_size, max_seq_length, kv_lora_rank)  # (B, S, L)
+        self.add_buffer("k_rope", batch_size, max_seq_length, qk_rope_head_dim)  # (B, S, R)
 
     def forward(
         self,
@@ -205,11 +189,14 @@ class LatentKVCache(KVCacheBase):
         return latent_all, k_rope_all
 
 
-class MultiheadLatentAttention(AttentionVariant, LitgptMultiheadLatentAttention):
+class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
     """DeepSeek-V2 MLA, a drop-in for litgpt's class: same parameters, compressed cache, absorbed decode.
 
     See the module docstring for notation, weights, both paths and the cache layout.
     """
+
+    cache_class = LatentKVCache
+    rope_width_field = "qk_rope_head_dim"
 
     def __init__(self, config: Any, block_idx: int) -> None:
         # litgpt's __init__ requires q_lora_rank; the modules below carry its names and shapes
@@ -252,22 +239,15 @@ class MultiheadLatentAttention(AttentionVariant, LitgptMultiheadLatentAttention)
         return config.kv_lora_rank + config.qk_rope_head_dim
 
     # --------------------------------------------------------------------------------------- forward
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        input_pos: torch.Tensor | None = None,
-        input_pos_maxp1: int | None = None,
-    ) -> torch.Tensor:
+    def attend(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
+        """litgpt's attention forward (see ``CachedAttention.forward``); x (B, T, C) -> (B, T, C)."""
         B, T, _ = x.shape
         q_nope, q_rope = self._queries(x, cos, sin)  # (B, nh, T, P), (B, nh, T, R)
         latent, k_rope = self._latent_keys(x, cos, sin)  # (B, T, L), (B, T, R)
         if input_pos is None:  # training / no cache: causal SDPA over this chunk
             o = self._expanded_attention(q_nope, q_rope, latent, k_rope, mask=None)
         else:
-            latent, k_rope = require_cache(self, LatentKVCache)(input_pos, latent, k_rope, input_pos_maxp1)  # (B, S, L), (B, S, R)
+            latent, k_rope = self.kv_cache(input_pos, latent, k_rope, input_pos_maxp1)  # (B, S, L), (B, S, R)
             if mask is None:
                 mask = causal_mask(input_pos, latent.size(1))
             if T <= self.absorb_max_queries:
@@ -395,17 +375,9 @@ class MultiheadLatentAttention(AttentionVariant, LitgptMultiheadLatentAttention)
         super()._load_from_state_dict(*args, **kwargs)
 
     # ----------------------------------------------------------------------------------------- cache
-    def build_kv_cache(
-        self,
-        batch_size: int,
-        max_seq_length: int,
-        rope_cache_length: int | None = None,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> LatentKVCache:
-        R = self.config.qk_rope_head_dim
-        check_rope_cache_length("MultiheadLatentAttention", rope_cache_length, R, "qk_rope_head_dim")
-        return LatentKVCache(batch_size, max_seq_length, self.config.kv_lora_rank, R, device=device, dtype=dtype)
+    def new_kv_cache(self, batch_size: int, max_seq_length: int, device, dtype) -> LatentKVCache:
+        c = self.config
+        return LatentKVCache(batch_size, max_seq_length, c.kv_lora_rank, c.qk_rope_head_dim, device=device, dtype=dtype)
 
 
 def _tensor_state(t: torch.Tensor) -> tuple:

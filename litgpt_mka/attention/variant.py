@@ -13,13 +13,17 @@ A variant is an attention module for litgpt's ``Block`` plus four class-level an
 ==================================  ======================================================================
 
 and, on the module, litgpt's ``build_kv_cache(batch_size, max_seq_length, rope_cache_length, device,
-dtype)``. Our attention classes inherit :class:`AttentionVariant`; litgpt's own classes are described by
-small adapters in :mod:`litgpt_mka.attention.litgpt_classes`.
+dtype)``. Our attention classes inherit :class:`CachedAttention` (litgpt's ``forward`` and
+``build_kv_cache`` signatures written once); litgpt's own classes are described by small
+``AttentionVariant`` adapters in :mod:`litgpt_mka.attention.litgpt_classes`.
 """
 
 from typing import Any
 
 import torch
+import torch.nn as nn
+
+from litgpt_mka.attention.kv_cache import check_rope_cache_length, require_cache
 
 
 def positive_int(field: str, value: Any, *, allow_none: str | None = None) -> None:
@@ -72,3 +76,45 @@ def rope_function(config: Any):
     from litgpt.model import apply_rope, apply_rope_interleave
 
     return apply_rope_interleave if config.rope_interleave else apply_rope
+
+
+class CachedAttention(AttentionVariant):
+    """litgpt's attention-module contract, written once for the variants that bring their own KV cache.
+
+    A subclass sets ``cache_class`` (its :class:`~litgpt_mka.attention.kv_cache.KVCacheBase`) and
+    ``rope_width_field`` (the config attribute giving the RoPE width its cache stores), and implements
+    ``attend(x, cos, sin, mask, input_pos, input_pos_maxp1)`` and ``new_kv_cache(batch_size,
+    max_seq_length, device, dtype)``.
+    """
+
+    cache_class: type
+    rope_width_field: str
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        input_pos_maxp1: int | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); with `input_pos`, through the KV cache (``gpt.set_kv_cache()`` first).
+
+        `mask` None means causal: over the chunk without a cache, by position against the cache.
+        """
+        if input_pos is not None:
+            require_cache(self, self.cache_class)
+        return self.attend(x, cos, sin, mask, input_pos, input_pos_maxp1)
+
+    def build_kv_cache(
+        self,
+        batch_size: int,
+        max_seq_length: int,
+        rope_cache_length: int | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> nn.Module:
+        width = getattr(self.config, self.rope_width_field)
+        check_rope_cache_length(type(self).__name__, rope_cache_length, width, self.rope_width_field)
+        return self.new_kv_cache(batch_size, max_seq_length, device, dtype)

@@ -19,7 +19,15 @@ from litgpt.model import GPT, apply_rope
 
 from litgpt_mka.attention.mla import LatentKVCache, MultiheadLatentAttention, default_absorb_max_queries
 from litgpt_mka.attention.registry import attention_class, build_gpt
-from tests.helpers import TINY_LATENT, decode_token_by_token, prefill_in_chunks, preset_config, random_gpt, tokens
+from tests.helpers import (
+    TINY_LATENT,
+    assert_cached_decode_matches_full_forward,
+    decode_token_by_token,
+    prefill_in_chunks,
+    preset_config,
+    random_gpt,
+    tokens,
+)
 from tests.helpers import tiny_config as tiny_config_of
 
 STOCK_MLA = "LitgptMultiheadLatentAttention"
@@ -122,10 +130,7 @@ def test_token_by_token_decode_equals_full_forward(absorb_max_queries, q_lora_ra
     model = tiny_gpt(tiny_config(q_lora_rank))
     if absorb_max_queries is not None:
         set_path(model, absorb_max_queries)
-    idx = tokens(3, 24)
-    with torch.no_grad():
-        full = model(idx)
-    torch.testing.assert_close(decode_token_by_token(model, idx, prompt=5), full, **TOL)
+    assert_cached_decode_matches_full_forward(model, tokens(3, 24), prompt=5, **TOL)
 
 
 @pytest.mark.parametrize("absorb_max_queries", [ALWAYS_ABSORBED, ALWAYS_EXPANDED], ids=["absorbed", "expanded"])
@@ -133,10 +138,7 @@ def test_softcapped_decode_equals_full_forward(absorb_max_queries):
     """Softcapping cannot run in SDPA: both paths take their explicit-softmax branch."""
     model = tiny_gpt(tiny_config(attention_logit_softcapping=2.0))
     set_path(model, absorb_max_queries)
-    idx = tokens(2, 12)
-    with torch.no_grad():
-        full = model(idx)
-    torch.testing.assert_close(decode_token_by_token(model, idx, prompt=4), full, **TOL)
+    assert_cached_decode_matches_full_forward(model, tokens(2, 12), prompt=4, **TOL)
 
 
 @pytest.mark.parametrize("absorb_max_queries", [ALWAYS_ABSORBED, ALWAYS_EXPANDED], ids=["absorbed", "expanded"])
