@@ -18,7 +18,12 @@ Arguments that ``compare`` adds to every run, after the YAML and the shared over
     --data.train_path/--data.val_path/--data.seed/--tokenizer_dir  resolved to absolute paths
 
 The model-initialisation seed is the run's seed (litgpt ``--seed``); the data seed (``--data.seed``,
-the order of training windows) is the same for every run.
+the order of training windows) is the same for every run. ``--data.val_path`` is the primary validation
+text; the others are evaluated by the evaluation worker from the spec's ``val_paths``.
+
+Before any training: the reference variant is chosen (:func:`reference_variant`), a decode measurement
+that does not fit a model's block_size is refused, and curves of fewer than 8 points are warned about
+(:func:`warn_short_curves`).
 """
 
 import hashlib

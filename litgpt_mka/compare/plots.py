@@ -3,9 +3,9 @@
 * ``loss_vs_tokens.png``: exact validation loss (primary text) of every checkpoint against training tokens,
   one colour per variant, one line per seed.
 * ``loss_vs_kv_cache.png``: the Pareto plot: final validation loss (primary text; mean over seeds, error bar
-  = sample std over seeds) against KV-cache bytes per token (log scale), every variant a point, and the
+  = sample std over seeds) against KV-cache bytes per token (log scale), every variant a point; the
   frontier (:func:`litgpt_mka.compare.summary.pareto_front` of the means: no other point has both a smaller
-  cache and a lower loss) drawn as a line.
+  cache and a lower loss) is ringed and joined by a dashed staircase.
 * ``routing.png`` (MKA/FMKA variants only): one panel per variant, layers on x, one bar per memory (local,
   session, long-term): mean routing weight over seeds, error bar = std.
 * ``throughput.png``: training and decode tokens/s per variant (mean, error bar = std over seeds); a variant
@@ -75,8 +75,11 @@ def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str) ->
         ax.annotate(row.variant, (x, y), textcoords="offset points", xytext=(5, 5), fontsize="small")
     front = pareto_front([(x, y) for _, x, y in points])
     if front:
-        ax.plot([points[i][1] for i in front], [points[i][2] for i in front], color="black", alpha=0.5,
-                linestyle="--", label="Pareto frontier (smaller cache and lower loss)", zorder=0)
+        xs, ys = [points[i][1] for i in front], [points[i][2] for i in front]
+        # the staircase: each frontier point holds its loss until a larger cache buys a lower one
+        ax.plot(xs, ys, drawstyle="steps-post", color="black", alpha=0.5, linestyle="--", zorder=0)
+        ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=1.0,
+                   label="Pareto frontier: no other config has a smaller cache and a lower loss")
         ax.legend(fontsize="small")
     ax.set_xscale("log")
     ax.set_xlabel("KV-cache bytes per token (all layers, log scale)")

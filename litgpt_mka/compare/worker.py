@@ -8,15 +8,18 @@ Both read ``RUN_DIR/spec.json`` (written by the runner) and write their result a
     exact code path of the ``litgpt`` command. ``--resume auto`` continues from the latest complete
     ``step-*`` checkpoint; a ``step-*`` folder without ``model_config.yaml`` (litgpt writes it last, so
     its save was interrupted) is renamed ``incomplete-step-*`` first, since resuming from it would fail.
-    Then writes ``train.json``: the wall time of the ``litgpt pretrain`` call (litgpt's imports, data,
-    model, compilation, training, checkpoints; not the interpreter's and torch's start-up), the step it
-    resumed from, and the process's peak memory (training only: evaluation runs in another process).
+    Then writes ``train.json`` (:class:`~litgpt_mka.compare.records.TrainResult`): the wall time of the
+    ``litgpt pretrain`` call (litgpt's imports, data, model, compilation, training, checkpoints; not the
+    interpreter's and torch's start-up), the load around it, the step it resumed from, and the process's
+    peak memory (training only: evaluation runs in another process).
     Multi-device runs: Fabric starts the other ranks as ``python -m litgpt_mka.compare.worker pretrain
     ARGS``, which runs ``litgpt pretrain ARGS``; the measurements are rank 0's (not tested on several GPUs).
 ``evaluate``
-    Evaluates every complete checkpoint (``step-*`` and ``final``) exactly on the validation text
-    (:mod:`.evaluate`), reads litgpt's metrics.csv (:mod:`.measure`), measures parameters, KV cache and
-    decode speed on the final weights, and writes ``result.json`` with ``"status": "ok"``. Then removes
+    Evaluates every complete checkpoint (``step-*`` and ``final``) exactly on the primary validation
+    text and ``final`` on the others (:mod:`.evaluate`), reads litgpt's metrics.csv (:mod:`.measure`),
+    records MKA/FMKA routing weights, measures parameters, KV cache and decode speed (with the load around
+    it) on the final weights, and writes ``result.json`` (a :class:`~litgpt_mka.compare.records.RunResult`
+    with ``"status": "ok"``). Then removes
     the ``step-*`` folders unless ``--keep_step_checkpoints`` (the run is finished; ``final/`` stays).
 """
 
