@@ -123,9 +123,6 @@ def shared_settings(options: CompareOptions, first_yaml: dict, first_path: Path)
                 f" on that validation text, so pass --train_path and --val_path"
             )
         paths[name] = [_absolute(value) for value in values]
-    stems = [path.stem for path in paths["val_path"]]
-    if len(set(stems)) != len(stems):
-        raise ValueError(f"val_path={[str(p) for p in paths['val_path']]} repeat a file stem; the report names each column by it")
     tokenizer_dir = options.tokenizer_dir or first_yaml.get("tokenizer_dir")
     if tokenizer_dir is None:
         raise ValueError(f"tokenizer_dir is not set in {first_path}; pass --tokenizer_dir")

@@ -109,6 +109,8 @@ def routing(path: Path, summary: list[VariantSummary], sources: list[str]) -> No
         ax.set_title(row.variant)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize="small")
+    figure.suptitle("Mean routing weight per layer on the primary validation text (error bars: std over seeds)",
+                    fontsize="medium")
     _save(figure, path)
 
 

@@ -1,8 +1,9 @@
 """`litgpt-mka compare` end to end on tiny configs, and its pieces.
 
 The comparisons run the real console script on tiny overrides of the pythia-14m hub configs (1 layer,
-width 32, 8 iterations of 4 x 32 tokens) with the whole shared TinyStories training text and the first
-stories of its validation text. They set TORCHDYNAMO_DISABLE=1: litgpt pretrain's torch.compile becomes
+width 32, 8 iterations of 4 x 32 tokens; MHA, MQA and MKA) with the whole shared TinyStories training text
+and two validation texts cut from its validation sample (stories 0-11 and 12-23). Statistics, busy cells,
+the Pareto frontier and the rendering of a schema-v1 results.json are tested on records with chosen numbers. They set TORCHDYNAMO_DISABLE=1: litgpt pretrain's torch.compile becomes
 a no-op, which these tests of the bookkeeping do not need (the measured comparison keeps compilation),
 and precision 32-true, so that independent float32 evaluations and resumed runs agree tightly.
 """
@@ -42,7 +43,7 @@ def litgpt_mka_command() -> list[str]:
     return [str(Path(sys.executable).parent / "litgpt-mka")]
 
 
-def tiny_config(folder: Path, name: str, **model_overrides) -> Path:
+def tiny_yaml(folder: Path, name: str, **model_overrides) -> Path:
     """The pythia-14m-mha hub YAML with a tiny model and budget, saved as folder/name.yaml."""
     config = yaml.safe_load((CONFIG_HUB / "pythia-14m-mha.yaml").read_text())
     config["model_config"].update(TINY_MODEL, name=name, **model_overrides)
@@ -94,8 +95,8 @@ def finished(tmp_path_factory, env, shared_data, tokenizer_dir) -> dict:
     the training text and tokenizer are given as absolute paths.
     """
     folder = tmp_path_factory.mktemp("compare")
-    configs = [tiny_config(folder / "configs", "tiny-mha"), tiny_config(folder / "configs", "tiny-mqa", n_query_groups=1),
-               tiny_config(folder / "configs", "tiny-mka", **TINY_MKA)]
+    configs = [tiny_yaml(folder / "configs", "tiny-mha"), tiny_yaml(folder / "configs", "tiny-mqa", n_query_groups=1),
+               tiny_yaml(folder / "configs", "tiny-mka", **TINY_MKA)]
     vals = [write_stories(folder / "val" / "val.txt", shared_data, 0, VAL_STORIES),
             write_stories(folder / "val" / "other.txt", shared_data, VAL_STORIES, 2 * VAL_STORIES)]
     args = compare_args([c.relative_to(folder) for c in configs], Path("out"), shared_data,
@@ -347,8 +348,8 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(finished, env, tmp_pat
 
 @pytest.mark.slow
 def test_failing_config_is_recorded_and_the_other_runs_complete(env, shared_data, small_val, tokenizer_dir, tmp_path):
-    broken = tiny_config(tmp_path / "configs", "tiny-broken", n_query_groups=3)  # 2 heads in 3 groups
-    good = tiny_config(tmp_path / "configs", "tiny-mqa", n_query_groups=1)
+    broken = tiny_yaml(tmp_path / "configs", "tiny-broken", n_query_groups=3)  # 2 heads in 3 groups
+    good = tiny_yaml(tmp_path / "configs", "tiny-mqa", n_query_groups=1)
     args = compare_args([broken, good], tmp_path / "out", shared_data, small_val, tokenizer_dir)
 
     completed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
@@ -413,8 +414,8 @@ def _occurs(needle: torch.Tensor, haystack: torch.Tensor, key: int = 8) -> bool:
 
 # ------------------------------------------------------------------------------------------ the pieces
 def test_configs_with_different_training_settings_are_refused(tmp_path):
-    a = tiny_config(tmp_path, "a")
-    b_config = yaml.safe_load(tiny_config(tmp_path, "b").read_text())
+    a = tiny_yaml(tmp_path, "a")
+    b_config = yaml.safe_load(tiny_yaml(tmp_path, "b").read_text())
     b_config["train"]["lr_warmup_steps"] = 7
     b_config["optimizer"]["init_args"]["lr"] = 0.5
     yamls = {a: yaml.safe_load(a.read_text()), tmp_path / "b.yaml": b_config}
@@ -432,7 +433,7 @@ def test_decode_measurement_longer_than_block_size_is_refused_before_training(tm
     """pythia-14m's block_size is 512: a 512-token decode context cannot fit, and nothing may train first."""
     from litgpt_mka.compare.plan import check_decode_fits_block_size
 
-    config = tiny_config(tmp_path, "a")
+    config = tiny_yaml(tmp_path, "a")
     yamls = {config: yaml.safe_load(config.read_text())}
     block_size = yamls[config]["model_config"]["block_size"]
     check_decode_fits_block_size(yamls, CompareOptions(configs=[config], context_length=block_size - 34))
@@ -441,7 +442,7 @@ def test_decode_measurement_longer_than_block_size_is_refused_before_training(tm
 
 
 def test_rerun_with_other_settings_into_the_same_folder_is_refused(tmp_path, shared_data, tokenizer_dir):
-    config = tiny_config(tmp_path, "tiny")
+    config = tiny_yaml(tmp_path, "tiny")
     options = CompareOptions(configs=[config], out_dir=tmp_path / "out", train_path=shared_data / "train.txt",
                              val_path=[shared_data / "val.txt"], tokenizer_dir=tokenizer_dir, max_tokens=1024,
                              context_length=16, decode_new_tokens=4)
@@ -459,7 +460,7 @@ def test_rerun_with_other_settings_into_the_same_folder_is_refused(tmp_path, sha
      ("precision", "fp8", r"precision='fp8' is not one of"), ("decode_dtype", "int8", r"decode_dtype='int8' is not one of")],
 )
 def test_invalid_options_are_refused(tmp_path, field, value, message):
-    options = CompareOptions(configs=[tiny_config(tmp_path, "tiny")], **{field: value})
+    options = CompareOptions(configs=[tiny_yaml(tmp_path, "tiny")], **{field: value})
     with pytest.raises(ValueError, match=message):
         prepare(options)
 
@@ -621,7 +622,7 @@ def test_version_1_results_render_with_busy_cells_and_relative_paths():
 def test_expected_curve_points_follow_litgpts_schedule(tmp_path):
     from litgpt_mka.compare.plan import expected_curve_points
 
-    config = yaml.safe_load(tiny_config(tmp_path, "a").read_text())  # 8 iterations of 4 x 32, 1 step each
+    config = yaml.safe_load(tiny_yaml(tmp_path, "a").read_text())  # 8 iterations of 4 x 32, 1 step each
     assert expected_curve_points(config, CompareOptions(configs=[])) == (2, 8)
     assert expected_curve_points(config, CompareOptions(configs=[], eval_interval=1, devices=1)) == (8, 8)
     # global batch 8 = 2 micro-batches per step; 9 iterations = 4 steps (+1 iteration); checkpoints at steps 2, 4 + final
@@ -643,7 +644,7 @@ def test_the_reference_is_the_mha_config_unless_one_is_named():
 
 
 def test_unknown_reference_and_repeated_validation_stems_are_refused(tmp_path, shared_data):
-    config = tiny_config(tmp_path, "tiny")
+    config = tiny_yaml(tmp_path, "tiny")
     with pytest.raises(ValueError, match=r"reference='mha' is not one of the configs' file stems \['tiny'\]"):
         prepare(CompareOptions(configs=[config], reference="mha"))
     other = tmp_path / "other" / "val.txt"
