@@ -79,6 +79,12 @@ def check_existing_spec(run: RunPlan) -> None:
     if not path.is_file():
         return
     existing, wanted = read_json(path), to_json(run.spec)
+    if "val_paths" not in existing:
+        raise ValueError(
+            f"{run.run_dir} holds a run made by an earlier version of compare (spec.json without val_paths, results"
+            " schema v1); use another --out_dir, or delete that folder to start the run again (its results.json"
+            " still renders: python -m litgpt_mka.compare.report OUT/results.json)"
+        )
     if existing != wanted:
         differing = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
         raise ValueError(

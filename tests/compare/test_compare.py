@@ -452,6 +452,11 @@ def test_rerun_with_other_settings_into_the_same_folder_is_refused(tmp_path, sha
     prepare(options)  # the same settings: accepted
     with pytest.raises(ValueError, match=r"tiny-seed42 holds a run made with other settings \(differing: pretrain_args\)"):
         prepare(CompareOptions(**{**options.__dict__, "max_tokens": 2048}))
+    v1_spec = to_json(first.runs[0].spec)
+    del v1_spec["val_paths"]
+    (first.runs[0].run_dir / "spec.json").write_text(json.dumps(v1_spec))
+    with pytest.raises(ValueError, match=r"tiny-seed42 holds a run made by an earlier version of compare"):
+        prepare(options)
 
 
 @pytest.mark.parametrize(
