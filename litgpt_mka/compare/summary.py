@@ -8,8 +8,8 @@ Difference to the reference, for the primary validation loss (nats/token; lower 
     d  = mean(variant) - mean(reference)
     SE = sqrt(s_v^2 / n_v + s_r^2 / n_r)        (Welch: s = sample std over seeds, n = finished seeds)
 
-Verdict: "better" when d <= -2 SE, "worse" when d >= 2 SE, "tied within noise" when |d| < 2 SE; with fewer
-than two finished seeds on either side the SE is unknown and no claim is made.
+Verdict: "better" when d <= -2 SE, "worse" when d >= 2 SE, "tied within noise" when |d| < 2 SE (or d = 0);
+with fewer than two finished seeds on either side the SE is unknown and no claim is made.
 
 Why unpaired (Welch) rather than paired by seed: every run of a comparison reads the same training windows in
 the same order (one data seed for all), so the seed changes only the initialisation; and the same seed does not
@@ -42,7 +42,7 @@ def difference(variant: str, values: list[float], reference: str, reference_valu
         return Difference(reference, d, None, n, n_ref, "SE unknown",
                           f"{head}; {fewest} has one finished seed, so the SE is unknown and no claim is made.")
     se = math.sqrt(Stat.of(values).std ** 2 / n + Stat.of(reference_values).std ** 2 / n_ref)
-    if abs(d) < SE_FACTOR * se:
+    if abs(d) < SE_FACTOR * se or d == 0:
         verdict, why = "tied within noise", f"|difference| < {SE_FACTOR:g} SE"
     else:
         verdict = "better" if d < 0 else "worse"

@@ -560,6 +560,8 @@ def test_difference_to_the_reference_uses_the_welch_standard_error_and_the_2_se_
     assert (one_seed.verdict, one_seed.se) == ("SE unknown", None) and one_seed.difference == pytest.approx(-1.1)
     assert one_seed.sentence == "v: validation loss -1.1000 nats/token against ref; v has one finished seed, so the SE is unknown and no claim is made."
     assert difference("v", [], "ref", [2.0]).verdict == "no runs"
+    assert difference("v", [2.0, 2.0], "ref", [2.0, 2.0]).verdict == "tied within noise"  # no spread, no difference
+    assert difference("v", [1.9, 1.9], "ref", [2.0, 2.0]).sentence.endswith(": better (no spread over seeds).")
 
 
 def test_summary_aggregates_seeds_and_marks_busy_timings():
