@@ -5,13 +5,19 @@
 
 Modules (one concern each)
 --------------------------
-* :mod:`.plan`: the runs (config x seed), their ``litgpt pretrain`` arguments and the check that every
-  setting except the model is identical across configs.
+* :mod:`.options`: :class:`~.options.CompareOptions`, the command's options, declared once (jsonargparse
+  reads the dataclass; ``litgpt_mka/cli.py``).
+* :mod:`.records`: the typed records of every file written and read back (``spec.json``, ``train.json``,
+  ``result.json``, ``results.json``), and their one JSON form.
+* :mod:`.plan`: the runs (config x seed), their ``litgpt pretrain`` arguments, the check that every
+  setting except the model is identical across configs, the reference variant, the curve-length warning.
 * :mod:`.runner`: runs every run in its own worker processes, in order, with resume, progress and
   failure records; rewrites the report after every run.
 * :mod:`.worker`: ``python -m litgpt_mka.compare.worker {train,evaluate} RUN_DIR``: the per-run processes.
 * :mod:`.evaluate`: the exact held-out evaluation of a checkpoint.
 * :mod:`.measure`: parameters, training throughput, peak memory, KV cache, decode speed.
+* :mod:`.summary`: per-variant mean ± std over seeds, differences to the reference with their standard
+  error, the Pareto frontier.
 * :mod:`.report` and :mod:`.plots`: ``results.json``, ``results.csv``, ``report.md`` and the PNG plots.
 * :mod:`.environment`, :mod:`.atomic`: versions/machine, and atomic file writes.
 
@@ -19,14 +25,14 @@ Output folder
 -------------
 ::
 
-    OUT/results.json  results.csv  report.md  loss_vs_tokens.png  loss_vs_kv_cache.png  throughput.png
+    OUT/results.json  results.csv  report.md  loss_vs_tokens.png  loss_vs_kv_cache.png  [routing.png]  throughput.png
     OUT/runs/<config stem>-seed<seed>/
         spec.json          what the run is (config path and sha256, seed, litgpt arguments); a rerun with
                            other settings into the same OUT is refused
         checkpoints/       litgpt pretrain's --out_dir: step-*/ (resume and curve points; deleted once the run
                            finished, unless --keep_step_checkpoints), final/, logs/csv/version_*/metrics.csv
         run.log            the workers' full output (training and evaluation), every attempt appended
-        train.json         written when training finished (wall time, peak memory of the training process)
+        train.json         written when training finished (wall time, peak memory and load of the training process)
         result.json        written last: status "ok" with every metric, or "failed" with the log's tail
 
 A run is finished iff its ``result.json`` says ``"status": "ok"``; finished runs are never touched
@@ -36,13 +42,15 @@ again. Every other run, failed ones included, is (re)started: training with ``--
 
 Metrics
 -------
-* Validation loss: mean token-level cross-entropy (nats) of the final checkpoint, in float32, over the
-  whole validation file and nothing else: windows of ``max_seq_length + 1`` tokens laid out by
+* Validation loss: per validation text (``--val_path`` takes several; the first is the primary one),
+  mean token-level cross-entropy (nats) of the final checkpoint, in float32, over the whole text and
+  nothing else: windows of ``max_seq_length + 1`` tokens laid out by
   :func:`litgpt_mka.data.validation_windows` (stride ``max_seq_length``, plus one window aligned to
   the end of the stream whose already-seen targets are skipped), so every token after the first is a
   target exactly once; no padding exists. Perplexity = exp(validation loss). The curve points
-  evaluate every ``step-*`` checkpoint the same way; litgpt's own in-training validation (a mean of
-  per-batch means over ``eval.max_iters`` batches) is switched off.
+  evaluate every ``step-*`` checkpoint the same way on the primary text; litgpt's own in-training
+  validation (a mean of per-batch means over ``eval.max_iters`` batches) is switched off. Fewer than 8
+  curve points per run are warned about before training.
 * Training throughput: tokens per second over the iterations litgpt itself timed (``iter_time`` in
   metrics.csv, logged every iteration), excluding the first ``throughput_skip_iters`` iterations of every
   training process (compilation, allocator warm-up): timed iterations x tokens per iteration / sum of
@@ -56,8 +64,14 @@ Metrics
   ``context_length`` in the decode dtype (all layers), and that divided by batch x context (bytes per
   token). :mod:`litgpt_mka.measure.kv_cache_size`'s accounting is recorded beside them; a disagreement is warned
   about and noted in report.md.
-* Busy machine: the 1-minute load average is recorded at the end of training and of decoding; above
-  1.5 x the CPU count, report.md warns that other processes made the timings unreliable.
+* Busy timings: the 1-minute load average is recorded right before and right after each timed phase
+  (training, decode measurement), with the process's CPU and wall time; above the run's threads + 0.5,
+  the phase is busy and report.md prints its timing cells as "busy" (results keep the numbers):
+  :class:`~.records.PhaseLoad`.
+* Routing weights (MKA/FMKA): mean lambda per layer and memory on the primary text
+  (:func:`litgpt_mka.attention.mka.routing_weights`).
+* Differences: primary validation loss of every variant minus the reference's (default: the MHA config),
+  with a Welch standard error and a verdict (better, worse, tied within noise): :mod:`.summary`.
 * Decode: greedy cached decode tokens/s (:func:`litgpt_mka.measure.decode_speed.measure_decode_tokens_per_second`) at
   ``context_length`` prompt tokens and ``decode_batch_size`` sequences, in the decode dtype (default:
   the dtype of ``litgpt generate``'s default precision on the machine: bfloat16 on CPUs and bf16 GPUs).

@@ -7,6 +7,8 @@ import sys
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 
+from litgpt_mka.compare.records import Environment
+
 
 def utc_now() -> str:
     """The current time, ISO 8601 in UTC, to the second."""
@@ -40,31 +42,22 @@ def gpu_names() -> list[str]:
     return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
 
 
-def environment() -> dict:
+def environment() -> Environment:
     """Versions of Python, torch, litgpt and litgpt-mka; OS, CPU model and count, GPU names."""
     import torch
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "litgpt": package_version("litgpt"),
-        "litgpt_mka": package_version("litgpt-mka"),
-        "lightning": package_version("lightning"),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpus": gpu_names(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-    }
-
-
-def machine_summary(env: dict) -> str:
-    """One line: CPU (count), GPUs, OS, versions."""
-    gpus = ", ".join(env["gpus"]) if env["gpus"] else "no GPU"
-    return (
-        f"{env['cpu']} ({env['cpu_count']} CPUs, {env['torch_threads']} torch threads), {gpus}; {env['platform']};"
-        f" Python {env['python']}, torch {env['torch']}, litgpt {env['litgpt']}, litgpt-mka {env['litgpt_mka']}"
+    return Environment(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        litgpt=package_version("litgpt"),
+        litgpt_mka=package_version("litgpt-mka"),
+        lightning=package_version("lightning"),
+        platform=platform.platform(),
+        cpu=cpu_model(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        gpus=gpu_names(),
+        cuda=torch.version.cuda if torch.cuda.is_available() else None,
     )
 
 

@@ -55,8 +55,9 @@ def load_config(checkpoint_dir: Path):
     return Config.from_file(Path(checkpoint_dir) / "model_config.yaml")
 
 
-def heldout_data(checkpoint_dir: Path) -> HeldoutData:
-    """The validation windows defined by the run's own settings.
+def heldout_data(checkpoint_dir: Path, val_path: Path | None = None) -> HeldoutData:
+    """The validation windows of `val_path` (default: the run's own data.val_path) by the run's own settings
+    (tokenizer, max_seq_length, token cache).
 
     Raises:
         ValueError: the run did not train on a TextCorpus, or has no tokenizer_dir.
@@ -74,8 +75,8 @@ def heldout_data(checkpoint_dir: Path) -> HeldoutData:
     init_args = data["init_args"]
     max_seq_length = hparams["train"].get("max_seq_length") or load_config(checkpoint_dir).block_size
     cache_dir = Path(init_args.get("cache_dir") or default_cache_dir())
-    val_path = Path(init_args["val_path"])
-    tokens = load_or_tokenize(val_path, Tokenizer(hparams["tokenizer_dir"]), cache_dir, field_name="data.val_path")
+    val_path = Path(init_args["val_path"] if val_path is None else val_path)
+    tokens = load_or_tokenize(val_path, Tokenizer(hparams["tokenizer_dir"]), cache_dir, field_name="val_path")
     windows, new_from = validation_windows(tokens, max_seq_length)
     return HeldoutData(windows, new_from, val_path, max_seq_length, len(tokens))
 

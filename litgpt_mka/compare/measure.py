@@ -1,22 +1,40 @@
-"""Per-run measurements: parameters, training throughput, peak memory, KV cache, decode speed.
+"""Per-run measurements: parameters, training throughput, peak memory, load, KV cache, decode speed, routing.
 
 Definitions are in :mod:`litgpt_mka.compare` (Metrics). Training figures are read from litgpt's own
 ``metrics.csv`` (one file per training process: ``logs/csv/version_*/metrics.csv``; a resumed run has
-several), never re-timed.
+several), never re-timed. Results are the typed records of :mod:`litgpt_mka.compare.records`.
 """
 
 import csv
 import os
 import resource
 import sys
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from litgpt_mka.compare.options import DECODE_DTYPES
+from litgpt_mka.compare.records import (
+    Decode, KVCache, Parameters, PeakMemory, PhaseLoad, Routing, Throughput, TrainLossPoint,
+)
+
 _PRECISION_DTYPES = {"bf16": "bfloat16", "16": "float16", "32": "float32", "64": "float32"}
+T = TypeVar("T")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``"bfloat16"`` -> ``torch.bfloat16`` for the names of :data:`~litgpt_mka.compare.options.DECODE_DTYPES`.
+
+    Raises:
+        ValueError: another name.
+    """
+    if name not in DECODE_DTYPES:
+        raise ValueError(f"decode_dtype={name!r} is not one of {DECODE_DTYPES}")
+    return getattr(torch, name)
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -26,28 +44,43 @@ def reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def peak_memory() -> dict[str, Any]:
+def peak_memory() -> PeakMemory:
     """This process's peak: CUDA ``max_memory_allocated`` when CUDA is used, else peak RSS (``ru_maxrss``)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return {"kind": "cuda_max_allocated", "bytes": int(torch.cuda.max_memory_allocated())}
+        return PeakMemory("cuda_max_allocated", int(torch.cuda.max_memory_allocated()))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"kind": "cpu_peak_rss", "bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
+    return PeakMemory("cpu_peak_rss", int(rss if sys.platform == "darwin" else rss * 1024))
 
 
+# ------------------------------------------------------------------------------------------------ load
 def load_average() -> float | None:
-    """The machine's 1-minute load average (None where the OS has none): more than its CPU count means
-    other processes competed for the CPUs, and CPU timings are then unreliable."""
+    """The machine's 1-minute load average (None where the OS has none)."""
     try:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
 
 
+def measure_phase(phase: Callable[[], T]) -> tuple[T, PhaseLoad]:
+    """Runs `phase` and records the load around it (:class:`~litgpt_mka.compare.records.PhaseLoad`).
+
+    The run's CPUs are torch's thread count at the start, at most the CPU count; CPU time is this process's
+    (all threads, user + system).
+    """
+    cpus = os.cpu_count() or 1
+    threads = min(torch.get_num_threads(), cpus)
+    before, wall0, cpu0 = load_average(), time.perf_counter(), time.process_time()
+    result = phase()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return result, PhaseLoad(load_1min_before=before, load_1min_after=load_average(), threads=threads,
+                             cpu_count=cpus, wall_s=wall, cpu_s=cpu)
+
+
 # ------------------------------------------------------------------------------------------- parameters
-def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+def parameter_counts(model: torch.nn.Module) -> Parameters:
     """All parameters, and those of the attention modules (``block.attn`` of every block)."""
     attention = sum(p.numel() for block in model.transformer.h for p in block.attn.parameters())
-    return {"total": sum(p.numel() for p in model.parameters()), "attention": attention}
+    return Parameters(total=sum(p.numel() for p in model.parameters()), attention=attention)
 
 
 # ---------------------------------------------------------------------------------------- metrics.csv
@@ -78,7 +111,7 @@ def tokens_per_iteration(segments: list[list[dict]]) -> int:
     raise ValueError("metrics.csv holds no training iteration; did training run?")
 
 
-def training_throughput(segments: list[list[dict]], skip_iters: int) -> dict[str, Any]:
+def training_throughput(segments: list[list[dict]], skip_iters: int) -> Throughput:
     """Steady-state training tokens/s from litgpt's per-iteration ``iter_time``.
 
     The first `skip_iters` logged iterations of every process are left out (compilation, warm-up).
@@ -86,20 +119,19 @@ def training_throughput(segments: list[list[dict]], skip_iters: int) -> dict[str
     """
     per_iter = tokens_per_iteration(segments)
     timed = [row["iter_time"] for rows in segments for row in rows[skip_iters:]]
-    result = {"tokens_per_iteration": per_iter, "timed_iterations": len(timed), "skipped_iterations_per_process": skip_iters}
     if not timed:
         logged = sum(len(rows) for rows in segments)
         note = f"{logged} iterations logged, the first {skip_iters} of each process skipped"
-        return {**result, "tokens_per_s": None, "note": note}
-    return {**result, "tokens_per_s": len(timed) * per_iter / sum(timed)}
+        return Throughput(per_iter, 0, skip_iters, tokens_per_s=None, note=note)
+    return Throughput(per_iter, len(timed), skip_iters, tokens_per_s=len(timed) * per_iter / sum(timed))
 
 
-def train_loss_curve(segments: list[list[dict]]) -> list[dict[str, float]]:
+def train_loss_curve(segments: list[list[dict]]) -> list[TrainLossPoint]:
     """(iteration, tokens, training loss) per logged iteration; a resumed process's rows replace the older ones."""
     by_iter = {}
     for rows in segments:
         for row in rows:
-            by_iter[int(row["iter"])] = {"iter": int(row["iter"]), "tokens": int(row["total_tokens"]), "loss": row["loss"]}
+            by_iter[int(row["iter"])] = TrainLossPoint(int(row["iter"]), int(row["total_tokens"]), row["loss"])
     return [by_iter[i] for i in sorted(by_iter)]
 
 
@@ -111,7 +143,7 @@ def default_decode_dtype() -> str:
     return _PRECISION_DTYPES[get_default_supported_precision(training=False).split("-")[0]]
 
 
-def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype: str) -> dict[str, Any]:
+def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype: str) -> KVCache:
     """The bytes ``set_kv_cache`` allocates for batch x context, and per cached token (all layers).
 
     Both are measured (the buffers' ``nbytes``). The accounting of :mod:`litgpt_mka.measure.kv_cache_size` is recorded
@@ -121,43 +153,65 @@ def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype
     from litgpt_mka.measure.kv_cache_size import allocated_kv_cache_bytes, kv_cache_bytes, kv_cache_bytes_per_token
 
     device = next(model.parameters()).device
-    model.set_kv_cache(batch_size=batch_size, max_seq_length=context_length, device=device, dtype=DTYPES[dtype])
+    model.set_kv_cache(batch_size=batch_size, max_seq_length=context_length, device=device, dtype=torch_dtype(dtype))
     try:
         allocated = allocated_kv_cache_bytes(model)
     finally:
         model.clear_kv_cache()
-    formula = kv_cache_bytes(model.config, batch_size, context_length, DTYPES[dtype])
+    formula = kv_cache_bytes(model.config, batch_size, context_length, torch_dtype(dtype))
     if formula != allocated:
         warnings.warn(
             f"litgpt_mka.measure.kv_cache_size.kv_cache_bytes says {formula} bytes for batch {batch_size} x context {context_length},"
             f" but set_kv_cache allocates {allocated}; the report uses the allocation"
         )
-    per_token = allocated / (batch_size * context_length)
-    return {
-        "dtype": dtype,
-        "bytes_per_token": int(per_token) if per_token.is_integer() else per_token,
-        "batch_size": batch_size,
-        "context_length": context_length,
-        "bytes_at_context": allocated,
-        "bytes_per_token_formula": kv_cache_bytes_per_token(model.config, DTYPES[dtype]),
-        "bytes_at_context_formula": formula,
-        "formula_matches": formula == allocated,
-    }
+    return KVCache(
+        dtype=dtype,
+        bytes_per_token=allocated / (batch_size * context_length),
+        batch_size=batch_size,
+        context_length=context_length,
+        bytes_at_context=allocated,
+        bytes_per_token_formula=kv_cache_bytes_per_token(model.config, torch_dtype(dtype)),
+        bytes_at_context_formula=formula,
+        formula_matches=formula == allocated,
+    )
 
 
-def decode_speed(
-    model: torch.nn.Module, batch_size: int, context_length: int, new_tokens: int, dtype: str
-) -> dict[str, Any]:
-    """Greedy cached decode tokens/s of `model` cast to `dtype` (:mod:`litgpt_mka.measure.decode_speed`)."""
+def decode_speed(model: torch.nn.Module, batch_size: int, context_length: int, new_tokens: int, dtype: str) -> Decode:
+    """Greedy cached decode tokens/s of `model` cast to `dtype` (:mod:`litgpt_mka.measure.decode_speed`), and the
+    load around the measurement."""
     from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
 
-    model = model.to(DTYPES[dtype])
-    tokens_per_s = measure_decode_tokens_per_second(model, batch_size, context_length, new_tokens)
-    return {
-        "dtype": dtype,
-        "device": str(next(model.parameters()).device),
-        "batch_size": batch_size,
-        "context_length": context_length,
-        "new_tokens": new_tokens,
-        "tokens_per_s": tokens_per_s,
-    }
+    model = model.to(torch_dtype(dtype))
+    tokens_per_s, load = measure_phase(
+        lambda: measure_decode_tokens_per_second(model, batch_size, context_length, new_tokens)
+    )
+    return Decode(dtype=dtype, device=str(next(model.parameters()).device), batch_size=batch_size,
+                  context_length=context_length, new_tokens=new_tokens, tokens_per_s=tokens_per_s, load=load)
+
+
+# ---------------------------------------------------------------------------------------------- routing
+def uses_memorized_keys(model: torch.nn.Module) -> bool:
+    """Whether every block of `model` is MKA/FMKA (:class:`litgpt_mka.attention.mka.MemorizedKeyAttention`)."""
+    from litgpt_mka.attention.mka import MemorizedKeyAttention
+
+    return all(isinstance(block.attn, MemorizedKeyAttention) for block in model.transformer.h)
+
+
+@torch.no_grad()
+def routing(model: torch.nn.Module, windows: torch.Tensor, new_from: torch.Tensor, batch_size: int) -> Routing:
+    """Mean MKA routing weights per layer over the validation text (:func:`litgpt_mka.attention.mka.routing_weights`).
+
+    Inputs are the validation windows' first L tokens (``windows[:, :-1]``), so every input position of the
+    stride-L windows counts once; the end-aligned tail window (``new_from > 0``), which repeats positions, is
+    left out. Batches are weighted by their token count.
+    """
+    from litgpt_mka.attention.mka import MEMORY_SOURCES, routing_weights
+
+    device = next(model.parameters()).device
+    inputs = windows[new_from == 0, :-1]  # (W', L)
+    total, count = None, 0
+    for batch in inputs.split(batch_size):
+        weights = routing_weights(model, batch.to(device)).double() * batch.numel()  # (n_layer, M)
+        total = weights if total is None else total + weights
+        count += batch.numel()
+    return Routing(sources=list(MEMORY_SOURCES), per_layer=(total / count).tolist(), tokens=count)

@@ -18,52 +18,34 @@ Arguments that ``compare`` adds to every run, after the YAML and the shared over
     --data.train_path/--data.val_path/--data.seed/--tokenizer_dir  resolved to absolute paths
 
 The model-initialisation seed is the run's seed (litgpt ``--seed``); the data seed (``--data.seed``,
-the order of training windows) is the same for every run.
+the order of training windows) is the same for every run. ``--data.val_path`` is the primary validation
+text; the others are evaluated by the evaluation worker from the spec's ``val_paths``.
+
+Before any training: the reference variant is chosen (:func:`reference_variant`), a decode measurement
+that does not fit a model's block_size is refused, and curves of fewer than 8 points are warned about
+(:func:`warn_short_curves`).
 """
 
 import hashlib
+import inspect
 import json
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from litgpt_mka.compare.options import MIN_CURVE_POINTS, CompareOptions, val_paths, validate
+from litgpt_mka.compare.records import MeasureSettings, RunSpec, to_json
+from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
 from litgpt_mka.presets import load_pretrain_yaml
 
 TEXT_CORPUS = "litgpt_mka.data.TextCorpus"
 NEVER = 1_000_000_000  # eval.interval that no run reaches
-PRECISIONS = ("bf16-true", "bf16-mixed", "32-true")  # what `litgpt pretrain --precision` accepts
-DECODE_DTYPES = ("float32", "bfloat16", "float16")
-DECODE_WARMUP_TOKENS = 2  # the default `warmup_tokens` of litgpt_mka.measure.decode_speed.measure_decode_tokens_per_second
+# untimed decode steps before the timed ones: the decode measurement's own default, read from its signature
+DECODE_WARMUP_TOKENS: int = inspect.signature(measure_decode_tokens_per_second).parameters["warmup_tokens"].default
 
 # top-level YAML keys that may differ between configs (the model) or that compare sets for every run
 _NOT_SHARED = ("model_config", "model_name", "out_dir", "seed", "resume", "logger_name", "eval")
-
-
-@dataclass(frozen=True)
-class CompareOptions:
-    """The options of `litgpt-mka compare` (documented in :func:`litgpt_mka.cli.compare`)."""
-
-    configs: list[Path]
-    out_dir: Path = Path("out/compare")
-    seeds: list[int] = field(default_factory=lambda: [42])
-    train_path: Path | None = None
-    val_path: Path | None = None
-    tokenizer_dir: Path | None = None
-    max_tokens: int | None = None
-    max_seq_length: int | None = None
-    precision: str | None = None
-    devices: int | str | None = None
-    data_seed: int | None = None
-    eval_interval: int | None = None
-    pretrain_args: list[str] = field(default_factory=list)
-    throughput_skip_iters: int = 5
-    context_length: int = 256
-    decode_batch_size: int = 1
-    decode_new_tokens: int = 32
-    decode_dtype: str | None = None
-    eval_batch_size: int = 4
-    keep_step_checkpoints: bool = False
-    plots: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,7 +53,7 @@ class SharedSettings:
     """Settings that every run of the comparison shares, resolved (absolute paths)."""
 
     train_path: Path
-    val_path: Path
+    val_paths: list[Path]  # the primary (litgpt's data.val_path) first
     tokenizer_dir: Path
     cache_dir: Path | None
     data_seed: int
@@ -80,72 +62,31 @@ class SharedSettings:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """One config x seed."""
+    """One config x seed: its spec and where it runs."""
 
     index: int  # 1-based position in the comparison
-    name: str  # "<config stem>-seed<seed>", the run's folder name
-    variant: str  # the config's file stem
-    config_path: Path
-    config_sha256: str
-    seed: int
     run_dir: Path
-    pretrain_args: list[str]
-    measure: dict[str, Any]
+    spec: RunSpec
 
-    def spec(self) -> dict[str, Any]:
-        """What defines the run; stored as ``spec.json`` and compared on reruns."""
-        return {
-            "name": self.name,
-            "variant": self.variant,
-            "config_path": str(self.config_path),
-            "config_sha256": self.config_sha256,
-            "seed": self.seed,
-            "pretrain_args": self.pretrain_args,
-            "measure": self.measure,
-        }
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def variant(self) -> str:
+        return self.spec.variant
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
 
     def spec_sha256(self) -> str:
-        return spec_sha256(self.spec())
+        return spec_sha256(self.spec)
 
 
-def spec_sha256(spec: dict[str, Any]) -> str:
+def spec_sha256(spec: RunSpec) -> str:
     """The sha256 of a run's spec, as canonical JSON."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-
-
-# ------------------------------------------------------------------------------------------- validation
-def _require_positive(name: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-
-
-def validate_options(options: CompareOptions) -> None:
-    """Raises ValueError (or FileNotFoundError) naming the first invalid option."""
-    if not options.configs:
-        raise ValueError("configs=[] is empty; give one or more `litgpt pretrain` YAML files (--configs a.yaml b.yaml)")
-    for path in options.configs:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"configs: {str(path)!r} is not a file")
-    stems = [Path(p).stem for p in options.configs]
-    if len(set(stems)) != len(stems):
-        raise ValueError(f"configs={[str(p) for p in options.configs]} repeat a file name; run folders are named by it")
-    if not options.seeds:
-        raise ValueError("seeds=[] is empty; give one or more integers (--seeds 1 2 3)")
-    if len(set(options.seeds)) != len(options.seeds):
-        raise ValueError(f"seeds={options.seeds} repeat a seed")
-    for name in ("max_tokens", "max_seq_length", "eval_interval", "context_length", "decode_batch_size",
-                 "decode_new_tokens", "eval_batch_size"):
-        _require_positive(name, getattr(options, name))
-    if options.throughput_skip_iters < 0:
-        raise ValueError(f"throughput_skip_iters={options.throughput_skip_iters} must be >= 0")
-    if options.precision is not None and options.precision not in PRECISIONS:
-        raise ValueError(f"precision={options.precision!r} is not one of {PRECISIONS} (or null for litgpt's default)")
-    if options.decode_dtype is not None and options.decode_dtype not in DECODE_DTYPES:
-        raise ValueError(f"decode_dtype={options.decode_dtype!r} is not one of {DECODE_DTYPES} (or null)")
-    for name in ("train_path", "val_path", "tokenizer_dir"):
-        value = getattr(options, name)
-        if value is not None and not Path(value).exists():
-            raise FileNotFoundError(f"{name}={str(value)!r} does not exist")
+    return hashlib.sha256(json.dumps(to_json(spec), sort_keys=True).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------- shared settings
@@ -173,22 +114,23 @@ def shared_settings(options: CompareOptions, first_yaml: dict, first_path: Path)
     """
     init_args = _data_init_args(first_yaml) if _uses_text_corpus(first_yaml) else {}
     paths = {}
-    for name in ("train_path", "val_path"):
-        value = getattr(options, name) or init_args.get(name)
-        if value is None:
+    for name, given in (("train_path", [options.train_path] if options.train_path else []),
+                        ("val_path", val_paths(options))):
+        values = given or ([init_args[name]] if init_args.get(name) is not None else [])
+        if not values:
             raise ValueError(
                 f"{name} is not set: {first_path} does not read a {TEXT_CORPUS} with data.{name}; compare evaluates"
                 f" on that validation text, so pass --train_path and --val_path"
             )
-        paths[name] = _absolute(value)
+        paths[name] = [_absolute(value) for value in values]
     tokenizer_dir = options.tokenizer_dir or first_yaml.get("tokenizer_dir")
     if tokenizer_dir is None:
         raise ValueError(f"tokenizer_dir is not set in {first_path}; pass --tokenizer_dir")
     data_seed = options.data_seed if options.data_seed is not None else init_args.get("seed", 42)
     cache_dir = init_args.get("cache_dir")
     return SharedSettings(
-        train_path=paths["train_path"],
-        val_path=paths["val_path"],
+        train_path=paths["train_path"][0],
+        val_paths=paths["val_path"],
         tokenizer_dir=_absolute(tokenizer_dir),
         cache_dir=None if cache_dir is None else _absolute(cache_dir),
         data_seed=int(data_seed),
@@ -251,7 +193,7 @@ def pretrain_arguments(config_path: Path, seed: int, options: CompareOptions, sh
     args = ["--config", str(config_path)]
     if not shared.data_class_given:
         args += ["--data", TEXT_CORPUS]
-    args += ["--data.train_path", str(shared.train_path), "--data.val_path", str(shared.val_path)]
+    args += ["--data.train_path", str(shared.train_path), "--data.val_path", str(shared.val_paths[0])]
     args += ["--data.seed", str(shared.data_seed), "--tokenizer_dir", str(shared.tokenizer_dir)]
     for option, flag in (("max_tokens", "--train.max_tokens"), ("max_seq_length", "--train.max_seq_length"),
                          ("precision", "--precision"), ("devices", "--devices"), ("eval_interval", "--train.save_interval")):
@@ -265,15 +207,15 @@ def pretrain_arguments(config_path: Path, seed: int, options: CompareOptions, sh
     return args
 
 
-def measure_settings(options: CompareOptions, decode_dtype: str) -> dict[str, Any]:
-    return {
-        "throughput_skip_iters": options.throughput_skip_iters,
-        "context_length": options.context_length,
-        "decode_batch_size": options.decode_batch_size,
-        "decode_new_tokens": options.decode_new_tokens,
-        "decode_dtype": decode_dtype,
-        "eval_batch_size": options.eval_batch_size,
-    }
+def measure_settings(options: CompareOptions, decode_dtype: str) -> MeasureSettings:
+    return MeasureSettings(
+        throughput_skip_iters=options.throughput_skip_iters,
+        context_length=options.context_length,
+        decode_batch_size=options.decode_batch_size,
+        decode_new_tokens=options.decode_new_tokens,
+        decode_dtype=decode_dtype,
+        eval_batch_size=options.eval_batch_size,
+    )
 
 
 def check_decode_fits_block_size(yamls: dict[Path, dict], options: CompareOptions) -> None:
@@ -293,24 +235,96 @@ def check_decode_fits_block_size(yamls: dict[Path, dict], options: CompareOption
             )
 
 
-def plan_runs(options: CompareOptions, decode_dtype: str) -> tuple[SharedSettings, list[RunPlan]]:
-    """Validates the options and the configs; every config x seed as a RunPlan, configs outermost."""
-    validate_options(options)
+# ------------------------------------------------------------------------------------ reference, curve
+def is_mha(yaml_config: dict) -> bool:
+    """Whether a pretrain YAML's model is MHA: litgpt's CausalSelfAttention with n_query_groups == n_head.
+
+    Built as `litgpt pretrain` builds it (``Config(**model_config)``, else ``Config.from_name(model_name)``);
+    a config that litgpt refuses is not MHA (its run will fail and say why).
+    """
+    from litgpt.config import Config
+
+    import litgpt_mka  # noqa: F401  (the plugin's Config fields, also without the .pth hook)
+
+    try:
+        model_config = yaml_config.get("model_config")
+        config = Config(**model_config) if model_config else Config.from_name(yaml_config["model_name"])
+    except (ValueError, AssertionError, TypeError, KeyError):
+        return False
+    attention = getattr(config, "attention_class_name", "CausalSelfAttention") or "CausalSelfAttention"
+    return attention == "CausalSelfAttention" and not config.latent_attention and config.n_query_groups == config.n_head
+
+
+def reference_variant(yamls: dict[Path, dict], options: CompareOptions) -> str | None:
+    """`options.reference`, else the first config whose model is MHA (:func:`is_mha`), else None."""
+    if options.reference is not None:
+        return options.reference
+    return next((path.stem for path, config in yamls.items() if is_mha(config)), None)
+
+
+def expected_curve_points(yaml_config: dict, options: CompareOptions) -> tuple[int, int] | None:
+    """(validation-curve points, optimizer steps) of a run, as litgpt pretrain will schedule it; None if unknown.
+
+    litgpt: ``max_iters = (max_tokens // devices) // (micro_batch_size * max_seq_length)``, one optimizer step
+    every ``(global_batch_size // devices) // micro_batch_size`` iterations, a ``step-*`` checkpoint every
+    ``save_interval`` steps, and ``final`` (a point of its own unless it holds the last step checkpoint's
+    iteration). ``devices: auto`` counts the visible GPUs (1 without). ``--pretrain_args`` are not read.
+    """
+    train = yaml_config.get("train") or {}
+    max_tokens = options.max_tokens or train.get("max_tokens")
+    seq = options.max_seq_length or train.get("max_seq_length") or (yaml_config.get("model_config") or {}).get("block_size")
+    interval = options.eval_interval or train.get("save_interval")
+    micro, global_batch = train.get("micro_batch_size", 4), train.get("global_batch_size", 64)
+    if not (max_tokens and seq and interval):
+        return None
+    devices = options.devices if options.devices is not None else yaml_config.get("devices", "auto")
+    try:
+        world = int(devices) * int(yaml_config.get("num_nodes", 1))
+    except (TypeError, ValueError):
+        import torch
+
+        world = max(torch.cuda.device_count(), 1)
+    iterations = (max_tokens // world) // (micro * seq)
+    accumulation = max((global_batch // world) // micro, 1)
+    steps = iterations // accumulation
+    saved = steps // interval
+    return saved + (iterations != saved * interval * accumulation), steps
+
+
+def warn_short_curves(yaml_config: dict, path: Path, options: CompareOptions) -> str | None:
+    """Warns (and returns the message) when the runs' validation curves would have fewer than MIN_CURVE_POINTS points."""
+    expected = expected_curve_points(yaml_config, options)
+    if expected is None or expected[0] >= MIN_CURVE_POINTS:
+        return None
+    points, steps = expected
+    advice = (f"use --eval_interval {steps // MIN_CURVE_POINTS} or less" if steps >= MIN_CURVE_POINTS
+              else f"even --eval_interval 1 gives {steps}: raise --max_tokens")
+    message = (f"each run's validation curve will have {points} points, fewer than {MIN_CURVE_POINTS}: {path.name}"
+               f" trains {steps} optimizer steps with a checkpoint every eval_interval (train.save_interval) steps;"
+               f" {advice}")
+    warnings.warn(message, stacklevel=2)
+    return message
+
+
+def plan_runs(options: CompareOptions, decode_dtype: str) -> tuple[SharedSettings, list[RunPlan], str | None]:
+    """Validates the options and the configs; every config x seed as a RunPlan (configs outermost); the reference."""
+    validate(options)
     config_paths = [_absolute(p) for p in options.configs]
     yamls = {path: load_pretrain_yaml(path) for path in config_paths}
     check_identical_training_settings(yamls, options)
     check_decode_fits_block_size(yamls, options)
     shared = shared_settings(options, yamls[config_paths[0]], config_paths[0])
+    warn_short_curves(yamls[config_paths[0]], config_paths[0], options)
     measure = measure_settings(options, decode_dtype)
     runs_dir = _absolute(options.out_dir) / "runs"
     runs = []
     for path in config_paths:
         sha = file_sha256(path)
         for seed in options.seeds:
-            name = f"{path.stem}-seed{seed}"
-            run_dir = runs_dir / name
-            runs.append(RunPlan(
-                index=len(runs) + 1, name=name, variant=path.stem, config_path=path, config_sha256=sha, seed=seed,
-                run_dir=run_dir, pretrain_args=pretrain_arguments(path, seed, options, shared), measure=measure,
-            ))
-    return shared, runs
+            spec = RunSpec(
+                name=f"{path.stem}-seed{seed}", variant=path.stem, config_path=str(path), config_sha256=sha, seed=seed,
+                pretrain_args=pretrain_arguments(path, seed, options, shared),
+                val_paths=[str(p) for p in shared.val_paths], measure=measure,
+            )
+            runs.append(RunPlan(index=len(runs) + 1, run_dir=runs_dir / spec.name, spec=spec))
+    return shared, runs, reference_variant(yamls, options)

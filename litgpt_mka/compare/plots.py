@@ -1,10 +1,15 @@
 """PNG plots of a comparison (matplotlib, the optional extra ``litgpt-mka[plots]``).
 
-* ``loss_vs_tokens.png``: exact validation loss of every checkpoint against training tokens, one colour
-  per variant, one line per seed.
-* ``loss_vs_kv_cache.png``: final validation loss (mean, error bar = std over seeds) against KV-cache
-  bytes per token (log scale): the quality/memory trade-off.
-* ``throughput.png``: training and decode tokens/s per variant (mean, error bar = std over seeds).
+* ``loss_vs_tokens.png``: exact validation loss (primary text) of every checkpoint against training tokens,
+  one colour per variant, one line per seed.
+* ``loss_vs_kv_cache.png``: the Pareto plot: final validation loss (primary text; mean over seeds, error bar
+  = sample std over seeds) against KV-cache bytes per token (log scale), every variant a point; the
+  frontier (:func:`litgpt_mka.compare.summary.pareto_front` of the means: no other point has both a smaller
+  cache and a lower loss) is ringed and joined by a dashed staircase.
+* ``routing.png`` (MKA/FMKA variants only): one panel per variant, layers on x, one bar per memory (local,
+  session, long-term): mean routing weight over seeds, error bar = std.
+* ``throughput.png``: training and decode tokens/s per variant (mean, error bar = std over seeds); a variant
+  timed on a busy machine has no bar and reads "busy".
 
 Without matplotlib, :func:`write_plots` warns and writes nothing; the tables are written regardless.
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot state) and saved atomically.
@@ -14,6 +19,8 @@ import warnings
 from pathlib import Path
 
 from litgpt_mka.compare.atomic import write_atomically
+from litgpt_mka.compare.records import Results, VariantSummary
+from litgpt_mka.compare.summary import pareto_front
 
 
 def _figure(width: float = 7.0, height: float = 4.5):
@@ -26,74 +33,125 @@ def _save(figure, path: Path) -> None:
     write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
 
 
-def _colours(summary: list[dict]) -> dict[str, str]:
-    return {row["variant"]: f"C{i % 10}" for i, row in enumerate(summary)}
+def _colours(summary: list[VariantSummary]) -> dict[str, str]:
+    return {row.variant: f"C{i % 10}" for i, row in enumerate(summary)}
 
 
-def loss_vs_tokens(path: Path, results: list[dict], summary: list[dict]) -> None:
-    figure, colours = _figure(), _colours(summary)
+def loss_vs_tokens(path: Path, results: Results, primary: str) -> None:
+    figure, colours = _figure(), _colours(results.summary)
     ax = figure.add_subplot()
     labelled = set()
-    for result in (r for r in results if r["status"] == "ok"):
-        curve = result["curve"]
-        label = None if result["variant"] in labelled else result["variant"]
-        labelled.add(result["variant"])
-        ax.plot([p["tokens"] for p in curve], [p["val_loss"] for p in curve], marker="o", markersize=3,
-                color=colours[result["variant"]], label=label, alpha=0.85)
+    for run in (r for r in results.runs if r.ok):
+        curve = run.evaluation.curve
+        label = None if run.variant in labelled else run.variant
+        labelled.add(run.variant)
+        ax.plot([p.tokens for p in curve], [p.val_loss for p in curve], marker="o", markersize=3,
+                color=colours[run.variant], label=label, alpha=0.85)
     ax.set_xlabel("training tokens")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("Validation loss (whole validation set) during training")
+    ax.set_ylabel(f"validation loss on {primary} (nats/token)")
+    ax.set_title("Validation loss (whole validation text) during training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     _save(figure, path)
 
 
-def _with_values(summary: list[dict], *keys: str) -> list[dict]:
-    return [row for row in summary if all(row["metrics"][k]["mean"] is not None for k in keys)]
+def pareto_points(summary: list[VariantSummary], primary: str) -> list[tuple[VariantSummary, float, float]]:
+    """(row, KV bytes per token, mean primary validation loss) of every variant that has both."""
+    points = []
+    for row in summary:
+        loss = row.val_loss.get(primary)
+        if loss is not None and loss.mean is not None and row.kv_bytes_per_token.mean is not None:
+            points.append((row, row.kv_bytes_per_token.mean, loss.mean))
+    return points
 
 
-def loss_vs_kv_cache(path: Path, summary: list[dict]) -> None:
-    figure, colours = _figure(), _colours(summary)
+def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str) -> None:
+    figure, colours = _figure(8.0, 5.0), _colours(summary)
     ax = figure.add_subplot()
-    for row in _with_values(summary, "kv_bytes_per_token", "val_loss"):
-        x, loss = row["metrics"]["kv_bytes_per_token"]["mean"], row["metrics"]["val_loss"]
-        yerr = None if loss["std"] is None else [loss["std"]]
-        ax.errorbar([x], [loss["mean"]], yerr=yerr, fmt="o", capsize=3, color=colours[row["variant"]])
-        ax.annotate(row["variant"], (x, loss["mean"]), textcoords="offset points", xytext=(5, 5), fontsize="small")
+    points = pareto_points(summary, primary)
+    for row, x, y in points:
+        std = row.val_loss[primary].std
+        ax.errorbar([x], [y], yerr=None if std is None else [std], fmt="o", capsize=3, color=colours[row.variant])
+        ax.annotate(row.variant, (x, y), textcoords="offset points", xytext=(5, 5), fontsize="small")
+    front = pareto_front([(x, y) for _, x, y in points])
+    if front:
+        xs, ys = [points[i][1] for i in front], [points[i][2] for i in front]
+        # the staircase: each frontier point holds its loss until a larger cache buys a lower one
+        ax.plot(xs, ys, drawstyle="steps-post", color="black", alpha=0.5, linestyle="--", zorder=0)
+        ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=1.0,
+                   label="Pareto frontier: no other config has a smaller cache and a lower loss")
+        ax.legend(fontsize="small")
     ax.set_xscale("log")
     ax.set_xlabel("KV-cache bytes per token (all layers, log scale)")
-    ax.set_ylabel("final validation loss (nats/token)")
-    ax.set_title("Quality against KV-cache memory")
+    ax.set_ylabel(f"final validation loss on {primary} (nats/token)")
+    ax.set_title("Quality against KV-cache memory (mean ± std over seeds)")
     ax.grid(alpha=0.3, which="both")
     _save(figure, path)
 
 
-def throughput(path: Path, summary: list[dict]) -> None:
+def routing(path: Path, summary: list[VariantSummary], sources: list[str]) -> None:
+    rows = [row for row in summary if row.routing is not None]
+    figure = _figure(4.5 * len(rows) + 1.0, 4.0)
+    width = 0.8 / len(sources)
+    for position, row in enumerate(rows, start=1):
+        ax = figure.add_subplot(1, len(rows), position)
+        layers = range(len(row.routing))
+        for i, source in enumerate(sources):
+            stats = [row.routing[layer][i] for layer in layers]
+            stds = [s.std for s in stats]
+            ax.bar([layer + (i - (len(sources) - 1) / 2) * width for layer in layers], [s.mean for s in stats],
+                   width=width, label=source, color=f"C{i}", capsize=2,
+                   yerr=[s or 0.0 for s in stds] if any(s is not None for s in stds) else None)
+        ax.set_xticks(list(layers))
+        ax.set_xlabel("layer")
+        ax.set_ylabel("mean routing weight (lambda)")
+        ax.set_ylim(0, 1)
+        ax.set_title(row.variant)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize="small")
+    figure.suptitle("Mean routing weight per layer on the primary validation text (error bars: std over seeds)",
+                    fontsize="medium")
+    _save(figure, path)
+
+
+def throughput(path: Path, summary: list[VariantSummary]) -> None:
     figure, colours = _figure(9.0, 4.0), _colours(summary)
-    for position, (key, title) in enumerate((("train_tokens_per_s", "training tokens/s"),
-                                             ("decode_tokens_per_s", "decode tokens/s")), start=1):
+    for position, (key, busy_key, title) in enumerate((("train_tokens_per_s", "train_busy", "training tokens/s"),
+                                                       ("decode_tokens_per_s", "decode_busy", "decode tokens/s")),
+                                                      start=1):
         ax = figure.add_subplot(1, 2, position)
-        rows = _with_values(summary, key)
-        names = [row["variant"] for row in rows]
-        stds = [row["metrics"][key]["std"] for row in rows]
-        ax.barh(names, [row["metrics"][key]["mean"] for row in rows], color=[colours[n] for n in names], capsize=3,
-                xerr=[s or 0.0 for s in stds] if any(s is not None for s in stds) else None)
+        rows = [row for row in summary if getattr(row, key).mean is not None]
+        names = [row.variant for row in rows]
+        quiet = [not getattr(row, busy_key) for row in rows]
+        means = [getattr(row, key).mean if q else 0.0 for row, q in zip(rows, quiet)]
+        stds = [(getattr(row, key).std or 0.0) if q else 0.0 for row, q in zip(rows, quiet)]
+        ax.barh(names, means, color=[colours[n] for n in names], capsize=3, xerr=stds)
+        for i, q in enumerate(quiet):
+            if not q:
+                ax.text(0, i, " busy", va="center", fontsize="small")
         ax.invert_yaxis()
         ax.set_xlabel(title)
         ax.grid(alpha=0.3, axis="x")
     _save(figure, path)
 
 
-def write_plots(out_dir: Path, results: list[dict], summary: list[dict]) -> list[str]:
-    """Writes the three PNGs into `out_dir` when there is something to plot; returns the names written."""
+def write_plots(out_dir: Path, results: Results) -> list[str]:
+    """Writes the PNGs into `out_dir` when there is something to plot; returns the names written."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         warnings.warn("matplotlib is not installed, so no plots were written; pip install 'litgpt-mka[plots]'")
         return []
-    if not any(r["status"] == "ok" for r in results):
+    ok = [r for r in results.runs if r.ok]
+    if not ok:
         return []
-    loss_vs_tokens(out_dir / "loss_vs_tokens.png", results, summary)
-    loss_vs_kv_cache(out_dir / "loss_vs_kv_cache.png", summary)
-    throughput(out_dir / "throughput.png", summary)
-    return ["loss_vs_tokens.png", "loss_vs_kv_cache.png", "throughput.png"]
+    primary = Path(results.settings.val_paths[0]).stem
+    loss_vs_tokens(out_dir / "loss_vs_tokens.png", results, primary)
+    loss_vs_kv_cache(out_dir / "loss_vs_kv_cache.png", results.summary, primary)
+    written = ["loss_vs_tokens.png", "loss_vs_kv_cache.png"]
+    with_routing = [r for r in ok if r.evaluation.routing is not None]
+    if with_routing:
+        routing(out_dir / "routing.png", results.summary, with_routing[0].evaluation.routing.sources)
+        written.append("routing.png")
+    throughput(out_dir / "throughput.png", results.summary)
+    return written + ["throughput.png"]

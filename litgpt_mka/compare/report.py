@@ -1,131 +1,165 @@
 """The report of a comparison: ``results.json``, ``results.csv``, ``report.md`` and the plots.
 
 Everything is read back from the runs' own ``result.json`` files, never from memory, so a rerun that
-trains nothing rewrites the same report. ``report.md`` holds no timestamps and is byte-identical
-for the same command and results; ``results.json`` adds the time it was written and the
-environment of the invocation (each run also records its own).
+trains nothing rewrites the same report. ``report.md`` holds no timestamps and is byte-identical for the
+same command and results; ``results.json`` adds the time it was written and the environment of the
+invocation (each run also records its own).
 
-Aggregation over seeds: per variant (config file stem), mean and sample standard deviation (n - 1)
-of each metric over the runs that finished; a run whose metric is missing (e.g. too few iterations
-to time) is left out of that metric, and the count shown says so.
+No absolute path of the machine appears in report.md, results.json or results.csv: paths are written
+relative to the directory compare ran in (``../shared/...`` for files beside it); the command is shown as
+typed. The runs' own ``spec.json``/``result.json`` keep absolute paths (they are needed to resume).
+
+Aggregation, differences to the reference and their standard errors: :mod:`litgpt_mka.compare.summary`.
+Busy timings: :class:`litgpt_mka.compare.records.PhaseLoad`.
+
+A saved ``results.json`` (schema version 1 or 2) is rendered again, e.g. with another reference, by::
+
+    python -m litgpt_mka.compare.report OUT/results.json [--reference NAME] [--relative_to DIR]
 """
 
+import argparse
 import csv
+import dataclasses
 import io
-import statistics
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from litgpt_mka.compare import plots
 from litgpt_mka.compare.atomic import read_json, write_json, write_text
-from litgpt_mka.compare.environment import environment, machine_summary, utc_now
+from litgpt_mka.compare.environment import environment, utc_now
+from litgpt_mka.compare.options import MIN_CURVE_POINTS
+from litgpt_mka.compare.records import (
+    BUSY_LOAD_MARGIN, RESULTS_SCHEMA_V1, Environment, MeasureSettings, PhaseLoad, Results, RunResult, Settings,
+    Stat, VariantSummary, from_json, read_run, to_json,
+)
+from litgpt_mka.compare.summary import SE_FACTOR, summarize
 
-SCHEMA = "litgpt-mka.compare/v1"
+NO_VALUE = "—"
+BUSY = "busy"
 
-# metric key -> (getter from a finished run's result.json, description)
-METRICS: dict[str, tuple[Callable[[dict], Any], str]] = {
-    "val_loss": (lambda r: r["validation"]["loss"], "validation cross-entropy, nats/token, whole validation text"),
-    "val_ppl": (lambda r: r["validation"]["perplexity"], "exp(validation loss)"),
-    "params_total": (lambda r: r["parameters"]["total"], "all parameters"),
-    "params_attention": (lambda r: r["parameters"]["attention"], "parameters of the attention modules"),
-    "train_tokens": (lambda r: r["training"]["tokens"], "training tokens"),
-    "train_tokens_per_s": (lambda r: r["training"]["tokens_per_s"], "steady-state training tokens/s"),
-    "train_wall_time_s": (lambda r: r["training"]["wall_time_s"], "training process wall time, s"),
-    "train_peak_memory_bytes": (lambda r: r["training"]["peak_memory"]["bytes"], "peak memory of the training process"),
-    "kv_bytes_per_token": (lambda r: r["kv_cache"]["bytes_per_token"], "KV-cache bytes per token, all layers"),
-    "kv_bytes_at_context": (lambda r: r["kv_cache"]["bytes_at_context"], "KV-cache bytes allocated at batch x context"),
-    "decode_tokens_per_s": (lambda r: r["decode"]["tokens_per_s"], "greedy cached decode tokens/s"),
-}
+
+# ------------------------------------------------------------------------------------------------ paths
+def relative(path: str | Path | None, cwd: Path) -> str | None:
+    """`path` relative to `cwd` (``../`` where it lies outside); relative paths are kept as they are."""
+    if path is None or not os.path.isabs(path):
+        return None if path is None else str(path)
+    try:
+        return os.path.relpath(path, cwd)
+    except ValueError:  # another drive (Windows)
+        return Path(path).name
+
+
+def without_cwd(text: str, cwd: Path) -> str:
+    """`text` with every occurrence of the absolute `cwd` prefix removed (error messages)."""
+    return text.replace(f"{cwd}{os.sep}", "").replace(str(cwd), ".")
+
+
+def public_run(run: RunResult, cwd: Path) -> RunResult:
+    """The run with its paths relative to `cwd` (what results.json and the report show)."""
+    replace = dataclasses.replace
+    evaluation, failure = run.evaluation, run.failure
+    if evaluation is not None:
+        evaluation = replace(evaluation, validation=[replace(v, path=relative(v.path, cwd)) for v in evaluation.validation])
+    if failure is not None:
+        failure = replace(failure, log=relative(failure.log, cwd), error=without_cwd(failure.error, cwd),
+                          log_tail=[without_cwd(line, cwd) for line in failure.log_tail])
+    return replace(run, config_path=relative(run.config_path, cwd), evaluation=evaluation, failure=failure)
 
 
 # ------------------------------------------------------------------------------------------ collection
-def run_results(comparison) -> list[dict]:
-    """Every run's result.json in plan order; runs without one as ``{"status": "pending"}``."""
+def run_results(comparison) -> list[RunResult]:
+    """Every run's result in plan order (paths relative to where compare ran); runs without one are pending."""
+    from litgpt_mka.compare.runner import read_result
+
     results = []
     for run in comparison.runs:
-        path = run.run_dir / "result.json"
-        result = read_json(path) if path.is_file() else None
-        if result is None or result.get("spec_sha256") != run.spec_sha256():
-            result = {"name": run.name, "variant": run.variant, "seed": run.seed, "status": "pending"}
-        results.append(result)
+        result = read_result(run)
+        if result is None:
+            result = RunResult(status="pending", name=run.name, variant=run.variant, seed=run.seed)
+        results.append(public_run(result, comparison.cwd))
     return results
 
 
-def mean_std(values: list[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (None below two values) and count."""
-    if not values:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
-
-
-def aggregate(results: list[dict]) -> list[dict]:
-    """Per variant, in first-seen order: run counts and mean/std of every metric over its finished runs."""
-    variants: dict[str, list[dict]] = {}
-    for result in results:
-        variants.setdefault(result["variant"], []).append(result)
-    summary = []
-    for variant, runs in variants.items():
-        ok = [r for r in runs if r["status"] == "ok"]
-        metrics = {}
-        for key, (get, _) in METRICS.items():
-            metrics[key] = mean_std([v for v in map(get, ok) if v is not None])
-        summary.append({"variant": variant, "runs": len(runs), "runs_ok": len(ok), "metrics": metrics})
-    return summary
-
-
-def flat_row(result: dict) -> dict[str, Any]:
-    """One results.csv row: identity, status and every metric (empty when missing)."""
-    row = {k: result.get(k) for k in ("variant", "seed", "status", "name", "config_path", "config_sha256")}
-    for key, (get, _) in METRICS.items():
-        try:
-            row[key] = get(result) if result["status"] == "ok" else None
-        except (KeyError, TypeError):
-            row[key] = None
-    row["error"] = result.get("error") if result["status"] == "failed" else None
-    return row
-
-
-def settings_of(comparison) -> dict[str, Any]:
-    shared, options = comparison.shared, comparison.options
-    return {
-        "configs": [str(run.config_path) for run in comparison.runs[:: len(options.seeds)]],
-        "seeds": list(options.seeds),
-        "train_path": str(shared.train_path),
-        "val_path": str(shared.val_path),
-        "tokenizer_dir": str(shared.tokenizer_dir),
-        "data_seed": shared.data_seed,
-        "measure": comparison.runs[0].measure,
-    }
+def settings_of(comparison) -> Settings:
+    shared, cwd = comparison.shared, comparison.cwd
+    return Settings(
+        configs=[relative(run.spec.config_path, cwd) for run in comparison.runs[:: len(comparison.options.seeds)]],
+        seeds=list(comparison.options.seeds),
+        train_path=relative(shared.train_path, cwd),
+        val_paths=[relative(p, cwd) for p in shared.val_paths],
+        tokenizer_dir=relative(shared.tokenizer_dir, cwd),
+        data_seed=shared.data_seed,
+        measure=comparison.runs[0].spec.measure,
+    )
 
 
 # --------------------------------------------------------------------------------------------- writing
-def write_csv(path: Path, results: list[dict]) -> None:
-    rows = [flat_row(r) for r in results]
+def write_report(comparison) -> None:
+    """Writes results.json, results.csv, the plots and report.md into the comparison's folder."""
+    runs = run_results(comparison)
+    results = Results(
+        command=comparison.command, written=utc_now(), environment=environment(), settings=settings_of(comparison),
+        reference=comparison.reference, summary=summarize(runs, comparison.reference), runs=runs,
+    )
+    write_outputs(comparison.out_dir, results, comparison.options.plots)
+
+
+def write_outputs(out_dir: Path, results: Results, with_plots: bool = True) -> None:
+    write_json(out_dir / "results.json", to_json(results))
+    write_csv(out_dir / "results.csv", results)
+    figures = plots.write_plots(out_dir, results) if with_plots else []
+    write_text(out_dir / "report.md", markdown(results, figures))
+
+
+def val_names(settings: Settings) -> list[str]:
+    """The validation texts' column names (file stems), the primary first."""
+    return [Path(p).stem for p in settings.val_paths]
+
+
+def csv_row(run: RunResult, names: list[str]) -> dict[str, Any]:
+    """One results.csv row: identity, status and every raw value (empty when missing), busy flags, error."""
+    row: dict[str, Any] = {"variant": run.variant, "seed": run.seed, "status": run.status, "name": run.name,
+                           "config_path": run.config_path, "config_sha256": run.config_sha256}
+    ok = run.ok
+    losses = {v.name: v for v in run.evaluation.validation} if ok else {}
+    primary = losses.get(names[0])
+    row["val_loss"] = primary.loss if primary else None
+    row["val_ppl"] = primary.perplexity if primary else None
+    for name in names[1:]:
+        row[f"val_loss_{name}"] = losses[name].loss if name in losses else None
+    train, measure = (run.train, run.measure) if ok else (None, None)
+    row.update(
+        params_total=measure and measure.parameters.total,
+        params_attention=measure and measure.parameters.attention,
+        train_tokens=run.evaluation.curve[-1].tokens if ok else None,
+        train_tokens_per_s=measure and measure.throughput.tokens_per_s,
+        train_wall_time_s=train and train.wall_time_s,
+        train_peak_memory_bytes=train and train.peak_memory.bytes,
+        kv_bytes_per_token=measure and measure.kv_cache.bytes_per_token,
+        kv_bytes_at_context=measure and measure.kv_cache.bytes_at_context,
+        decode_tokens_per_s=measure and measure.decode.tokens_per_s,
+        train_busy=train and train.load.busy,
+        train_load_1min_before=train and train.load.load_1min_before,
+        train_load_1min_after=train and train.load.load_1min_after,
+        decode_busy=measure and measure.decode.load.busy,
+        decode_load_1min_before=measure and measure.decode.load.load_1min_before,
+        decode_load_1min_after=measure and measure.decode.load.load_1min_after,
+        curve_points=len(run.evaluation.curve) if ok else None,
+        error=run.failure.error if run.failure else None,
+    )
+    return row
+
+
+def write_csv(path: Path, results: Results) -> None:
+    names = val_names(results.settings)
+    rows = [csv_row(run, names) for run in results.runs]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
-
-
-def write_report(comparison) -> None:
-    """Writes results.json, results.csv, the plots and report.md into the comparison's folder."""
-    out_dir = comparison.out_dir
-    results = run_results(comparison)
-    summary = aggregate(results)
-    write_json(out_dir / "results.json", {
-        "schema": SCHEMA,
-        "command": comparison.command,
-        "written": utc_now(),
-        "environment": environment(),
-        "settings": settings_of(comparison),
-        "summary": summary,
-        "runs": results,
-    })
-    write_csv(out_dir / "results.csv", results)
-    figures = plots.write_plots(out_dir, results, summary) if comparison.options.plots else []
-    write_text(out_dir / "report.md", markdown(comparison, results, summary, figures))
 
 
 # -------------------------------------------------------------------------------------------- markdown
@@ -143,37 +177,44 @@ def _bytes(value: float) -> str:
     return f"{value:.0f} B"
 
 
-def _cell(stats: dict, fmt: Callable[[float], str], constant: bool) -> str:
-    """``mean ± std`` (std with two or more values; for `constant` columns only when nonzero); ``—`` when empty."""
-    if stats["mean"] is None:
-        return "—"
-    text = fmt(stats["mean"])
-    if stats["std"] is None or (constant and stats["std"] == 0):
+def _cell(stat: Stat | None, fmt: Callable[[float], str], constant: bool = False, busy: bool = False) -> str:
+    """``mean ± std`` (std with two or more values; for `constant` columns only when nonzero); ``—`` when empty;
+    ``busy`` for a timing measured while another process competed for the CPUs."""
+    if stat is None or stat.mean is None:
+        return NO_VALUE
+    if busy:
+        return BUSY
+    text = fmt(stat.mean)
+    if stat.std is None or (constant and stat.std == 0):
         return text
-    return f"{text} ± {fmt(stats['std'])}"
+    return f"{text} ± {fmt(stat.std)}"
 
 
-COLUMNS: list[tuple[str, str, Callable[[float], str], bool]] = [
-    # (header, metric key, format, constant across seeds by construction)
-    ("val loss", "val_loss", lambda v: f"{v:.4f}", False),
-    ("val ppl", "val_ppl", lambda v: f"{v:.2f}", False),
-    ("params (attention)", "params_attention", _si, True),
-    ("params (total)", "params_total", _si, True),
-    ("train tok/s", "train_tokens_per_s", lambda v: f"{v:,.0f}", False),
-    ("train wall time", "train_wall_time_s", lambda v: f"{v:,.0f} s", False),
-    ("peak memory (train)", "train_peak_memory_bytes", _bytes, False),
-    ("KV cache / token", "kv_bytes_per_token", lambda v: f"{v:,.0f} B", True),  # exact: allocation / (B x ctx)
-    ("KV cache @ context", "kv_bytes_at_context", _bytes, True),
-    ("decode tok/s", "decode_tokens_per_s", lambda v: f"{v:,.1f}", False),
-]
+def _loss(v: float) -> str:
+    return f"{v:.4f}"
 
 
-def table(summary: list[dict]) -> list[str]:
-    lines = ["| variant | runs ok | " + " | ".join(column[0] for column in COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
+def table(summary: list[VariantSummary], names: list[str]) -> list[str]:
+    """The results table: one row per variant, one validation-loss column per validation text."""
+    headers = ["variant", "runs ok", *(f"val loss ({name})" for name in names), f"val ppl ({names[0]})",
+               "params (attention)", "params (total)", "train tok/s", "train wall time", "peak memory (train)",
+               "KV cache / token", "KV cache @ context", "decode tok/s"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in summary:
-        cells = [_cell(row["metrics"][key], fmt, constant) for _, key, fmt, constant in COLUMNS]
-        lines.append(f"| {row['variant']} | {row['runs_ok']}/{row['runs']} | " + " | ".join(cells) + " |")
+        cells = [row.variant, f"{row.runs_ok}/{row.runs}"]
+        cells += [_cell(row.val_loss.get(name), _loss) for name in names]
+        cells += [
+            _cell(row.val_ppl.get(names[0]), lambda v: f"{v:.2f}"),
+            _cell(row.params_attention, _si, constant=True),
+            _cell(row.params_total, _si, constant=True),
+            _cell(row.train_tokens_per_s, lambda v: f"{v:,.0f}", busy=row.train_busy),
+            _cell(row.train_wall_time_s, lambda v: f"{v:,.0f} s", busy=row.train_busy),
+            _cell(row.train_peak_memory_bytes, _bytes),
+            _cell(row.kv_bytes_per_token, lambda v: f"{v:,.0f} B", constant=True),  # exact: allocation / (B x ctx)
+            _cell(row.kv_bytes_at_context, _bytes, constant=True),
+            _cell(row.decode_tokens_per_s, lambda v: f"{v:,.1f}", busy=row.decode_busy),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -184,64 +225,121 @@ def _code(text: str) -> str:
 
 def _unique(values: list[Any]) -> str:
     distinct = list(dict.fromkeys(v for v in values if v is not None))
-    return ", ".join(str(v) for v in distinct) if distinct else "—"
+    return ", ".join(str(v) for v in distinct) if distinct else NO_VALUE
 
 
-def setup_lines(comparison, results: list[dict]) -> list[str]:
-    ok = [r for r in results if r["status"] == "ok"]
-    measure, shared = comparison.runs[0].measure, comparison.shared
-    machines = _unique([machine_summary(r["environment"]) for r in ok])
-    resumed = [r["name"] for r in ok if r["training"]["resumed_from_step"] is not None]
-    val_tokens = _unique([r["validation"]["tokens"] for r in ok])
+def setup_lines(results: Results) -> list[str]:
+    ok = [r for r in results.runs if r.ok]
+    settings, measure = results.settings, results.settings.measure
+    tokens_by_text = {}
+    for run in ok:
+        for v in run.evaluation.validation:
+            tokens_by_text.setdefault(v.path, set()).add(v.tokens)
+    texts = [f"`{path}`" + (" (primary)" if i == 0 else "")
+             + (f", {_unique(sorted(tokens_by_text[path]))} target tokens" if path in tokens_by_text else "")
+             for i, path in enumerate(settings.val_paths)]
     lines = [
-        f"- Machine: {machines}",
-        f"- Data: `{shared.train_path.name}` for training, the whole `{shared.val_path.name}` ({val_tokens} target tokens)"
-        f" for validation (`{shared.val_path.parent}`), tokenizer `{shared.tokenizer_dir.name}`,"
-        f" data-order seed {shared.data_seed}",
-        f"- Training (litgpt pretrain): {_unique([r['training']['tokens'] for r in ok])} tokens per run"
-        f" ({_unique([r['training']['iterations'] for r in ok])} iterations), max_seq_length"
-        f" {_unique([r['validation']['max_seq_length'] for r in ok])},"
-        f" precision {_unique([r['training']['precision'] for r in ok])},"
-        f" seeds {', '.join(map(str, comparison.options.seeds))} (model initialisation)",
-        f"- Decode and KV cache: batch {measure['decode_batch_size']}, context {measure['context_length']} tokens,"
-        f" {measure['decode_new_tokens']} timed tokens, {measure['decode_dtype']}"
-        f" on {_unique([r['decode']['device'] for r in ok])}",
-        f"- Throughput skips the first {measure['throughput_skip_iters']} iterations of every training process",
+        "Paths are relative to the directory the command ran in.",
+        "",
+        f"- Machine: {_unique([r.environment.summary() for r in ok])}",
+        f"- Data: `{settings.train_path}` for training; validation, each text whole: {'; '.join(texts)};"
+        f" tokenizer `{settings.tokenizer_dir}`; data-order seed {settings.data_seed} (the same for every run)",
+        f"- Training (litgpt pretrain): {_unique([r.evaluation.curve[-1].tokens for r in ok])} tokens per run"
+        f" ({_unique([r.evaluation.curve[-1].iter for r in ok])} iterations), max_seq_length"
+        f" {_unique([r.evaluation.primary.max_seq_length for r in ok])},"
+        f" precision {_unique([r.train.precision for r in ok])},"
+        f" seeds {', '.join(map(str, settings.seeds))} (model initialisation)",
+        f"- Validation curve: {_unique(sorted({len(r.evaluation.curve) for r in ok}))} points per run",
+        f"- Decode and KV cache: batch {measure.decode_batch_size}, context {measure.context_length} tokens,"
+        f" {measure.decode_new_tokens} timed tokens, {measure.decode_dtype}"
+        f" on {_unique([r.measure.decode.device for r in ok])}",
+        f"- Throughput skips the first {measure.throughput_skip_iters} iterations of every training process",
     ]
+    short = [r.name for r in ok if len(r.evaluation.curve) < MIN_CURVE_POINTS]
+    if short:
+        lines.append(f"- **Short curves**: fewer than {MIN_CURVE_POINTS} validation points for {', '.join(short)};"
+                     " choose --eval_interval as the README says")
+    resumed = [r.name for r in ok if r.train.resumed_from_step is not None]
     if resumed:
         lines.append(f"- Resumed after an interruption (wall time covers the last attempt only): {', '.join(resumed)}")
-    mismatched = [r["name"] for r in ok if not r["kv_cache"].get("formula_matches", True)]
+    mismatched = [r.name for r in ok if not r.measure.kv_cache.formula_matches]
     if mismatched:
-        lines.append(f"- **KV accounting mismatch**: `litgpt_mka.measure.kv_cache_size` disagrees with the bytes `set_kv_cache`"
-                     f" allocates for {', '.join(mismatched)}; the table shows the allocation (results.json has both)")
-    busy = busy_machine_note(ok)
-    return lines + ([busy] if busy else [])
+        lines.append(f"- **KV accounting mismatch**: `litgpt_mka.measure.kv_cache_size` disagrees with the bytes"
+                     f" `set_kv_cache` allocates for {', '.join(mismatched)}; the table shows the allocation"
+                     " (results.json has both)")
+    return lines
 
 
-BUSY_LOAD_PER_CPU = 1.5  # the run's own threads count toward the load average
+def difference_lines(results: Results) -> list[str]:
+    """The differences to the reference: a table and one sentence per variant."""
+    primary = val_names(results.settings)[0]
+    if results.reference is None:
+        return ["No reference: no config is MHA (litgpt's CausalSelfAttention with n_query_groups == n_head), and"
+                " no `--reference NAME` was given, so no differences are reported."]
+    rows = [row for row in results.summary if row.difference is not None]
+    lines = [
+        f"Validation loss on `{primary}` of each variant minus that of **{results.reference}** (nats/token; negative"
+        f" is better). d = mean_v - mean_r over the finished seeds; SE = sqrt(s_v^2/n_v + s_r^2/n_r) with s the"
+        f" sample standard deviation over seeds (Welch, unpaired: every run reads the same data in the same order,"
+        f" so a seed changes only the initialisation, which is not a shared draw between architectures). Better or"
+        f" worse when |d| >= {SE_FACTOR:g} SE, otherwise tied within noise; with one seed on either side the SE is"
+        f" unknown and no claim is made.",
+        "",
+        "| variant | difference | SE | seeds (variant, reference) | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        d = row.difference
+        lines.append(f"| {row.variant} | {NO_VALUE if d.difference is None else f'{d.difference:+.4f}'} |"
+                     f" {NO_VALUE if d.se is None else f'{d.se:.4f}'} | {d.n}, {d.n_reference} | {d.verdict} |")
+    return lines + [""] + [f"- {row.difference.sentence}" for row in rows]
 
 
-def busy_machine_note(ok: list[dict]) -> str | None:
-    """A warning line when, at the end of a run's training or decoding, the 1-minute load average exceeded
-    BUSY_LOAD_PER_CPU x the CPU count: other processes then competed for the CPUs."""
-    worst = None  # (load, cpus)
-    for result in ok:
-        cpus = result["environment"]["cpu_count"] or 1
-        for load in (result["training"].get("load_average_1min"), result["evaluation"].get("load_average_1min")):
-            if load is not None and load > BUSY_LOAD_PER_CPU * cpus and (worst is None or load / cpus > worst[0] / worst[1]):
-                worst = (load, cpus)
-    if worst is None:
-        return None
-    return (
-        f"- **Busy machine**: the 1-minute load average reached {worst[0]:.1f} on {worst[1]} CPUs during these runs;"
-        " other processes competed for the CPUs, so the timings (tok/s, wall time) are unreliable"
-    )
+def _load_text(load: PhaseLoad) -> str:
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    return f"load {fmt(load.load_1min_before)} before, {fmt(load.load_1min_after)} after, threshold {load.threshold:.1f}"
+
+
+def load_lines(results: Results) -> list[str]:
+    """What "busy" means, and which phases of which runs were busy."""
+    busy = []
+    for run in (r for r in results.runs if r.ok):
+        for phase, load in (("training", run.train.load), ("decode", run.measure.decode.load)):
+            if load.busy:
+                busy.append(f"- {run.name}, {phase}: {_load_text(load)}")
+    lines = [
+        "A timing cell (train tok/s, train wall time, decode tok/s) reads **busy** when, for any seed of the"
+        " variant, the 1-minute load average right before or right after the timed phase (training; the decode"
+        f" measurement) exceeded the number of CPUs the run used (its torch threads) + {BUSY_LOAD_MARGIN:g}: another"
+        " process was competing for the CPUs, so the number would measure the machine's load rather than the"
+        " attention. results.json and results.csv keep the raw numbers and loads. Loss, parameter, memory and"
+        " KV-cache columns do not depend on load. For speed, the decode benchmark (benchmarks/decode.py) on an idle"
+        " machine is the comparison that matters.",
+        "",
+    ]
+    return lines + (busy if busy else ["No timed phase was busy."])
+
+
+def routing_lines(results: Results) -> list[str]:
+    """Mean routing weights per layer of every MKA/FMKA variant (mean ± std over seeds)."""
+    lines = []
+    for row in (r for r in results.summary if r.routing is not None):
+        sources = next(r.evaluation.routing.sources for r in results.runs
+                       if r.ok and r.variant == row.variant and r.evaluation.routing is not None)
+        lines += [f"**{row.variant}**", "", "| layer | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+        lines += [f"| {layer} | " + " | ".join(_cell(stat, lambda v: f"{v:.3f}") for stat in stats) + " |"
+                  for layer, stats in enumerate(row.routing)]
+        lines.append("")
+    return lines
 
 
 DEFINITIONS = [
-    "val loss: mean cross-entropy (nats/token, float32) of the final checkpoint over every token of the validation"
-    " text exactly once (windows of max_seq_length + 1 tokens, stride max_seq_length, the tail scored once); no"
-    " padding; val ppl = exp(val loss) per run",
+    "val loss (text): mean cross-entropy (nats/token, float32) of the final checkpoint over every token of that"
+    " validation text exactly once (windows of max_seq_length + 1 tokens, stride max_seq_length, the tail scored"
+    " once); no padding; val ppl = exp(val loss) per run. The first text is the primary one (curves, Pareto plot,"
+    " differences, routing)",
     "train tok/s: timed iterations x tokens per iteration / sum of litgpt's per-iteration `iter_time` (metrics.csv)",
     "train wall time: the `litgpt pretrain` call in the training process (litgpt's imports, data, model,"
     " compilation, training, checkpoint saves)",
@@ -249,29 +347,86 @@ DEFINITIONS = [
     "KV cache @ context: bytes of the buffers that `set_kv_cache` allocates for the stated batch and context,"
     " in the decode dtype, all layers; / token: that divided by batch x context",
     "decode tok/s: greedy cached decoding after a prompt of the stated context, batch / median step time",
+    "routing weights: mean lambda (local, session, long-term memory) per layer over every input position of the"
+    " primary validation text (`litgpt_mka.attention.mka.routing_weights`); each row sums to 1",
     "mean ± sample std over seeds where there are several; `runs ok` counts finished runs",
 ]
 
 PLOT_TITLES = {
     "loss_vs_tokens.png": "Validation loss against training tokens",
-    "loss_vs_kv_cache.png": "Validation loss against KV-cache bytes per token",
-    "throughput.png": "Training and decode throughput",
+    "loss_vs_kv_cache.png": "Validation loss against KV-cache bytes per token (Pareto)",
+    "routing.png": "Learned routing weights of MKA/FMKA per layer",
+    "throughput.png": "Training and decode throughput (quiet runs only)",
 }
 
 
-def markdown(comparison, results: list[dict], summary: list[dict], figures: list[str]) -> str:
-    lines = ["# Attention variants compared", "", "```", comparison.command, "```", ""]
-    lines += setup_lines(comparison, results) + [""]
-    lines += table(summary) + [""]
-    lines += ["Definitions:", ""] + [f"- {d}" for d in DEFINITIONS] + [""]
-    failed = [r for r in results if r["status"] == "failed"]
+def markdown(results: Results, figures: list[str]) -> str:
+    names = val_names(results.settings)
+    lines = ["# Attention variants compared", "", "```", results.command, "```", ""]
+    lines += setup_lines(results) + [""]
+    lines += ["## Results", ""] + table(results.summary, names) + [""]
+    lines += ["## Differences to the reference", ""] + difference_lines(results) + [""]
+    lines += ["## Timing and load", ""] + load_lines(results) + [""]
+    routing = routing_lines(results)
+    if routing:
+        lines += ["## Routing weights (MKA/FMKA)", "", "Which memory did each layer learn to use?", ""] + routing
+    failed = [r for r in results.runs if r.status == "failed"]
     if failed:
         lines += ["## Failed runs", "", "| run | phase | reason | error |", "|---|---|---|---|"]
-        lines += [f"| {r['name']} | {r['phase']} | {r['reason']} | {_code(r['error'])} |" for r in failed]
+        lines += [f"| {r.name} | {r.failure.phase} | {r.failure.reason} | {_code(r.failure.error)} |" for r in failed]
         lines += ["", "Full logs: `runs/<run>/run.log`.", ""]
-    pending = [r["name"] for r in results if r["status"] == "pending"]
+    pending = [r.name for r in results.runs if r.status == "pending"]
     if pending:
         lines += ["## Not run yet", "", ", ".join(pending), ""]
     for name in figures:
         lines += [f"## {PLOT_TITLES[name]}", "", f"![{PLOT_TITLES[name]}]({name})", ""]
+    lines += ["## Definitions", ""] + [f"- {d}" for d in DEFINITIONS] + [""]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ a saved results.json
+def read_results(path: Path, reference: str | None = None, relative_to: Path | None = None) -> Results:
+    """A saved results.json (schema version 1 or 2) as :class:`Results`, its summary recomputed.
+
+    `reference` replaces the saved one (version 1 saved none); `relative_to` is the directory the comparison
+    ran in, for the absolute paths that version 1 wrote (default: the current directory).
+
+    Raises:
+        ValueError: `reference` names no variant of the results.
+    """
+    data = read_json(path)
+    cwd = Path(relative_to or Path.cwd()).resolve()
+    runs = [public_run(read_run(run), cwd) for run in data["runs"]]
+    variants = list(dict.fromkeys(run.variant for run in runs))
+    if reference is not None and reference not in variants:
+        raise ValueError(f"reference={reference!r} is not one of the variants {variants}")
+    if data.get("schema") == RESULTS_SCHEMA_V1:
+        saved = data["settings"]
+        settings = Settings(
+            configs=[relative(p, cwd) for p in saved["configs"]], seeds=saved["seeds"],
+            train_path=relative(saved["train_path"], cwd), val_paths=[relative(saved["val_path"], cwd)],
+            tokenizer_dir=relative(saved["tokenizer_dir"], cwd), data_seed=saved["data_seed"],
+            measure=from_json(MeasureSettings, saved["measure"]),
+        )
+        saved_reference, env = None, data["environment"]
+    else:
+        settings, saved_reference, env = from_json(Settings, data["settings"]), data["reference"], data["environment"]
+    reference = reference if reference is not None else saved_reference
+    return Results(command=data["command"], written=data["written"], environment=from_json(Environment, env),
+                   settings=settings, reference=reference, summary=summarize(runs, reference), runs=runs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m litgpt_mka.compare.report",
+                                     description="Render report.md, results.csv and the plots again from a results.json.")
+    parser.add_argument("results_json", type=Path)
+    parser.add_argument("--reference", help="the variant the others are compared with (default: the saved one)")
+    parser.add_argument("--relative_to", type=Path, help="where the comparison ran (version-1 files saved absolute paths)")
+    parser.add_argument("--no_plots", action="store_true")
+    args = parser.parse_args(argv)
+    results = read_results(args.results_json, args.reference, args.relative_to)
+    write_outputs(args.results_json.parent, results, not args.no_plots)
+
+
+if __name__ == "__main__":
+    main()

@@ -33,7 +33,9 @@ from pathlib import Path
 from litgpt_mka.compare import report
 from litgpt_mka.compare.atomic import read_json, write_json
 from litgpt_mka.compare.environment import command_line, utc_now
-from litgpt_mka.compare.plan import CompareOptions, RunPlan, SharedSettings, plan_runs
+from litgpt_mka.compare.options import CompareOptions
+from litgpt_mka.compare.plan import RunPlan, SharedSettings, plan_runs
+from litgpt_mka.compare.records import Failure, RunResult, TrainResult, from_json, read_run, to_json
 
 LOG_NAME = "run.log"
 TAIL_LINES = 40
@@ -49,7 +51,9 @@ class Comparison:
     shared: SharedSettings
     runs: list[RunPlan]
     out_dir: Path
-    command: str
+    command: str  # as typed
+    cwd: Path  # where compare ran: the report's paths are relative to it
+    reference: str | None  # the variant the others are compared with (None: no MHA config and no --reference)
 
 
 # ------------------------------------------------------------------------------------------ preparation
@@ -62,10 +66,11 @@ def prepare(options: CompareOptions, argv: list[str] | None = None) -> Compariso
     """
     from litgpt_mka.compare.measure import default_decode_dtype
 
-    shared, runs = plan_runs(options, options.decode_dtype or default_decode_dtype())
+    shared, runs, reference = plan_runs(options, options.decode_dtype or default_decode_dtype())
     for run in runs:
         check_existing_spec(run)
-    return Comparison(options, shared, runs, Path(options.out_dir).expanduser().resolve(), command_line(argv))
+    return Comparison(options, shared, runs, Path(options.out_dir).expanduser().resolve(), command_line(argv),
+                      Path.cwd(), reference)
 
 
 def check_existing_spec(run: RunPlan) -> None:
@@ -73,7 +78,13 @@ def check_existing_spec(run: RunPlan) -> None:
     path = run.run_dir / "spec.json"
     if not path.is_file():
         return
-    existing, wanted = read_json(path), run.spec()
+    existing, wanted = read_json(path), to_json(run.spec)
+    if "val_paths" not in existing:
+        raise ValueError(
+            f"{run.run_dir} holds a run made by an earlier version of compare (spec.json without val_paths, results"
+            " schema v1); use another --out_dir, or delete that folder to start the run again (its results.json"
+            " still renders: python -m litgpt_mka.compare.report OUT/results.json)"
+        )
     if existing != wanted:
         differing = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
         raise ValueError(
@@ -90,17 +101,24 @@ def prepare_data(shared: SharedSettings) -> None:
 
     tokenizer = Tokenizer(shared.tokenizer_dir)
     cache_dir = shared.cache_dir or default_cache_dir()
-    for name in ("train_path", "val_path"):
-        load_or_tokenize(getattr(shared, name), tokenizer, cache_dir, field_name=f"data.{name}")
+    load_or_tokenize(shared.train_path, tokenizer, cache_dir, field_name="train_path")
+    for val_path in shared.val_paths:
+        load_or_tokenize(val_path, tokenizer, cache_dir, field_name="val_path")
 
 
 # ------------------------------------------------------------------------------------------------- runs
-def is_finished(run: RunPlan) -> bool:
+def read_result(run: RunPlan) -> RunResult | None:
+    """The run's result.json if it belongs to this spec (either schema version), else None."""
     path = run.run_dir / "result.json"
     if not path.is_file():
-        return False
-    result = read_json(path)
-    return result.get("status") == "ok" and result.get("spec_sha256") == run.spec_sha256()
+        return None
+    result = read_run(read_json(path))
+    return result if result.spec_sha256 == run.spec_sha256() else None
+
+
+def is_finished(run: RunPlan) -> bool:
+    result = read_result(run)
+    return result is not None and result.ok
 
 
 def announce(run: RunPlan, total: int, message: str) -> None:
@@ -178,22 +196,18 @@ def error_summary(tail: list[str], max_chars: int = 400) -> str:
     return summary if len(summary) <= max_chars else summary[: max_chars - 3] + "..."
 
 
-def record_failure(run: RunPlan, phase: str, returncode: int) -> dict:
+def record_failure(run: RunPlan, phase: str, returncode: int) -> Failure:
     tail = log_tail(run.run_dir / LOG_NAME)
-    failure = {
-        "schema": "litgpt-mka.compare.run/v1",
-        "status": "failed",
-        **{k: v for k, v in run.spec().items() if k in ("name", "variant", "config_path", "config_sha256", "seed")},
-        "spec_sha256": run.spec_sha256(),
-        "phase": phase,
-        "returncode": returncode,
-        "reason": describe_exit(returncode),
-        "error": error_summary(tail),
-        "log": str(run.run_dir / LOG_NAME),
-        "log_tail": tail,
-        "finished": utc_now(),
-    }
-    write_json(run.run_dir / "result.json", failure)
+    failure = Failure(phase=phase, returncode=returncode, reason=describe_exit(returncode), error=error_summary(tail),
+                      log=str(run.run_dir / LOG_NAME), log_tail=tail)
+    train_json = run.run_dir / "train.json"
+    spec = run.spec
+    write_json(run.run_dir / "result.json", to_json(RunResult(
+        status="failed", name=spec.name, variant=spec.variant, seed=spec.seed, config_path=spec.config_path,
+        config_sha256=spec.config_sha256, spec_sha256=run.spec_sha256(),
+        train=from_json(TrainResult, read_json(train_json)) if train_json.is_file() else None,
+        failure=failure, finished=utc_now(),
+    )))
     return failure
 
 
@@ -204,7 +218,7 @@ def execute(run: RunPlan, total: int, keep_step_checkpoints: bool) -> bool:
         return True
     run.run_dir.mkdir(parents=True, exist_ok=True)
     if not (run.run_dir / "spec.json").is_file():
-        write_json(run.run_dir / "spec.json", run.spec())
+        write_json(run.run_dir / "spec.json", to_json(run.spec))
     phases = ["evaluate"] if (run.run_dir / "train.json").is_file() else ["train", "evaluate"]
     for phase in phases:
         announce(run, total, {"train": "training (litgpt pretrain)", "evaluate": "evaluating and measuring"}[phase])
@@ -213,9 +227,9 @@ def execute(run: RunPlan, total: int, keep_step_checkpoints: bool) -> bool:
             raise KeyboardInterrupt
         if returncode != 0:
             failure = record_failure(run, phase, returncode)
-            announce(run, total, f"FAILED in {phase}, {failure['reason']}: {failure['error']} (log: {failure['log']})")
+            announce(run, total, f"FAILED in {phase}, {failure.reason}: {failure.error} (log: {failure.log})")
             return False
-    announce(run, total, f"done: validation loss {read_json(run.run_dir / 'result.json')['validation']['loss']:.4f}")
+    announce(run, total, f"done: validation loss {read_result(run).evaluation.primary.loss:.4f}")
     return True
 
 

@@ -8,19 +8,23 @@ Both read ``RUN_DIR/spec.json`` (written by the runner) and write their result a
     exact code path of the ``litgpt`` command. ``--resume auto`` continues from the latest complete
     ``step-*`` checkpoint; a ``step-*`` folder without ``model_config.yaml`` (litgpt writes it last, so
     its save was interrupted) is renamed ``incomplete-step-*`` first, since resuming from it would fail.
-    Then writes ``train.json``: the wall time of the ``litgpt pretrain`` call (litgpt's imports, data,
-    model, compilation, training, checkpoints; not the interpreter's and torch's start-up), the step it
-    resumed from, and the process's peak memory (training only: evaluation runs in another process).
+    Then writes ``train.json`` (:class:`~litgpt_mka.compare.records.TrainResult`): the wall time of the
+    ``litgpt pretrain`` call (litgpt's imports, data, model, compilation, training, checkpoints; not the
+    interpreter's and torch's start-up), the load around it, the step it resumed from, and the process's
+    peak memory (training only: evaluation runs in another process).
     Multi-device runs: Fabric starts the other ranks as ``python -m litgpt_mka.compare.worker pretrain
     ARGS``, which runs ``litgpt pretrain ARGS``; the measurements are rank 0's (not tested on several GPUs).
 ``evaluate``
-    Evaluates every complete checkpoint (``step-*`` and ``final``) exactly on the validation text
-    (:mod:`.evaluate`), reads litgpt's metrics.csv (:mod:`.measure`), measures parameters, KV cache and
-    decode speed on the final weights, and writes ``result.json`` with ``"status": "ok"``. Then removes
+    Evaluates every complete checkpoint (``step-*`` and ``final``) exactly on the primary validation
+    text and ``final`` on the others (:mod:`.evaluate`), reads litgpt's metrics.csv (:mod:`.measure`),
+    records MKA/FMKA routing weights, measures parameters, KV cache and decode speed (with the load around
+    it) on the final weights, and writes ``result.json`` (a :class:`~litgpt_mka.compare.records.RunResult`
+    with ``"status": "ok"``). Then removes
     the ``step-*`` folders unless ``--keep_step_checkpoints`` (the run is finished; ``final/`` stays).
 """
 
 import argparse
+import math
 import shutil
 import sys
 import time
@@ -32,8 +36,13 @@ import torch
 from litgpt_mka.compare.atomic import read_json, write_json
 from litgpt_mka.compare.environment import environment, utc_now
 from litgpt_mka.compare.plan import spec_sha256
+from litgpt_mka.compare.records import (
+    CurvePoint, EvalResult, MeasureResult, RunResult, RunSpec, TrainResult, Validation, from_json, to_json,
+)
 
-RUN_SCHEMA = "litgpt-mka.compare.run/v1"
+
+def read_spec(run_dir: Path) -> RunSpec:
+    return from_json(RunSpec, read_json(Path(run_dir) / "spec.json"))
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -73,31 +82,31 @@ def run_litgpt_pretrain(args: list[str]) -> None:
 
 
 def train(run_dir: Path) -> None:
-    from litgpt_mka.compare.measure import load_average, peak_memory, reset_peak_memory
+    from litgpt_mka.compare.measure import measure_phase, peak_memory, reset_peak_memory
 
-    spec = read_json(run_dir / "spec.json")
+    spec = read_spec(run_dir)
     out_dir = run_dir / "checkpoints"
     quarantine_incomplete_checkpoints(out_dir)
     resumed_from = latest_checkpoint_step(out_dir)
     reset_peak_memory()
-    started, t0 = utc_now(), time.perf_counter()
-    run_litgpt_pretrain([*spec["pretrain_args"], "--out_dir", str(out_dir)])
-    write_json(run_dir / "train.json", {
-        "spec_sha256": spec_sha256(spec),
-        "precision": effective_precision(out_dir / "final"),
-        "started": started,
-        "finished": utc_now(),
-        "wall_time_s": time.perf_counter() - t0,
-        "resumed_from_step": resumed_from,
-        "peak_memory": peak_memory(),
-        "load_average_1min": load_average(),
-    })
+    started = utc_now()
+    _, load = measure_phase(lambda: run_litgpt_pretrain([*spec.pretrain_args, "--out_dir", str(out_dir)]))
+    write_json(run_dir / "train.json", to_json(TrainResult(
+        spec_sha256=spec_sha256(spec),
+        precision=effective_precision(out_dir / "final"),
+        started=started,
+        finished=utc_now(),
+        wall_time_s=load.wall_s,
+        resumed_from_step=resumed_from,
+        peak_memory=peak_memory(),
+        load=load,
+    )))
 
 
 # --------------------------------------------------------------------------------------------- evaluate
 def validation_curve(
     out_dir: Path, data, batch_size: int, tokens_per_iter: int, device: torch.device
-) -> tuple[list[dict], torch.nn.Module]:
+) -> tuple[list[CurvePoint], torch.nn.Module]:
     """Exact validation loss of every complete checkpoint, by iteration; and the final model.
 
     Checkpoints holding an iteration already evaluated (the last ``step-*`` is often ``final``) are skipped.
@@ -116,68 +125,56 @@ def validation_curve(
         print(f"evaluating {checkpoint_dir.name} (iteration {iteration}; {position}/{len(dirs)})", flush=True)
         model = load_model(checkpoint_dir, device, state)
         result = heldout_loss(model, data, batch_size)
-        points[iteration] = {"iter": iteration, "tokens": iteration * tokens_per_iter, "val_loss": result.loss,
-                             "val_tokens": result.tokens, "checkpoint": checkpoint_dir.name}
+        points[iteration] = CurvePoint(iter=iteration, tokens=iteration * tokens_per_iter, val_loss=result.loss,
+                                       val_tokens=result.tokens, checkpoint=checkpoint_dir.name)
         final_model = model if final_model is None else final_model
         del state
     return [points[i] for i in sorted(points)], final_model
 
 
+def validation_record(data, loss: float, tokens: int) -> Validation:
+    return Validation(name=data.val_path.stem, path=str(data.val_path), loss=loss, perplexity=math.exp(loss),
+                      tokens=tokens, windows=len(data.windows), max_seq_length=data.max_seq_length)
+
+
 def evaluate(run_dir: Path, keep_step_checkpoints: bool) -> None:
-    import math
-
     from litgpt_mka.compare import measure
-    from litgpt_mka.compare.evaluate import heldout_data
+    from litgpt_mka.compare.evaluate import heldout_data, heldout_loss
 
-    spec, trained = read_json(run_dir / "spec.json"), read_json(run_dir / "train.json")
-    out_dir, settings = run_dir / "checkpoints", spec["measure"]
+    spec = read_spec(run_dir)
+    trained = from_json(TrainResult, read_json(run_dir / "train.json"))
+    out_dir, settings = run_dir / "checkpoints", spec.measure
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started, t0 = utc_now(), time.perf_counter()
-    data = heldout_data(out_dir / "final")
+    primary = heldout_data(out_dir / "final", Path(spec.val_paths[0]))
     segments = measure.read_metrics(out_dir)
-    throughput = measure.training_throughput(segments, settings["throughput_skip_iters"])
-    curve, model = validation_curve(out_dir, data, settings["eval_batch_size"], throughput["tokens_per_iteration"], device)
-    final = curve[-1]
-    result = {
-        "schema": RUN_SCHEMA,
-        "status": "ok",
-        **{k: spec[k] for k in ("name", "variant", "config_path", "config_sha256", "seed")},
-        "spec_sha256": spec_sha256(spec),
-        "validation": {
-            "loss": final["val_loss"],
-            "perplexity": math.exp(final["val_loss"]),
-            "tokens": final["val_tokens"],
-            "windows": len(data.windows),
-            "max_seq_length": data.max_seq_length,
-            "val_path": str(data.val_path),
-            "dtype": "float32",
-        },
-        "training": {
-            "tokens": final["tokens"],
-            "iterations": final["iter"],
-            "precision": trained["precision"],
-            "wall_time_s": trained["wall_time_s"],
-            "resumed_from_step": trained["resumed_from_step"],
-            "peak_memory": trained["peak_memory"],
-            "load_average_1min": trained["load_average_1min"],
-            **throughput,
-        },
-        "parameters": measure.parameter_counts(model),
-        "kv_cache": measure.kv_cache(
-            model, settings["decode_batch_size"], settings["context_length"], settings["decode_dtype"]
-        ),
-        "decode": measure.decode_speed(model, settings["decode_batch_size"], settings["context_length"],
-                                       settings["decode_new_tokens"], settings["decode_dtype"]),
-        "curve": curve,
-        "train_loss_curve": measure.train_loss_curve(segments),
-        "evaluation": {"device": str(device), "wall_time_s": time.perf_counter() - t0,
-                       "peak_memory": measure.peak_memory(), "load_average_1min": measure.load_average()},
-        "environment": environment(),
-        "train_started": trained["started"],
-        "evaluation_started": started,
-        "finished": utc_now(),
-    }
-    write_json(run_dir / "result.json", result)
+    throughput = measure.training_throughput(segments, settings.throughput_skip_iters)
+    curve, model = validation_curve(out_dir, primary, settings.eval_batch_size, throughput.tokens_per_iteration, device)
+    validations = [validation_record(primary, curve[-1].val_loss, curve[-1].val_tokens)]
+    for val_path in spec.val_paths[1:]:
+        print(f"evaluating final on {Path(val_path).name}", flush=True)
+        data = heldout_data(out_dir / "final", Path(val_path))
+        result = heldout_loss(model, data, settings.eval_batch_size)
+        validations.append(validation_record(data, result.loss, result.tokens))
+    routing = None
+    if measure.uses_memorized_keys(model):
+        routing = measure.routing(model, primary.windows, primary.new_from, settings.eval_batch_size)
+    parameters = measure.parameter_counts(model)
+    kv_cache = measure.kv_cache(model, settings.decode_batch_size, settings.context_length, settings.decode_dtype)
+    decode = measure.decode_speed(model, settings.decode_batch_size, settings.context_length,
+                                  settings.decode_new_tokens, settings.decode_dtype)
+    result = RunResult(
+        status="ok", name=spec.name, variant=spec.variant, seed=spec.seed, config_path=spec.config_path,
+        config_sha256=spec.config_sha256, spec_sha256=spec_sha256(spec),
+        train=trained,
+        evaluation=EvalResult(validation=validations, curve=curve, routing=routing, device=str(device),
+                              wall_time_s=time.perf_counter() - t0, peak_memory=measure.peak_memory(), started=started),
+        measure=MeasureResult(parameters=parameters, kv_cache=kv_cache, decode=decode, throughput=throughput,
+                              train_loss_curve=measure.train_loss_curve(segments)),
+        environment=environment(),
+        finished=utc_now(),
+    )
+    write_json(run_dir / "result.json", to_json(result))
     if not keep_step_checkpoints:
         remove_step_checkpoints(out_dir)
 

@@ -1,8 +1,9 @@
 """`litgpt-mka compare` end to end on tiny configs, and its pieces.
 
 The comparisons run the real console script on tiny overrides of the pythia-14m hub configs (1 layer,
-width 32, 8 iterations of 4 x 32 tokens) with the whole shared TinyStories training text and the first
-stories of its validation text. They set TORCHDYNAMO_DISABLE=1: litgpt pretrain's torch.compile becomes
+width 32, 8 iterations of 4 x 32 tokens; MHA, MQA and MKA) with the whole shared TinyStories training text
+and two validation texts cut from its validation sample (stories 0-11 and 12-23). Statistics, busy cells,
+the Pareto frontier and the rendering of a schema-v1 results.json are tested on records with chosen numbers. They set TORCHDYNAMO_DISABLE=1: litgpt pretrain's torch.compile becomes
 a no-op, which these tests of the bookkeeping do not need (the measured comparison keeps compilation),
 and precision 32-true, so that independent float32 evaluations and resumed runs agree tightly.
 """
@@ -10,6 +11,8 @@ and precision 32-true, so that independent float32 evaluations and resumed runs 
 import csv
 import io
 import json
+import math
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,13 +26,16 @@ import yaml
 
 from litgpt_mka.cli import join_list_options
 from litgpt_mka.compare.measure import training_throughput
-from litgpt_mka.compare.plan import CompareOptions, check_identical_training_settings
+from litgpt_mka.compare.options import CompareOptions
+from litgpt_mka.compare.plan import check_identical_training_settings
+from litgpt_mka.compare.records import Results, from_json, to_json
 from litgpt_mka.compare.runner import error_summary, prepare
 from litgpt_mka.data import split_documents
 from tests.conftest import CONFIG_HUB, run
 
 SEQ, MICRO_BATCH, ITERATIONS, SAVE_INTERVAL = 32, 4, 8, 4
 TINY_MODEL = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_query_groups": 2, "intermediate_size": 64, "block_size": 64}
+TINY_MKA = {"attention_class_name": "MemorizedKeyAttention", "memorized_key_attention": {"routing": "keys"}}
 VAL_STORIES = 12
 
 
@@ -37,7 +43,7 @@ def litgpt_mka_command() -> list[str]:
     return [str(Path(sys.executable).parent / "litgpt-mka")]
 
 
-def tiny_config(folder: Path, name: str, **model_overrides) -> Path:
+def tiny_yaml(folder: Path, name: str, **model_overrides) -> Path:
     """The pythia-14m-mha hub YAML with a tiny model and budget, saved as folder/name.yaml."""
     config = yaml.safe_load((CONFIG_HUB / "pythia-14m-mha.yaml").read_text())
     config["model_config"].update(TINY_MODEL, name=name, **model_overrides)
@@ -57,36 +63,55 @@ def env(subprocess_env) -> dict[str, str]:
     return {**subprocess_env, "TORCHDYNAMO_DISABLE": "1"}
 
 
-@pytest.fixture(scope="module")
-def small_val(tmp_path_factory, shared_data) -> Path:
-    """The first VAL_STORIES stories of the shared validation text (a few thousand tokens)."""
-    stories = (shared_data / "val.txt").read_text().split("<|endoftext|>")[:VAL_STORIES]
-    path = tmp_path_factory.mktemp("val") / "val.txt"
+def write_stories(path: Path, shared_data: Path, first: int, last: int) -> Path:
+    """Stories first..last-1 of the shared validation text (a few thousand tokens) as `path`."""
+    stories = (shared_data / "val.txt").read_text().split("<|endoftext|>")[first:last]
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("<|endoftext|>".join(stories))
     return path
 
 
-def compare_args(configs: list[Path], out_dir: Path, shared_data: Path, val: Path, tokenizer_dir: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def small_val(tmp_path_factory, shared_data) -> Path:
+    """The first VAL_STORIES stories of the shared validation text."""
+    return write_stories(tmp_path_factory.mktemp("val") / "val.txt", shared_data, 0, VAL_STORIES)
+
+
+def compare_args(configs: list[Path], out_dir: Path, shared_data: Path, val: Path | list[Path], tokenizer_dir: Path) -> list[str]:
+    vals = val if isinstance(val, list) else [val]
     return [
         *litgpt_mka_command(), "compare", "--configs", *map(str, configs), "--seeds", "1",
-        "--out_dir", str(out_dir), "--train_path", str(shared_data / "train.txt"), "--val_path", str(val),
+        "--out_dir", str(out_dir), "--train_path", str(shared_data / "train.txt"), "--val_path", *map(str, vals),
         "--tokenizer_dir", str(tokenizer_dir), "--precision", "32-true", "--throughput_skip_iters", "1",
         "--context_length", "16", "--decode_new_tokens", "4", "--keep_step_checkpoints", "true",
     ]
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, env, shared_data, small_val, tokenizer_dir) -> dict:
-    """A finished comparison of two tiny variants (MHA, MQA), seed 1."""
+def finished(tmp_path_factory, env, shared_data, tokenizer_dir) -> dict:
+    """A finished comparison of three tiny variants (MHA, MQA, MKA), seed 1, on two validation texts.
+
+    It runs in its own folder with paths relative to it (configs/, val/, out), as a user in a project would;
+    the training text and tokenizer are given as absolute paths.
+    """
     folder = tmp_path_factory.mktemp("compare")
-    configs = [tiny_config(folder / "configs", "tiny-mha"), tiny_config(folder / "configs", "tiny-mqa", n_query_groups=1)]
-    args = compare_args(configs, folder / "out", shared_data, small_val, tokenizer_dir)
-    result = run(args, env)
-    return {"out_dir": folder / "out", "args": args, "stdout": result.stdout}
+    configs = [tiny_yaml(folder / "configs", "tiny-mha"), tiny_yaml(folder / "configs", "tiny-mqa", n_query_groups=1),
+               tiny_yaml(folder / "configs", "tiny-mka", **TINY_MKA)]
+    vals = [write_stories(folder / "val" / "val.txt", shared_data, 0, VAL_STORIES),
+            write_stories(folder / "val" / "other.txt", shared_data, VAL_STORIES, 2 * VAL_STORIES)]
+    args = compare_args([c.relative_to(folder) for c in configs], Path("out"), shared_data,
+                        [v.relative_to(folder) for v in vals], tokenizer_dir)
+    result = run(args, env, cwd=folder)
+    return {"folder": folder, "out_dir": folder / "out", "args": args, "stdout": result.stdout,
+            "stderr": result.stderr, "vals": vals}
 
 
 def results(out_dir: Path) -> dict[str, dict]:
     return {r["name"]: r for r in json.loads((out_dir / "results.json").read_text())["runs"]}
+
+
+def typed_results(out_dir: Path) -> Results:
+    return from_json(Results, json.loads((out_dir / "results.json").read_text()))
 
 
 # ------------------------------------------------------------------------------ independent evaluation
@@ -124,48 +149,118 @@ def independent_validation_loss(checkpoint_dir: Path, val_path: Path, tokenizer_
     return losses[1:].mean()
 
 
+ABSOLUTE_PATH = re.compile(r"(?:^|[\s`(\[\"'=])/\w")
+
+
 @pytest.mark.slow
-def test_validation_loss_in_results_is_an_independent_evaluation_of_the_checkpoints(finished, small_val, tokenizer_dir):
-    runs = results(finished["out_dir"])
-    assert sorted(runs) == ["tiny-mha-seed1", "tiny-mqa-seed1"]
+def test_validation_losses_in_results_are_independent_evaluations_of_the_checkpoints(finished, tokenizer_dir):
+    runs = {r.name: r for r in typed_results(finished["out_dir"]).runs}
+    assert sorted(runs) == ["tiny-mha-seed1", "tiny-mka-seed1", "tiny-mqa-seed1"]
+    primary, other = finished["vals"]
     for name, result in runs.items():
-        assert result["status"] == "ok"
+        assert result.status == "ok"
         checkpoints = finished["out_dir"] / "runs" / name / "checkpoints"
-        curve = {point["checkpoint"]: point for point in result["curve"]}
-        assert [(p["iter"], p["tokens"]) for p in result["curve"]] == [(4, 4 * MICRO_BATCH * SEQ), (8, 8 * MICRO_BATCH * SEQ)]
-        for checkpoint, point in curve.items():
-            expected = independent_validation_loss(checkpoints / checkpoint, small_val, tokenizer_dir, SEQ)
+        curve = result.evaluation.curve
+        assert [(p.iter, p.tokens) for p in curve] == [(4, 4 * MICRO_BATCH * SEQ), (8, 8 * MICRO_BATCH * SEQ)]
+        for point in curve:
+            expected = independent_validation_loss(checkpoints / point.checkpoint, primary, tokenizer_dir, SEQ)
             # float32 logits; the sums run in another order here
-            torch.testing.assert_close(torch.tensor(point["val_loss"], dtype=torch.float64), expected, rtol=1e-5, atol=1e-5)
-        assert result["validation"]["loss"] == curve["final"]["val_loss"]
-        assert result["validation"]["tokens"] == curve["final"]["val_tokens"]
-        assert result["training"]["tokens"] == ITERATIONS * MICRO_BATCH * SEQ
-        assert result["training"]["timed_iterations"] == ITERATIONS - 1
-        assert result["training"]["precision"] == "32-true"
+            torch.testing.assert_close(torch.tensor(point.val_loss, dtype=torch.float64), expected, rtol=1e-5, atol=1e-5)
+        on_primary, on_other = result.evaluation.validation
+        assert (on_primary.name, on_primary.path, on_other.name, on_other.path) == ("val", "val/val.txt", "other", "val/other.txt")
+        assert (on_primary.loss, on_primary.tokens) == (curve[-1].val_loss, curve[-1].val_tokens)
+        expected_other = independent_validation_loss(checkpoints / "final", other, tokenizer_dir, SEQ)
+        torch.testing.assert_close(torch.tensor(on_other.loss, dtype=torch.float64), expected_other, rtol=1e-5, atol=1e-5)
+        assert abs(on_other.loss - on_primary.loss) > 1e-3  # two texts, two numbers
+        assert result.train.precision == "32-true"
+        assert result.measure.throughput.timed_iterations == ITERATIONS - 1
+
+
+@pytest.mark.slow
+def test_routing_weights_are_those_of_the_final_mka_checkpoint_on_the_primary_text(finished, tokenizer_dir):
+    from litgpt.config import Config
+    from litgpt.model import GPT
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_mka.attention.mka import routing_weights
+
+    runs = {r.name: r for r in typed_results(finished["out_dir"]).runs}
+    assert runs["tiny-mha-seed1"].evaluation.routing is None and runs["tiny-mqa-seed1"].evaluation.routing is None
+    measured = runs["tiny-mka-seed1"].evaluation.routing
+
+    checkpoint = finished["out_dir"] / "runs" / "tiny-mka-seed1" / "checkpoints" / "final"
+    model = GPT(Config.from_file(checkpoint / "model_config.yaml"))
+    model.load_state_dict(torch.load(checkpoint / "lit_model.pth", weights_only=True)["model"])
+    tokenizer = Tokenizer(tokenizer_dir)
+    text = finished["vals"][0].read_text()
+    stream = torch.cat([tokenizer.encode(d, bos=False, eos=True) for d in split_documents(text)]).long()
+    full_windows = (len(stream) - 1) // SEQ
+    inputs = stream[: full_windows * SEQ].view(full_windows, SEQ)  # every input position of the stride-SEQ windows
+    with torch.no_grad():
+        expected = routing_weights(model.eval(), inputs)  # (n_layer, 3), all windows in one batch
+
+    assert measured.sources == ["local", "session", "long_term"]
+    assert measured.tokens == full_windows * SEQ
+    torch.testing.assert_close(torch.tensor(measured.per_layer, dtype=torch.float64), expected.double(), rtol=1e-5, atol=1e-6)
+    report = (finished["out_dir"] / "report.md").read_text()
+    layer0 = " | ".join(f"{w:.3f}" for w in measured.per_layer[0])
+    assert f"**tiny-mka**\n\n| layer | local | session | long_term |\n|---|---|---|---|\n| 0 | {layer0} |" in report
+    assert (finished["out_dir"] / "routing.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.slow
 def test_report_tables_show_the_numbers_of_the_runs(finished):
     out_dir = finished["out_dir"]
-    runs = results(out_dir)
+    runs = {r.name: r for r in typed_results(out_dir).runs}
     report = (out_dir / "report.md").read_text()
     csv_rows = {row["name"]: row for row in csv.DictReader(io.StringIO((out_dir / "results.csv").read_text()))}
+    assert "| variant | runs ok | val loss (val) | val loss (other) | val ppl (val) |" in report
     for name, result in runs.items():
-        row = csv_rows[name]
-        assert float(row["val_loss"]) == result["validation"]["loss"]
-        assert float(row["kv_bytes_per_token"]) == result["kv_cache"]["bytes_per_token"]
-        table_row = next(line for line in report.splitlines() if line.startswith(f"| {result['variant']} |"))
-        assert f"| {result['validation']['loss']:.4f} |" in table_row
-        assert f"| {result['kv_cache']['bytes_per_token']:,} B |" in table_row
-        kv = result["kv_cache"]
-        assert kv["bytes_at_context"] == kv["bytes_per_token"] * kv["batch_size"] * kv["context_length"]
-        assert kv["formula_matches"]  # litgpt_mka.measure.kv_cache_size's accounting of litgpt's own attention class
+        row, (on_val, on_other), kv = csv_rows[name], result.evaluation.validation, result.measure.kv_cache
+        assert (float(row["val_loss"]), float(row["val_loss_other"])) == (on_val.loss, on_other.loss)
+        assert float(row["kv_bytes_per_token"]) == kv.bytes_per_token
+        table_row = next(line for line in report.splitlines() if line.startswith(f"| {result.variant} |"))
+        assert table_row.startswith(f"| {result.variant} | 1/1 | {on_val.loss:.4f} | {on_other.loss:.4f} | {on_val.perplexity:.2f} |")
+        assert f"| {kv.bytes_per_token:,.0f} B |" in table_row
+        assert kv.bytes_at_context == kv.bytes_per_token * kv.batch_size * kv.context_length
+        assert kv.formula_matches  # litgpt_mka.measure.kv_cache_size's accounting of every class here
     # MQA caches one key/value head of the two that MHA caches
-    assert runs["tiny-mqa-seed1"]["kv_cache"]["bytes_per_token"] * 2 == runs["tiny-mha-seed1"]["kv_cache"]["bytes_per_token"]
-    assert shlex.split(report.split("```\n")[1].split("\n")[0]) == ["litgpt-mka", *finished["args"][1:]]
-    for plot in ("loss_vs_tokens.png", "loss_vs_kv_cache.png", "throughput.png"):
+    assert runs["tiny-mqa-seed1"].measure.kv_cache.bytes_per_token * 2 == runs["tiny-mha-seed1"].measure.kv_cache.bytes_per_token
+    command = report.split("```\n")[1].split("\n")[0]
+    assert shlex.split(command) == ["litgpt-mka", *finished["args"][1:]]
+    # no absolute path of the machine outside the command as typed (which holds the absolute training text path)
+    outside = report.replace(command, "")
+    assert not ABSOLUTE_PATH.search(outside), ABSOLUTE_PATH.search(outside)
+    assert "`val/val.txt` (primary" in outside and "`val/other.txt`" in outside
+    for plot in ("loss_vs_tokens.png", "loss_vs_kv_cache.png", "routing.png", "throughput.png"):
         assert (out_dir / plot).read_bytes().startswith(b"\x89PNG")
         assert f"]({plot})" in report
+    assert typed_results(out_dir).settings.val_paths == ["val/val.txt", "val/other.txt"]
+    assert not ABSOLUTE_PATH.search((out_dir / "results.csv").read_text())
+
+
+@pytest.mark.slow
+def test_report_compares_every_variant_with_the_mha_config(finished):
+    """tiny-mha (n_query_groups == n_head) is the reference; one seed: the SE is unknown and no claim is made."""
+    results = typed_results(finished["out_dir"])
+    assert results.reference == "tiny-mha"
+    report = (finished["out_dir"] / "report.md").read_text()
+    loss = {r.variant: r.evaluation.primary.loss for r in results.runs}
+    for variant in ("tiny-mqa", "tiny-mka"):
+        d = loss[variant] - loss["tiny-mha"]
+        assert (f"- {variant}: validation loss {d:+.4f} nats/token against tiny-mha; {variant} has one finished seed,"
+                " so the SE is unknown and no claim is made.") in report
+        assert f"| {variant} | {d:+.4f} | — | 1, 1 | SE unknown |" in report
+    assert "| tiny-mha |" not in report.split("## Differences to the reference")[1].split("##")[0]
+
+
+@pytest.mark.slow
+def test_compare_warns_before_training_when_curves_would_have_fewer_than_8_points(finished):
+    # 8 iterations = 8 optimizer steps, a checkpoint every 4: 2 points
+    assert ("each run's validation curve will have 2 points, fewer than 8: tiny-mha.yaml trains 8 optimizer steps"
+            " with a checkpoint every eval_interval (train.save_interval) steps; use --eval_interval 1 or less") in finished["stderr"]
+    assert "- **Short curves**: fewer than 8 validation points for tiny-mha-seed1, tiny-mqa-seed1, tiny-mka-seed1" in (
+        finished["out_dir"] / "report.md").read_text()
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -179,14 +274,50 @@ def test_second_invocation_trains_nothing_and_rewrites_the_same_report(finished,
     report, table = (out_dir / "report.md").read_bytes(), (out_dir / "results.csv").read_bytes()
     runs = json.loads((out_dir / "results.json").read_text())["runs"]
 
-    again = run(finished["args"], env)
+    again = run(finished["args"], env, cwd=finished["folder"])
 
-    assert again.stdout.count("finished earlier, skipped") == 2
+    assert again.stdout.count("finished earlier, skipped") == 3
     assert "training (litgpt pretrain)" not in again.stdout and "evaluating and measuring" not in again.stdout
     assert snapshot(out_dir / "runs") == before
     assert (out_dir / "report.md").read_bytes() == report
     assert (out_dir / "results.csv").read_bytes() == table
     assert json.loads((out_dir / "results.json").read_text())["runs"] == runs
+
+
+@pytest.mark.slow
+def test_busy_timings_print_busy_and_keep_their_numbers(finished, env, tmp_path):
+    """A run whose training was timed under load: its timing cells read "busy"; results keep the raw numbers."""
+    out_dir = tmp_path / "out"
+    shutil.copytree(finished["out_dir"], out_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    for name in ("tiny-mha-seed1", "tiny-mqa-seed1", "tiny-mka-seed1"):
+        path = out_dir / "runs" / name / "result.json"
+        result = json.loads(path.read_text())
+        for load in (result["train"]["load"], result["measure"]["decode"]["load"]):
+            load.update(load_1min_before=0.25, load_1min_after=0.5, threads=2, cpu_count=2)
+        if name == "tiny-mqa-seed1":
+            result["train"]["load"]["load_1min_after"] = 2.75  # > 2 threads + 0.5
+        path.write_text(json.dumps(result))
+    args = [*finished["args"][: finished["args"].index("--out_dir") + 1], str(out_dir),
+            *finished["args"][finished["args"].index("--out_dir") + 2 :]]
+
+    again = run(args, env, cwd=finished["folder"])
+
+    assert again.stdout.count("finished earlier, skipped") == 3
+    report = (out_dir / "report.md").read_text()
+    runs = {r.name: r for r in typed_results(out_dir).runs}
+    mqa, mha = runs["tiny-mqa-seed1"], runs["tiny-mha-seed1"]
+    mqa_row = next(line for line in report.splitlines() if line.startswith("| tiny-mqa |")).split(" | ")
+    mha_row = next(line for line in report.splitlines() if line.startswith("| tiny-mha |")).split(" | ")
+    # columns: ... train tok/s, train wall time, peak memory, KV / token, KV @ context, decode tok/s
+    assert mqa_row[-6:-4] == ["busy", "busy"] and mqa_row[-1] == f"{mqa.measure.decode.tokens_per_s:,.1f} |"
+    assert mha_row[-6:-4] == [f"{mha.measure.throughput.tokens_per_s:,.0f}", f"{mha.train.wall_time_s:,.0f} s"]
+    assert "- tiny-mqa-seed1, training: load 0.25 before, 2.75 after, threshold 2.5" in report
+    row = next(r for r in csv.DictReader(io.StringIO((out_dir / "results.csv").read_text())) if r["name"] == "tiny-mqa-seed1")
+    assert (float(row["train_tokens_per_s"]), row["train_busy"], row["decode_busy"]) == (
+        mqa.measure.throughput.tokens_per_s, "True", "False")
+    summary = {s.variant: s for s in typed_results(out_dir).summary}
+    assert summary["tiny-mqa"].train_busy and not summary["tiny-mqa"].decode_busy and not summary["tiny-mha"].train_busy
+    assert summary["tiny-mqa"].train_tokens_per_s.mean == mqa.measure.throughput.tokens_per_s
 
 
 @pytest.mark.slow
@@ -202,36 +333,38 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(finished, env, tmp_pat
     args = [*finished["args"][: finished["args"].index("--out_dir") + 1], str(out_dir),
             *finished["args"][finished["args"].index("--out_dir") + 2 :]]
 
-    resumed = run(args, env)
+    resumed = run(args, env, cwd=finished["folder"])
 
     assert "tiny-mqa-seed1: finished earlier, skipped" in resumed.stdout
     assert json.loads((run_dir / "train.json").read_text())["resumed_from_step"] == 4
     second_process = csv.DictReader(io.StringIO((run_dir / "checkpoints/logs/csv/version_1/metrics.csv").read_text()))
     assert [int(row["iter"]) for row in second_process] == [5, 6, 7, 8]
-    original, again = results(finished["out_dir"])["tiny-mha-seed1"], results(out_dir)["tiny-mha-seed1"]
-    torch.testing.assert_close(
-        torch.tensor([p["val_loss"] for p in again["curve"]]), torch.tensor([p["val_loss"] for p in original["curve"]])
-    )
+    original = {r.name: r for r in typed_results(finished["out_dir"]).runs}["tiny-mha-seed1"]
+    again = {r.name: r for r in typed_results(out_dir).runs}["tiny-mha-seed1"]
+    torch.testing.assert_close(torch.tensor([p.val_loss for p in again.evaluation.curve]),
+                               torch.tensor([p.val_loss for p in original.evaluation.curve]))
+    assert again.train.resumed_from_step == 4
 
 
 @pytest.mark.slow
 def test_failing_config_is_recorded_and_the_other_runs_complete(env, shared_data, small_val, tokenizer_dir, tmp_path):
-    broken = tiny_config(tmp_path / "configs", "tiny-broken", n_query_groups=3)  # 2 heads in 3 groups
-    good = tiny_config(tmp_path / "configs", "tiny-mqa", n_query_groups=1)
+    broken = tiny_yaml(tmp_path / "configs", "tiny-broken", n_query_groups=3)  # 2 heads in 3 groups
+    good = tiny_yaml(tmp_path / "configs", "tiny-mqa", n_query_groups=1)
     args = compare_args([broken, good], tmp_path / "out", shared_data, small_val, tokenizer_dir)
 
     completed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
 
     assert completed.returncode == 1, completed.stdout[-3000:] + completed.stderr[-3000:]
-    runs = results(tmp_path / "out")
+    runs = {r.name: r for r in typed_results(tmp_path / "out").runs}
     failure = runs["tiny-broken-seed1"]
-    assert (failure["status"], failure["phase"], failure["returncode"]) == ("failed", "train", 1)
-    assert "n_head=2 must be divisible by n_query_groups=3" in failure["error"]
+    assert (failure.status, failure.failure.phase, failure.failure.returncode) == ("failed", "train", 1)
+    assert "n_head=2 must be divisible by n_query_groups=3" in failure.failure.error
     assert "Traceback" in (tmp_path / "out" / "runs" / "tiny-broken-seed1" / "run.log").read_text()
-    assert runs["tiny-mqa-seed1"]["status"] == "ok"
+    assert runs["tiny-mqa-seed1"].status == "ok"
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Failed runs" in report and "| tiny-broken-seed1 | train | exit status 1 |" in report
     assert "| tiny-broken | 0/1 | — |" in report
+    assert "No reference: no config is MHA" in report  # neither config is MHA, and no --reference
 
 
 # ------------------------------------------------------------------------------------ data separation
@@ -281,8 +414,8 @@ def _occurs(needle: torch.Tensor, haystack: torch.Tensor, key: int = 8) -> bool:
 
 # ------------------------------------------------------------------------------------------ the pieces
 def test_configs_with_different_training_settings_are_refused(tmp_path):
-    a = tiny_config(tmp_path, "a")
-    b_config = yaml.safe_load(tiny_config(tmp_path, "b").read_text())
+    a = tiny_yaml(tmp_path, "a")
+    b_config = yaml.safe_load(tiny_yaml(tmp_path, "b").read_text())
     b_config["train"]["lr_warmup_steps"] = 7
     b_config["optimizer"]["init_args"]["lr"] = 0.5
     yamls = {a: yaml.safe_load(a.read_text()), tmp_path / "b.yaml": b_config}
@@ -300,7 +433,7 @@ def test_decode_measurement_longer_than_block_size_is_refused_before_training(tm
     """pythia-14m's block_size is 512: a 512-token decode context cannot fit, and nothing may train first."""
     from litgpt_mka.compare.plan import check_decode_fits_block_size
 
-    config = tiny_config(tmp_path, "a")
+    config = tiny_yaml(tmp_path, "a")
     yamls = {config: yaml.safe_load(config.read_text())}
     block_size = yamls[config]["model_config"]["block_size"]
     check_decode_fits_block_size(yamls, CompareOptions(configs=[config], context_length=block_size - 34))
@@ -309,16 +442,21 @@ def test_decode_measurement_longer_than_block_size_is_refused_before_training(tm
 
 
 def test_rerun_with_other_settings_into_the_same_folder_is_refused(tmp_path, shared_data, tokenizer_dir):
-    config = tiny_config(tmp_path, "tiny")
+    config = tiny_yaml(tmp_path, "tiny")
     options = CompareOptions(configs=[config], out_dir=tmp_path / "out", train_path=shared_data / "train.txt",
-                             val_path=shared_data / "val.txt", tokenizer_dir=tokenizer_dir, max_tokens=1024,
+                             val_path=[shared_data / "val.txt"], tokenizer_dir=tokenizer_dir, max_tokens=1024,
                              context_length=16, decode_new_tokens=4)
     first = prepare(options)
     first.runs[0].run_dir.mkdir(parents=True)
-    (first.runs[0].run_dir / "spec.json").write_text(json.dumps(first.runs[0].spec()))
+    (first.runs[0].run_dir / "spec.json").write_text(json.dumps(to_json(first.runs[0].spec)))
     prepare(options)  # the same settings: accepted
     with pytest.raises(ValueError, match=r"tiny-seed42 holds a run made with other settings \(differing: pretrain_args\)"):
         prepare(CompareOptions(**{**options.__dict__, "max_tokens": 2048}))
+    v1_spec = to_json(first.runs[0].spec)
+    del v1_spec["val_paths"]
+    (first.runs[0].run_dir / "spec.json").write_text(json.dumps(v1_spec))
+    with pytest.raises(ValueError, match=r"tiny-seed42 holds a run made by an earlier version of compare"):
+        prepare(options)
 
 
 @pytest.mark.parametrize(
@@ -327,7 +465,7 @@ def test_rerun_with_other_settings_into_the_same_folder_is_refused(tmp_path, sha
      ("precision", "fp8", r"precision='fp8' is not one of"), ("decode_dtype", "int8", r"decode_dtype='int8' is not one of")],
 )
 def test_invalid_options_are_refused(tmp_path, field, value, message):
-    options = CompareOptions(configs=[tiny_config(tmp_path, "tiny")], **{field: value})
+    options = CompareOptions(configs=[tiny_yaml(tmp_path, "tiny")], **{field: value})
     with pytest.raises(ValueError, match=message):
         prepare(options)
 
@@ -344,10 +482,10 @@ def test_throughput_excludes_the_first_iterations_of_every_training_process():
 
     segments = [rows(1, [9.0, 1.0, 2.0]), rows(3, [7.0, 1.0])]  # a run resumed at iteration 3
     result = training_throughput(segments, skip_iters=1)
-    assert (result["tokens_per_iteration"], result["timed_iterations"]) == (100, 3)
-    assert result["tokens_per_s"] == 3 * 100 / (1.0 + 2.0 + 1.0)
+    assert (result.tokens_per_iteration, result.timed_iterations) == (100, 3)
+    assert result.tokens_per_s == 3 * 100 / (1.0 + 2.0 + 1.0)
     too_short = training_throughput([rows(1, [9.0])], skip_iters=1)
-    assert too_short["tokens_per_s"] is None and "first 1 of each process skipped" in too_short["note"]
+    assert too_short.tokens_per_s is None and "first 1 of each process skipped" in too_short.note
 
 
 def test_failure_summary_keeps_the_exception_and_the_reasons_after_it():
@@ -366,12 +504,202 @@ def test_worker_runs_litgpt_pretrain_for_the_other_ranks_of_a_multi_device_run(m
     assert calls == [["--config", "a.yaml", "--devices", "2"]]
 
 
-def test_report_warns_when_other_processes_loaded_the_machine():
-    from litgpt_mka.compare.report import busy_machine_note
+# ------------------------------------------------------------------------------- records and summary
+def synthetic_run(variant: str, seed: int, loss: float, kv: float = 1024.0, train_load: float = 0.5,
+                  decode_load: float = 0.5, routing=None):
+    """A finished RunResult with chosen numbers (every other value fixed)."""
+    from litgpt_mka.compare.records import (
+        CurvePoint, Decode, Environment, EvalResult, KVCache, MeasureResult, Parameters, PeakMemory, PhaseLoad,
+        RunResult, Throughput, TrainResult, Validation,
+    )
 
-    def result(train_load, decode_load):
-        return {"environment": {"cpu_count": 2}, "training": {"load_average_1min": train_load},
-                "evaluation": {"load_average_1min": decode_load}}
+    def load(value: float) -> PhaseLoad:
+        return PhaseLoad(value, value, threads=2, cpu_count=2, wall_s=10.0, cpu_s=19.0)
 
-    assert busy_machine_note([result(2.9, 2.0), result(None, 1.0)]) is None  # a run's own 2 threads: not busy
-    assert "load average reached 5.2 on 2 CPUs" in busy_machine_note([result(2.9, 2.0), result(1.0, 5.2)])
+    peak = PeakMemory("cpu_peak_rss", 2**30)
+    return RunResult(
+        status="ok", name=f"{variant}-seed{seed}", variant=variant, seed=seed, config_path=f"configs/{variant}.yaml",
+        config_sha256="0" * 64, spec_sha256="1" * 64,
+        train=TrainResult("1" * 64, "32-true", "t0", "t1", 100.0 + seed, None, peak, load(train_load)),
+        evaluation=EvalResult([Validation("val", "val.txt", loss, math.exp(loss), 999, 3, 32)],
+                              [CurvePoint(8, 1024, loss, 999, "final")], routing, "cpu", 5.0, peak, "t1"),
+        measure=MeasureResult(Parameters(1000, 100), KVCache("float32", kv, 1, 16, int(kv * 16), kv, int(kv * 16), True),
+                              Decode("float32", "cpu", 1, 16, 4, 50.0 + seed, load(decode_load)),
+                              Throughput(128, 7, 1, 500.0 + seed), []),
+        environment=Environment("3.11", "2.13", "0.5.13", "0.1.0", "2.6", "Linux", "cpu", 2, 2, [], None),
+        finished="t2",
+    )
+
+
+def test_run_records_survive_their_json_form_and_missing_fields_are_named():
+    from litgpt_mka.compare.records import Routing, RunResult, from_json, to_json
+
+    run = synthetic_run("v", 1, 2.0, routing=Routing(["local", "session", "long_term"], [[0.5, 0.25, 0.25]], 96))
+    assert from_json(RunResult, json.loads(json.dumps(to_json(run)))) == run
+    broken = to_json(run)
+    del broken["measure"]["kv_cache"]["bytes_at_context"]
+    with pytest.raises(ValueError, match=r"RunResult\.measure\.kv_cache\.bytes_at_context is missing \(KVCache requires it\)"):
+        from_json(RunResult, broken)
+
+
+def test_difference_to_the_reference_uses_the_welch_standard_error_and_the_2_se_rule():
+    from litgpt_mka.compare.summary import difference
+
+    # reference mean 2.1, sample variance 0.02; SE = sqrt(0.02 / 2 + 0.02 / 2) = 0.1414
+    better = difference("v", [1.5, 1.7], "ref", [2.0, 2.2])
+    assert (better.verdict, better.n, better.n_reference) == ("better", 2, 2)
+    assert better.difference == pytest.approx(-0.5) and better.se == pytest.approx(math.sqrt(0.02))
+    assert better.sentence == "v: validation loss -0.5000 nats/token against ref (SE 0.1414; 2 and 2 seeds): better (lower by 3.5 SE)."
+    worse = difference("v", [2.6, 2.8], "ref", [2.0, 2.2])
+    assert (worse.verdict, round(worse.difference, 6)) == ("worse", 0.6)
+    # d = 0.05, SE = sqrt(0.045 / 2 + 0.02 / 2) = 0.1803: |d| < 2 SE
+    tied = difference("v", [2.0, 2.3], "ref", [2.0, 2.2])
+    assert tied.verdict == "tied within noise" and tied.se == pytest.approx(math.sqrt(0.0325))
+    assert tied.sentence.endswith("(SE 0.1803; 2 and 2 seeds): tied within noise (|difference| < 2 SE).")
+    one_seed = difference("v", [1.0], "ref", [2.0, 2.2])
+    assert (one_seed.verdict, one_seed.se) == ("SE unknown", None) and one_seed.difference == pytest.approx(-1.1)
+    assert one_seed.sentence == "v: validation loss -1.1000 nats/token against ref; v has one finished seed, so the SE is unknown and no claim is made."
+    assert difference("v", [], "ref", [2.0]).verdict == "no runs"
+    assert difference("v", [2.0, 2.0], "ref", [2.0, 2.0]).verdict == "tied within noise"  # no spread, no difference
+    assert difference("v", [1.9, 1.9], "ref", [2.0, 2.0]).sentence.endswith(": better (no spread over seeds).")
+
+
+def test_summary_aggregates_seeds_and_marks_busy_timings():
+    from litgpt_mka.compare.records import Routing
+    from litgpt_mka.compare.summary import summarize
+
+    def routing(weights):
+        return Routing(["local", "session", "long_term"], [weights], 96)
+
+    runs = [synthetic_run("mha", 1, 2.0), synthetic_run("mha", 2, 2.2),
+            synthetic_run("mka", 1, 1.5, train_load=2.75, routing=routing([0.6, 0.3, 0.1])),
+            synthetic_run("mka", 2, 1.7, routing=routing([0.4, 0.5, 0.1]))]
+    mha, mka = summarize(runs, reference="mha")
+    assert (mha.val_loss["val"].mean, mha.val_loss["val"].n) == (pytest.approx(2.1), 2)
+    assert mha.val_loss["val"].std == pytest.approx(math.sqrt(0.02))
+    assert mha.difference is None and mka.difference.verdict == "better"
+    assert (mka.train_busy, mka.decode_busy, mha.train_busy) == (True, False, False)
+    assert mka.train_tokens_per_s.mean == pytest.approx(501.5)  # raw numbers kept; the report prints "busy"
+    assert [s.mean for s in mka.routing[0]] == pytest.approx([0.5, 0.4, 0.1])
+    assert mka.routing[0][0].std == pytest.approx(math.sqrt(0.02)) and mha.routing is None
+
+
+def test_a_phase_is_busy_when_the_load_exceeds_its_threads_plus_half_a_cpu():
+    from litgpt_mka.compare.records import PhaseLoad
+
+    assert PhaseLoad(2.5, 2.4, threads=2, cpu_count=2).busy is False  # the run's own 2 threads: quiet
+    assert PhaseLoad(0.1, 2.51, threads=2, cpu_count=2).busy is True
+    assert PhaseLoad(1.6, None, threads=1, cpu_count=2).busy is True
+    assert PhaseLoad(None, None, threads=1, cpu_count=2).busy is None
+
+
+def test_pareto_front_keeps_the_points_that_no_other_beats_on_both_axes():
+    from litgpt_mka.compare.summary import pareto_front
+
+    # (KV bytes per token, loss): 3 is dominated by 1 (smaller cache, lower loss), 4 by 0 (same cache, lower loss)
+    points = [(6144.0, 2.00), (960.0, 2.05), (1536.0, 2.10), (3072.0, 2.06), (6144.0, 2.01), (240.0, 2.30)]
+    assert pareto_front(points) == [5, 1, 0]
+    assert pareto_front([(1.0, 1.0), (1.0, 1.0)]) == [0, 1]
+
+
+def test_version_1_results_render_with_busy_cells_and_relative_paths():
+    """The committed comparison of schema v1 (docs/compare-pythia-14m before v2; train_loss_curve shortened)."""
+    from litgpt_mka.compare.report import markdown, read_results
+
+    results = read_results(Path(__file__).parent / "data" / "results_v1.json", reference="pythia-14m-mha",
+                           relative_to=Path("/work/main"))
+    v1 = json.loads((Path(__file__).parent / "data" / "results_v1.json").read_text())
+    losses = {run["variant"]: run["validation"]["loss"] for run in v1["runs"]}
+    summary = {row.variant: row for row in results.summary}
+    assert {v: row.val_loss["val"].mean for v, row in summary.items()} == losses
+    # one load sample per phase in v1: training loads 3.23 (mha) and 3.65 (gqa) exceed 2 threads + 0.5
+    assert [v for v, row in summary.items() if row.train_busy] == ["pythia-14m-mha", "pythia-14m-gqa"]
+    assert not any(row.decode_busy for row in summary.values())
+    assert results.settings.val_paths == ["../shared/data/tinystories/val.txt"]
+    report = markdown(results, [])
+    assert "| pythia-14m-mha | 1/1 | 6.0837 | 438.66 | 396.29 K | 14.07 M | busy | busy | 4.07 GiB | 6,144 B |" in report
+    assert "| pythia-14m-mqa | 1/1 | 6.0847 | 439.09 | 247.68 K | 13.92 M | 2,057 | 116 s |" in report
+    d = losses["pythia-14m-mla"] - losses["pythia-14m-mha"]
+    assert f"- pythia-14m-mla: validation loss {d:+.4f} nats/token against pythia-14m-mha; pythia-14m-mla has one" in report
+    command = report.split("```\n")[1].split("\n")[0]
+    assert not ABSOLUTE_PATH.search(report.replace(command, ""))
+
+
+# ---------------------------------------------------------------------------------- plan and options
+def test_expected_curve_points_follow_litgpts_schedule(tmp_path):
+    from litgpt_mka.compare.plan import expected_curve_points
+
+    config = yaml.safe_load(tiny_yaml(tmp_path, "a").read_text())  # 8 iterations of 4 x 32, 1 step each
+    assert expected_curve_points(config, CompareOptions(configs=[])) == (2, 8)
+    assert expected_curve_points(config, CompareOptions(configs=[], eval_interval=1, devices=1)) == (8, 8)
+    # global batch 8 = 2 micro-batches per step; 9 iterations = 4 steps (+1 iteration); checkpoints at steps 2, 4 + final
+    config["train"]["global_batch_size"] = 8
+    assert expected_curve_points(config, CompareOptions(configs=[], max_tokens=9 * 4 * SEQ, eval_interval=2, devices=1)) == (3, 4)
+
+
+def test_the_reference_is_the_mha_config_unless_one_is_named():
+    from litgpt_mka.compare.plan import is_mha, reference_variant
+    from litgpt_mka.presets import load_pretrain_yaml
+
+    yamls = {CONFIG_HUB / f"pythia-14m-{v}.yaml": load_pretrain_yaml(CONFIG_HUB / f"pythia-14m-{v}.yaml")
+             for v in ("gqa", "mqa", "mla", "mka", "fmka", "mha")}
+    assert [path.stem for path, config in yamls.items() if is_mha(config)] == ["pythia-14m-mha"]
+    assert reference_variant(yamls, CompareOptions(configs=list(yamls))) == "pythia-14m-mha"
+    assert reference_variant(yamls, CompareOptions(configs=list(yamls), reference="pythia-14m-mqa")) == "pythia-14m-mqa"
+    without_mha = {p: c for p, c in yamls.items() if p.stem != "pythia-14m-mha"}
+    assert reference_variant(without_mha, CompareOptions(configs=list(without_mha))) is None
+
+
+def test_unknown_reference_and_repeated_validation_stems_are_refused(tmp_path, shared_data):
+    config = tiny_yaml(tmp_path, "tiny")
+    with pytest.raises(ValueError, match=r"reference='mha' is not one of the configs' file stems \['tiny'\]"):
+        prepare(CompareOptions(configs=[config], reference="mha"))
+    other = tmp_path / "other" / "val.txt"
+    other.parent.mkdir()
+    other.write_text("x")
+    with pytest.raises(ValueError, match=r"val_path=\[.*\] repeat a file stem; the report names each column by it"):
+        prepare(CompareOptions(configs=[config], val_path=[shared_data / "val.txt", other]))
+
+
+def test_the_command_line_fills_the_options_dataclass(monkeypatch):
+    from litgpt_mka import cli
+
+    parsed = []
+    monkeypatch.setitem(cli.SUBCOMMANDS, "compare", cli.Subcommand(CompareOptions, lambda o: parsed.append(o) or 0))
+    with pytest.raises(SystemExit) as exit_status:
+        cli.main(["compare", "--configs", "a.yaml", "b.yaml", "--seeds", "1", "2", "--val_path", "in.txt", "out.txt",
+                  "--reference", "a", "--max_tokens", "1000", "--plots", "false"])
+    assert exit_status.value.code == 0
+    assert parsed == [CompareOptions(configs=[Path("a.yaml"), Path("b.yaml")], seeds=[1, 2],
+                                     val_path=[Path("in.txt"), Path("out.txt")], reference="a", max_tokens=1000,
+                                     plots=False)]
+    assert cli.list_options(CompareOptions) == {"--configs": str, "--seeds": int, "--val_path": str, "--pretrain_args": str}
+
+
+def test_decode_warmup_is_the_decode_measurements_own():
+    import inspect
+
+    from litgpt_mka.compare.plan import DECODE_WARMUP_TOKENS
+    from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
+
+    assert DECODE_WARMUP_TOKENS == inspect.signature(measure_decode_tokens_per_second).parameters["warmup_tokens"].default
+
+
+# ------------------------------------------------------------------------------------- study configs
+STUDY = Path(__file__).resolve().parents[2] / "docs" / "study-pythia-14m"
+
+
+@pytest.mark.parametrize(("sweep", "preset", "attention"), [
+    ("pythia-14m-mla-kv8", "pythia-14m-mla", {"latent_attention": {"kv_lora_rank": 8}}),
+    ("pythia-14m-mla-kv16", "pythia-14m-mla", {"latent_attention": {"kv_lora_rank": 16}}),
+    ("pythia-14m-mla-kv64", "pythia-14m-mla", {"latent_attention": {"kv_lora_rank": 64}}),
+])
+def test_sweep_configs_change_only_the_attention_keys_of_their_preset(sweep, preset, attention):
+    from litgpt_mka.presets import load_pretrain_yaml
+
+    swept, base = load_pretrain_yaml(STUDY / "configs" / f"{sweep}.yaml"), load_pretrain_yaml(CONFIG_HUB / f"{preset}.yaml")
+    for key, change in attention.items():
+        base["model_config"][key] = {**base["model_config"][key], **change} if isinstance(change, dict) else change
+    assert swept == base
+    header = " ".join((STUDY / "configs" / f"{sweep}.yaml").read_text().replace("#", " ").split()[:30])
+    assert f"a copy of config_hub/pretrain/{preset}.yaml with only the attention keys changed" in header

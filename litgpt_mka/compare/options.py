@@ -1,0 +1,128 @@
+"""The options of ``litgpt-mka compare``, declared once: :class:`CompareOptions`.
+
+jsonargparse reads the dataclass directly (``litgpt_mka/cli.py``): every field is a command-line option,
+its docstring the option's help. The dataclass has no methods (jsonargparse would make them subcommands):
+:func:`validate` checks it. Nothing here imports torch or litgpt, so ``litgpt-mka compare --help``
+stays fast.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# what `litgpt pretrain --precision` accepts (litgpt.pretrain.setup's annotation)
+PRECISIONS = ("bf16-true", "bf16-mixed", "32-true")
+# decode and KV-cache dtypes, by their torch attribute name (torch.float32, ...): litgpt_mka.compare.measure.torch_dtype
+DECODE_DTYPES = ("float32", "bfloat16", "float16")
+# the fewest validation-curve points per run that compare accepts without a warning
+MIN_CURVE_POINTS = 8
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Train every config x seed with `litgpt pretrain`, evaluate on whole validation texts, measure, report.
+
+    Writes OUT_DIR/results.json, results.csv, report.md and PNG plots; rerunning the same command skips
+    finished runs and resumes interrupted ones (see litgpt_mka/compare/__init__.py). Exit status: 0 when
+    every run finished, 1 when any failed (the others still run), 2 for invalid options, 130 on Ctrl-C.
+    """
+
+    configs: list[Path] = field(default_factory=list)
+    """`litgpt pretrain` YAML files, one per variant; every setting but the model must agree."""
+    out_dir: Path = Path("out/compare")
+    """Output folder (runs/ and the report)."""
+    seeds: list[int] = field(default_factory=lambda: [42])
+    """Model-initialisation seeds (litgpt --seed); each config runs once per seed."""
+    train_path: Path | None = None
+    """Training text for every run (TextCorpus data.train_path); default: the YAMLs'."""
+    val_path: list[Path] | None = None
+    """Validation texts (one or more files or folders), each evaluated whole and reported in its own column named
+    by its file stem. The first is the primary one: litgpt's data.val_path, the curves, the Pareto plot, the
+    differences to the reference and the routing weights. Default: the YAMLs' data.val_path."""
+    tokenizer_dir: Path | None = None
+    """Tokenizer folder for every run; default: the YAMLs'."""
+    max_tokens: int | None = None
+    """Token budget per run (train.max_tokens); default: the YAMLs'."""
+    max_seq_length: int | None = None
+    """Tokens per training window (train.max_seq_length); default: the YAMLs'."""
+    precision: str | None = None
+    """litgpt precision (bf16-mixed, bf16-true, 32-true); default: the YAMLs' (null: litgpt's choice)."""
+    devices: int | str | None = None
+    """litgpt devices; default: the YAMLs'."""
+    data_seed: int | None = None
+    """Seed of the training-window order, the same for every run; default: the YAMLs' data.seed."""
+    eval_interval: int | None = None
+    """Optimizer steps between checkpoints, each a point of the validation curve and a resume point (sets
+    train.save_interval); default: the YAMLs' train.save_interval. For at least 8 points per curve, use at most
+    (optimizer steps per run) / 8, where steps = max_tokens // (global_batch_size x max_seq_length); compare
+    warns before training when a curve would have fewer."""
+    pretrain_args: list[str] = field(default_factory=list)
+    """More `litgpt pretrain` arguments for every run, e.g. '["--train.lr_warmup_steps=5"]'."""
+    reference: str | None = None
+    """The variant (config file stem) that every other is compared with in report.md; default: the first config
+    whose model is MHA (litgpt's CausalSelfAttention with n_query_groups == n_head). Changing it retrains nothing."""
+    throughput_skip_iters: int = 5
+    """Iterations at the start of every training process left out of tokens/s."""
+    context_length: int = 256
+    """Prompt tokens before decoding is timed, and the context of the KV-cache size."""
+    decode_batch_size: int = 1
+    """Sequences decoded together (and the batch of the KV-cache size)."""
+    decode_new_tokens: int = 32
+    """Timed decode steps."""
+    decode_dtype: str | None = None
+    """float32, bfloat16 or float16 for decoding and the KV cache; default: the dtype of `litgpt generate`'s
+    default precision on this machine."""
+    eval_batch_size: int = 4
+    """Validation windows per forward pass."""
+    keep_step_checkpoints: bool = False
+    """Keep the step-* checkpoints of finished runs (default: only final/ stays)."""
+    plots: bool = True
+    """Write the PNG plots (needs matplotlib)."""
+
+
+def val_paths(options: CompareOptions) -> list[Path]:
+    """The validation texts given (empty: the YAMLs' one)."""
+    return list(options.val_path or [])
+
+
+def validate(options: CompareOptions) -> None:
+    """Raises ValueError (or FileNotFoundError) naming the first invalid option, its value and what is allowed."""
+    if not options.configs:
+        raise ValueError("configs=[] is empty; give one or more `litgpt pretrain` YAML files (--configs a.yaml b.yaml)")
+    for path in options.configs:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"configs: {str(path)!r} is not a file")
+    stems = [Path(p).stem for p in options.configs]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"configs={[str(p) for p in options.configs]} repeat a file name; run folders are named by it")
+    if not options.seeds:
+        raise ValueError("seeds=[] is empty; give one or more integers (--seeds 1 2 3)")
+    if len(set(options.seeds)) != len(options.seeds):
+        raise ValueError(f"seeds={options.seeds} repeat a seed")
+    for name in ("max_tokens", "max_seq_length", "eval_interval", "context_length", "decode_batch_size",
+                 "decode_new_tokens", "eval_batch_size"):
+        _require_positive(name, getattr(options, name))
+    if options.throughput_skip_iters < 0:
+        raise ValueError(f"throughput_skip_iters={options.throughput_skip_iters} must be >= 0")
+    if options.precision is not None and options.precision not in PRECISIONS:
+        raise ValueError(f"precision={options.precision!r} is not one of {PRECISIONS} (or null for litgpt's default)")
+    if options.decode_dtype is not None and options.decode_dtype not in DECODE_DTYPES:
+        raise ValueError(f"decode_dtype={options.decode_dtype!r} is not one of {DECODE_DTYPES} (or null)")
+    if options.reference is not None and options.reference not in stems:
+        raise ValueError(f"reference={options.reference!r} is not one of the configs' file stems {stems}")
+    if options.val_path is not None and not val_paths(options):
+        raise ValueError("val_path=[] is empty; give one or more files, or leave it out for the YAMLs' data.val_path")
+    val_stems = [Path(p).stem for p in val_paths(options)]
+    if len(set(val_stems)) != len(val_stems):
+        raise ValueError(
+            f"val_path={[str(p) for p in val_paths(options)]} repeat a file stem; the report names each column by it"
+        )
+    for name, paths in (("train_path", [options.train_path]), ("val_path", val_paths(options)),
+                        ("tokenizer_dir", [options.tokenizer_dir])):
+        for path in paths:
+            if path is not None and not Path(path).exists():
+                raise FileNotFoundError(f"{name}={str(path)!r} does not exist")
+
+
+def _require_positive(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name}={value!r} must be a positive integer")

@@ -1,0 +1,500 @@
+"""The typed records of a comparison, and their one JSON form.
+
+Every file that ``compare`` writes and reads back is one of these dataclasses, written by :func:`to_json`
+and read by :func:`from_json` (nested dataclasses, lists, dicts and optionals rebuilt from the type hints):
+
+* ``runs/<run>/train.json``: :class:`TrainResult` (the training worker).
+* ``runs/<run>/result.json``: :class:`RunResult` with ``status`` ``"ok"`` (:class:`EvalResult` and
+  :class:`MeasureResult` from the evaluation worker) or ``"failed"`` (:class:`Failure`, from the runner).
+* ``runs/<run>/spec.json``: :class:`RunSpec` (the runner, before the run starts).
+* ``results.json``: :class:`Results` (the report), whose ``summary`` rows are :class:`VariantSummary`
+  (computed by :mod:`litgpt_mka.compare.summary`).
+
+Schema ``litgpt-mka.compare.run/v2`` (``results.json``: ``litgpt-mka.compare/v2``). Version 1 (one validation
+file, untyped ``training``/``evaluation`` dicts, one load sample per phase) is read by :func:`upgrade_v1_run`,
+so comparisons written before stay renderable (``python -m litgpt_mka.compare.report RESULTS_JSON``).
+"""
+
+import dataclasses
+import statistics
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+RUN_SCHEMA = "litgpt-mka.compare.run/v2"
+RESULTS_SCHEMA = "litgpt-mka.compare/v2"
+RUN_SCHEMA_V1 = "litgpt-mka.compare.run/v1"
+RESULTS_SCHEMA_V1 = "litgpt-mka.compare/v1"
+
+# a timed phase counts as busy when the 1-minute load average before or after it exceeds the CPUs the run
+# uses by more than this (see PhaseLoad)
+BUSY_LOAD_MARGIN = 0.5
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------- pieces
+@dataclass(frozen=True)
+class PeakMemory:
+    kind: str  # "cuda_max_allocated" or "cpu_peak_rss"
+    bytes: int
+
+
+@dataclass(frozen=True)
+class PhaseLoad:
+    """The machine's load around one timed phase (training, decode measurement) of a run.
+
+    The phase is **busy** when the 1-minute load average, sampled right before or right after it, exceeds
+    ``threads + BUSY_LOAD_MARGIN``: the run's own ``threads`` CPUs (torch's thread count, at most the CPU
+    count) account for at most ``threads`` of the load, so more means another process was runnable and
+    competed for the CPUs. The load average trails by about a minute, so "before" also covers the minute
+    preceding the phase and "after" the phase's last minute. ``cpu_s / wall_s`` (the process's CPU time
+    over the phase's wall time) is kept as raw evidence; it is not part of the rule.
+    """
+
+    load_1min_before: float | None  # None where the OS has no load average
+    load_1min_after: float | None
+    threads: int
+    cpu_count: int
+    wall_s: float | None = None
+    cpu_s: float | None = None
+
+    @property
+    def threshold(self) -> float:
+        return self.threads + BUSY_LOAD_MARGIN
+
+    @property
+    def busy(self) -> bool | None:
+        """True when another process competed for the CPUs; None when no load was recorded."""
+        loads = [load for load in (self.load_1min_before, self.load_1min_after) if load is not None]
+        return None if not loads else max(loads) > self.threshold
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Versions and machine of a process."""
+
+    python: str
+    torch: str
+    litgpt: str | None
+    litgpt_mka: str | None
+    lightning: str | None
+    platform: str
+    cpu: str
+    cpu_count: int | None
+    torch_threads: int
+    gpus: list[str]
+    cuda: str | None
+
+    def summary(self) -> str:
+        """One line: CPU (count), GPUs, OS, versions."""
+        gpus = ", ".join(self.gpus) if self.gpus else "no GPU"
+        return (
+            f"{self.cpu} ({self.cpu_count} CPUs, {self.torch_threads} torch threads), {gpus}; {self.platform};"
+            f" Python {self.python}, torch {self.torch}, litgpt {self.litgpt}, litgpt-mka {self.litgpt_mka}"
+        )
+
+
+# ------------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainResult:
+    """``train.json``: what the training worker measured around the ``litgpt pretrain`` call."""
+
+    spec_sha256: str
+    precision: str  # as litgpt trained (its default resolved)
+    started: str
+    finished: str
+    wall_time_s: float
+    resumed_from_step: int | None
+    peak_memory: PeakMemory
+    load: PhaseLoad
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Steady-state training tokens/s from litgpt's ``iter_time`` (:func:`litgpt_mka.compare.measure.training_throughput`)."""
+
+    tokens_per_iteration: int
+    timed_iterations: int
+    skipped_iterations_per_process: int
+    tokens_per_s: float | None  # None when no iteration is left to time (see note)
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainLossPoint:
+    iter: int
+    tokens: int
+    loss: float
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class CurvePoint:
+    """The exact validation loss (primary validation text) of one checkpoint."""
+
+    iter: int
+    tokens: int
+    val_loss: float
+    val_tokens: int
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The exact validation loss of the final checkpoint on one validation text."""
+
+    name: str  # the text's file stem: the report's column
+    path: str
+    loss: float  # nats per target token
+    perplexity: float  # exp(loss)
+    tokens: int  # targets scored
+    windows: int
+    max_seq_length: int
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Routing:
+    """MKA/FMKA routing weights of the final checkpoint on the primary validation text.
+
+    ``per_layer[l][i]``: mean lambda of memory ``sources[i]`` in layer ``l`` over ``tokens`` input positions
+    (:func:`litgpt_mka.attention.mka.routing_weights`); each row sums to 1.
+    """
+
+    sources: list[str]
+    per_layer: list[list[float]]
+    tokens: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    validation: list[Validation]  # one per validation text, the primary first
+    curve: list[CurvePoint]  # every checkpoint, by iteration, on the primary text
+    routing: Routing | None  # MKA/FMKA only
+    device: str
+    wall_time_s: float
+    peak_memory: PeakMemory
+    started: str
+
+    @property
+    def primary(self) -> Validation:
+        return self.validation[0]
+
+
+# ------------------------------------------------------------------------------------------ measuring
+@dataclass(frozen=True)
+class Parameters:
+    total: int
+    attention: int  # the block.attn modules of every block
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Bytes ``set_kv_cache`` allocates for batch x context (all layers), and the accounting's figures."""
+
+    dtype: str
+    bytes_per_token: float
+    batch_size: int
+    context_length: int
+    bytes_at_context: int
+    bytes_per_token_formula: float
+    bytes_at_context_formula: int
+    formula_matches: bool
+
+
+@dataclass(frozen=True)
+class Decode:
+    dtype: str
+    device: str
+    batch_size: int
+    context_length: int
+    new_tokens: int
+    tokens_per_s: float
+    load: PhaseLoad
+
+
+@dataclass(frozen=True)
+class MeasureResult:
+    parameters: Parameters
+    kv_cache: KVCache
+    decode: Decode
+    throughput: Throughput
+    train_loss_curve: list[TrainLossPoint]
+
+
+# ----------------------------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class Failure:
+    phase: str  # "train" or "evaluate"
+    returncode: int
+    reason: str
+    error: str  # the last exception line and the reasons after it
+    log: str
+    log_tail: list[str]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """``result.json`` of one run (config x seed); ``status`` says which parts are set.
+
+    ``"ok"``: train, evaluation, measure, environment. ``"failed"``: failure (and train if training finished).
+    ``"pending"``: nothing yet (never written to disk; the report's placeholder).
+    """
+
+    status: str
+    name: str
+    variant: str
+    seed: int
+    config_path: str | None = None
+    config_sha256: str | None = None
+    spec_sha256: str | None = None
+    train: TrainResult | None = None
+    evaluation: EvalResult | None = None
+    measure: MeasureResult | None = None
+    failure: Failure | None = None
+    environment: Environment | None = None
+    finished: str | None = None
+    schema: str = RUN_SCHEMA
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+# ------------------------------------------------------------------------------------------- summary
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (n - 1; None below two values) of `n` values."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float | None]) -> "Stat":
+        """The Stat of the values that are not None."""
+        values = [v for v in values if v is not None]
+        if not values:
+            return cls(None, None, 0)
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Primary validation loss of a variant minus the reference's, with its standard error.
+
+    See :func:`litgpt_mka.compare.summary.difference` for the definition and the verdict rule.
+    """
+
+    reference: str
+    difference: float | None  # variant mean - reference mean (nats/token); None when either has no run
+    se: float | None  # None when either side has fewer than two finished seeds
+    n: int
+    n_reference: int
+    verdict: str  # "better", "worse", "tied within noise", or "SE unknown" / "no runs"
+    sentence: str
+
+
+@dataclass(frozen=True)
+class VariantSummary:
+    """One row of the report: a variant's runs aggregated over seeds (mean ± std of the finished runs).
+
+    A run whose value is missing (e.g. too few iterations to time) is left out of that value's Stat. The
+    timing Stats keep every finished run; ``train_busy`` / ``decode_busy`` say whether any of them was timed
+    while another process competed for the CPUs (:class:`PhaseLoad`), and the report then prints "busy".
+    """
+
+    variant: str
+    runs: int
+    runs_ok: int
+    val_loss: dict[str, Stat]  # by validation text name, the primary first
+    val_ppl: dict[str, Stat]
+    params_total: Stat
+    params_attention: Stat
+    train_tokens: Stat
+    train_tokens_per_s: Stat
+    train_wall_time_s: Stat
+    train_peak_memory_bytes: Stat
+    kv_bytes_per_token: Stat
+    kv_bytes_at_context: Stat
+    decode_tokens_per_s: Stat
+    train_busy: bool
+    decode_busy: bool
+    curve_points: list[int]  # validation-curve points of each finished run
+    routing: list[list[Stat]] | None  # (layer, source) mean ± std over seeds; MKA/FMKA only
+    difference: Difference | None  # None for the reference itself, or without a reference
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How every run is measured (part of its spec)."""
+
+    throughput_skip_iters: int
+    context_length: int
+    decode_batch_size: int
+    decode_new_tokens: int
+    decode_dtype: str
+    eval_batch_size: int
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """``runs/<run>/spec.json``: what defines a run; a rerun with another spec into the same folder is refused."""
+
+    name: str  # "<config stem>-seed<seed>", the run's folder name
+    variant: str  # the config's file stem
+    config_path: str
+    config_sha256: str
+    seed: int
+    pretrain_args: list[str]  # `litgpt pretrain` arguments but --out_dir
+    val_paths: list[str]  # every validation text, the primary (litgpt's data.val_path) first
+    measure: MeasureSettings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run of a comparison shares; paths relative to the directory compare ran in."""
+
+    configs: list[str]
+    seeds: list[int]
+    train_path: str
+    val_paths: list[str]
+    tokenizer_dir: str
+    data_seed: int
+    measure: MeasureSettings
+
+
+@dataclass(frozen=True)
+class Results:
+    """``results.json``: the command, the settings, every run and the summary per variant.
+
+    Paths are relative to the directory compare ran in; the command is as typed.
+    """
+
+    command: str
+    written: str
+    environment: Environment
+    settings: Settings
+    reference: str | None
+    summary: list[VariantSummary]
+    runs: list[RunResult]
+    schema: str = RESULTS_SCHEMA
+
+
+# ----------------------------------------------------------------------------------------------- JSON
+def to_json(record: Any) -> Any:
+    """A record (dataclass, possibly nested) as plain JSON values, fields in declaration order."""
+    return dataclasses.asdict(record) if dataclasses.is_dataclass(record) else record
+
+
+def from_json(cls: type[T], data: Any) -> T:
+    """The inverse of :func:`to_json`: builds `cls` (a dataclass, or a typing form of them) from JSON values.
+
+    Raises:
+        ValueError: a field the type requires is missing, or a value does not fit its type.
+    """
+    return _build(cls, data, cls.__name__ if isinstance(cls, type) else str(cls))
+
+
+def _build(kind: Any, data: Any, where: str) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if data is None:
+            if type(None) in args:
+                return None
+            raise ValueError(f"{where}=None does not fit {kind}")
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _build(option, data, where)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(f"{where}={data!r} fits none of {options}: {'; '.join(errors)}")
+    if origin is list:
+        if not isinstance(data, list):
+            raise ValueError(f"{where}={data!r} is not a list")
+        return [_build(args[0] if args else Any, item, f"{where}[{i}]") for i, item in enumerate(data)]
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}={data!r} is not a mapping")
+        return {k: _build(args[1] if args else Any, v, f"{where}[{k!r}]") for k, v in data.items()}
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}={data!r} is not a mapping for {kind.__name__}")
+        hints = typing.get_type_hints(kind)
+        values = {}
+        for f in dataclasses.fields(kind):
+            if f.name in data:
+                values[f.name] = _build(hints[f.name], data[f.name], f"{where}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{where}.{f.name} is missing ({kind.__name__} requires it)")
+        return kind(**values)
+    if kind is float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise ValueError(f"{where}={data!r} is not a number")
+        return float(data)
+    if kind in (int, str, bool):
+        if not isinstance(data, kind) or (kind is int and isinstance(data, bool)):
+            raise ValueError(f"{where}={data!r} is not a {kind.__name__}")
+        return data
+    return data  # Any
+
+
+# ---------------------------------------------------------------------------------- schema version 1
+def upgrade_v1_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 ``result.json`` (or ``results.json`` run) in the version-2 JSON form.
+
+    Version 1 sampled the load once, at the end of training and at the end of evaluation (which ends with
+    the decode measurement): they become the ``load_1min_after`` of the two phases, with the run's torch
+    thread count as its CPUs.
+    """
+    if run["status"] != "ok":
+        identity = {k: run.get(k) for k in ("status", "name", "variant", "seed", "config_path", "config_sha256",
+                                             "spec_sha256", "finished")}
+        if run.get("status") == "failed":
+            identity["failure"] = {k: run[k] for k in ("phase", "returncode", "reason", "error", "log", "log_tail")}
+        return {**identity, "schema": RUN_SCHEMA}
+    env, training, evaluation, validation = run["environment"], run["training"], run["evaluation"], run["validation"]
+    threads, cpus = min(env["torch_threads"], env["cpu_count"] or env["torch_threads"]), env["cpu_count"] or 1
+
+    def load(after: float | None) -> dict[str, Any]:
+        return {"load_1min_before": None, "load_1min_after": after, "threads": threads, "cpu_count": cpus}
+
+    val_path = validation["val_path"]
+    stem = val_path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return {
+        "schema": RUN_SCHEMA,
+        "status": "ok",
+        **{k: run[k] for k in ("name", "variant", "seed", "config_path", "config_sha256", "spec_sha256", "finished")},
+        "train": {
+            "spec_sha256": run["spec_sha256"], "precision": training["precision"], "started": run["train_started"],
+            "finished": run["evaluation_started"], "wall_time_s": training["wall_time_s"],
+            "resumed_from_step": training["resumed_from_step"], "peak_memory": training["peak_memory"],
+            "load": {**load(training["load_average_1min"]), "wall_s": training["wall_time_s"]},
+        },
+        "evaluation": {
+            "validation": [{"name": stem, "path": val_path, **{k: validation[k] for k in (
+                "loss", "perplexity", "tokens", "windows", "max_seq_length", "dtype")}}],
+            "curve": run["curve"], "routing": None, "device": evaluation["device"],
+            "wall_time_s": evaluation["wall_time_s"], "peak_memory": evaluation["peak_memory"],
+            "started": run["evaluation_started"],
+        },
+        "measure": {
+            "parameters": run["parameters"], "kv_cache": run["kv_cache"],
+            "decode": {**run["decode"], "load": load(evaluation["load_average_1min"])},
+            "throughput": {k: training.get(k) for k in ("tokens_per_iteration", "timed_iterations",
+                                                         "skipped_iterations_per_process", "tokens_per_s", "note")},
+            "train_loss_curve": run["train_loss_curve"],
+        },
+        "environment": env,
+    }
+
+
+def read_run(data: dict[str, Any]) -> RunResult:
+    """A run record of either schema version."""
+    if data.get("schema", RUN_SCHEMA_V1) == RUN_SCHEMA_V1:
+        data = upgrade_v1_run(data)
+    return from_json(RunResult, data)
