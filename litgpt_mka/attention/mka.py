@@ -126,6 +126,7 @@ import torch.nn.functional as F
 from litgpt.config import Config
 from litgpt.model import CausalSelfAttention
 
+from litgpt_mka.attention.grouped import attention_scale, grouped_attention
 from litgpt_mka.attention.kv_cache import KVCacheBase, causal_mask, reads_positions, write_positions
 from litgpt_mka.attention.variant import CachedAttention, check_keys, positive_int, rope_function
 
@@ -505,14 +506,20 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         return t.view(self.config.n_query_groups, -1).repeat_interleave(q_per_kv, dim=0)  # (nh_kv, hs) -> (nh_q, hs)
 
     def _attend(self, q, k, v, mask, input_pos) -> torch.Tensor:
-        """litgpt's GQA head balancing + SDPA: q (B, nh_q, T, hs), k/v (B, nh_kv, S, hs) -> (B, T, nh_q, hs)."""
-        n_head, n_query_groups = self.config.n_head, self.config.n_query_groups
-        # equal q/k/v widths in training (FlashAttention needs them); MQA decoding broadcasts instead
-        if n_query_groups != n_head and (input_pos is None or n_query_groups != 1):
-            q_per_kv = n_head // n_query_groups
-            k = k.repeat_interleave(q_per_kv, dim=1)  # (B, nh_kv, S, hs) -> (B, nh_q, S, hs)
-            v = v.repeat_interleave(q_per_kv, dim=1)  # (B, nh_kv, S, hs) -> (B, nh_q, S, hs)
-        return self.scaled_dot_product_attention(q, k, v, mask)  # (B, T, nh_q, hs)
+        """``grouped_attention`` (grouped.py): q (B, nh_q, T, hs), k/v (B, nh_kv, S, hs) -> (B, T, nh_q, hs).
+
+        Training (no cache, no mask) is causal with the heads repeated (FlashAttention); a cached chunk runs the
+        query heads of a group as query rows against their one key/value head, never repeating the cache.
+        """
+        return grouped_attention(
+            q,
+            k,
+            v,
+            scale=attention_scale(self.config, self.mscale),
+            mask=mask,
+            is_causal=input_pos is None and mask is None,
+            softcapping=self.config.attention_logit_softcapping,
+        )  # (B, T, nh_q, hs)
 
 
 # ---------------------------------------------------------------------------------------- inspection

@@ -45,6 +45,8 @@ VARIANTS: dict[str, Variant] = {
     for variant in (
         # litgpt's own classes: MHA, GQA and MQA through `n_query_groups`; the stock MLA (expanded cache)
         Variant("CausalSelfAttention", "litgpt_mka.attention.litgpt_classes:LitgptCausalSelfAttention"),
+        # litgpt's parameters and cache, decoding without repeating the cache per query head (grouped.py)
+        Variant("GroupedQueryAttention", "litgpt_mka.attention.grouped:GroupedQueryAttention"),
         Variant(
             "LitgptMultiheadLatentAttention",
             "litgpt_mka.attention.litgpt_classes:LitgptMultiheadLatentAttention",

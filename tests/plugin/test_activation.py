@@ -30,7 +30,7 @@ def test_stock_litgpt_command_knows_our_fields(subprocess_env):
         env=subprocess_env, capture_output=True, text=True, cwd=PROJECT_ROOT,
     )
     assert result.returncode == 0, result.stderr
-    assert "attention_class_name: CausalSelfAttention" in result.stdout
+    assert "attention_class_name: GroupedQueryAttention" in result.stdout
 
 
 def test_disabled_plugin_leaves_litgpt_rejecting_our_keys(subprocess_env):

@@ -65,7 +65,13 @@ def test_invalid_values_raise_value_errors_naming_field_and_value(overrides, mes
 def test_every_hub_config_parses_builds_and_runs_forward(path):
     config = model_config_from_yaml(path)
     assert config.name == path.stem
-    expected_class = {"mla": "MultiheadLatentAttention", "mka": "MemorizedKeyAttention", "fmka": "MemorizedKeyAttention"}
+    expected_class = {
+        "gqa": "GroupedQueryAttention",
+        "mqa": "GroupedQueryAttention",
+        "mla": "MultiheadLatentAttention",
+        "mka": "MemorizedKeyAttention",
+        "fmka": "MemorizedKeyAttention",
+    }
     assert config.attention_class_name == expected_class.get(path.stem.split("-")[-1], "CausalSelfAttention")
     torch.manual_seed(0)
     model = GPT(config).eval()

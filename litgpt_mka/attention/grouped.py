@@ -1,0 +1,235 @@
+"""Grouped-query attention (GQA, MQA) whose cached decoding reads each key/value head once, never repeated.
+
+Notation (example sizes: ``config_hub/pretrain/pythia-70m-gqa.yaml``; MQA: ``pythia-70m-mqa.yaml``)
+
+====  ==================================================  ============
+B     batch size
+T     query positions in this call (chunk length)
+S     key positions attended to (cache length, ``input_pos_maxp1`` when given)
+C     model width, ``n_embd``                             512
+nh_q  query heads, ``n_head``                             8
+nh_kv key/value heads, ``n_query_groups``                 2 (MQA: 1)
+g     query heads per key/value head, ``nh_q / nh_kv``    4 (MQA: 8)
+hs    head size                                           64
+====  ==================================================  ============
+
+Weights (litgpt's ``CausalSelfAttention``, same names and shapes, so checkpoints load both ways)
+
+============  ========================  ==============================================================
+``qkv``       ((nh_q + 2 nh_kv) hs, C)  ``[W_Q ; W_K ; W_V]``, fused, and its bias
+``proj``      W_O (C, nh_q hs)          output projection
+``norm_q/k``  optional                  litgpt's ``norm_qk`` (both of its types)
+============  ========================  ==============================================================
+
+Equations, per layer, for ``x`` (B, T, C); query head ``h`` belongs to group ``j = h // g`` (litgpt's
+order: ``repeat_interleave`` of the key/value heads)::
+
+    [q ; k ; v] = qkv(x)                                   (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
+    q, k = RoPE(q), RoPE(k)                                on the first ``rope_n_elem`` features
+    o_h = softmax(scale q_h K_j^T + mask) V_j              (B, T, hs) per head; K_j, V_j (B, S, hs)
+    y = W_O [o_1 ; ... ; o_nh_q]                           (B, T, C)
+    scale = mscale^2 / sqrt(attention_scores_scalar or hs)             (litgpt's)
+
+Grouped evaluation (:func:`grouped_attention`): the g query heads of a group are stacked as g T query
+rows against their one key/value head, so every head's keys and values are read once per step and
+never copied::
+
+    Q_j = [q_jg ; q_jg+1 ; ... ; q_jg+g-1]                (B, g T, hs)  "bhtd" -> "bj(gt)d", a reshape
+    O_j = softmax(scale Q_j K_j^T + [mask ; ... ; mask]) V_j   (B, g T, hs): one SDPA call, nh_kv heads
+    [o_jg ; ... ; o_jg+g-1] = O_j                          (B, g, T, hs)
+
+The mask of the T queries is tiled g times (a broadcast view when T = 1). litgpt instead
+``repeat_interleave``s K and V to nh_q heads on every step (g copies of the whole cache; MQA broadcasts
+and falls to a slow kernel). The rows cannot share one causal diagonal, so training (no cache, T == S,
+``is_causal``) keeps litgpt's repeated heads, which is what lets PyTorch's FlashAttention kernel run.
+A decode step whose one query sits at the last cached position (T = 1, ``input_pos`` (1,) and
+``input_pos_maxp1`` given, as in ``litgpt generate``) sees every cached position and runs without a
+mask (:func:`attends_to_whole_cache`).
+
+Cache: litgpt's ``KVCache``, per layer::
+
+    k  (B, nh_kv, S, hs)   keys after RoPE
+    v  (B, nh_kv, S, hs)
+
+    bytes per token per layer = 2 nh_kv hs x dtype size    70m fp32: GQA 2 x 2 x 64 x 4 = 1024, MQA 512
+    (MHA: 2 nh_q hs = 4096)
+
+``attention_logit_softcapping`` is supported (explicit softmax over the same query rows);
+``sliding_window_size`` is refused by :meth:`GroupedQueryAttention.validate_config` (litgpt's ring
+buffer and its mask slicing are not reproduced here).
+"""
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from litgpt.model import CausalSelfAttention, KVCache, do_softcapping
+
+from litgpt_mka.attention.kv_cache import causal_mask, require_cache
+from litgpt_mka.attention.variant import AttentionVariant, rope_function
+
+
+def attention_scale(config: Any, mscale: float) -> float:
+    """litgpt's softmax scale: ``mscale^2 / sqrt(attention_scores_scalar or head_size)``."""
+    return mscale * mscale / math.sqrt(config.attention_scores_scalar or config.head_size)
+
+
+def attends_to_whole_cache(T: int, input_pos: torch.Tensor, input_pos_maxp1: int | None) -> bool:
+    """Whether a cached chunk's queries see every one of the ``input_pos_maxp1`` positions the cache returns.
+
+    True for one query (T = 1) at a position shared by the batch (``input_pos`` of shape (1,)) when
+    ``input_pos_maxp1`` is given: by litgpt's contract it is ``max(input_pos) + 1``, so the query sits at
+    the last returned position and the causal mask has no False entry. Decided from shapes alone (no
+    read of ``input_pos``, so no host-device synchronisation).
+    """
+    return T == 1 and input_pos.dim() == 1 and input_pos_maxp1 is not None
+
+
+def grouped_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    softcapping: float | None = None,
+) -> torch.Tensor:
+    """Attention of nh_q query heads over nh_kv shared key/value heads, without repeating k or v.
+
+    Args:
+        q: (B, nh_q, T, hs) queries; head h uses key/value head h // (nh_q / nh_kv).
+        k, v: (B, nh_kv, S, hs) keys and values (nh_kv divides nh_q).
+        scale: the softmax scale.
+        mask: boolean (1 or B, 1, T, S), True where a query sees a key; None: see `is_causal`.
+        is_causal: with ``mask=None``, causal attention of a chunk over itself (T == S; training);
+            otherwise ``mask=None`` lets every query see every key.
+        softcapping: litgpt's ``attention_logit_softcapping`` (explicit softmax in float32), or None.
+
+    Returns:
+        (B, T, nh_q, hs), the layout of litgpt's ``CausalSelfAttention.scaled_dot_product_attention``.
+
+    Raises:
+        ValueError: nh_kv does not divide nh_q, or a mask together with ``is_causal``.
+    """
+    B, nh_q, T, hs = q.shape
+    nh_kv = k.size(1)
+    if nh_q % nh_kv:
+        raise ValueError(f"key/value heads ({nh_kv}) must divide query heads ({nh_q})")
+    if is_causal and mask is not None:
+        raise ValueError("pass either a mask or is_causal=True, not both")
+    g = nh_q // nh_kv
+    if is_causal:
+        # one causal diagonal per head: repeat k, v to nh_q heads (litgpt's way; FlashAttention runs)
+        if g > 1:
+            k = k.repeat_interleave(g, dim=1)  # (B, nh_kv, T, hs) -> (B, nh_q, T, hs)
+            v = v.repeat_interleave(g, dim=1)  # (B, nh_kv, T, hs) -> (B, nh_q, T, hs)
+        y = _attention(q, k, v, scale, None, True, softcapping)  # (B, nh_q, T, hs)
+        return y.transpose(1, 2)  # (B, T, nh_q, hs)
+    q = q.reshape(B, nh_kv, g * T, hs)  # (B, nh_q, T, hs) -> (B, nh_kv, g T, hs): a group's heads as query rows
+    if mask is not None and g > 1:
+        mb, _, _, S = mask.shape
+        mask = mask.unsqueeze(2).expand(mb, 1, g, T, S)  # (mb, 1, T, S) -> (mb, 1, g, T, S)
+        mask = mask.reshape(mb, 1, g * T, S)  # (mb, 1, g T, S): a view when T == 1
+    y = _attention(q, k, v, scale, mask, False, softcapping)  # (B, nh_kv, g T, hs)
+    return y.reshape(B, nh_q, T, hs).transpose(1, 2)  # (B, nh_kv, g T, hs) -> (B, nh_q, T, hs) -> (B, T, nh_q, hs)
+
+
+def _attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    softcapping: float | None,
+) -> torch.Tensor:
+    """SDPA over equal head counts (B, n, R, hs) x (B, n, S, hs) -> (B, n, R, hs); explicit under softcapping."""
+    if softcapping is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=is_causal)
+    scores = do_softcapping(q @ k.mT * scale, softcapping)  # (B, n, R, S)
+    if is_causal:
+        R, S = scores.shape[-2:]
+        mask = torch.ones(R, S, dtype=torch.bool, device=q.device).tril()  # (R, S), R == S
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype) @ v  # (B, n, R, hs)
+
+
+class GroupedQueryAttention(AttentionVariant, CausalSelfAttention):
+    """litgpt's ``CausalSelfAttention`` (MHA, GQA, MQA) with grouped cached decoding; see the module docstring.
+
+    Same parameters, same cache (litgpt's ``KVCache``), same training forward; the cached path runs
+    :func:`grouped_attention` instead of repeating the cache to every query head.
+    """
+
+    def __init__(self, config: Any, block_idx: int) -> None:
+        super().__init__(config, block_idx)
+        self.scale = attention_scale(config, self.mscale)
+
+    @classmethod
+    def validate_config(cls, config: Any) -> None:
+        """Raises ValueError for litgpt options this module does not implement (``sliding_window_size``)."""
+        if config.sliding_window_size is not None:
+            raise ValueError(
+                f"sliding_window_size={config.sliding_window_size} is not supported with"
+                " attention_class_name='GroupedQueryAttention' (litgpt's ring-buffer cache is not reproduced);"
+                " set sliding_window_size: null, or use attention_class_name: CausalSelfAttention"
+            )
+
+    @classmethod
+    def kv_cache_elements_per_token(cls, config: Any) -> int:
+        """litgpt's cache: keys and values of the nh_kv heads, ``2 nh_kv hs``."""
+        return 2 * config.n_query_groups * config.head_size
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        input_pos_maxp1: int | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self._project(x, cos, sin)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
+        if input_pos is not None:
+            k, v = require_cache(self, KVCache)(input_pos, k, v)  # 2x (B, nh_kv, max_seq_length, hs)
+            k, v = k[:, :, :input_pos_maxp1], v[:, :, :input_pos_maxp1]  # 2x (B, nh_kv, S, hs)
+            if attends_to_whole_cache(T, input_pos, input_pos_maxp1):
+                mask = None
+            elif mask is None:
+                mask = causal_mask(input_pos, k.size(2))  # (1 or B, 1, T, S)
+        y = grouped_attention(
+            q,
+            k,
+            v,
+            scale=self.scale,
+            mask=mask,
+            is_causal=input_pos is None and mask is None,
+            softcapping=self.config.attention_logit_softcapping,
+        )  # (B, T, nh_q, hs)
+        return self.proj(y.reshape(B, T, -1))  # (B, T, nh_q hs) -> (B, T, C)
+
+    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """litgpt's projections, ``norm_qk`` and RoPE: q (B, nh_q, T, hs), k, v (B, nh_kv, T, hs)."""
+        B, T, _ = x.shape
+        c = self.config
+        q, k, v = self.qkv(x).split(
+            (c.n_head * c.head_size, c.n_query_groups * c.head_size, c.n_query_groups * c.head_size), dim=-1
+        )  # (B, T, (nh_q + 2 nh_kv) hs) -> (B, T, nh_q hs), 2x (B, T, nh_kv hs)
+        if c.norm_qk and c.norm_qk_type == "olmo2":
+            q, k = self.norm_q(q), self.norm_k(k)
+        q = q.view(B, T, c.n_head, c.head_size).transpose(1, 2)  # (B, T, nh_q, hs) -> (B, nh_q, T, hs)
+        k = k.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)  # (B, T, nh_kv, hs) -> (B, nh_kv, T, hs)
+        v = v.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)  # (B, T, nh_kv, hs) -> (B, nh_kv, T, hs)
+        if c.norm_qk and c.norm_qk_type == "default":
+            q, k = self.norm_q(q), self.norm_k(k)
+        rope, n = rope_function(c), c.rope_n_elem
+        q = torch.cat((rope(q[..., :n], cos, sin), q[..., n:]), dim=-1)  # (B, nh_q, T, hs)
+        k = torch.cat((rope(k[..., :n], cos, sin), k[..., n:]), dim=-1)  # (B, nh_kv, T, hs)
+        return q, k, v
+
+
+__all__ = ["GroupedQueryAttention", "attends_to_whole_cache", "attention_scale", "grouped_attention"]
