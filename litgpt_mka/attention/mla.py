@@ -301,30 +301,37 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
         q_rope: torch.Tensor,
         latent: torch.Tensor,
         k_rope: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """MQA over the cache itself: shared key [c ; k_r] (L+R), shared value c (L).
 
         Without softcapping, the latent part runs in SDPA (q, k and v all L wide, so the flash kernel is
         eligible and the latent is read once for scores and values) and the RoPE part enters as an
         additive bias, together with the mask: scale (q_lat c^T + q_rope k_r^T) = scale q_lat c^T + bias.
+        The bias is computed directly in the (B, nh T, S) layout SDPA reads, with the scale folded into the
+        nh T R query numbers rather than the nh T S scores, and masked in place; ``mask=None`` means every
+        cached position is visible (nothing to fill).
         """
         w = self._absorbed_weights()
         B, nh, T, _ = q_nope.shape
         S, L = latent.shape[1:]
         q_lat = torch.einsum("bhtp,hpl->bhtl", q_nope, w.w_uk)  # (B, nh, T, L)
-        rope_scores = torch.einsum("bhtr,bsr->bhts", q_rope, k_rope) * self.scale  # (B, nh, T, S)
         if self.config.attention_logit_softcapping is None:
-            bias = rope_scores.masked_fill(~mask, float("-inf"))  # (B, nh, T, S)
-            bias = bias.reshape(B, 1, nh * T, S)  # (B, nh, T, S) -> (B, 1, nh T, S): heads as query rows
+            q_rope = (q_rope * self.scale).reshape(B, nh * T, -1)  # (B, nh, T, R) -> (B, nh T, R): heads as rows
+            bias = torch.bmm(q_rope, k_rope.mT)  # (B, nh T, R) @ (B, R, S) -> (B, nh T, S), contiguous
+            if mask is not None:
+                bias.view(B, nh, T, S).masked_fill_(~mask, float("-inf"))  # mask (1 or B, 1, T, S)
             latent = latent.unsqueeze(1)  # (B, S, L) -> (B, 1, S, L): one key/value head shared by all heads
             o_lat = F.scaled_dot_product_attention(
-                q_lat.reshape(B, 1, nh * T, L), latent, latent, attn_mask=bias, scale=self.scale
+                q_lat.reshape(B, 1, nh * T, L), latent, latent, attn_mask=bias.unsqueeze(1), scale=self.scale
             ).reshape(B, nh, T, L)  # (B, 1, nh T, L) -> (B, nh, T, L)
         else:
+            rope_scores = torch.einsum("bhtr,bsr->bhts", q_rope, k_rope) * self.scale  # (B, nh, T, S)
             scores = torch.einsum("bhtl,bsl->bhts", q_lat, latent) * self.scale + rope_scores  # (B, nh, T, S)
             if w.b_k is not None:  # softcapping is not shift-invariant: keep q_nope . b_K
                 scores = scores + torch.einsum("bhtp,hp->bht", q_nope, w.b_k).unsqueeze(-1) * self.scale
+            if mask is None:
+                mask = torch.ones(1, 1, T, S, dtype=torch.bool, device=scores.device)  # every position visible
             o_lat = torch.einsum("bhts,bsl->bhtl", self._attention_weights(scores, mask), latent)  # (B, nh, T, L)
         o = torch.einsum("bhtl,hvl->bhtv", o_lat, w.w_uv)  # (B, nh, T, V)
         return o if w.b_v is None else o + w.b_v.unsqueeze(1)  # b_V: (nh, V) -> (nh, 1, V)

@@ -424,3 +424,20 @@ def test_litgpt_generate_greedy_same_tokens_with_and_without_plugin(tmp_path):
     # litgpt logs the config: only the plugin's has our field (and resolved the latent config to our class)
     assert "'attention_class_name': 'MultiheadLatentAttention'" in plugin.stderr
     assert "attention_class_name" not in stock.stderr
+
+
+@pytest.mark.parametrize("softcapping", [None, 2.0], ids=["sdpa", "softcapping"])
+def test_absorbed_step_without_mask_sees_every_cached_position(softcapping):
+    """``_absorbed_attention(..., mask=None)`` (a step at the last cached position) equals the masked call and the
+    expanded path, for one query and for a batch of queries each seeing every position."""
+    attn = tiny_gpt(tiny_config(attention_logit_softcapping=softcapping)).transformer.h[0].attn
+    generator = torch.Generator().manual_seed(5)
+    B, nh, S = 2, 4, 9
+    for T in (1, 3):
+        q_nope, q_rope = torch.randn(B, nh, T, 8, generator=generator), torch.randn(B, nh, T, 8, generator=generator)
+        latent, k_rope = torch.randn(B, S, 32, generator=generator), torch.randn(B, S, 8, generator=generator)
+        every = torch.ones(1, 1, T, S, dtype=torch.bool)
+        with torch.no_grad():
+            unmasked = attn._absorbed_attention(q_nope, q_rope, latent, k_rope, None)
+            torch.testing.assert_close(unmasked, attn._absorbed_attention(q_nope, q_rope, latent, k_rope, every), **TOL)
+            torch.testing.assert_close(unmasked, attn._expanded_attention(q_nope, q_rope, latent, k_rope, every), **TOL)
