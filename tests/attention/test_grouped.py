@@ -23,7 +23,8 @@ from litgpt.generate.base import generate
 from litgpt.model import GPT, CausalSelfAttention
 
 from litgpt_mka.attention.grouped import GroupedQueryAttention, attends_to_whole_cache, grouped_attention
-from litgpt_mka.measure.kv_cache_size import allocated_kv_cache_bytes, build_gpt, kv_cache_bytes_per_token
+from litgpt_mka.attention.registry import build_gpt
+from litgpt_mka.measure.kv_cache_size import allocated_kv_cache_bytes, kv_cache_bytes_per_token
 from tests.helpers import (
     assert_cached_decode_matches_full_forward,
     assert_chunked_prefill_matches_single_prefill,

@@ -21,6 +21,8 @@ CASES = {
     "mha": ({}, 2 * 4 * 16),
     "gqa": ({}, 2 * 2 * 16),
     "mqa": ({}, 2 * 1 * 16),
+    "gqa-grouped": ({"attention_class_name": "GroupedQueryAttention"}, 2 * 2 * 16),
+    "mqa-grouped": ({"attention_class_name": "GroupedQueryAttention"}, 2 * 1 * 16),
     "mha-full-rotary": ({"rotary_percentage": 1.0}, 2 * 4 * 16),
     "mla": ({}, 32 + 8),
     "stock-mla": ({"attention_class_name": STOCK_MLA}, 4 * (8 + 8 + 16)),

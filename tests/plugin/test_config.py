@@ -40,7 +40,7 @@ def test_model_config_yaml_round_trips(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (dict(attention_class_name="FlashAttention"), r"attention_class_name='FlashAttention' is not a known attention class; choose one of \['CausalSelfAttention', 'LitgptMultiheadLatentAttention', 'MemorizedKeyAttention', 'MultiheadLatentAttention'\]"),
+        (dict(attention_class_name="FlashAttention"), r"attention_class_name='FlashAttention' is not a known attention class; choose one of \['CausalSelfAttention', 'GroupedQueryAttention', 'LitgptMultiheadLatentAttention', 'MemorizedKeyAttention', 'MultiheadLatentAttention'\]"),
         (dict(n_query_groups=3), r"n_head=4 must be divisible by n_query_groups=3 \(1 = MQA, n_head = MHA"),
         (dict(n_query_groups=0), r"n_query_groups=0 must be a positive integer"),
         (dict(n_head=0), r"n_head=0 must be a positive integer"),
