@@ -1,48 +1,115 @@
-"""Decode benchmark: KV-cache size and cached greedy decode speed of every attention variant.
+"""Decode benchmark: cached greedy decode speed of every attention variant, against its own bound.
 
-    python benchmarks/decode.py                   # pythia-70m shape, fp32, CUDA if present else CPU
-    python benchmarks/decode.py --size 14m --contexts 128 256 --new-tokens 8
+    python benchmarks/decode.py                                   # pythia-70m shape, fp32, CUDA if present
+    python benchmarks/decode.py --threads 2 --out docs/decode-70m-cpu.md
+    python benchmarks/decode.py --device cuda --dtype bfloat16 --out decode-70m-cuda-bf16.md
+    python benchmarks/decode.py --size 14m --rounds 1 --contexts 256 --batch-sizes 1 --cache-dominated none
 
-Variants at one Pythia size, from config_hub/pretrain/pythia-{size}-*.yaml: MHA, GQA, MQA (litgpt's
-CausalSelfAttention), litgpt's stock MultiheadLatentAttention (expanded per-head cache) and ours
-(litgpt_mka.attention.mla: latent cache, absorbed decode). The two MLA rows run the same weights. Weights are
-random (speed does not depend on them); ``block_size`` is raised to fit the largest context plus the
-decoded tokens (Pythia has no learned positions). Prints a markdown table; stock litgpt's own
-``print`` warnings go to stderr.
+Rows: every preset of the size (``config_hub/pretrain/pythia-{size}-*.yaml``: MHA, GQA, MQA, MLA, MKA,
+FMKA) and, where our class has a litgpt counterpart, litgpt's class on the same weights: GQA and MQA
+with litgpt's ``CausalSelfAttention`` and with ours (``GroupedQueryAttention``), MLA with litgpt's
+``MultiheadLatentAttention`` (expanded per-head cache) and with ours (latent cache, absorbed decode).
+Weights and prompts are random (speed does not depend on them); ``block_size`` is raised to fit the
+longest context (Pythia has no learned positions).
+
+Settings: every ``--batch-sizes`` x ``--contexts`` pair, plus a cache-dominated one
+(``--cache-dominated``, default batch 16 at context 4096, where the cache bytes read per step outweigh
+the weights), plus a tiny context per batch size for the weights term (below).
+
+Protocol. Each (variant, setting) gets its own KV cache, filled by prefilling one random row of
+``context - rounds k / 2`` tokens (k = warm-up + timed steps per visit) and copying that row to the other
+batch rows (the values do not change the work; prefilling every row would cost 16x more). Then
+``--rounds`` interleaved rounds: in each round every setting and every variant is visited once, in
+turn, and a visit decodes k more tokens greedily from where the previous visit of that cache stopped
+(no position is ever rewritten, which MKA's bounded ring of running sums requires), timing the last
+``--new-tokens`` steps; the visit's sample is its median step time. The rounds' visits together decode
+the positions ``context - rounds k / 2 .. context + rounds k / 2``, centred on the context. Reported per
+row: tokens/s = batch / step time, median over the rounds and min-max (a wide range says the machine
+was disturbed), and the ratio of medians to MHA's.
+
+Predicted step time: ``weights + batch x context x B_tok / bandwidth``. ``weights`` is the variant's
+own step time at the tiny context (the first rounds x k positions, no prefill) less the same bytes
+term at that context: projections, MLP, output head and per-step overheads. ``B_tok`` is the variant's
+KV-cache bytes per token (all layers; ``litgpt_mka.measure.kv_cache_size``), i.e. what reading the
+whole cache once per step costs; ``bandwidth`` is measured in the same run by timing a large tensor
+copy (STREAM convention: bytes read + written per second). A row far above its prediction moves more
+data than its cache (litgpt's GQA/MQA repeat the cache per query head) or computes more than it reads.
+
+Publishability: the 1-minute load average is printed before and after; the table is marked NOT
+PUBLISHABLE when other processes kept the machine busy (load above 0.5 per core before the run, or
+after it once this process's own threads are subtracted) or when fewer than 5 rounds ran.
+
+Cost: the default grid (70m, fp32, 9 rows x 9 settings, 5 rounds) takes roughly 15-25 minutes on an
+idle 2-core CPU and needs about 11 GiB of memory at the batch 16 x 4096 setting (printed before
+measuring); a GPU takes a minute or two.
 """
 
 import argparse
 import contextlib
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from litgpt.config import Config
+from litgpt.model import GPT, build_mask_cache
 
-from litgpt_mka.measure.kv_cache_size import (
-    allocated_kv_cache_bytes,
-    build_gpt,
-    kv_cache_bytes_per_token,
-    kv_cache_elements_per_token,
-    stock_mla_class,
-)
-from litgpt_mka.measure.decode_speed import prefill_random_prompt, time_decode_steps
+import litgpt_mka  # noqa: F401  (activates the plugin)
+from litgpt_mka.measure.decode_speed import time_decode_steps
+from litgpt_mka.measure.kv_cache_size import kv_cache_bytes, kv_cache_bytes_per_token
+from litgpt_mka.presets import load_pretrain_yaml
 
-PRESETS = Path(__file__).resolve().parents[1] / "config_hub" / "pretrain"
-# (row label, preset suffix, use litgpt's stock MLA class)
-VARIANTS = (
-    ("MHA", "mha", False),
-    ("GQA", "gqa", False),
-    ("MQA", "mqa", False),
-    ("MLA, stock litgpt (expanded cache)", "mla", True),
-    ("MLA, ours (latent cache, absorbed)", "mla", False),
-)
+CONFIG_HUB = Path(__file__).resolve().parents[1] / "config_hub" / "pretrain"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PRESET_ORDER = ("mha", "gqa", "mqa", "mla", "mka", "fmka")  # others follow, alphabetically
+# our class -> litgpt's class for the same config and weights (a second row)
+LITGPT_COUNTERPART = {
+    "GroupedQueryAttention": "CausalSelfAttention",
+    "MultiheadLatentAttention": "LitgptMultiheadLatentAttention",
+}
+BUSY_LOAD_PER_CORE = 0.5
+MIN_PUBLISHABLE_ROUNDS = 5
+
+
+# ------------------------------------------------------------------------------------------------ setup
+@dataclass
+class Row:
+    """One table row: a preset, possibly with litgpt's class in place of ours."""
+
+    key: str  # e.g. "gqa", "gqa-litgpt"
+    label: str
+    config: Config
+    model: GPT | None = None
+
+
+@dataclass
+class Setting:
+    """A batch size and a nominal context; `prefill` tokens are cached before the first visit."""
+
+    batch: int
+    context: int
+    prefill: int
+    length: int  # cache positions allocated
+    tiny: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"b={self.batch} ctx={self.context}" + (" (tiny)" if self.tiny else "")
+
+
+@dataclass
+class Visit:
+    """The KV caches of one (row, setting) and the next position to decode."""
+
+    caches: list
+    position: int
+    token: torch.Tensor
+    samples: list[float] = field(default_factory=list)  # median step seconds per round
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,126 +117,185 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--size", choices=("14m", "70m", "160m"), default="70m", help="Pythia size (default: 70m)")
-    parser.add_argument("--contexts", type=int, nargs="+", default=[256, 1024, 2048], help="prompt lengths")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[256, 1024, 2048], help="tokens in the cache")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--new-tokens", type=int, default=16, help="timed decode steps per context (default: 16)")
-    parser.add_argument("--warmup-tokens", type=int, default=2, help="untimed decode steps before timing")
     parser.add_argument(
-        "--rounds", type=int, default=5, help="interleaved timing rounds; the fastest is kept (default: 5)"
+        "--cache-dominated", default="16x4096", help="one more BATCHxCONTEXT setting, or 'none' (default: 16x4096)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help=f"interleaved rounds (default: 5; < {MIN_PUBLISHABLE_ROUNDS} is marked)"
+    )
+    parser.add_argument("--new-tokens", type=int, default=16, help="timed decode steps per visit (default: 16)")
+    parser.add_argument("--warmup-tokens", type=int, default=2, help="untimed decode steps per visit (default: 2)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, ...")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
-
-
-def preset_config(size: str, suffix: str, block_size: int) -> Config:
-    model_config = yaml.safe_load((PRESETS / f"pythia-{size}-{suffix}.yaml").read_text())["model_config"]
-    return Config(**{**model_config, "block_size": block_size})
-
-
-def build_variants(
-    args: argparse.Namespace, device: torch.device, dtype: torch.dtype
-) -> list[tuple[str, Config, type, torch.nn.Module]]:
-    block_size = max(args.contexts) + args.warmup_tokens + args.new_tokens
-    variants, mla_weights = [], None
-    for label, suffix, stock in VARIANTS:
-        config = preset_config(args.size, suffix, block_size)
-        attention_class = stock_mla_class() if stock else config.attention_class
-        torch.manual_seed(args.seed)
-        with torch.device(device):
-            model = build_gpt(config, attention_class).to(dtype)
-        if suffix == "mla":  # both MLA rows run one set of weights
-            if mla_weights is None:
-                mla_weights = model.state_dict()
-            else:
-                model.load_state_dict(mla_weights)
-        variants.append((label, config, attention_class, model))
-    return variants
-
-
-def checked_cache_bytes(
-    model: torch.nn.Module, config: Config, attention_class: type, context: int, dtype: torch.dtype
-) -> int:
-    """Bytes of one sequence's cache at `context`, as allocated by set_kv_cache (checked against the formula)."""
-    device = next(model.parameters()).device
-    model.set_kv_cache(batch_size=1, max_seq_length=context, device=device, dtype=dtype)
-    allocated = allocated_kv_cache_bytes(model)
-    model.clear_kv_cache()
-    expected = context * kv_cache_bytes_per_token(config, dtype, attention_class)
-    if allocated != expected:
-        name = type(model.transformer.h[0].attn).__name__
-        raise RuntimeError(f"{name}: allocated {allocated} B, accounted {expected} B")
-    return allocated
-
-
-def measure_speeds(args: argparse.Namespace, variants: list) -> dict[tuple[str, int, int], float]:
-    """tokens/s per (variant, batch, context): the fastest of `rounds` interleaved rounds.
-
-    Per batch size every variant is prefilled once to the largest context (see `time_decode_steps`), then
-    each round times every variant at every context in turn, so that load from other processes on a
-    shared machine spreads over all variants and only slows rounds down.
-    """
-    positions = max(args.contexts) + args.warmup_tokens + args.new_tokens
-    speeds: dict[tuple[str, int, int], float] = {}
-    for batch_size in args.batch_sizes:
-        tokens = {
-            label: prefill_random_prompt(model, batch_size, max(args.contexts), positions, seed=args.seed)
-            for label, _, _, model in variants
-        }
-        for _ in range(args.rounds):
-            for context in sorted(args.contexts):
-                for label, _, _, model in variants:
-                    steps = time_decode_steps(model, tokens[label], context, args.warmup_tokens, args.new_tokens)
-                    key = (label, batch_size, context)
-                    speeds[key] = max(speeds.get(key, 0.0), batch_size / statistics.median(steps))
-        for _, _, _, model in variants:
-            model.clear_kv_cache()
-        print(f"measured batch size {batch_size}", file=sys.stderr, flush=True)
-    return speeds
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    dtype = DTYPES[args.dtype]
-    variants = build_variants(args, device, dtype)
-    largest = max(args.contexts)
-    started = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # stock litgpt MLA prints warnings in build_kv_cache
-        cache_bytes = {
-            label: checked_cache_bytes(model, config, attention_class, largest, dtype)
-            for label, config, attention_class, model in variants
-        }
-        speeds = measure_speeds(args, variants)
-    ours_bytes = cache_bytes[variants[-1][0]]
-    speed_columns = [(b, c) for b in args.batch_sizes for c in sorted(args.contexts)]
-
-    print(f"Decode benchmark, pythia-{args.size} shape, {args.dtype}, {describe_device(device)}")
-    print(
-        f"tokens/s = batch / median step time over {args.new_tokens} timed greedy steps (after {args.warmup_tokens}"
-        f" warm-up steps), fastest of {args.rounds} interleaved rounds; random weights and prompts;"
-        f" {time.perf_counter() - started:.0f} s\n"
+    parser.add_argument("--variants", nargs="+", default=None, help="row keys to run (default: all; mha always runs)")
+    parser.add_argument(
+        "--copy-mib", type=int, default=None, help="MiB copied to measure the bandwidth (default: 256 CPU, 2048 GPU)"
     )
-    header = ["variant", "params", "KV numbers/token/layer", "KV bytes/token"]
-    header += [f"cache MiB @ {largest} (1 seq)", "x ours"]
-    header += [f"tok/s b={b} ctx={c}" for b, c in speed_columns]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for label, config, attention_class, model in variants:
-        cells = [
-            label,
-            f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M",
-            str(kv_cache_elements_per_token(config, attention_class)),
-            str(kv_cache_bytes_per_token(config, dtype, attention_class)),
-            f"{cache_bytes[label] / 2**20:.2f}",
-            f"{cache_bytes[label] / ours_bytes:.1f}",
-        ]
-        cells += [f"{speeds[(label, b, c)]:.1f}" for b, c in speed_columns]
-        print("| " + " | ".join(cells) + " |")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown report to this file")
+    args = parser.parse_args(argv)
+    for name in ("rounds", "new_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
+    if args.warmup_tokens < 0:
+        parser.error(f"--warmup-tokens={args.warmup_tokens} must be at least 0")
+    args.extra = None
+    if args.cache_dominated != "none":
+        try:
+            batch, context = (int(part) for part in args.cache_dominated.lower().split("x"))
+        except ValueError:
+            parser.error(f"--cache-dominated={args.cache_dominated!r} must look like 16x4096, or be 'none'")
+        args.extra = (batch, context)
+    half_span = args.rounds * (args.warmup_tokens + args.new_tokens) // 2
+    contexts = args.contexts + ([args.extra[1]] if args.extra else [])
+    if min(contexts) <= half_span:
+        parser.error(
+            f"every context must exceed rounds x (warmup + new tokens) / 2 = {half_span}: the visits decode"
+            f" positions centred on it; got {min(contexts)}"
+        )
+    return args
+
+
+def preset_rows(size: str, block_size: int, selected: list[str] | None) -> list[Row]:
+    """The rows of the size's presets (MHA first), each litgpt counterpart right before our class."""
+    paths = sorted(CONFIG_HUB.glob(f"pythia-{size}-*.yaml"))
+    if not paths:
+        raise SystemExit(f"no presets {CONFIG_HUB}/pythia-{size}-*.yaml")
+
+    def order(path: Path) -> tuple:
+        suffix = path.stem.removeprefix(f"pythia-{size}-")
+        return (PRESET_ORDER.index(suffix) if suffix in PRESET_ORDER else len(PRESET_ORDER), suffix)
+
+    rows = []
+    for path in sorted(paths, key=order):
+        suffix = path.stem.removeprefix(f"pythia-{size}-")
+        model_config = {**load_pretrain_yaml(path)["model_config"], "block_size": block_size}
+        config = Config(**model_config)
+        ours = config.attention_class_name
+        if ours in LITGPT_COUNTERPART:
+            theirs = LITGPT_COUNTERPART[ours]
+            litgpt_config = Config(**{**model_config, "attention_class_name": theirs})
+            rows.append(Row(f"{suffix}-litgpt", f"{suffix.upper()}, litgpt ({theirs})", litgpt_config))
+            rows.append(Row(suffix, f"{suffix.upper()}, ours ({ours})", config))
+        else:
+            rows.append(Row(suffix, f"{suffix.upper()} ({ours})", config))
+    if selected is not None:
+        unknown = sorted(set(selected) - {row.key for row in rows})
+        if unknown:
+            raise SystemExit(f"--variants {unknown} unknown; choose from {[row.key for row in rows]}")
+        rows = [row for row in rows if row.key in selected or row.key == "mha"]
+    if rows[0].key != "mha":
+        raise SystemExit(f"pythia-{size}-mha.yaml is missing: the ratios are to MHA")
+    return rows
+
+
+def build_models(rows: list[Row], device: torch.device, dtype: torch.dtype, seed: int) -> None:
+    """A model per row; a litgpt row and ours of the same preset share one set of weights."""
+    weights = {}
+    for row in rows:
+        torch.manual_seed(seed)
+        with torch.device(device):
+            row.model = GPT(row.config).to(dtype).eval()
+        preset = row.key.removesuffix("-litgpt")
+        if preset in weights:
+            row.model.load_state_dict(weights[preset])
+        else:
+            weights[preset] = row.model.state_dict()
+
+
+def settings_by_batch(args: argparse.Namespace) -> dict[int, list[Setting]]:
+    """Per batch size: its tiny-context setting first, then its contexts (the extra setting included)."""
+    k = args.warmup_tokens + args.new_tokens
+    span = args.rounds * k
+    pairs = [(b, c) for b in args.batch_sizes for c in sorted(args.contexts)] + ([args.extra] if args.extra else [])
+    groups: dict[int, list[Setting]] = {}
+    for batch, context in pairs:
+        if batch not in groups:
+            groups[batch] = [Setting(batch, span // 2, prefill=0, length=span, tiny=True)]
+        groups[batch].append(Setting(batch, context, prefill=context - span // 2, length=context - span // 2 + span))
+    return groups
+
+
+# -------------------------------------------------------------------------------------------- measuring
+def copy_bandwidth(device: torch.device, mib: int, repeats: int = 7) -> float:
+    """Bytes per second of a large tensor copy, counting bytes read + written (STREAM's convention)."""
+    src = torch.ones(mib * 2**20 // 4, device=device)  # float32
+    dst = torch.empty_like(src)
+    seconds = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return 2 * src.nbytes / statistics.median(seconds[1:])
+
+
+@torch.no_grad()
+def fill_cache(model: GPT, setting: Setting, seed: int) -> Visit:
+    """Allocates the setting's caches, prefills one random row and copies it to every batch row."""
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    model.set_kv_cache(batch_size=setting.batch, max_seq_length=setting.length, device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, model.config.vocab_size, (1, setting.prefill + 1), generator=generator).to(device)
+    last_position_only = model.lm_head.register_forward_pre_hook(lambda _, args: (args[0][:, -1:],))
+    try:
+        for start in range(0, setting.prefill, 256):
+            end = min(start + 256, setting.prefill)
+            model(prompt[:, start:end], torch.arange(start, end, device=device), input_pos_maxp1=end)
+    finally:
+        last_position_only.remove()
+    caches = [block.attn.kv_cache for block in model.transformer.h]
+    for cache in caches:
+        for name, buffer in cache.named_buffers():
+            if buffer.dim() == 0 or buffer.size(0) != setting.batch:
+                shape = tuple(buffer.shape)
+                raise RuntimeError(f"{type(cache).__name__}.{name} {shape} has no leading batch dimension to copy")
+            buffer[1:] = buffer[:1]  # (B, ...) <- row 0
+    token = prompt[:, -1:].expand(setting.batch, 1).contiguous()  # (B, 1)
+    return Visit(caches, setting.prefill, token)
+
+
+def measure(args: argparse.Namespace, rows: list[Row], groups: dict[int, list[Setting]]) -> dict:
+    """Median step seconds per (row key, setting name) and round; see the module docstring."""
+    samples = {}
+    for batch, settings in groups.items():
+        visits = {}
+        for row in rows:
+            for setting in settings:
+                visits[(row.key, setting.name)] = fill_cache(row.model, setting, args.seed)
+            # one mask for every cache of the group (GPT.forward slices it to input_pos_maxp1)
+            row.model.mask_cache = build_mask_cache(max(s.length for s in settings), row.model.lm_head.weight.device)
+        print(f"batch {batch}: caches filled", file=sys.stderr, flush=True)
+        for round_index in range(args.rounds):
+            for setting in settings:
+                for row in rows:
+                    visit = visits[(row.key, setting.name)]
+                    for block, cache in zip(row.model.transformer.h, visit.caches):
+                        block.attn.kv_cache = cache
+                    steps = time_decode_steps(
+                        row.model, visit.token, visit.position, args.warmup_tokens, args.new_tokens
+                    )
+                    visit.position += args.warmup_tokens + args.new_tokens
+                    visit.samples.append(statistics.median(steps))
+            print(f"batch {batch}: round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        for (key, name), visit in visits.items():
+            samples[(key, name)] = visit.samples
+        for row in rows:
+            row.model.clear_kv_cache()
+        visits.clear()
+    return samples
+
+
+# ------------------------------------------------------------------------------------------------ report
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
 
 
 def describe_device(device: torch.device) -> str:
@@ -179,6 +305,109 @@ def describe_device(device: torch.device) -> str:
         f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
         f" {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
+
+
+def report(args, device, dtype, rows, groups, samples, bandwidth, load_before, load_after, seconds) -> str:
+    cores = os.cpu_count() or 1
+    own_threads = 1 if device.type == "cuda" else torch.get_num_threads()
+    others_before = load_before[0] / cores
+    others_after = max(0.0, load_after[0] - own_threads) / cores
+    reasons = []
+    if others_before > BUSY_LOAD_PER_CORE or others_after > BUSY_LOAD_PER_CORE:
+        reasons.append(
+            f"machine busy (other processes' load per core {others_before:.2f} before, {others_after:.2f} after;"
+            f" limit {BUSY_LOAD_PER_CORE})"
+        )
+    if args.rounds < MIN_PUBLISHABLE_ROUNDS:
+        reasons.append(f"{args.rounds} round(s), fewer than {MIN_PUBLISHABLE_ROUNDS}")
+    verdict = "publishable" if not reasons else "**NOT PUBLISHABLE**: " + "; ".join(reasons)
+    k = args.warmup_tokens + args.new_tokens
+    lines = [
+        f"## Decode benchmark: pythia-{args.size} shape, {args.dtype}, {describe_device(device)}",
+        "",
+        f"`python benchmarks/decode.py {shlex.join(sys.argv[1:])}` ({seconds:.0f} s)",
+        "",
+        f"- {verdict}",
+        f"- load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, after"
+        f" {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}"
+        f" ({cores} cores; this process adds about {own_threads})",
+        f"- copy bandwidth {bandwidth / 1e9:.1f} GB/s (bytes read + written per second)",
+        f"- {args.rounds} interleaved rounds; per visit {args.warmup_tokens} untimed + {args.new_tokens} timed greedy"
+        " steps"
+        f" continuing the cache; tokens/s = batch / median step time, median over rounds [min-max];"
+        f" positions {args.rounds * k // 2} below to {args.rounds * k - args.rounds * k // 2} above the context",
+        "- predicted = weights (the row's own step at the tiny context, less its cache term) + batch x context x"
+        " KV bytes/token / bandwidth",
+        "",
+    ]
+    measured = {key: statistics.median(values) for key, values in samples.items()}  # step seconds
+    settings = [s for group in groups.values() for s in group if not s.tiny]
+
+    def tokens_per_second(row: Row, setting: Setting) -> float:
+        return setting.batch / measured[(row.key, setting.name)]
+
+    lines += ["### Tokens/s (median) and ratio to MHA", ""]
+    header = ["variant", "params", "KV B/token"] + [s.name for s in settings]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = [row.label, f"{sum(p.numel() for p in row.model.parameters()) / 1e6:.1f}M"]
+        cells.append(f"{kv_cache_bytes_per_token(row.config, dtype):,}")
+        for s in settings:
+            ratio = tokens_per_second(row, s) / tokens_per_second(rows[0], s)
+            cells.append(f"{tokens_per_second(row, s):.1f} ({ratio:.2f}x)")
+        lines.append("| " + " | ".join(cells) + " |")
+
+    lines += ["", "### Every setting: measured against predicted", ""]
+    header = ["setting", "variant", "cache MiB read/step", "tok/s median", "tok/s min-max", "step ms", "weights ms",
+              "predicted ms", "step / predicted", "x MHA"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
+    for s in settings:
+        tiny = groups[s.batch][0]
+        for row in rows:
+            per_token = kv_cache_bytes_per_token(row.config, dtype)
+            weights = measured[(row.key, tiny.name)] - s.batch * tiny.context * per_token / bandwidth
+            cache_bytes = s.batch * s.context * per_token
+            predicted = weights + cache_bytes / bandwidth
+            step = measured[(row.key, s.name)]
+            rates = [s.batch / t for t in samples[(row.key, s.name)]]
+            lines.append("| " + " | ".join([
+                s.name, row.label, f"{cache_bytes / 2**20:.1f}", f"{s.batch / step:.1f}",
+                f"{min(rates):.1f}-{max(rates):.1f}", f"{step * 1e3:.2f}", f"{weights * 1e3:.2f}",
+                f"{predicted * 1e3:.2f}", f"{step / predicted:.2f}",
+                f"{tokens_per_second(row, s) / tokens_per_second(rows[0], s):.2f}",
+            ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    dtype = DTYPES[args.dtype]
+    groups = settings_by_batch(args)
+    block_size = max(s.length for group in groups.values() for s in group)
+    rows = preset_rows(args.size, block_size, args.variants)
+    peak = max(
+        sum(kv_cache_bytes(row.config, s.batch, s.length, dtype) for row in rows for s in group)
+        for group in groups.values()
+    )
+    print(f"{len(rows)} rows; KV caches of the largest batch group: {peak / 2**30:.2f} GiB", file=sys.stderr)
+    load_before = load_average()
+    started = time.perf_counter()
+    build_models(rows, device, dtype, args.seed)
+    copy_mib = args.copy_mib or (2048 if device.type == "cuda" else 256)
+    bandwidth = copy_bandwidth(device, copy_mib)
+    with contextlib.redirect_stdout(sys.stderr):  # stock litgpt MLA prints warnings in build_kv_cache
+        samples = measure(args, rows, groups)
+    bandwidth = max(bandwidth, copy_bandwidth(device, copy_mib))  # the better of before and after
+    load_after = load_average()
+    text = report(args, device, dtype, rows, groups, samples, bandwidth, load_before, load_after,
+                  time.perf_counter() - started)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -313,9 +313,11 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
         cached position is visible (nothing to fill).
         """
         w = self._absorbed_weights()
-        B, nh, T, _ = q_nope.shape
+        B, nh, T, P = q_nope.shape
         S, L = latent.shape[1:]
-        q_lat = torch.einsum("bhtp,hpl->bhtl", q_nope, w.w_uk)  # (B, nh, T, L)
+        # q_lat = q_nope W_UK, "bhtp,hpl->bhtl": one matmul batched over heads (cheaper than einsum's dispatch)
+        q_lat = torch.bmm(q_nope.transpose(0, 1).reshape(nh, B * T, P), w.w_uk)  # (nh, B T, P) @ (nh, P, L)
+        q_lat = q_lat.view(nh, B, T, L).transpose(0, 1)  # (nh, B T, L) -> (B, nh, T, L)
         if self.config.attention_logit_softcapping is None:
             q_rope = (q_rope * self.scale).reshape(B, nh * T, -1)  # (B, nh, T, R) -> (B, nh T, R): heads as rows
             bias = torch.bmm(q_rope, k_rope.mT)  # (B, nh T, R) @ (B, R, S) -> (B, nh T, S), contiguous
@@ -333,8 +335,13 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
             if mask is None:
                 mask = torch.ones(1, 1, T, S, dtype=torch.bool, device=scores.device)  # every position visible
             o_lat = torch.einsum("bhts,bsl->bhtl", self._attention_weights(scores, mask), latent)  # (B, nh, T, L)
-        o = torch.einsum("bhtl,hvl->bhtv", o_lat, w.w_uv)  # (B, nh, T, V)
-        return o if w.b_v is None else o + w.b_v.unsqueeze(1)  # b_V: (nh, V) -> (nh, 1, V)
+        # o = o_lat W_UV^T + b_V, "bhtl,hvl->bhtv", batched over heads like q_lat
+        o_lat = o_lat.transpose(0, 1).reshape(nh, B * T, L)  # (B, nh, T, L) -> (nh, B T, L)
+        if w.b_v is None:
+            o = torch.bmm(o_lat, w.w_uv.mT)  # (nh, B T, L) @ (nh, L, V) -> (nh, B T, V)
+        else:
+            o = torch.baddbmm(w.b_v.unsqueeze(1), o_lat, w.w_uv.mT)  # b_V (nh, 1, V) + (nh, B T, V)
+        return o.view(nh, B, T, -1).transpose(0, 1)  # (nh, B T, V) -> (B, nh, T, V)
 
     def _attention_weights(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Softcapping (if configured), boolean mask (None: causal), softmax in fp32. (B, nh, T, S)."""

@@ -290,13 +290,16 @@ def sdpa_calls_in_one_decode_step(model: GPT) -> list:
     return names, shapes
 
 
+MKA = {"attention_class_name": "MemorizedKeyAttention"}
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{**OURS, "n_query_groups": 2}, {**OURS, "n_query_groups": 1}]
     + [
-        {"attention_class_name": "MemorizedKeyAttention", "memorized_key_attention": {"routing": r}, "n_query_groups": n}
-        for r in ("keys", "keys_values")
-        for n in (2, 1)
+        {**MKA, "memorized_key_attention": {"routing": routing}, "n_query_groups": groups}
+        for routing in ("keys", "keys_values")
+        for groups in (2, 1)
     ],
     ids=["gqa", "mqa", "mka-gqa", "mka-mqa", "fmka-gqa", "fmka-mqa"],
 )
