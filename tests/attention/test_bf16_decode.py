@@ -1,0 +1,58 @@
+"""bfloat16: cached decoding gives the full forward's logits, for every variant (correctness only, on the CPU).
+
+bf16 keeps 8 significant bits: neighbouring bf16 numbers are 2^-7 = 0.0078 apart between 1 and 2 and
+2^-6 = 0.0156 between 2 and 4 (the logits of these tiny random models reach about 2.5). The cached and
+the full forward round at different points (the cache stores k and v in bf16, attention accumulates
+over different chunks), so their logits may differ by a few such steps, never by more. Two checks:
+
+- ``BF16_TOLERANCE`` (atol 2^-5 = 0.031, rtol 2^-6): four steps at the largest logits. A wrong mask,
+  position or cache entry moves logits by 0.1-1 (litgpt's own softcapped cached decoding is 0.5 off in
+  float32), far outside it.
+- the mean absolute difference is at most the mean difference between the bf16 and the float32 full
+  forward of the same weights: decoding from the cache adds no more error than running in bf16 at all.
+"""
+
+import pytest
+import torch
+
+import litgpt_mka  # noqa: F401  (activates the plugin)
+from tests.helpers import TINY_VARIANTS, decode_token_by_token, prefill_in_chunks, random_gpt, tiny_config, tokens
+
+BF16_TOLERANCE = dict(atol=2**-5, rtol=2**-6)
+# TINY_VARIANTS, plus our grouped class on the grouped layouts, litgpt's own MLA and MKA's third routing
+VARIANTS = {
+    **{name: (name, {}) for name in TINY_VARIANTS},
+    "gqa-grouped": ("gqa", {"attention_class_name": "GroupedQueryAttention"}),
+    "mqa-grouped": ("mqa", {"attention_class_name": "GroupedQueryAttention"}),
+    "mla-litgpt": ("mla", {"attention_class_name": "LitgptMultiheadLatentAttention"}),
+    "mka-outputs": ("mka", {"memorized_key_attention": {"routing": "outputs"}}),
+}
+
+
+def bf16_and_fp32_models(variant: str):
+    layout, overrides = VARIANTS[variant]
+    config = tiny_config(layout, **overrides)
+    return random_gpt(config).to(torch.bfloat16), random_gpt(config)  # the same weights (seed 0), two dtypes
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bf16_cached_decode_equals_full_forward(variant):
+    model, reference = bf16_and_fp32_models(variant)
+    idx = tokens(2, 40)
+    with torch.no_grad():
+        full, full_fp32 = model(idx), reference(idx)
+    decoded = decode_token_by_token(model, idx, prompt=5, dtype=torch.bfloat16)
+    assert decoded.dtype == full.dtype == torch.bfloat16
+    torch.testing.assert_close(decoded, full, **BF16_TOLERANCE)
+    decode_error = (decoded.float() - full.float()).abs().mean()
+    bf16_error = (full.float() - full_fp32).abs().mean()
+    assert decode_error <= bf16_error, f"cached decode adds {decode_error:.5f} mean error, bf16 itself {bf16_error:.5f}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bf16_chunked_prefill_equals_single_prefill(variant):
+    model, _ = bf16_and_fp32_models(variant)
+    idx = tokens(2, 40)
+    single = prefill_in_chunks(model, idx, [40], dtype=torch.bfloat16)
+    chunked = prefill_in_chunks(model, idx, [7, 3, 1, 29], dtype=torch.bfloat16)
+    torch.testing.assert_close(chunked, single, **BF16_TOLERANCE)
