@@ -1,4 +1,5 @@
-"""bfloat16: cached decoding gives the full forward's logits, for every variant (correctness only, on the CPU).
+"""bfloat16: cached decoding gives the full forward's logits, for every variant (correctness only; on the CPU,
+and on CUDA where present: ``benchmarks/gpu.sh`` runs it there).
 
 bf16 keeps 8 significant bits: neighbouring bf16 numbers are 2^-7 = 0.0078 apart between 1 and 2 and
 2^-6 = 0.0156 between 2 and 4 (the logits of these tiny random models reach about 2.5). The cached and
@@ -29,19 +30,25 @@ VARIANTS = {
 }
 
 
-def bf16_and_fp32_models(variant: str):
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+def bf16_and_fp32_models(variant: str, device: str):
     layout, overrides = VARIANTS[variant]
     config = tiny_config(layout, **overrides)
-    return random_gpt(config).to(torch.bfloat16), random_gpt(config)  # the same weights (seed 0), two dtypes
+    # the same weights (seed 0) in two dtypes
+    return random_gpt(config).to(device, torch.bfloat16), random_gpt(config).to(device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bf16_cached_decode_equals_full_forward(variant):
-    model, reference = bf16_and_fp32_models(variant)
-    idx = tokens(2, 40)
+def test_bf16_cached_decode_equals_full_forward(variant, device):
+    model, reference = bf16_and_fp32_models(variant, device)
+    idx = tokens(2, 40).to(device)
     with torch.no_grad():
         full, full_fp32 = model(idx), reference(idx)
-    decoded = decode_token_by_token(model, idx, prompt=5, dtype=torch.bfloat16)
+    with torch.device(device):  # the helper's positions and cache on the model's device
+        decoded = decode_token_by_token(model, idx, prompt=5, dtype=torch.bfloat16)
     assert decoded.dtype == full.dtype == torch.bfloat16
     torch.testing.assert_close(decoded, full, **BF16_TOLERANCE)
     decode_error = (decoded.float() - full.float()).abs().mean()
@@ -49,10 +56,12 @@ def test_bf16_cached_decode_equals_full_forward(variant):
     assert decode_error <= bf16_error, f"cached decode adds {decode_error:.5f} mean error, bf16 itself {bf16_error:.5f}"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bf16_chunked_prefill_equals_single_prefill(variant):
-    model, _ = bf16_and_fp32_models(variant)
-    idx = tokens(2, 40)
-    single = prefill_in_chunks(model, idx, [40], dtype=torch.bfloat16)
-    chunked = prefill_in_chunks(model, idx, [7, 3, 1, 29], dtype=torch.bfloat16)
+def test_bf16_chunked_prefill_equals_single_prefill(variant, device):
+    model, _ = bf16_and_fp32_models(variant, device)
+    idx = tokens(2, 40).to(device)
+    with torch.device(device):
+        single = prefill_in_chunks(model, idx, [40], dtype=torch.bfloat16)
+        chunked = prefill_in_chunks(model, idx, [7, 3, 1, 29], dtype=torch.bfloat16)
     torch.testing.assert_close(chunked, single, **BF16_TOLERANCE)
