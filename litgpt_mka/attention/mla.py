@@ -152,9 +152,9 @@ class AbsorbedWeights(NamedTuple):
     """Per-head views of ``kv_b_proj``, laid out for the absorbed path."""
 
     w_uk: torch.Tensor  # (nh, P, L)
-    w_uv: torch.Tensor  # (nh, V, L)
+    w_uv_t: torch.Tensor  # (nh, L, V): W_UV transposed, the layout its per-step product reads fastest
     b_k: torch.Tensor | None  # (nh, P), needed only with softcapping
-    b_v: torch.Tensor | None  # (nh, V)
+    b_v: torch.Tensor | None  # (nh, 1, V)
 
 
 class LatentKVCache(KVCacheBase):
@@ -338,9 +338,9 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
         # o = o_lat W_UV^T + b_V, "bhtl,hvl->bhtv", batched over heads like q_lat
         o_lat = o_lat.transpose(0, 1).reshape(nh, B * T, L)  # (B, nh, T, L) -> (nh, B T, L)
         if w.b_v is None:
-            o = torch.bmm(o_lat, w.w_uv.mT)  # (nh, B T, L) @ (nh, L, V) -> (nh, B T, V)
+            o = torch.bmm(o_lat, w.w_uv_t)  # (nh, B T, L) @ (nh, L, V) -> (nh, B T, V)
         else:
-            o = torch.baddbmm(w.b_v.unsqueeze(1), o_lat, w.w_uv.mT)  # b_V (nh, 1, V) + (nh, B T, V)
+            o = torch.baddbmm(w.b_v, o_lat, w.w_uv_t)  # b_V (nh, 1, V) + (nh, B T, V)
         return o.view(nh, B, T, -1).transpose(0, 1)  # (nh, B T, V) -> (B, nh, T, V)
 
     def _attention_weights(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -355,9 +355,10 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
 
     # ------------------------------------------------------------------------------- derived weights
     def absorb_weights(self) -> AbsorbedWeights:
-        """Computes the absorbed-path weights from ``kv_b_proj``: W_UK (nh, P, L), W_UV (nh, V, L), b_K, b_V.
+        """Computes the absorbed-path weights from ``kv_b_proj``: W_UK (nh, P, L), W_UV^T (nh, L, V), b_K, b_V.
 
-        b_K (nh, P) is only needed with softcapping (see the module doc); b_V is (nh, V).
+        Laid out once here for the per-step products (contiguous, batched over heads); b_K (nh, P) is only
+        needed with softcapping (see the module doc); b_V is (nh, 1, V), broadcast over a head's query rows.
         """
         nh, L = self.config.n_head, self.config.kv_lora_rank
         P, V = self.config.qk_nope_head_dim, self.config.v_head_dim
@@ -367,9 +368,10 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
         if self.kv_b_proj.bias is not None:
             b_k, b_v = self.kv_b_proj.bias.view(nh, P + V).split((P, V), dim=1)  # (nh (P+V),) -> (nh, P), (nh, V)
             b_k = b_k.clone() if self.config.attention_logit_softcapping is not None else None
-            b_v = b_v.clone()
+            b_v = b_v.unsqueeze(1).clone()  # (nh, V) -> (nh, 1, V)
         contiguous = torch.contiguous_format
-        return AbsorbedWeights(w_uk.clone(memory_format=contiguous), w_uv.clone(memory_format=contiguous), b_k, b_v)
+        w_uv_t = w_uv.transpose(1, 2).clone(memory_format=contiguous)  # (nh, V, L) -> (nh, L, V)
+        return AbsorbedWeights(w_uk.clone(memory_format=contiguous), w_uv_t, b_k, b_v)
 
     def _absorbed_weights(self) -> AbsorbedWeights:
         """`absorb_weights()`, cached until ``kv_b_proj``'s tensors change (data_ptr, dtype, device, version).
