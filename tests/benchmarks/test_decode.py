@@ -1,0 +1,96 @@
+"""benchmarks/decode.py: its rows, settings, cache filling and publishability rule (not its timings)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import litgpt_mka  # noqa: F401  (activates the plugin)
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "decode.py"
+
+
+@pytest.fixture(scope="module")
+def decode():
+    spec = importlib.util.spec_from_file_location("decode_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rows_are_every_preset_with_litgpt_counterparts_on_shared_weights(decode):
+    rows = decode.preset_rows("14m", block_size=64, selected=None)
+    assert [row.key for row in rows] == [
+        "mha", "gqa-litgpt", "gqa", "mqa-litgpt", "mqa", "mla-litgpt", "mla", "mka", "fmka"
+    ]
+    assert [row.config.attention_class_name for row in rows] == [
+        "CausalSelfAttention", "CausalSelfAttention", "GroupedQueryAttention", "CausalSelfAttention",
+        "GroupedQueryAttention", "LitgptMultiheadLatentAttention", "MultiheadLatentAttention",
+        "MemorizedKeyAttention", "MemorizedKeyAttention",
+    ]
+    rows = [row for row in rows if row.key in ("mha", "mla-litgpt", "mla")]
+    decode.build_models(rows, torch.device("cpu"), torch.float32, seed=0)
+    litgpt, ours = rows[1].model.state_dict(), rows[2].model.state_dict()
+    assert litgpt.keys() == ours.keys()
+    assert all(torch.equal(litgpt[name], ours[name]) for name in litgpt)
+
+
+def test_selected_rows_keep_mha_and_unknown_keys_are_refused(decode):
+    assert [row.key for row in decode.preset_rows("14m", 64, ["mqa"])] == ["mha", "mqa"]
+    with pytest.raises(SystemExit, match=r"--variants \['gqa-ours'\] unknown"):
+        decode.preset_rows("14m", 64, ["gqa-ours"])
+
+
+def test_settings_centre_the_decoded_positions_on_the_context(decode):
+    args = decode.parse_args(["--contexts", "256", "1024", "--batch-sizes", "1", "8", "--cache-dominated", "16x4096"])
+    groups = decode.settings_by_batch(args)
+    assert sorted(groups) == [1, 8, 16]
+    span = args.rounds * (args.warmup_tokens + args.new_tokens)  # 5 x 18 positions decoded per setting
+    tiny, *settings = groups[8]
+    assert tiny.tiny and (tiny.prefill, tiny.context, tiny.length) == (0, span // 2, span)
+    assert [(s.context, s.prefill, s.length) for s in settings] == [
+        (256, 256 - span // 2, 256 - span // 2 + span), (1024, 1024 - span // 2, 1024 - span // 2 + span)
+    ]
+    assert [s.context for s in groups[16]] == [span // 2, 4096]
+
+
+def test_contexts_too_short_for_the_rounds_are_refused(decode, capsys):
+    with pytest.raises(SystemExit):
+        decode.parse_args(["--contexts", "40", "--rounds", "5"])  # 5 x 18 / 2 = 45 positions below the context
+    assert "every context must exceed rounds x (warmup + new tokens) / 2 = 45" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["mqa", "mka"])
+def test_filled_cache_has_every_row_equal_to_a_prefilled_row(decode, key):
+    row = next(row for row in decode.preset_rows("14m", 64, [key]) if row.key == key)
+    decode.build_models([row], torch.device("cpu"), torch.float32, seed=0)
+    setting = decode.Setting(batch=3, context=20, prefill=12, length=30)
+    visit = decode.fill_cache(row.model, setting, seed=1)
+    assert visit.position == 12 and visit.token.shape == (3, 1)
+    with torch.no_grad():
+        logits = row.model(visit.token, torch.tensor([12]), input_pos_maxp1=13)  # (3, 1, vocab)
+    torch.testing.assert_close(logits[1:], logits[:1].expand(2, -1, -1))
+    prompt = torch.randint(0, row.config.vocab_size, (1, 13), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = row.model.eval()(prompt)[:, -1:]  # the same tokens without a cache
+    torch.testing.assert_close(logits[:1], full)
+
+
+def test_report_is_marked_not_publishable_when_busy_or_short(decode, monkeypatch, tmp_path):
+    monkeypatch.setattr(decode, "load_average", lambda: (0.0, 0.0, 0.0))
+    out = tmp_path / "decode.md"
+    argv = ["--size", "14m", "--rounds", "1", "--contexts", "24", "--batch-sizes", "2", "--cache-dominated", "none",
+            "--warmup-tokens", "0", "--new-tokens", "2", "--variants", "mqa-litgpt", "mqa", "--copy-mib", "8",
+            "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["decode.py", *argv])
+    decode.main(argv)
+    text = out.read_text()
+    assert "**NOT PUBLISHABLE**: 1 round(s), fewer than 5" in text
+    assert "machine busy" not in text
+    for label in ("MHA (CausalSelfAttention)", "MQA, litgpt (CausalSelfAttention)", "MQA, ours (GroupedQueryAttention)"):
+        assert f"| b=2 ctx=24 | {label} |" in text
+    monkeypatch.setattr(decode, "load_average", lambda: (1.5 * decode.os.cpu_count(), 0.0, 0.0))
+    decode.main(argv)
+    assert "machine busy (other processes' load per core 1.50 before" in out.read_text()
