@@ -2,16 +2,16 @@
 
 Notation (example sizes: ``config_hub/pretrain/pythia-70m-gqa.yaml``; MQA: ``pythia-70m-mqa.yaml``)
 
-====  ==================================================  ============
-B     batch size
-T     query positions in this call (chunk length)
-S     key positions attended to (cache length, ``input_pos_maxp1`` when given)
-C     model width, ``n_embd``                             512
-nh_q  query heads, ``n_head``                             8
-nh_kv key/value heads, ``n_query_groups``                 2 (MQA: 1)
-g     query heads per key/value head, ``nh_q / nh_kv``    4 (MQA: 8)
-hs    head size                                           64
-====  ==================================================  ============
+=====  ==================================================  ============
+B      batch size
+T      query positions in this call (chunk length)
+S      key positions attended to (cache length, ``input_pos_maxp1`` when given)
+C      model width, ``n_embd``                             512
+nh_q   query heads, ``n_head``                             8
+nh_kv  key/value heads, ``n_query_groups``                 2 (MQA: 1)
+g      query heads per key/value head, ``nh_q / nh_kv``    4 (MQA: 8)
+hs     head size                                           64
+=====  ==================================================  ============
 
 Weights (litgpt's ``CausalSelfAttention``, same names and shapes, so checkpoints load both ways)
 
@@ -52,9 +52,11 @@ Cache: litgpt's ``KVCache``, per layer::
     v  (B, nh_kv, S, hs)
 
     bytes per token per layer = 2 nh_kv hs x dtype size    70m fp32: GQA 2 x 2 x 64 x 4 = 1024, MQA 512
-    (MHA: 2 nh_q hs = 4096)
+    (MHA: 2 nh_q hs x 4 = 4096)
 
-``attention_logit_softcapping`` is supported (explicit softmax over the same query rows);
+``attention_logit_softcapping`` is supported (explicit softmax over the same query rows, masked
+positions set to -inf; litgpt's class adds its boolean cache mask to the scores instead, so its own
+softcapped cached decoding drifts from its full forward, by 0.5 in the logits of a tiny model);
 ``sliding_window_size`` is refused by :meth:`GroupedQueryAttention.validate_config` (litgpt's ring
 buffer and its mask slicing are not reproduced here).
 """
