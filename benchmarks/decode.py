@@ -39,9 +39,11 @@ Publishability: the 1-minute load average is printed before and after; the table
 PUBLISHABLE when other processes kept the machine busy (load above 0.5 per core before the run, or
 after it once this process's own threads are subtracted) or when fewer than 5 rounds ran.
 
-Cost: the default grid (70m, fp32, 9 rows x 9 settings, 5 rounds) takes roughly 15-25 minutes on an
-idle 2-core CPU and needs about 11 GiB of memory at the batch 16 x 4096 setting (printed before
-measuring); a GPU takes a minute or two.
+Cost: the default grid (70m, fp32, 9 rows x 9 settings, 5 rounds) needs about 11 GiB of memory at the
+batch 16 x 4096 setting (7.6 GiB of caches, printed before measuring; 160m: 22 GiB of caches) and takes,
+by estimate, half an hour on an idle 2-core CPU, mostly litgpt's GQA/MQA rows at batch 16 x 4096 (each of
+their steps repeats the whole cache); fewer ``--new-tokens`` or ``--cache-dominated none`` shorten it.
+A GPU takes a minute or two.
 """
 
 import argparse
