@@ -340,6 +340,22 @@ def test_flash_attention_dispatched_on_cuda(path):
     assert count_ops(model, idx, "aten::_scaled_dot_product_flash_attention") == 1
 
 
+@pytest.mark.parametrize("layout", ("gqa", "mqa"))
+def test_forward_and_decode_step_compile_without_graph_breaks(layout):
+    """Training forward and a cached decode step (the whole-cache rule reads shapes only) in one graph each."""
+    model = random_gpt(tiny_config(layout, **OURS))
+    idx = tokens(2, 12)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(idx), model(idx))
+        model.set_kv_cache(batch_size=2)
+        model(idx[:, :11], torch.arange(11), input_pos_maxp1=11)
+        expected = model(idx[:, 11:], torch.tensor([11]), input_pos_maxp1=12)
+        model.set_kv_cache(batch_size=2)
+        model(idx[:, :11], torch.arange(11), input_pos_maxp1=11)
+        torch.testing.assert_close(compiled(idx[:, 11:], torch.tensor([11]), input_pos_maxp1=12), expected)
+
+
 # -------------------------------------------------------------------------------------- presets, validation
 @pytest.mark.parametrize("size", ("14m", "70m", "160m"))
 @pytest.mark.parametrize("layout", ("gqa", "mqa"))
