@@ -33,13 +33,15 @@ term at that context: projections, MLP, output head and per-step overheads. ``B_
 KV-cache bytes per token (all layers; ``litgpt_mka.measure.kv_cache_size``), i.e. what reading the
 whole cache once per step costs; ``bandwidth`` is measured in the same run by timing a large tensor
 copy (STREAM convention: bytes read + written per second). A row far above its prediction moves more
-data than its cache (litgpt's GQA/MQA repeat the cache per query head) or computes more than it reads.
+data than its cache (litgpt's GQA/MQA repeat the cache per query head) or computes more than it reads;
+a kernel that reads the cache below copy bandwidth puts every row above 1 where the cache dominates
+(MHA itself about 1.5 at batch 16 x 4096 in a single-round, single-thread CPU check).
 
 Publishability: the 1-minute load average is printed before and after; the table is marked NOT
 PUBLISHABLE when other processes kept the machine busy (load above 0.5 per core before the run, or
 after it once this process's own threads are subtracted) or when fewer than 5 rounds ran.
 
-Cost: the default grid (70m, fp32, 9 rows x 9 settings, 5 rounds) needs about 11 GiB of memory at the
+Cost: the default grid (70m, fp32, 9 rows x 7 settings + 3 tiny ones, 5 rounds) needs about 11 GiB of memory at the
 batch 16 x 4096 setting (7.6 GiB of caches, printed before measuring; 160m: 22 GiB of caches) and takes,
 by estimate, half an hour on an idle 2-core CPU, mostly litgpt's GQA/MQA rows at batch 16 x 4096 (each of
 their steps repeats the whole cache); fewer ``--new-tokens`` or ``--cache-dominated none`` shorten it.
