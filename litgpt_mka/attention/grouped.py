@@ -68,24 +68,13 @@ import torch
 import torch.nn.functional as F
 from litgpt.model import CausalSelfAttention, KVCache, do_softcapping
 
-from litgpt_mka.attention.kv_cache import causal_mask, require_cache
-from litgpt_mka.attention.variant import AttentionVariant, rope_function
+from litgpt_mka.attention.kv_cache import attends_to_whole_cache, causal_mask
+from litgpt_mka.attention.variant import CachedAttention, rope_function
 
 
 def attention_scale(config: Any, mscale: float) -> float:
     """litgpt's softmax scale: ``mscale^2 / sqrt(attention_scores_scalar or head_size)``."""
     return mscale * mscale / math.sqrt(config.attention_scores_scalar or config.head_size)
-
-
-def attends_to_whole_cache(T: int, input_pos: torch.Tensor, input_pos_maxp1: int | None) -> bool:
-    """Whether a cached chunk's queries see every one of the ``input_pos_maxp1`` positions the cache returns.
-
-    True for one query (T = 1) at a position shared by the batch (``input_pos`` of shape (1,)) when
-    ``input_pos_maxp1`` is given: by litgpt's contract it is ``max(input_pos) + 1``, so the query sits at
-    the last returned position and the causal mask has no False entry. Decided from shapes alone (no
-    read of ``input_pos``, so no host-device synchronisation).
-    """
-    return T == 1 and input_pos.dim() == 1 and input_pos_maxp1 is not None
 
 
 def grouped_attention(
@@ -159,16 +148,24 @@ def _attention(
     return scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype) @ v  # (B, n, R, hs)
 
 
-class GroupedQueryAttention(AttentionVariant, CausalSelfAttention):
+class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
     """litgpt's ``CausalSelfAttention`` (MHA, GQA, MQA) with grouped cached decoding; see the module docstring.
 
     Same parameters, same cache (litgpt's ``KVCache``), same training forward; the cached path runs
     :func:`grouped_attention` instead of repeating the cache to every query head.
     """
 
+    cache_class = KVCache
+    rope_width_field = "rope_n_elem"
+
     def __init__(self, config: Any, block_idx: int) -> None:
         super().__init__(config, block_idx)
         self.scale = attention_scale(config, self.mscale)
+
+    def new_kv_cache(self, batch_size: int, max_seq_length: int, device, dtype) -> KVCache:
+        """litgpt's own cache, keys ``head_size`` wide (the checked rope_cache_length is rope_n_elem)."""
+        rope_n_elem = self.config.rope_n_elem
+        return CausalSelfAttention.build_kv_cache(self, batch_size, max_seq_length, rope_n_elem, device, dtype)
 
     @classmethod
     def validate_config(cls, config: Any) -> None:
@@ -185,19 +182,12 @@ class GroupedQueryAttention(AttentionVariant, CausalSelfAttention):
         """litgpt's cache: keys and values of the nh_kv heads, ``2 nh_kv hs``."""
         return 2 * config.n_query_groups * config.head_size
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        input_pos: torch.Tensor | None = None,
-        input_pos_maxp1: int | None = None,
-    ) -> torch.Tensor:
+    def attend(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
+        """litgpt's attention forward (see ``CachedAttention.forward``); x (B, T, C) -> (B, T, C)."""
         B, T, _ = x.shape
         q, k, v = self._project(x, cos, sin)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
         if input_pos is not None:
-            k, v = require_cache(self, KVCache)(input_pos, k, v)  # 2x (B, nh_kv, max_seq_length, hs)
+            k, v = self.kv_cache(input_pos, k, v)  # 2x (B, nh_kv, max_seq_length, hs)
             k, v = k[:, :, :input_pos_maxp1], v[:, :, :input_pos_maxp1]  # 2x (B, nh_kv, S, hs)
             if attends_to_whole_cache(T, input_pos, input_pos_maxp1):
                 mask = None
@@ -234,4 +224,4 @@ class GroupedQueryAttention(AttentionVariant, CausalSelfAttention):
         return q, k, v
 
 
-__all__ = ["GroupedQueryAttention", "attends_to_whole_cache", "attention_scale", "grouped_attention"]
+__all__ = ["GroupedQueryAttention", "attention_scale", "grouped_attention"]

@@ -89,7 +89,7 @@ import torch.nn.functional as F
 from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
 from litgpt.model import RMSNorm, do_softcapping, yarn_get_mscale
 
-from litgpt_mka.attention.kv_cache import KVCacheBase, causal_mask, write_positions
+from litgpt_mka.attention.kv_cache import KVCacheBase, attends_to_whole_cache, causal_mask, write_positions
 from litgpt_mka.attention.variant import CachedAttention, check_keys, positive_int, rope_function
 
 LATENT_ATTENTION_KEYS = (
@@ -249,11 +249,12 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
         else:
             latent, k_rope = self.kv_cache(input_pos, latent, k_rope, input_pos_maxp1)  # (B, S, L), (B, S, R)
             if mask is None:
-                mask = causal_mask(input_pos, latent.size(1))
-            if T <= self.absorb_max_queries:
-                o = self._absorbed_attention(q_nope, q_rope, latent, k_rope, mask)
-            else:
+                mask = causal_mask(input_pos, latent.size(1))  # (B|1, 1, T, S)
+            if T > self.absorb_max_queries:
                 o = self._expanded_attention(q_nope, q_rope, latent, k_rope, mask)
+            else:  # a decode step that sees the whole cache needs no mask
+                whole_cache = attends_to_whole_cache(T, input_pos, input_pos_maxp1)
+                o = self._absorbed_attention(q_nope, q_rope, latent, k_rope, None if whole_cache else mask)
         o = o.transpose(1, 2).reshape(B, T, -1)  # (B, nh, T, V) -> (B, T, nh V)
         return self.proj(o)  # (B, T, C)
 

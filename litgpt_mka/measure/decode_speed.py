@@ -110,8 +110,8 @@ def time_decode_steps(
     """Greedy single-token decode from `position` on; the seconds of each step after `warmup_tokens` steps.
 
     Decoding at position ``p`` with ``input_pos_maxp1 = p + 1`` reads cache positions ``[0, p]`` only: the
-    work of a run with a ``p``-token prompt, whatever the cache holds beyond ``p``. So one prefill to the
-    largest context serves timings at every smaller one.
+    work of a run with a ``p``-token prompt. Decode from the end of what the cache holds: MKA's cache
+    refuses to restart far behind its latest position (its ring of running sums is bounded).
     """
     device = token.device
     step_seconds = []

@@ -15,6 +15,8 @@ OUR_CACHES = ["mla", "mka", "fmka", "mka-outputs"]
 def config_of(case: str, **overrides):
     if case == "mka-outputs":
         overrides["memorized_key_attention"] = {"routing": "outputs"}
+    if case.endswith("-grouped"):
+        overrides["attention_class_name"] = "GroupedQueryAttention"
     return tiny_config(case.split("-")[0], **overrides)
 
 
@@ -46,7 +48,7 @@ def test_caches_share_the_base_and_its_messages(case):
             attn(*attention_inputs(model, long), None, long)
 
 
-@pytest.mark.parametrize("case", OUR_CACHES)
+@pytest.mark.parametrize("case", [*OUR_CACHES, "gqa-grouped", "mqa-grouped"])
 def test_module_called_directly_without_mask_is_causal_at_any_offset(case):
     """A chunk at positions 6..9 after a prefill of 0..5, mask=None: the same outputs as the full forward."""
     model = random_gpt(config_of(case))
@@ -61,7 +63,7 @@ def test_module_called_directly_without_mask_is_causal_at_any_offset(case):
     torch.testing.assert_close(torch.cat((prefix, chunk), dim=1), full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["mha", *OUR_CACHES])
+@pytest.mark.parametrize("case", ["mha", "gqa-grouped", *OUR_CACHES])
 def test_no_reads_of_input_pos_values_when_input_pos_maxp1_is_given(case):
     """On the meta device a tensor has no values: any host read of input_pos (a synchronisation on a GPU) fails."""
     config = config_of(case)
