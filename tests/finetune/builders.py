@@ -12,7 +12,12 @@ LORA_ALL = dict(lora_r=4, lora_alpha=8, lora_query=True, lora_key=True, lora_val
 
 
 def tiny_config_as(config_class: type, variant: str, **extra: Any) -> Config:
-    """`tests.helpers.tiny_config(variant)` rebuilt as `config_class` (e.g. ``litgpt.lora.Config``) with `extra`."""
-    base = tiny_config(variant)
-    values = {field.name: getattr(base, field.name) for field in dataclasses.fields(Config)}
-    return config_class(**values, **extra)
+    """`tests.helpers.tiny_config(variant)` rebuilt as `config_class` (e.g. ``litgpt.lora.Config``).
+
+    Keys of `extra` that are litgpt ``Config`` fields override the tiny config; the others (``lora_r``, ...)
+    are fields of `config_class`.
+    """
+    base_fields = {field.name for field in dataclasses.fields(Config)}
+    base = tiny_config(variant, **{key: value for key, value in extra.items() if key in base_fields})
+    values = {name: getattr(base, name) for name in base_fields}
+    return config_class(**values, **{key: value for key, value in extra.items() if key not in base_fields})
