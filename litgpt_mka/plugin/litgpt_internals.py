@@ -287,13 +287,13 @@ def _check_non_strict_load(model, state_dict, result) -> None:
     into an MHA model). Left out: attention parameters of the model that a checkpoint holding attention
     weights does not have (other than those fine-tuning adds: ``lora_*``, ``adapter_*``, ``gating_factor``).
     """
+
+    def base_attention_key(key: str) -> bool:
+        return ".attn." in key and not any(marker in key for marker in _FINETUNING_PARAMETER_MARKERS)
+
     dropped = [key for key in result.unexpected_keys if ".attn." in key]
-    has_attention = any(".attn." in key for key in state_dict)
-    left_out = [
-        key
-        for key in result.missing_keys
-        if ".attn." in key and not any(marker in key for marker in _FINETUNING_PARAMETER_MARKERS)
-    ]
+    has_attention = any(base_attention_key(key) for key in state_dict)  # not a LoRA- or adapter-only file
+    left_out = [key for key in result.missing_keys if base_attention_key(key)]
     if not dropped and not (has_attention and left_out):
         return
     from litgpt_mka.finetune.support import describe
