@@ -7,7 +7,7 @@ command                                    MHA    GQA    MQA    MLA        MKA, 
 ``generate``, ``chat``, ``serve``
 ``finetune_lora``, ``merge_lora``          yes    yes    yes    yes        yes (:mod:`.lora`)
 ``finetune_adapter``, ``_adapter_v2``      yes    yes    yes    refused    refused
-(and ``generate adapter``/``adapter_v2``)
+(and ``generate_adapter``, ``_v2``)
 ``convert_from_litgpt``                    yes    (1)    (1)    refused    refused
 =========================================  =====  =====  =====  =========  ===============================
 
@@ -25,8 +25,8 @@ from typing import Any
 
 DEFAULT_ATTENTION_CLASS = "CausalSelfAttention"
 ADAPTER_COMMANDS = {
-    "litgpt.adapter": "`litgpt finetune_adapter` and `litgpt generate adapter`",
-    "litgpt.adapter_v2": "`litgpt finetune_adapter_v2` and `litgpt generate adapter_v2`",
+    "litgpt.adapter": "`litgpt finetune_adapter` and `litgpt generate_adapter`",
+    "litgpt.adapter_v2": "`litgpt finetune_adapter_v2` and `litgpt generate_adapter_v2`",
 }
 COMMANDS_FOR_EVERY_VARIANT = "`litgpt finetune_lora` (then `litgpt merge_lora`) or `litgpt finetune_full`"
 

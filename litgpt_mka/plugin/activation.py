@@ -5,8 +5,8 @@ unknown YAML keys are rejected before any user code could run. The package there
 one-line ``litgpt_mka.pth`` file into site-packages (``pip install .`` and ``pip install -e .``
 alike). Python's ``site`` module executes it at interpreter start: it imports this package, which
 only appends a tiny finder to ``sys.meta_path`` (no torch, no litgpt import; see
-``python -X importtime -c pass``). The first time ``litgpt.config``, ``litgpt.model`` or
-``litgpt.pretrain`` is imported, by the ``litgpt`` console script, ``python -m litgpt`` or user
+``python -X importtime -c pass``). The first time ``litgpt.config``, ``litgpt.model``,
+``litgpt.pretrain`` or another module of ``_EXTENSIONS`` (LoRA, adapters, ``convert_from_litgpt``) is imported, by the ``litgpt`` console script, ``python -m litgpt`` or user
 code, the finder lets the module execute normally and then hands it to
 :mod:`litgpt_mka.plugin.litgpt_internals`, the only module that touches litgpt's internals.
 

@@ -372,7 +372,7 @@ def extend_lora_module(module: ModuleType) -> None:
 def extend_adapter_module(module: ModuleType) -> None:
     """``litgpt.adapter.Config`` (and ``adapter_v2.Config``, its subclass) refuses MLA and MKA at construction.
 
-    ``finetune_adapter``, ``finetune_adapter_v2`` and ``generate adapter*`` read their config first, so the
+    ``finetune_adapter``, ``finetune_adapter_v2`` and ``generate_adapter*`` read their config first, so the
     ``ValueError`` (naming the variant and the commands that support it) comes before any model, data or
     output directory. The ``Block`` guard (``guard_attention_variant``) would refuse later in any case.
     """
