@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from litgpt.lora import CausalSelfAttention as LoRACausalSelfAttention
+from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
 from litgpt.lora import LoRALinear
 from litgpt.utils import map_old_state_dict_weights
 
@@ -77,8 +78,8 @@ class EffectiveWeightLoRALinear(LoRALinear):
         return self.linear.bias
 
 
-class LoRAMultiheadLatentAttention(MultiheadLatentAttention):
-    """:class:`MultiheadLatentAttention` with litgpt ``LoRALinear`` projections chosen by the ``lora_*`` flags.
+class _LoRALatentProjections:
+    """Mixin for an MLA class: its projections become litgpt ``LoRALinear``s chosen by the ``lora_*`` flags.
 
     The flag mapping is in the module docstring. Loads plain MLA checkpoints (``q_a_proj.weight`` ->
     ``q_a_proj.linear.weight``); ``litgpt merge_lora`` strips ``.linear`` again.
@@ -100,6 +101,18 @@ class LoRAMultiheadLatentAttention(MultiheadLatentAttention):
             layer_class = EffectiveWeightLoRALinear if name == "kv_b_proj" else LoRALinear
             setattr(self, name, _lora_linear(getattr(self, name), config, enabled[name], layer_class))
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Maps plain MLA checkpoints (``NAME.weight``) onto the LoRA layers (``NAME.linear.weight``)."""
+        mapping = {
+            f"{name}.{attr}": f"{name}.linear.{attr}" for name in self._lora_names for attr in ("weight", "bias")
+        }
+        state_dict = map_old_state_dict_weights(state_dict, mapping, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class LoRAMultiheadLatentAttention(_LoRALatentProjections, MultiheadLatentAttention):
+    """:class:`MultiheadLatentAttention` (compressed cache, absorbed decode) with LoRA projections."""
+
     def _absorbed_weights(self) -> AbsorbedWeights:
         """The absorbed-path weights of the effective ``kv_b_proj`` (see :class:`EffectiveWeightLoRALinear`).
 
@@ -110,13 +123,9 @@ class LoRAMultiheadLatentAttention(MultiheadLatentAttention):
             return self.absorb_weights()
         return super()._absorbed_weights()
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Maps plain MLA checkpoints (``NAME.weight``) onto the LoRA layers (``NAME.linear.weight``)."""
-        mapping = {
-            f"{name}.{attr}": f"{name}.linear.{attr}" for name in self._lora_names for attr in ("weight", "bias")
-        }
-        state_dict = map_old_state_dict_weights(state_dict, mapping, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+class LoRALitgptMultiheadLatentAttention(_LoRALatentProjections, LitgptMultiheadLatentAttention):
+    """litgpt's own MLA (expanded cache; ``attention_class_name: LitgptMultiheadLatentAttention``) with LoRA."""
 
 
 class LoRAMemorizedKeyAttention(MemorizedKeyAttention, LoRACausalSelfAttention):
@@ -135,6 +144,7 @@ class LoRAMemorizedKeyAttention(MemorizedKeyAttention, LoRACausalSelfAttention):
 LORA_ATTENTION_CLASSES: dict[str, type] = {
     "CausalSelfAttention": LoRACausalSelfAttention,  # litgpt's own: MHA, GQA, MQA
     "MultiheadLatentAttention": LoRAMultiheadLatentAttention,
+    "LitgptMultiheadLatentAttention": LoRALitgptMultiheadLatentAttention,  # litgpt's own MLA (expanded cache)
     "MemorizedKeyAttention": LoRAMemorizedKeyAttention,
 }
 

@@ -36,6 +36,8 @@ def variant_label(config: Any) -> str:
     name = config.attention_class_name
     if name == "MultiheadLatentAttention":
         return "MLA"
+    if name == "LitgptMultiheadLatentAttention":
+        return "litgpt's stock MLA"
     if name == "MemorizedKeyAttention":
         routing = (config.memorized_key_attention or {}).get("routing", "keys")
         return {"keys": "MKA", "keys_values": "FMKA"}.get(routing, f"MKA (routing: {routing})")

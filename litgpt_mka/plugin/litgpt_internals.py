@@ -207,12 +207,8 @@ def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
 
 
 def _attention_classes() -> tuple[type, ...]:
-    """litgpt's attention classes and every registered one (the classes whose `proj` pretrain scales)."""
-    from litgpt.model import CausalSelfAttention, MultiheadLatentAttention
-
-    from litgpt_mka.attention.registry import ATTENTION_CLASSES
-
-    return (CausalSelfAttention, MultiheadLatentAttention, *(attention_class(name) for name in ATTENTION_CLASSES))
+    """Every registered attention module class, litgpt's included (the classes whose `proj` pretrain scales)."""
+    return tuple(registry.attention_class(name) for name in registry.VARIANTS)
 
 
 # --------------------------------------------------------------- guard: a built model honours its config

@@ -1,4 +1,4 @@
-"""Tiny configs of litgpt's fine-tuning Config classes (lora, adapter, adapter_v2) for every variant."""
+"""Tiny configs of every variant for litgpt's Config classes (model, lora, adapter, adapter_v2)."""
 
 import dataclasses
 from typing import Any
@@ -7,17 +7,26 @@ from litgpt.config import Config
 
 from tests.helpers import TINY_VARIANTS, tiny_config
 
-VARIANTS = tuple(TINY_VARIANTS)  # mha, gqa, mqa, mla, mka, fmka
+# the variants of tests.helpers, plus litgpt's own MLA (expanded cache) on the same latent dims
+STOCK_MLA = {"attention_class_name": "LitgptMultiheadLatentAttention"}
+VARIANTS = (*TINY_VARIANTS, "stock-mla")  # mha, gqa, mqa, mla, mka, fmka, stock-mla
 LORA_ALL = dict(lora_r=4, lora_alpha=8, lora_query=True, lora_key=True, lora_value=True, lora_projection=True)
 
 
+def variant_config(variant: str, **overrides: Any) -> Config:
+    """`tests.helpers.tiny_config(variant, **overrides)`, where `variant` may also be ``"stock-mla"``."""
+    if variant == "stock-mla":
+        return tiny_config("mla", **{**STOCK_MLA, **overrides})
+    return tiny_config(variant, **overrides)
+
+
 def tiny_config_as(config_class: type, variant: str, **extra: Any) -> Config:
-    """`tests.helpers.tiny_config(variant)` rebuilt as `config_class` (e.g. ``litgpt.lora.Config``).
+    """`variant_config(variant)` rebuilt as `config_class` (e.g. ``litgpt.lora.Config``).
 
     Keys of `extra` that are litgpt ``Config`` fields override the tiny config; the others (``lora_r``, ...)
     are fields of `config_class`.
     """
     base_fields = {field.name for field in dataclasses.fields(Config)}
-    base = tiny_config(variant, **{key: value for key, value in extra.items() if key in base_fields})
+    base = variant_config(variant, **{key: value for key, value in extra.items() if key in base_fields})
     values = {name: getattr(base, name) for name in base_fields}
     return config_class(**values, **{key: value for key, value in extra.items() if key not in base_fields})

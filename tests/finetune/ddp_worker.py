@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from litgpt.model import GPT
 
-from tests.helpers import tiny_config, tokens
+from tests.finetune.builders import variant_config
+from tests.helpers import tokens
 
 STEPS = 3
 GLOBAL_BATCH = 4
@@ -24,7 +25,7 @@ SEQUENCE = 16
 def train(fabric: L.Fabric, variant: str) -> dict:
     """Trains a seeded tiny model of `variant`; returns the mean loss of each step and the final weights."""
     torch.manual_seed(0)
-    model = GPT(tiny_config(variant))
+    model = GPT(variant_config(variant))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     model, optimizer = fabric.setup(model, optimizer)
     losses = []

@@ -5,19 +5,21 @@ import torch
 from litgpt.scripts import convert_lit_checkpoint
 from litgpt.utils import save_config
 
-from tests.helpers import random_gpt, tiny_config
+from tests.finetune.builders import variant_config
+from tests.helpers import random_gpt
 
 REFUSED = {
     "mla": r"cannot convert attention_class_name='MultiheadLatentAttention' \(MLA\)",
     "mka": r"cannot convert attention_class_name='MemorizedKeyAttention' \(MKA\)",
     "fmka": r"cannot convert attention_class_name='MemorizedKeyAttention' \(FMKA\)",
+    "stock-mla": r"cannot convert attention_class_name='LitgptMultiheadLatentAttention' \(litgpt's stock MLA\)",
     "gqa": r"n_query_groups=2 < n_head=4 to Hugging Face GPT-NeoX .* no grouped key/value heads",
     "mqa": r"n_query_groups=1 < n_head=4 to Hugging Face GPT-NeoX .* no grouped key/value heads",
 }
 
 
 def checkpoint_dir(tmp_path, variant: str, **overrides):
-    config = tiny_config(variant, **overrides)
+    config = variant_config(variant, **overrides)
     directory = tmp_path / "checkpoint"
     directory.mkdir()
     save_config(config, directory)

@@ -9,10 +9,11 @@ from litgpt import adapter, adapter_v2, lora, model
 from litgpt.utils import load_checkpoint
 
 from litgpt_mka.plugin.litgpt_internals import _subclasses
-from tests.finetune.builders import VARIANTS, tiny_config_as
-from tests.helpers import random_gpt, tiny_config
+from tests.finetune.builders import VARIANTS, tiny_config_as, variant_config
+from tests.helpers import random_gpt
 
-REFUSING = {"mla": "MLA", "mka": "MKA", "fmka": "FMKA"}  # variants litgpt's adapters refuse
+# variants litgpt's adapters refuse -> the label their message gives
+REFUSING = {"mla": "MLA", "mka": "MKA", "fmka": "FMKA", "stock-mla": "litgpt's stock MLA"}
 # litgpt module -> (its GPT class, its Config class, commands the refusal must name)
 LITGPT_GPT_CLASSES = {
     "litgpt.model": (model.GPT, model.Config, None),
@@ -64,8 +65,8 @@ def test_block_guard_covers_user_subclasses_defined_after_activation():
     for cls in (PlainAttentionBlock, Inheriting):
         expected = rf"{cls.__name__} built litgpt.model.CausalSelfAttention for"
         with pytest.raises(ValueError, match=expected + r" attention_class_name='MultiheadLatentAttention' \(MLA\)"):
-            cls(tiny_config("mla"), 0)
-        cls(tiny_config("gqa"), 0)  # a variant it honours builds
+            cls(variant_config("mla"), 0)
+        cls(variant_config("gqa"), 0)  # a variant it honours builds
 
 
 def test_block_guard_checks_only_the_complete_block():
@@ -91,8 +92,8 @@ def test_block_guard_checks_only_the_complete_block():
     ],
 )
 def test_non_strict_load_of_another_variant_raises(checkpoint_variant, model_variant, message):
-    state_dict = random_gpt(tiny_config(checkpoint_variant)).state_dict()
-    target = model.GPT(tiny_config(model_variant))
+    state_dict = random_gpt(variant_config(checkpoint_variant)).state_dict()
+    target = model.GPT(variant_config(model_variant))
     with pytest.raises(ValueError, match=message):
         target.load_state_dict(state_dict, strict=False)
 
@@ -100,7 +101,7 @@ def test_non_strict_load_of_another_variant_raises(checkpoint_variant, model_var
 def test_non_strict_load_through_litgpts_load_checkpoint_and_fabric_raises(tmp_path):
     """The path finetune_lora/finetune_adapter take: litgpt.utils.load_checkpoint on a Fabric-wrapped model."""
     path = tmp_path / "lit_model.pth"
-    torch.save(random_gpt(tiny_config("mla")).state_dict(), path)
+    torch.save(random_gpt(variant_config("mla")).state_dict(), path)
     fabric = L.Fabric(accelerator="cpu", devices=1)
     wrapped = fabric.setup_module(lora.GPT(tiny_config_as(lora.Config, "mha", lora_r=2, lora_query=True)))
     with pytest.raises(ValueError, match="drop its attention weights"):
@@ -109,7 +110,7 @@ def test_non_strict_load_through_litgpts_load_checkpoint_and_fabric_raises(tmp_p
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_non_strict_loads_that_fine_tuning_needs_still_work(variant):
-    base = random_gpt(tiny_config(variant)).state_dict()
+    base = random_gpt(variant_config(variant)).state_dict()
     lora_model = lora.GPT(tiny_config_as(lora.Config, variant, lora_r=2, lora_query=True, lora_value=True))
     lora_model.load_state_dict(base, strict=False)  # base checkpoint, LoRA weights missing
     lora_only = {key: value for key, value in lora_model.state_dict().items() if "lora_" in key}
@@ -120,7 +121,7 @@ def test_non_strict_loads_that_fine_tuning_needs_still_work(variant):
 
 
 def test_strict_loads_are_untouched():
-    target = model.GPT(tiny_config("mha"))
+    target = model.GPT(variant_config("mha"))
     with pytest.raises(RuntimeError, match="Unexpected key"):
-        target.load_state_dict(random_gpt(tiny_config("mla")).state_dict(), strict=True)
+        target.load_state_dict(random_gpt(variant_config("mla")).state_dict(), strict=True)
     assert isinstance(target, nn.Module)

@@ -17,8 +17,7 @@ from litgpt import lora
 from litgpt.model import GPT
 from litgpt.pretrain import initialize_weights
 
-from tests.finetune.builders import LORA_ALL, VARIANTS, tiny_config_as
-from tests.helpers import tiny_config
+from tests.finetune.builders import LORA_ALL, VARIANTS, tiny_config_as, variant_config
 
 WIDE = dict(n_embd=128, n_layer=3)  # enough numbers per tensor for the statistics below
 
@@ -42,7 +41,7 @@ def test_accepts_any_module_tree_like_litgpts():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variants_output_projection_is_scaled(variant):
-    config = tiny_config(variant, **WIDE)
+    config = variant_config(variant, **WIDE)
     torch.manual_seed(0)
     model = GPT(config)
     initialize_weights(fabric_with(SingleDeviceStrategy), model, n_layer=config.n_layer, n_embd=config.n_embd)
@@ -99,7 +98,7 @@ def test_meta_device_materialisation_matches_an_eager_build(variant, model_class
     if model_class is lora.GPT:
         config = tiny_config_as(lora.Config, variant, **WIDE, **LORA_ALL)
     else:
-        config = tiny_config(variant, **WIDE)
+        config = variant_config(variant, **WIDE)
     eager = build(model_class, config, meta=False, pretrain_init=pretrain_init)
     meta = build(model_class, config, meta=True, pretrain_init=pretrain_init)
     eager_tensors = {**dict(eager.named_parameters()), **dict(eager.named_buffers())}

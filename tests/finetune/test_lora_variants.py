@@ -16,13 +16,13 @@ from litgpt_mka.finetune.lora import (
     LoRAMemorizedKeyAttention,
     LoRAMultiheadLatentAttention,
 )
-from tests.finetune.builders import LORA_ALL, VARIANTS, tiny_config_as
-from tests.helpers import TINY_LATENT, assert_cached_decode_matches_full_forward, random_gpt, tiny_config, tokens
+from tests.finetune.builders import LORA_ALL, VARIANTS, tiny_config_as, variant_config
+from tests.helpers import TINY_LATENT, assert_cached_decode_matches_full_forward, random_gpt, tokens
 
 
 def lora_gpt(variant: str, seed: int = 0, **flags) -> lora.GPT:
     """A LoRA GPT of `variant` holding `random_gpt(variant)`'s base weights and random (non-zero) LoRA A and B."""
-    base = random_gpt(tiny_config(variant), seed=seed)
+    base = random_gpt(variant_config(variant), seed=seed)
     model = lora.GPT(tiny_config_as(lora.Config, variant, **{**LORA_ALL, **flags}))
     model.load_state_dict(base.state_dict(), strict=False)  # as finetune_lora loads the base checkpoint
     with torch.no_grad():
@@ -52,9 +52,10 @@ def test_lora_block_builds_the_lora_form_of_the_configured_variant(variant):
     ],
     ids=["query", "key", "value", "projection", "litgpt-defaults"],
 )
-def test_mla_flags_select_the_documented_projections(flags, expected):
+@pytest.mark.parametrize("variant", ["mla", "stock-mla"])
+def test_mla_flags_select_the_documented_projections(flags, expected, variant):
     no_flags = dict(lora_query=False, lora_key=False, lora_value=False, lora_projection=False)
-    attn = lora.GPT(tiny_config_as(lora.Config, "mla", lora_r=4, **{**no_flags, **flags})).transformer.h[0].attn
+    attn = lora.GPT(tiny_config_as(lora.Config, variant, lora_r=4, **{**no_flags, **flags})).transformer.h[0].attn
     adapted = {name for name in attn._lora_names if getattr(attn, name).r > 0}
     assert adapted == expected
     assert isinstance(attn.kv_b_proj, EffectiveWeightLoRALinear)
@@ -77,7 +78,7 @@ def test_qkv_flags_are_litgpts_for_the_fused_projection(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_base_checkpoint_loads_and_zero_lora_is_the_base_model(variant):
     """What finetune_lora does first: load the base checkpoint non-strictly; B = 0 gives the base logits."""
-    base = random_gpt(tiny_config(variant))
+    base = random_gpt(variant_config(variant))
     model = lora.GPT(tiny_config_as(lora.Config, variant, **LORA_ALL)).eval()
     result = model.load_state_dict(base.state_dict(), strict=False)
     assert result.unexpected_keys == []
@@ -94,7 +95,7 @@ def test_merge_lora_checkpoint_equals_base_plus_lora_delta(variant, tmp_path):
     base_dir, lora_dir = tmp_path / "base", tmp_path / "lora"
     for directory in (base_dir, lora_dir):
         directory.mkdir()
-        save_config(tiny_config(variant), directory)
+        save_config(variant_config(variant), directory)
         for name in ("tokenizer.json", "tokenizer_config.json"):  # checked for, not read, by merge_lora
             (directory / name).write_text("{}")
     base_state = {k.replace("linear.", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
@@ -112,7 +113,7 @@ def test_merge_lora_checkpoint_equals_base_plus_lora_delta(variant, tmp_path):
         expected = model(idx)
         torch.testing.assert_close(merged(idx), expected)
         # and the merged model is not the base model: the delta is there
-        base = GPT(tiny_config(variant)).eval()
+        base = GPT(variant_config(variant)).eval()
         base.load_state_dict(base_state)
         assert (base(idx) - expected).abs().max() > 1e-3
 
