@@ -10,7 +10,7 @@ of the base variant that ``litgpt generate`` loads.
 Which weights get LoRA, from litgpt's flags (``lora_r`` > 0; ``lora_mlp`` and ``lora_head`` are litgpt's):
 
 ==================  ==================================  ================================================
-flag                MHA / GQA / MQA, MKA, FMKA           MLA
+flag                MHA / GQA / MQA, MKA, FMKA           MLA (ours, and litgpt's stock MLA alike)
 ==================  ==================================  ================================================
 ``lora_query``      query rows of ``qkv``               ``q_a_proj`` and ``q_b_proj`` (``q_proj`` when
                                                         ``q_lora_rank`` is null)
@@ -26,8 +26,8 @@ are expanded from (and the RoPE key), and ``kv_b_proj`` holds ``W_UK`` and ``W_U
 
 MKA and FMKA: ``qkv`` and ``proj`` exactly as litgpt's LoRA attention. The router and the long-term memory
 ``p`` are **frozen** (litgpt's ``mark_only_lora_as_trainable`` freezes every non-``lora_`` parameter, and
-``merge_lora`` keeps only ``lora_`` weights from the fine-tuning run): like every pretrained weight, they
-are adapted only through the LoRA deltas they pass through, e.g. the long-term key ``k(p) = (W_K + ΔW_K) p``.
+``merge_lora`` keeps only ``lora_`` weights from the fine-tuning run): they keep their pretrained values, while
+the long-term key and value ``k(p) = (W_K + ΔW_K) p + b_K`` (and ``v(p)``) follow the ``qkv`` deltas.
 
 Merged == base + delta: with the deltas ``ΔW = scaling B A`` added to the base weights, the merged model
 computes the unmerged LoRA model's function (tested on whole logits). MLA's absorbed decode derives
@@ -40,8 +40,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from litgpt.lora import CausalSelfAttention as LoRACausalSelfAttention
-from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
 from litgpt.lora import LoRALinear
+from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
 from litgpt.utils import map_old_state_dict_weights
 
 from litgpt_mka.attention.mka import MemorizedKeyAttention
