@@ -67,7 +67,8 @@ def test_finetune_lora_then_generate(preset, tokenizer_dir, subprocess_env, tmp_
     lora_state = torch.load(final / "lit_model.pth.lora")["model"]
     for key in VARIANT_LORA_KEYS[preset]:
         assert key in lora_state, f"{key} missing: the LoRA run did not train the {preset} variant"
-    assert yaml.safe_load((final / "model_config.yaml").read_text())["attention_class_name"] == config.attention_class_name
+    saved = yaml.safe_load((final / "model_config.yaml").read_text())
+    assert saved["attention_class_name"] == config.attention_class_name
 
     # merged (by finetune_lora itself, through litgpt's merge_lora) == base + scaling B A
     base = torch.load(base_dir / "lit_model.pth")

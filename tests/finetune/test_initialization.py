@@ -68,8 +68,8 @@ def materialize_like_fsdp(model: nn.Module) -> None:
             for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
                 if tensor.is_floating_point():
                     tensor.fill_(float("nan"))  # what was never initialised stays visible
-        has_states = any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
-        if has_states and callable(getattr(module, "reset_parameters", None)):
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if own and callable(getattr(module, "reset_parameters", None)):
             module.reset_parameters()
 
 
