@@ -64,11 +64,11 @@ def materialize_like_fsdp(model: nn.Module) -> None:
     """torch FSDP's meta-device materialisation: per module, allocate own tensors, then `reset_parameters()`."""
     for module in model.modules():
         module.to_empty(device="cpu", recurse=False)
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         with torch.no_grad():
-            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            for tensor in own:
                 if tensor.is_floating_point():
                     tensor.fill_(float("nan"))  # what was never initialised stays visible
-        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         if own and callable(getattr(module, "reset_parameters", None)):
             module.reset_parameters()
 
