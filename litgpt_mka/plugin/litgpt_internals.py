@@ -35,6 +35,7 @@ each extension below is applied to the imported module object, once (idempotent)
 import dataclasses
 import functools
 import math
+import warnings
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
@@ -277,32 +278,39 @@ def _subclasses(cls: type) -> list[type]:
 
 
 def _check_non_strict_load(model, state_dict, result) -> None:
-    """Raises ValueError when a non-strict load dropped or left out attention weights of a full checkpoint.
+    """After a non-strict load: an error when attention weights were dropped, a warning when some were left out.
 
-    Dropped: checkpoint keys under ``.attn.`` that the model has no parameter for (e.g. MLA weights loaded
-    into an MHA model). Left out: attention parameters of the model that a checkpoint holding attention
-    weights does not have (other than those fine-tuning adds: ``lora_*``, ``adapter_*``, ``gating_factor``).
+    Dropped (``ValueError``): checkpoint keys under ``.attn.`` that the model has no parameter for, e.g. MLA
+    weights loaded into an MHA model: the model would silently run another attention than the checkpoint's.
+    Left out (``UserWarning``): attention parameters of the model that a checkpoint holding attention
+    weights lacks (other than those fine-tuning adds: ``lora_*``, ``adapter_*``, ``gating_factor``). They keep
+    their initialisation, which is what warm-starting a variant from another one means (e.g. MKA from an MHA
+    checkpoint with ``pretrain --initial_checkpoint_dir``: same ``qkv``/``proj``, new router and memory), so
+    it is reported rather than refused.
     """
+    from litgpt_mka.finetune.support import describe
 
     def base_attention_key(key: str) -> bool:
         return ".attn." in key and not any(marker in key for marker in _FINETUNING_PARAMETER_MARKERS)
 
+    target = f"{type(model).__module__}.{type(model).__qualname__} ({describe(model.config)})"
     dropped = [key for key in result.unexpected_keys if ".attn." in key]
+    if dropped:
+        raise ValueError(
+            f"loading this checkpoint into {target} with strict=False would drop {len(dropped)} attention weights"
+            f" ({dropped[:4]}...): the model has no place for them, so it would run another attention than the"
+            " checkpoint's. Build the model from the checkpoint's own model_config.yaml (its attention_class_name,"
+            " latent_attention, memorized_key_attention, n_query_groups)."
+        )
     has_attention = any(base_attention_key(key) for key in state_dict)  # not a LoRA- or adapter-only file
     left_out = [key for key in result.missing_keys if base_attention_key(key)]
-    if not dropped and not (has_attention and left_out):
-        return
-    from litgpt_mka.finetune.support import describe
-
-    raise ValueError(
-        f"loading this checkpoint into {type(model).__module__}.{type(model).__qualname__} ({describe(model.config)})"
-        f" with strict=False would {'drop its attention weights ' + str(dropped[:4]) if dropped else ''}"
-        f"{' and ' if dropped and has_attention and left_out else ''}"
-        f"{'leave attention parameters uninitialised ' + str(left_out[:4]) if has_attention and left_out else ''}"
-        f" ({len(dropped)} dropped, {len(left_out) if has_attention else 0} left out): the checkpoint was"
-        " written by another attention variant. Build the model from the checkpoint's own model_config.yaml"
-        " (its attention_class_name, latent_attention, memorized_key_attention, n_query_groups)."
-    )
+    if has_attention and left_out:
+        warnings.warn(
+            f"the checkpoint loaded into {target} with strict=False has no values for {len(left_out)} attention"
+            f" parameters ({left_out[:4]}...); they keep their initialisation. Expected only when starting a"
+            " variant from another variant's checkpoint.",
+            stacklevel=3,
+        )
 
 
 def guard_attention_variant(module: ModuleType) -> None:
@@ -312,7 +320,8 @@ def guard_attention_variant(module: ModuleType) -> None:
       after this call) is checked when its outermost ``__init__`` returns: its ``attn`` must be an instance of
       ``config.attention_class``, else ``ValueError`` naming the variant and the commands that support it.
     * ``GPT.load_state_dict(..., strict=False)`` (litgpt's fine-tuning scripts load that way) raises
-      ``ValueError`` when it would drop the checkpoint's attention weights or leave the model's unset.
+      ``ValueError`` when it would drop the checkpoint's attention weights, and warns when it leaves some of
+      the model's unset (see ``_check_non_strict_load``).
     """
     if not _first_time_here(module, _GUARDED_MARK):
         return

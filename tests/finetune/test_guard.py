@@ -84,18 +84,29 @@ def test_block_guard_checks_only_the_complete_block():
 
 
 @pytest.mark.parametrize(
-    ("checkpoint_variant", "model_variant", "message"),
+    ("checkpoint_variant", "model_variant", "first_dropped"),
     [
-        ("mla", "mha", r"drop its attention weights \['transformer.h.0.attn.q_a_proj"),
-        ("mha", "mka", r"leave attention parameters uninitialised \['transformer.h.0.attn.memory"),
-        ("mka", "mha", r"drop its attention weights \['transformer.h.0.attn.memory"),
+        ("mla", "mha", "transformer.h.0.attn.q_a_proj"),
+        ("mka", "mha", "transformer.h.0.attn.memory"),
+        ("mha", "mla", "transformer.h.0.attn.qkv"),
+        ("mla", "stock-mla", None),  # same parameter names: nothing dropped, nothing left out
     ],
 )
-def test_non_strict_load_of_another_variant_raises(checkpoint_variant, model_variant, message):
+def test_non_strict_load_that_drops_attention_weights_raises(checkpoint_variant, model_variant, first_dropped):
     state_dict = random_gpt(variant_config(checkpoint_variant)).state_dict()
     target = model.GPT(variant_config(model_variant))
-    with pytest.raises(ValueError, match=message):
+    if first_dropped is None:
         target.load_state_dict(state_dict, strict=False)
+        return
+    with pytest.raises(ValueError, match=rf"would drop \d+ attention weights \(\['{first_dropped}"):
+        target.load_state_dict(state_dict, strict=False)
+
+
+def test_non_strict_load_that_leaves_attention_parameters_unset_warns():
+    """MKA warm-started from an MHA checkpoint: qkv/proj load, router and memory keep their init (reported)."""
+    target = model.GPT(variant_config("mka"))
+    with pytest.warns(UserWarning, match=r"no values for 10 attention parameters \(\['transformer.h.0.attn.memory"):
+        target.load_state_dict(random_gpt(variant_config("mha")).state_dict(), strict=False)
 
 
 def test_non_strict_load_through_litgpts_load_checkpoint_and_fabric_raises(tmp_path):
@@ -104,7 +115,7 @@ def test_non_strict_load_through_litgpts_load_checkpoint_and_fabric_raises(tmp_p
     torch.save(random_gpt(variant_config("mla")).state_dict(), path)
     fabric = L.Fabric(accelerator="cpu", devices=1)
     wrapped = fabric.setup_module(lora.GPT(tiny_config_as(lora.Config, "mha", lora_r=2, lora_query=True)))
-    with pytest.raises(ValueError, match="drop its attention weights"):
+    with pytest.raises(ValueError, match=r"would drop 16 attention weights \(\[.transformer.h.0.attn.q_a_proj.weight"):
         load_checkpoint(fabric, wrapped, path, strict=False)
 
 
