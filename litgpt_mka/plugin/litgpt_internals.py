@@ -30,6 +30,17 @@ each extension below is applied to the imported module object, once (idempotent)
     ``initialize_weights`` (GPT-NeoX init) scales the output projection of ``CausalSelfAttention``
     only; the replacement scales the output projection ``proj`` of every block's attention module,
     whatever its class, the same way, so that comparisons between variants are fair. Everything else is litgpt's code path.
+
+``litgpt.model`` (also)  -- ``guard_attention_variant``
+    Every ``Block`` subclass (litgpt's LoRA and adapter blocks, user code) must end up holding
+    ``config.attention_class``, else ``ValueError``; a non-strict ``GPT.load_state_dict`` that would drop
+    attention weights raises, one that leaves attention parameters unset warns.
+
+``litgpt.lora`` -- ``extend_lora_module``; ``litgpt.adapter`` -- ``extend_adapter_module``;
+``litgpt.scripts.convert_lit_checkpoint`` -- ``extend_convert_lit_checkpoint_module``
+    LoRA builds the LoRA form of every variant (:mod:`litgpt_mka.finetune.lora`); the adapters' ``Config``
+    refuses MLA and MKA; ``convert_from_litgpt`` refuses variants without a Hugging Face counterpart
+    before writing (:mod:`litgpt_mka.finetune.support`).
 """
 
 import dataclasses
