@@ -5,8 +5,8 @@ unknown YAML keys are rejected before any user code could run. The package there
 one-line ``litgpt_mka.pth`` file into site-packages (``pip install .`` and ``pip install -e .``
 alike). Python's ``site`` module executes it at interpreter start: it imports this package, which
 only appends a tiny finder to ``sys.meta_path`` (no torch, no litgpt import; see
-``python -X importtime -c pass``). The first time ``litgpt.config``, ``litgpt.model`` or
-``litgpt.pretrain`` is imported, by the ``litgpt`` console script, ``python -m litgpt`` or user
+``python -X importtime -c pass``). The first time ``litgpt.config``, ``litgpt.model``,
+``litgpt.pretrain`` or another module of ``_EXTENSIONS`` (LoRA, adapters, ``convert_from_litgpt``) is imported, by the ``litgpt`` console script, ``python -m litgpt`` or user
 code, the finder lets the module execute normally and then hands it to
 :mod:`litgpt_mka.plugin.litgpt_internals`, the only module that touches litgpt's internals.
 
@@ -25,6 +25,10 @@ _EXTENSIONS = {
     "litgpt.config": "extend_config_module",
     "litgpt.model": "extend_model_module",
     "litgpt.pretrain": "extend_pretrain_module",
+    # fine-tuning and conversion (litgpt_mka/finetune/): each refuses or builds the configured variant
+    "litgpt.lora": "extend_lora_module",
+    "litgpt.adapter": "extend_adapter_module",
+    "litgpt.scripts.convert_lit_checkpoint": "extend_convert_lit_checkpoint_module",
 }
 
 
@@ -72,7 +76,7 @@ def activate() -> None:
     """Extend litgpt now if its modules are already imported, and on their first import otherwise."""
     if not any(isinstance(finder, _LitgptFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _LitgptFinder())
-    for name in _EXTENSIONS:  # dict order: config before model before pretrain
+    for name in _EXTENSIONS:  # dict order: config before model before the modules built on them
         module = sys.modules.get(name)
         if module is not None:
             _extend(module)

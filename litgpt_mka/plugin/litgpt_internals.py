@@ -30,10 +30,23 @@ each extension below is applied to the imported module object, once (idempotent)
     ``initialize_weights`` (GPT-NeoX init) scales the output projection of ``CausalSelfAttention``
     only; the replacement scales the output projection ``proj`` of every block's attention module,
     whatever its class, the same way, so that comparisons between variants are fair. Everything else is litgpt's code path.
+
+``litgpt.model`` (also)  -- ``guard_attention_variant``
+    Every ``Block`` subclass (litgpt's LoRA and adapter blocks, user code) must end up holding
+    ``config.attention_class``, else ``ValueError``; a non-strict ``GPT.load_state_dict`` that would drop
+    attention weights raises, one that leaves attention parameters unset warns.
+
+``litgpt.lora`` -- ``extend_lora_module``; ``litgpt.adapter`` -- ``extend_adapter_module``;
+``litgpt.scripts.convert_lit_checkpoint`` -- ``extend_convert_lit_checkpoint_module``
+    LoRA builds the LoRA form of every variant (:mod:`litgpt_mka.finetune.lora`); the adapters' ``Config``
+    refuses MLA and MKA; ``convert_from_litgpt`` refuses variants without a Hugging Face counterpart
+    before writing (:mod:`litgpt_mka.finetune.support`).
 """
 
 import dataclasses
+import functools
 import math
+import warnings
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
@@ -154,6 +167,7 @@ def extend_model_module(module: ModuleType) -> None:
 
     __init__.__doc__ = litgpt_init.__doc__
     block_cls.__init__ = __init__
+    guard_attention_variant(module)
 
 
 # --------------------------------------------------------------------------------------- litgpt.pretrain
@@ -169,7 +183,9 @@ def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
 
     Embeddings and linear layers: N(0, sqrt(2 / (5 n_embd))). Output projections of the attention
     module and of LLaMAMLP: N(0, 1 / (sqrt(n_embd) n_layer)). litgpt applies the second rule to
-    `CausalSelfAttention` only, which would give MLA a different init than MHA.
+    `CausalSelfAttention` (and its subclasses, e.g. MKA) only, which would give MLA a different init than
+    MHA; here it applies to every attention class (litgpt's and the registry's). Like litgpt's, it walks
+    `model.modules()`, so any module tree is accepted.
     """
     import torch.nn as nn
     from lightning.fabric.strategies import FSDPStrategy
@@ -185,11 +201,249 @@ def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
         if isinstance(mod, (nn.Embedding, nn.Linear)):
             mod.reset_parameters = partial(init_weights, mod, std=math.sqrt(2.0 / 5 / n_embd))
 
-    # a separate loop because the projections below are `nn.Linear`s too
-    scaled_projections = [mod.proj for mod in model.modules() if isinstance(mod, LLaMAMLP)]
-    scaled_projections += [block.attn.proj for block in model.transformer.h]  # whatever the attention class
-    for proj in scaled_projections:
-        proj.reset_parameters = partial(init_weights, proj, std=(1 / math.sqrt(n_embd) / n_layer))
+    # a separate loop because the projections below are `nn.Linear`s too; like litgpt's, any module tree is
+    # accepted (litgpt's own tests pass one without `transformer`): every attention module of any class is found
+    scaled = (LLaMAMLP, *_attention_classes())
+    for mod in model.modules():
+        if isinstance(mod, scaled):
+            mod.proj.reset_parameters = partial(init_weights, mod.proj, std=(1 / math.sqrt(n_embd) / n_layer))
 
     if not isinstance(fabric.strategy, FSDPStrategy):
         reset_parameters(model)
+
+
+# ================================================================= the rest of litgpt: fine-tuning, loading
+# Everything below extends litgpt modules other than config/model/pretrain, plus two guards installed by
+# `extend_model_module` (`guard_attention_variant`). Supported commands per variant:
+# litgpt_mka/finetune/support.py.
+
+
+def _attention_classes() -> tuple[type, ...]:
+    """Every registered attention module class, litgpt's included (the classes whose `proj` pretrain scales)."""
+    return tuple(registry.attention_class(name) for name in registry.VARIANTS)
+
+
+# --------------------------------------------------------------- guard: a built model honours its config
+_GUARDED_MARK = "_litgpt_mka_guarded"
+# parameter names that fine-tuning adds and a base checkpoint never holds
+_FINETUNING_PARAMETER_MARKERS = ("lora_", "adapter_", "gating_factor")
+
+
+def _first_time_here(module: ModuleType, mark: str = _EXTENDED_MARK) -> bool:
+    """`_first_time` for a module object (classes would inherit the mark of litgpt's base classes)."""
+    if module.__dict__.get(mark, False):
+        return False
+    setattr(module, mark, True)
+    return True
+
+
+def _check_block_attention(block) -> None:
+    """Raises ValueError when a litgpt `Block` (subclass) holds another attention class than its config names."""
+    config = getattr(block, "config", None)
+    attn = getattr(block, "attn", None)
+    if config is None or attn is None:
+        return
+    configured = config.attention_class
+    if isinstance(attn, configured):
+        return
+    from litgpt_mka.finetune.support import (
+        ADAPTER_COMMANDS,
+        COMMANDS_FOR_EVERY_VARIANT,
+        check_adapter_supports,
+        describe,
+    )
+
+    block_class = type(block)
+    if block_class.__module__ in ADAPTER_COMMANDS:  # litgpt's adapters: the message names their commands
+        check_adapter_supports(config, block_class.__module__)
+    raise ValueError(
+        f"{block_class.__module__}.{block_class.__qualname__} built {type(attn).__module__}.{type(attn).__qualname__}"
+        f" for {describe(config)}, which needs {configured.__module__}.{configured.__qualname__}: it would be a"
+        f" different model. This block class does not support the variant; use {COMMANDS_FOR_EVERY_VARIANT}."
+    )
+
+
+def _guarded_block_init(init):
+    """Wraps a `Block` subclass's `__init__`: after the outermost one returns, the attention is checked."""
+    if getattr(init, _GUARDED_MARK, False):
+        return init
+
+    def __init__(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        if type(self).__init__ is __init__:  # the outermost __init__ of this instance: the block is complete
+            _check_block_attention(self)
+
+    __init__.__doc__, __init__.__wrapped__ = init.__doc__, init
+    setattr(__init__, _GUARDED_MARK, True)
+    return __init__
+
+
+def _guard_block_subclass(cls: type) -> None:
+    if "__init__" in cls.__dict__:
+        cls.__init__ = _guarded_block_init(cls.__dict__["__init__"])
+
+
+def _subclasses(cls: type) -> list[type]:
+    direct = cls.__subclasses__()
+    return direct + [sub for child in direct for sub in _subclasses(child)]
+
+
+def _check_non_strict_load(model, state_dict, result) -> None:
+    """After a non-strict load: an error when attention weights were dropped, a warning when some were left out.
+
+    Dropped (``ValueError``): checkpoint keys under ``.attn.`` that the model has no parameter for, e.g. MLA
+    weights loaded into an MHA model: the model would silently run another attention than the checkpoint's.
+    Left out (``UserWarning``): attention parameters of the model that a checkpoint holding attention
+    weights lacks (other than those fine-tuning adds: ``lora_*``, ``adapter_*``, ``gating_factor``). They keep
+    their initialisation, which is what warm-starting a variant from another one means (e.g. MKA from an MHA
+    checkpoint with ``pretrain --initial_checkpoint_dir``: same ``qkv``/``proj``, new router and memory), so
+    it is reported rather than refused.
+    """
+    from litgpt_mka.finetune.support import describe
+
+    def base_attention_key(key: str) -> bool:
+        return ".attn." in key and not any(marker in key for marker in _FINETUNING_PARAMETER_MARKERS)
+
+    target = f"{type(model).__module__}.{type(model).__qualname__} ({describe(model.config)})"
+    dropped = [key for key in result.unexpected_keys if ".attn." in key]
+    if dropped:
+        raise ValueError(
+            f"loading this checkpoint into {target} with strict=False would drop {len(dropped)} attention weights"
+            f" ({dropped[:4]}...): the model has no place for them, so it would run another attention than the"
+            " checkpoint's. Build the model from the checkpoint's own model_config.yaml (its attention_class_name,"
+            " latent_attention, memorized_key_attention, n_query_groups)."
+        )
+    has_attention = any(base_attention_key(key) for key in state_dict)  # not a LoRA- or adapter-only file
+    left_out = [key for key in result.missing_keys if base_attention_key(key)]
+    if has_attention and left_out:
+        warnings.warn(
+            f"the checkpoint loaded into {target} with strict=False has no values for {len(left_out)} attention"
+            f" parameters ({left_out[:4]}...); they keep their initialisation. Expected only when starting a"
+            " variant from another variant's checkpoint.",
+            stacklevel=3,
+        )
+
+
+def guard_attention_variant(module: ModuleType) -> None:
+    """Installs, on `litgpt.model`, the two guards against a silently different attention.
+
+    * Every subclass of ``Block`` (``litgpt.lora``, ``adapter``, ``adapter_v2``, user code; defined before or
+      after this call) is checked when its outermost ``__init__`` returns: its ``attn`` must be an instance of
+      ``config.attention_class``, else ``ValueError`` naming the variant and the commands that support it.
+    * ``GPT.load_state_dict(..., strict=False)`` (litgpt's fine-tuning scripts load that way) raises
+      ``ValueError`` when it would drop the checkpoint's attention weights, and warns when it leaves some of
+      the model's unset (see ``_check_non_strict_load``).
+    """
+    if not _first_time_here(module, _GUARDED_MARK):
+        return
+    block_cls, gpt_cls = module.Block, module.GPT
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super(block_cls, cls).__init_subclass__(**kwargs)
+        _guard_block_subclass(cls)
+
+    block_cls.__init_subclass__ = classmethod(__init_subclass__)
+    for subclass in _subclasses(block_cls):  # imported before the plugin was activated
+        _guard_block_subclass(subclass)
+
+    litgpt_load_state_dict = gpt_cls.load_state_dict
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = litgpt_load_state_dict(self, state_dict, strict=strict, assign=assign)
+        if not strict:
+            _check_non_strict_load(self, state_dict, result)
+        return result
+
+    load_state_dict.__doc__ = litgpt_load_state_dict.__doc__
+    gpt_cls.load_state_dict = load_state_dict
+
+
+# ------------------------------------------------------------------------------------------- litgpt.lora
+def extend_lora_module(module: ModuleType) -> None:
+    """``litgpt.lora.Block`` builds the LoRA form of the configured variant (litgpt_mka/finetune/lora.py).
+
+    litgpt's ``Block`` builds its own LoRA ``CausalSelfAttention`` whatever the config says; for another
+    ``attention_class_name`` it is replaced by ``LORA_ATTENTION_CLASSES[name]`` (a ``ValueError`` names the
+    variants that have one).
+    """
+    check_litgpt_version()
+    block_cls = module.Block
+    if not _first_time_here(module):
+        return
+    litgpt_init = block_cls.__init__
+
+    def __init__(self, config, block_idx: int) -> None:
+        from litgpt_mka.finetune.lora import lora_attention_class
+
+        lora_class = lora_attention_class(config)  # raises before anything is built for a variant without one
+        litgpt_init(self, config, block_idx)
+        if type(self.attn) is not lora_class:
+            self.attn = lora_class(config, block_idx)
+
+    __init__.__doc__ = litgpt_init.__doc__
+    block_cls.__init__ = _guarded_block_init(__init__)
+
+
+# ---------------------------------------------------------------------------------------- litgpt.adapter
+def extend_adapter_module(module: ModuleType) -> None:
+    """``litgpt.adapter.Config`` (and ``adapter_v2.Config``, its subclass) refuses MLA and MKA at construction.
+
+    ``finetune_adapter``, ``finetune_adapter_v2`` and ``generate_adapter*`` read their config first, so the
+    ``ValueError`` (naming the variant and the commands that support it) comes before any model, data or
+    output directory. The ``Block`` guard (``guard_attention_variant``) would refuse later in any case.
+    """
+    check_litgpt_version()
+    config_cls = module.Config
+    if not _first_time_here(module):
+        return
+    post_init = config_cls.__post_init__
+
+    def __post_init__(self) -> None:
+        from litgpt_mka.finetune.support import check_adapter_supports
+
+        post_init(self)
+        check_adapter_supports(self, type(self).__module__)
+
+    config_cls.__post_init__ = __post_init__
+
+
+# -------------------------------------------------------------------- litgpt.scripts.convert_lit_checkpoint
+def _litgpt_copy_function_name(config) -> str:
+    """The copy function litgpt 0.5.13's ``convert_lit_checkpoint`` picks for `config` (same order of tests)."""
+    name = config.name.lower()
+    if "falcon" in config.name:
+        return "copy_weights_falcon"
+    for prefix, function in (
+        ("gemma-2", "copy_weights_gemma_2"),
+        ("gemma-3", "copy_weights_gemma_3"),
+        ("phi", "copy_weights_phi"),
+        ("qwen2.5", "copy_weights_qwen_2_5"),
+        ("qwq", "copy_weights_qwen_2_5"),
+        ("olmo-2-", "copy_weights_olmo2"),
+        ("qwen3", "copy_weights_qwen_3"),
+    ):
+        if name.startswith(prefix):
+            return function
+    if config.mlp_class_name in ("LLaMAMLP", "GemmaMLP", "LLaMAMoE"):
+        return "copy_weights_llama"
+    return "copy_weights_gpt_neox"
+
+
+def extend_convert_lit_checkpoint_module(module: ModuleType) -> None:
+    """``convert_from_litgpt`` refuses a variant with no Hugging Face counterpart before writing anything."""
+    check_litgpt_version()
+    if not _first_time_here(module):
+        return
+    litgpt_convert = module.convert_lit_checkpoint
+
+    @functools.wraps(litgpt_convert)
+    def convert_lit_checkpoint(checkpoint_dir, output_dir) -> None:
+        from litgpt_mka.finetune.support import check_hugging_face_counterpart
+
+        config_file = module.extend_checkpoint_dir(checkpoint_dir) / "model_config.yaml"
+        if config_file.is_file():  # litgpt reports a missing file itself
+            config = module.Config.from_file(config_file)
+            check_hugging_face_counterpart(config, _litgpt_copy_function_name(config))
+        return litgpt_convert(checkpoint_dir, output_dir)
+
+    module.convert_lit_checkpoint = convert_lit_checkpoint

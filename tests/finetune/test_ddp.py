@@ -1,0 +1,44 @@
+"""Scale-out mechanics on CPU: a 2-process Fabric DDP run (gloo) of every variant keeps both ranks' weights
+identical and has the loss (and weights) of one process with the same global batch.
+
+litgpt's own multi-device path is FSDP and needs GPUs; the meta-device half of it is in test_initialization.py.
+"""
+
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from tests.conftest import PROJECT_ROOT
+from tests.finetune.builders import VARIANTS
+from tests.finetune.ddp_worker import train
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = {"PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    worker = PROJECT_ROOT / "tests" / "finetune" / "ddp_worker.py"
+    result = subprocess.run(
+        [sys.executable, str(worker), str(out), *VARIANTS], cwd=PROJECT_ROOT, env=env, capture_output=True,
+        text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ddp_ranks_agree_and_match_one_process(variant, ddp_results):
+    rank0 = torch.load(ddp_results / f"{variant}-rank0.pt")
+    rank1 = torch.load(ddp_results / f"{variant}-rank1.pt")
+    for name, tensor in rank0["weights"].items():
+        torch.testing.assert_close(rank1["weights"][name], tensor, rtol=0, atol=0, msg=name)
+    assert rank0["losses"] == rank1["losses"]
+
+    single = train(L.Fabric(accelerator="cpu", devices=1), variant)
+    torch.testing.assert_close(torch.tensor(rank0["losses"]), torch.tensor(single["losses"]), rtol=1e-5, atol=1e-5)
+    for name, tensor in single["weights"].items():
+        torch.testing.assert_close(rank0["weights"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert single["losses"][-1] < single["losses"][0]  # the steps did train
