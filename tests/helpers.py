@@ -21,8 +21,8 @@ TINY_VOCAB = 128
 TINY_LATENT = dict(q_lora_rank=24, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
 TINY_VARIANTS: dict[str, dict[str, Any]] = {
     "mha": {},
-    "gqa": {"n_query_groups": 2},
-    "mqa": {"n_query_groups": 1},
+    "gqa": {"n_query_groups": 2, "attention_class_name": "GroupedQueryAttention"},  # as the presets
+    "mqa": {"n_query_groups": 1, "attention_class_name": "GroupedQueryAttention"},
     "mla": {"latent_attention": TINY_LATENT},
     "mka": {"attention_class_name": "MemorizedKeyAttention", "memorized_key_attention": {"routing": "keys"}},
     "fmka": {"attention_class_name": "MemorizedKeyAttention", "memorized_key_attention": {"routing": "keys_values"}},

@@ -1,7 +1,7 @@
 """The registry: one entry per attention variant, keyed by ``Config.attention_class_name``.
 
 An entry names the variant, where its class lives (imported on first use, so that validating a name
-costs no import) and the ``Config`` dict it reads, if any. Everything else is derived from it: the
+costs no import), the ``Config`` dict it reads, if any, and its LoRA form for ``litgpt finetune_lora``. Everything else is derived from it: the
 ``Config`` fields the plugin adds (``litgpt_internals``), which dicts may be set together
 (``config_checks``), the validation and defaults of each dict, the KV-cache accounting
 (``measure.kv_cache_size``), the ``Block``'s attention module, the benchmark rows and the tests'
@@ -26,17 +26,42 @@ class Variant:
         config_field: the ``Config`` dict it reads (added to ``Config`` unless litgpt has it), or None.
         selected_by_config_field: a config that sets ``config_field`` and leaves ``attention_class_name``
             at its default selects this variant (litgpt's own rule for ``latent_attention``).
+        lora_target: ``"module:Class"`` of its LoRA form, which ``litgpt finetune_lora`` builds
+            (:mod:`litgpt_mka.finetune.lora`); None: no LoRA form, ``finetune_lora`` refuses the variant.
+        litgpt_equivalent: it has the parameters of litgpt's ``CausalSelfAttention`` and computes the same
+            outputs (only its decoding differs), so litgpt's adapter blocks may build their own attention for
+            it and ``convert_from_litgpt`` converts it as litgpt's.
     """
 
     name: str
     target: str
     config_field: str | None = None
     selected_by_config_field: bool = False
+    lora_target: str | None = None
+    litgpt_equivalent: bool = False
 
     def load(self) -> Any:
         """The variant's ``AttentionVariant`` class (imports its module)."""
-        module_name, class_name = self.target.split(":")
-        return getattr(import_module(module_name), class_name)
+        return _import(self.target)
+
+    def load_lora(self) -> type:
+        """The variant's LoRA attention class.
+
+        Raises:
+            ValueError: the variant has no LoRA form (the message lists the variants that have one).
+        """
+        if self.lora_target is None:
+            with_lora = sorted(name for name, entry in VARIANTS.items() if entry.lora_target)
+            raise ValueError(
+                f"attention_class_name={self.name!r} has no LoRA form for `litgpt finetune_lora`; LoRA forms"
+                f" exist for {with_lora} (see litgpt_mka/finetune/lora.py)"
+            )
+        return _import(self.lora_target)
+
+
+def _import(target: str) -> Any:
+    module_name, attribute = target.split(":")
+    return getattr(import_module(module_name), attribute)
 
 
 DEFAULT_ATTENTION_CLASS = "CausalSelfAttention"
@@ -44,13 +69,24 @@ VARIANTS: dict[str, Variant] = {
     variant.name: variant
     for variant in (
         # litgpt's own classes: MHA, GQA and MQA through `n_query_groups`; the stock MLA (expanded cache)
-        Variant("CausalSelfAttention", "litgpt_mka.attention.litgpt_classes:LitgptCausalSelfAttention"),
+        Variant(
+            "CausalSelfAttention",
+            "litgpt_mka.attention.litgpt_classes:LitgptCausalSelfAttention",
+            lora_target="litgpt.lora:CausalSelfAttention",
+            litgpt_equivalent=True,
+        ),
         # litgpt's parameters and cache, decoding without repeating the cache per query head (grouped.py)
-        Variant("GroupedQueryAttention", "litgpt_mka.attention.grouped:GroupedQueryAttention"),
+        Variant(
+            "GroupedQueryAttention",
+            "litgpt_mka.attention.grouped:GroupedQueryAttention",
+            lora_target="litgpt_mka.finetune.lora:LoRAGroupedQueryAttention",
+            litgpt_equivalent=True,
+        ),
         Variant(
             "LitgptMultiheadLatentAttention",
             "litgpt_mka.attention.litgpt_classes:LitgptMultiheadLatentAttention",
             config_field="latent_attention",
+            lora_target="litgpt_mka.finetune.lora:LoRALitgptMultiheadLatentAttention",
         ),
         # DeepSeek-V2 multi-head latent attention with a compressed latent cache (mla.py)
         Variant(
@@ -58,12 +94,14 @@ VARIANTS: dict[str, Variant] = {
             "litgpt_mka.attention.mla:MultiheadLatentAttention",
             config_field="latent_attention",
             selected_by_config_field=True,
+            lora_target="litgpt_mka.finetune.lora:LoRAMultiheadLatentAttention",
         ),
         # memorized-key attention, MKA / FMKA (mka.py)
         Variant(
             "MemorizedKeyAttention",
             "litgpt_mka.attention.mka:MemorizedKeyAttention",
             config_field="memorized_key_attention",
+            lora_target="litgpt_mka.finetune.lora:LoRAMemorizedKeyAttention",
         ),
     )
 }

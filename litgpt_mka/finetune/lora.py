@@ -1,7 +1,7 @@
 """LoRA for every attention variant: what ``litgpt finetune_lora`` trains and ``litgpt merge_lora`` merges.
 
-``litgpt.lora.Block`` builds :data:`LORA_ATTENTION_CLASSES` ``[config.attention_class_name]`` (see
-``extend_lora_module`` in :mod:`litgpt_mka.plugin.litgpt_internals`). Each LoRA class keeps the base
+``litgpt.lora.Block`` builds the registry entry's ``lora_target`` for ``config.attention_class_name`` (see
+:func:`lora_attention_class` and ``extend_lora_module`` in :mod:`litgpt_mka.plugin.litgpt_internals`). Each LoRA class keeps the base
 variant's parameter names with litgpt's ``.linear`` infix (``attn.kv_b_proj.weight`` is
 ``attn.kv_b_proj.linear.weight``), maps plain checkpoints on load, and merges through litgpt's
 ``merge_lora_weights`` (every LoRA layer is a litgpt ``LoRALinear``), so ``merge_lora`` writes a checkpoint
@@ -44,6 +44,8 @@ from litgpt.lora import LoRALinear
 from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
 from litgpt.utils import map_old_state_dict_weights
 
+from litgpt_mka.attention import registry
+from litgpt_mka.attention.grouped import GroupedQueryAttention
 from litgpt_mka.attention.mka import MemorizedKeyAttention
 from litgpt_mka.attention.mla import AbsorbedWeights, MultiheadLatentAttention
 
@@ -140,25 +142,17 @@ class LoRAMemorizedKeyAttention(MemorizedKeyAttention, LoRACausalSelfAttention):
         return self.qkv(self.memory.view(1, 1, -1))[0, 0, q_size:]  # (1, 1, C) -> (1, 1, nh_q hs + 2D) -> (2D,)
 
 
-# attention_class_name -> the class that litgpt.lora's Block builds for it
-LORA_ATTENTION_CLASSES: dict[str, type] = {
-    "CausalSelfAttention": LoRACausalSelfAttention,  # litgpt's own: MHA, GQA, MQA
-    "MultiheadLatentAttention": LoRAMultiheadLatentAttention,
-    "LitgptMultiheadLatentAttention": LoRALitgptMultiheadLatentAttention,  # litgpt's own MLA (expanded cache)
-    "MemorizedKeyAttention": LoRAMemorizedKeyAttention,
-}
+class LoRAGroupedQueryAttention(GroupedQueryAttention, LoRACausalSelfAttention):
+    """:class:`GroupedQueryAttention` (grouped cached decoding) on litgpt's LoRA attention: LoRA ``qkv``, ``proj``.
+
+    Method order: the grouped forward and cache; litgpt's LoRA ``qkv``/``proj`` and checkpoint mapping.
+    """
 
 
 def lora_attention_class(config: Any) -> type:
-    """The LoRA attention class for `config`'s ``attention_class_name``.
+    """The LoRA attention class for `config`'s ``attention_class_name`` (the registry's ``lora_target``).
 
     Raises:
-        ValueError: no LoRA form is registered for that name.
+        ValueError: the variant has no LoRA form.
     """
-    name = config.attention_class_name
-    if name not in LORA_ATTENTION_CLASSES:
-        raise ValueError(
-            f"attention_class_name={name!r} has no LoRA form for `litgpt finetune_lora`; LoRA forms exist for"
-            f" {sorted(LORA_ATTENTION_CLASSES)} (see litgpt_mka/finetune/lora.py)"
-        )
-    return LORA_ATTENTION_CLASSES[name]
+    return registry.lookup(config.attention_class_name).load_lora()

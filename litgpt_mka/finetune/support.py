@@ -23,7 +23,8 @@ neither design. No such variant is built rather than a silent MHA one.
 
 from typing import Any
 
-DEFAULT_ATTENTION_CLASS = "CausalSelfAttention"
+from litgpt_mka.attention import registry
+
 ADAPTER_COMMANDS = {
     "litgpt.adapter": "`litgpt finetune_adapter` and `litgpt generate_adapter`",
     "litgpt.adapter_v2": "`litgpt finetune_adapter_v2` and `litgpt generate_adapter_v2`",
@@ -41,7 +42,7 @@ def variant_label(config: Any) -> str:
     if name == "MemorizedKeyAttention":
         routing = (config.memorized_key_attention or {}).get("routing", "keys")
         return {"keys": "MKA", "keys_values": "FMKA"}.get(routing, f"MKA (routing: {routing})")
-    if name == DEFAULT_ATTENTION_CLASS:
+    if registry.lookup(name).litgpt_equivalent:
         if config.n_query_groups == config.n_head:
             return "MHA"
         return "MQA" if config.n_query_groups == 1 else f"GQA ({config.n_query_groups} key/value heads)"
@@ -57,15 +58,16 @@ def check_adapter_supports(config: Any, litgpt_module: str) -> None:
     """Raises ValueError unless litgpt's adapter module `litgpt_module` can build `config`'s variant.
 
     Raises:
-        ValueError: the variant is not litgpt's ``CausalSelfAttention`` (MHA, GQA, MQA).
+        ValueError: the variant does not compute litgpt's ``CausalSelfAttention`` (MHA, GQA, MQA; the
+            registry's ``litgpt_equivalent``).
     """
-    if config.attention_class_name == DEFAULT_ATTENTION_CLASS:
+    if registry.lookup(config.attention_class_name).litgpt_equivalent:
         return
     commands = ADAPTER_COMMANDS.get(litgpt_module, f"`{litgpt_module}`")
     raise ValueError(
         f"{describe(config)} is not supported by {commands}: litgpt's adapter attention is built on"
         f" CausalSelfAttention's fused qkv and would train a different model (MHA) instead. Adapters support"
-        f" attention_class_name='CausalSelfAttention' (MHA, GQA, MQA) only; for {variant_label(config)} use"
+        f" MHA, GQA and MQA (CausalSelfAttention, GroupedQueryAttention) only; for {variant_label(config)} use"
         f" {COMMANDS_FOR_EVERY_VARIANT}."
     )
 
@@ -83,7 +85,7 @@ def check_hugging_face_counterpart(config: Any, litgpt_copy_function: str) -> No
             key/value heads (GQA, MQA) on the GPT-NeoX layout (Hugging Face GPT-NeoX has none).
     """
     label = variant_label(config)
-    if config.attention_class_name != DEFAULT_ATTENTION_CLASS:
+    if not registry.lookup(config.attention_class_name).litgpt_equivalent:
         raise ValueError(
             f"`litgpt convert_from_litgpt` cannot convert {describe(config)}: litgpt's converter has no mapping"
             f" for it and no Hugging Face architecture it converts to holds {label} attention (the model is"

@@ -246,6 +246,10 @@ def _check_block_attention(block) -> None:
     configured = config.attention_class
     if isinstance(attn, configured):
         return
+    from litgpt.model import CausalSelfAttention
+
+    if registry.lookup(config.attention_class_name).litgpt_equivalent and isinstance(attn, CausalSelfAttention):
+        return  # litgpt's attention computes the same outputs (e.g. an adapter block for GroupedQueryAttention)
     from litgpt_mka.finetune.support import (
         ADAPTER_COMMANDS,
         COMMANDS_FOR_EVERY_VARIANT,
@@ -363,7 +367,7 @@ def extend_lora_module(module: ModuleType) -> None:
     """``litgpt.lora.Block`` builds the LoRA form of the configured variant (litgpt_mka/finetune/lora.py).
 
     litgpt's ``Block`` builds its own LoRA ``CausalSelfAttention`` whatever the config says; for another
-    ``attention_class_name`` it is replaced by ``LORA_ATTENTION_CLASSES[name]`` (a ``ValueError`` names the
+    ``attention_class_name`` it is replaced by the registry entry's LoRA form (a ``ValueError`` names the
     variants that have one).
     """
     check_litgpt_version()

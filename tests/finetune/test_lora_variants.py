@@ -11,10 +11,10 @@ from litgpt.scripts.merge_lora import merge_lora
 from litgpt.utils import save_config
 
 from litgpt_mka.finetune.lora import (
-    LORA_ATTENTION_CLASSES,
     EffectiveWeightLoRALinear,
     LoRAMemorizedKeyAttention,
     LoRAMultiheadLatentAttention,
+    lora_attention_class,
 )
 from tests.finetune.builders import LORA_ALL, VARIANTS, tiny_config_as, variant_config
 from tests.helpers import TINY_LATENT, assert_cached_decode_matches_full_forward, random_gpt, tokens
@@ -37,7 +37,7 @@ def test_lora_block_builds_the_lora_form_of_the_configured_variant(variant):
     config = tiny_config_as(lora.Config, variant, **LORA_ALL)
     model = lora.GPT(config)
     for block in model.transformer.h:
-        assert type(block.attn) is LORA_ATTENTION_CLASSES[config.attention_class_name]
+        assert type(block.attn) is lora_attention_class(config)
         assert isinstance(block.attn, config.attention_class)
 
 
@@ -143,7 +143,7 @@ def test_mla_absorbed_decode_uses_the_effective_weights_before_and_after_merge()
         torch.testing.assert_close(model(idx), unmerged)
     assert_cached_decode_matches_full_forward(model, idx, prompt=5)
     cached = attn._absorbed_weights()
-    torch.testing.assert_close(cached.w_uv, attn.absorb_weights().w_uv)
+    torch.testing.assert_close(cached.w_uv_t, attn.absorb_weights().w_uv_t)
 
 
 @pytest.mark.parametrize("variant", ["mka", "fmka"])
