@@ -111,7 +111,7 @@ def test_state_dict_and_cache_are_litgpts():
 def test_stock_litgpt_checkpoint_decodes_to_the_same_greedy_tokens(layout, tmp_path):
     """A checkpoint saved by litgpt's class loads into ours; litgpt's generate() gives the same greedy tokens."""
     torch.manual_seed(0)
-    stock = GPT(tiny_config(layout))
+    stock = GPT(tiny_config(layout, attention_class_name="CausalSelfAttention"))
     assert type(stock.transformer.h[0].attn) is CausalSelfAttention
     torch.save(stock.state_dict(), tmp_path / "lit_model.pth")
     ours = GPT(tiny_config(layout, **OURS))
