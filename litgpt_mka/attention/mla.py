@@ -62,7 +62,9 @@ into W_O, would need nh·Lq·L and nh·L·C numbers instead of nh·P·(Lq+L) and
 preset here (and for DeepSeek-V2's own sizes), so it is not done. The derived weights (W_UK, W_UV, b_V
 as contiguous per-head tensors) are computed in one method, :meth:`MultiheadLatentAttention.absorb_weights`,
 and recomputed when ``kv_b_proj`` changes (data pointer, dtype, device or in-place version; loading a
-state dict always), never stored in the state dict.
+state dict always), never stored in the state dict. An in-place edit through ``.data`` bumps no version:
+after one, call ``absorb_weights()`` via ``module._absorbed = None`` (litgpt's LoRA merge is handled:
+the LoRA form reads the effective weight, see ``litgpt_mka.finetune.lora``).
 
 Which path a cached chunk takes: absorbed iff ``T <= absorb_max_queries``. Per batch row and layer the
 expanded path costs ``nh S [L (P+V) + T (P+R+V)]`` multiply-adds (expanding all S latents dominates),
