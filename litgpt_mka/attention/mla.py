@@ -63,7 +63,7 @@ preset here (and for DeepSeek-V2's own sizes), so it is not done. The derived we
 as contiguous per-head tensors) are computed in one method, :meth:`MultiheadLatentAttention.absorb_weights`,
 and recomputed when ``kv_b_proj`` changes (data pointer, dtype, device or in-place version; loading a
 state dict always), never stored in the state dict. An in-place edit through ``.data`` bumps no version:
-after one, call ``absorb_weights()`` via ``module._absorbed = None`` (litgpt's LoRA merge is handled:
+after one, call :meth:`MultiheadLatentAttention.clear_absorbed_weights` (litgpt's LoRA merge needs nothing:
 the LoRA form reads the effective weight, see ``litgpt_mka.finetune.lora``).
 
 Which path a cached chunk takes: absorbed iff ``T <= absorb_max_queries``. Per batch row and layer the
@@ -388,9 +388,13 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
             self._absorbed, self._absorbed_key = self.absorb_weights(), key
         return self._absorbed
 
+    def clear_absorbed_weights(self) -> None:
+        """Forgets the cached absorbed weights; the next absorbed step derives them again from ``kv_b_proj``."""
+        self._absorbed = self._absorbed_key = None
+
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         # inference tensors (litgpt generate builds the model under inference_mode) have no version counter
-        self._absorbed = self._absorbed_key = None
+        self.clear_absorbed_weights()
         super()._load_from_state_dict(*args, **kwargs)
 
     # ----------------------------------------------------------------------------------------- cache

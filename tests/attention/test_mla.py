@@ -277,6 +277,21 @@ def test_absorbed_weights_computed_once_and_refreshed_after_load_state_dict(monk
     assert len(calls) == 4
 
 
+def test_a_data_edit_needs_clear_absorbed_weights():
+    """`.data` edits bump no version counter: the cache is stale until clear_absorbed_weights()."""
+    model = tiny_gpt(tiny_config())
+    idx = tokens(2, 10)
+    decode_token_by_token(model, idx, prompt=3)  # absorbs the initial weights
+    for block in model.transformer.h:
+        block.attn.kv_b_proj.weight.data.mul_(1.5)
+    with torch.no_grad():
+        expected = model(idx)
+    assert not torch.allclose(decode_token_by_token(model, idx, prompt=3), expected, **TOL)  # stale
+    for block in model.transformer.h:
+        block.attn.clear_absorbed_weights()
+    torch.testing.assert_close(decode_token_by_token(model, idx, prompt=3), expected, **TOL)
+
+
 def test_absorbed_weights_refreshed_after_an_optimizer_step():
     model = tiny_gpt(tiny_config()).train()
     idx = tokens(2, 10)
