@@ -110,8 +110,10 @@ def join_list_options(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
+    from litgpt_mka.convert import convert
+
     argv = sys.argv[1:] if argv is None else argv
-    sys.exit(CLI({"compare": compare}, args=join_list_options(argv)))
+    sys.exit(CLI({"compare": compare, "convert": convert}, args=join_list_options(argv)))
 
 
 if __name__ == "__main__":
