@@ -3,17 +3,25 @@
 A litgpt checkpoint folder holds ``lit_model.pth`` (a state dict, or ``litgpt pretrain``'s ``{"model": ...}``
 training state), ``model_config.yaml`` and the tokenizer files. The converted folder holds a plain state
 dict (as ``litgpt download`` writes), the new ``model_config.yaml``, the source's tokenizer and generation
-files, and ``conversion.json`` (settings and per-layer errors). Not copied: ``hyperparameters.yaml`` (the
+files, ``conversion.json`` (settings and per-layer errors) and ``pretrain_model.yaml``: the architecture as
+``litgpt pretrain`` arguments, because its ``--model_config`` takes no file name; a second ``--config``
+merges it over the training settings::
+
+    litgpt pretrain --config TRAINING.yaml --config DIR/pretrain_model.yaml --initial_checkpoint_dir DIR \
+        --tokenizer_dir DIR --out_dir OUT
+ Not copied: ``hyperparameters.yaml`` (the
 source's training run) and ``config.json`` (the Hugging Face config of the source architecture).
 """
 
 import json
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from litgpt_mka.data import split_documents
 
@@ -168,6 +176,13 @@ def write_checkpoint(
         tmp.mkdir()
         torch.save(state, tmp / "lit_model.pth")
         save_config(config, tmp)
+        header = (
+            "# The converted architecture for `litgpt pretrain` (uptraining); merge it over your training settings:\n"
+            "#   litgpt pretrain --config TRAINING.yaml --config THIS_DIR/pretrain_model.yaml"
+            " --initial_checkpoint_dir THIS_DIR --tokenizer_dir THIS_DIR --out_dir OUT\n"
+        )
+        body = yaml.safe_dump({"model_name": config.name, "model_config": asdict(config)}, sort_keys=False)
+        (tmp / "pretrain_model.yaml").write_text(header + body, encoding="utf-8")
         for name in COPIED_FILES:
             if (Path(checkpoint_dir) / name).is_file():
                 shutil.copy2(Path(checkpoint_dir) / name, tmp / name)

@@ -36,7 +36,8 @@ def test_cli_writes_a_complete_checkpoint_and_leaves_the_source_alone(tmp_path, 
     assert "[layer 1/2] kv_rel_error" in err and "[layer 2/2]" in err and f"wrote {out}" in err
     assert folder_digest(source) == before
     assert sorted(p.name for p in out.iterdir()) == [
-        "conversion.json", "lit_model.pth", "model_config.yaml", "tokenizer.json", "tokenizer_config.json"
+        "conversion.json", "lit_model.pth", "model_config.yaml", "pretrain_model.yaml", "tokenizer.json",
+        "tokenizer_config.json",
     ]
     assert [p.name for p in out.parent.iterdir()] == ["mla16"]  # no temporary folder left behind
     saved = yaml.safe_load((out / "model_config.yaml").read_text())
@@ -44,6 +45,8 @@ def test_cli_writes_a_complete_checkpoint_and_leaves_the_source_alone(tmp_path, 
     assert saved["latent_attention"] == {
         "q_lora_rank": None, "kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 12, "v_head_dim": 16
     }
+    pretrain_model = yaml.safe_load((out / "pretrain_model.yaml").read_text())
+    assert pretrain_model == {"model_name": saved["name"], "model_config": saved}
     report = json.loads((out / "conversion.json").read_text())
     assert len(report["layers"]) == 2 and report["kv_cache_bytes_per_token_fp32"] == {
         "source": 2 * 2 * 4 * 16 * 4, "converted": 2 * (16 + 4) * 4
