@@ -18,15 +18,19 @@ import torch
 from litgpt_mka.compare.evaluate import heldout_data, heldout_loss, load_config, load_model
 from litgpt_mka.measure.kv_cache_size import kv_cache_bytes_per_token
 
-UPTRAINED = ("gqa2", "mqa", "mla16", "mla32", "mla64")
+UPTRAINED = ("mha", "gqa2", "mqa", "mla16", "mla32", "mla64")
 ABLATIONS = ("mla128", "mla32-rope-mean", "mla32-norm-ones", "mla32-sampled-calibration", "mla32-randomized-svd")
 
 
-def evaluate(checkpoint_dir: Path, data) -> float | None:
-    if not (checkpoint_dir / "lit_model.pth").is_file():
+def evaluate(checkpoint_dir: Path, data, cache: dict) -> float | None:
+    """Held-out loss of a checkpoint folder (None when it does not exist); cached by path and file mtime."""
+    weights = checkpoint_dir / "lit_model.pth"
+    if not weights.is_file():
         return None
-    torch.manual_seed(0)
-    return heldout_loss(load_model(checkpoint_dir, torch.device("cpu")), data, batch_size=4).loss
+    key = f"{weights.resolve()}@{weights.stat().st_mtime_ns}"
+    if key not in cache:
+        cache[key] = heldout_loss(load_model(checkpoint_dir, torch.device("cpu")), data, batch_size=4).loss
+    return cache[key]
 
 
 def mean(values: list[float]) -> float:
@@ -43,8 +47,16 @@ def main() -> None:
     data = heldout_data(source_dir)
     source_config = load_config(source_dir)
     started = time.perf_counter()
-    source_loss = evaluate(source_dir, data)
+    cache_file = args.runs / "evaluations.json"  # reruns evaluate only new checkpoints
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    source_loss = evaluate(source_dir, data, cache)
     print(f"source: {source_loss:.4f}", flush=True)
+    no_attention = load_model(source_dir, torch.device("cpu"))
+    with torch.no_grad():
+        for block in no_attention.transformer.h:
+            block.attn.proj.weight.zero_()  # every attention output becomes its bias: what attention is worth
+    no_attention_loss = heldout_loss(no_attention, data, batch_size=4).loss
+    print(f"source without attention: {no_attention_loss:.4f}", flush=True)
     rows = [{
         "variant": "source (MHA)", "converted_dir": None, "kv_lora_rank": None, "n_query_groups": source_config.n_query_groups,
         "kv_bytes_per_token_fp32": kv_cache_bytes_per_token(source_config, torch.float32),
@@ -67,9 +79,9 @@ def main() -> None:
             "kv_bytes_per_token_fp32": kv_cache_bytes_per_token(config, torch.float32),
             "kv_bytes_per_token_bf16": kv_cache_bytes_per_token(config, torch.bfloat16),
             "val_loss_source": source_loss,
-            "val_loss_converted": evaluate(converted, data),
-            "val_loss_uptrained": evaluate(args.runs / f"{name}-uptrained" / "final", data),
-            "val_loss_scratch": evaluate(args.runs / f"{name}-scratch" / "final", data),
+            "val_loss_converted": evaluate(converted, data, cache),
+            "val_loss_uptrained": evaluate(args.runs / f"{name}-uptrained" / "final", data, cache),
+            "val_loss_scratch": evaluate(args.runs / f"{name}-scratch" / "final", data, cache),
             "calibration_loss_source": report["calibration_loss"]["source"],
             "calibration_loss_converted": report["calibration_loss"]["converted"],
             "mean_k_or_kv_rel_error": mean([l["kv_rel_error" if is_mla else "k_rel_error"] for l in layers]),
@@ -79,10 +91,11 @@ def main() -> None:
             "layers": layers, "settings": {**report["settings"], "calibration": report["calibration"]},
         }
         rows.append(row)
+        cache_file.write_text(json.dumps(cache, indent=1) + "\n", encoding="utf-8")
         print(f"{name}: converted {row['val_loss_converted']:.4f}, uptrained {row['val_loss_uptrained']},"
               f" scratch {row['val_loss_scratch']}", flush=True)
     results = {
-        "source": str(source_dir), "validation_text": str(data.val_path), "validation_targets": data.num_tokens - 1,
+        "source": str(source_dir), "source_without_attention_val_loss": no_attention_loss, "validation_text": str(data.val_path), "validation_targets": data.num_tokens - 1,
         "max_seq_length": data.max_seq_length, "rows": rows,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "machine": platform.processor() or platform.machine(), "evaluation_seconds": round(time.perf_counter() - started),
@@ -94,7 +107,10 @@ def main() -> None:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    (args.out / "tables.md").write_text(tables(rows), encoding="utf-8")
+    (args.out / "tables.md").write_text(
+        tables(rows) + f"\nSource with every attention output replaced by its bias (proj.weight = 0): val loss"
+        f" {no_attention_loss:.4f}\n", encoding="utf-8"
+    )
 
 
 def fmt(value, digits: int = 4) -> str:

@@ -97,9 +97,19 @@ def mla_dims(config: Any) -> tuple[int, int, int, int, int]:
     """(nh, hs, R, P, V) of an MHA source with partial RoPE.
 
     Raises:
-        ValueError: no rotary or no non-rotary dims, or an odd rotary width.
+        ValueError: no rotary or no non-rotary dims, an odd rotary width, interleaved RoPE, a sliding window.
     """
     nh, hs, R = config.n_head, config.head_size, config.rope_n_elem
+    if config.rope_interleave:
+        raise ValueError(
+            "rope_interleave=True: the shared-key fit pairs rotary dims (i, i + R/2) (rotate-half RoPE);"
+            " allowed: rope_interleave=False"
+        )
+    if config.sliding_window_size is not None:
+        raise ValueError(
+            f"sliding_window_size={config.sliding_window_size}: MultiheadLatentAttention has no sliding window;"
+            " allowed: null"
+        )
     if R <= 0 or R % 2 or R >= hs:
         raise ValueError(
             f"rope_n_elem={R} (rotary_percentage={config.rotary_percentage} x head_size={hs}) must be even and in"

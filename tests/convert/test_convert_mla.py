@@ -237,6 +237,8 @@ def test_kv_lora_rank_out_of_range_is_refused(L, message):
         (dict(rotary_percentage=1.0), r"rope_n_elem=16 \(rotary_percentage=1.0 x head_size=16\) must be even and in \[2, 15\]"),
         (dict(rotary_percentage=0.0), r"rope_n_elem=0 .* must be even and in \[2, 15\]"),
         (dict(bias=False, attn_bias=True), r"attn_bias=True with bias=False"),
+        (dict(rope_interleave=True), r"rope_interleave=True: .* allowed: rope_interleave=False"),
+        (dict(sliding_window_size=8), r"sliding_window_size=8: MultiheadLatentAttention has no sliding window"),
     ],
 )
 def test_sources_mla_cannot_hold_are_refused(overrides, message):
