@@ -187,6 +187,8 @@ def write_checkpoint(
             if (Path(checkpoint_dir) / name).is_file():
                 shutil.copy2(Path(checkpoint_dir) / name, tmp / name)
         (tmp / "conversion.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        os.rename(tmp, out_dir)  # atomic on one file system; fails if out_dir appeared meanwhile
+        if out_dir.exists():  # appeared while converting (rename would replace an empty folder)
+            raise ValueError(f"out_dir={str(out_dir)!r} appeared while converting; nothing was written there")
+        os.rename(tmp, out_dir)  # atomic on one file system
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -126,3 +126,16 @@ def test_calibration_from_a_text_file(tmp_path, shared_data):
     idx = tokens(1, 16, vocab_size=50254)
     with torch.no_grad():
         assert load_converted(tmp_path / "out")(idx).shape == model(idx).shape
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    source, _ = mha_checkpoint(tmp_path / "source", tiny_config("mha"))
+    (tmp_path / "outputs").mkdir()
+
+    def failing_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        convert_checkpoint(source, "mqa", tmp_path / "outputs" / "mqa", **QUIET)
+    assert list((tmp_path / "outputs").iterdir()) == []  # neither the folder nor its temporary twin
