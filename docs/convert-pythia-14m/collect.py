@@ -33,6 +33,25 @@ def evaluate(checkpoint_dir: Path, data, cache: dict) -> float | None:
     return cache[key]
 
 
+@torch.no_grad()
+def closeness(source, checkpoint_dir: Path, data, cache: dict, windows: int = 32) -> dict | None:
+    """KL(source || converted) in nats/token and top-1 agreement on the first `windows` validation windows."""
+    weights = checkpoint_dir / "lit_model.pth"
+    key = f"kl:{weights.resolve()}@{weights.stat().st_mtime_ns}:{windows}"
+    if key not in cache:
+        model = load_model(checkpoint_dir, torch.device("cpu"))
+        kl, agree, count = 0.0, 0, 0
+        for start in range(0, windows, 4):
+            batch = data.windows[start : min(start + 4, windows), :-1]  # (b, L)
+            p = source(batch).float().log_softmax(-1)  # (b, L, V)
+            q = model(batch).float().log_softmax(-1)
+            kl += float((p.exp() * (p - q)).sum())
+            agree += int((p.argmax(-1) == q.argmax(-1)).sum())
+            count += batch.numel()
+        cache[key] = {"kl": kl / count, "top1_agreement": agree / count, "tokens": count}
+    return cache[key]
+
+
 def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -51,6 +70,7 @@ def main() -> None:
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     source_loss = evaluate(source_dir, data, cache)
     print(f"source: {source_loss:.4f}", flush=True)
+    source_model = load_model(source_dir, torch.device("cpu"))
     no_attention = load_model(source_dir, torch.device("cpu"))
     with torch.no_grad():
         for block in no_attention.transformer.h:
@@ -62,7 +82,8 @@ def main() -> None:
         "kv_bytes_per_token_fp32": kv_cache_bytes_per_token(source_config, torch.float32),
         "kv_bytes_per_token_bf16": kv_cache_bytes_per_token(source_config, torch.bfloat16),
         "val_loss_source": source_loss, "val_loss_converted": source_loss, "val_loss_uptrained": None,
-        "val_loss_scratch": None, "calibration_loss_source": None, "calibration_loss_converted": None,
+        "val_loss_scratch": None, "kl_to_source": 0.0, "top1_agreement_with_source": 1.0,
+        "calibration_loss_source": None, "calibration_loss_converted": None,
         "mean_k_or_kv_rel_error": None, "mean_v_rel_error": None, "mean_rope_rel_error": None,
         "mean_kv_act_rel_error": None, "layers": None, "settings": None,
     }]
@@ -82,6 +103,8 @@ def main() -> None:
             "val_loss_converted": evaluate(converted, data, cache),
             "val_loss_uptrained": evaluate(args.runs / f"{name}-uptrained" / "final", data, cache),
             "val_loss_scratch": evaluate(args.runs / f"{name}-scratch" / "final", data, cache),
+            "kl_to_source": closeness(source_model, converted, data, cache)["kl"],
+            "top1_agreement_with_source": closeness(source_model, converted, data, cache)["top1_agreement"],
             "calibration_loss_source": report["calibration_loss"]["source"],
             "calibration_loss_converted": report["calibration_loss"]["converted"],
             "mean_k_or_kv_rel_error": mean([l["kv_rel_error" if is_mla else "k_rel_error"] for l in layers]),
@@ -131,13 +154,13 @@ def tables(rows: list[dict]) -> str:
             f" | {fmt(row['val_loss_source'])} | {fmt(row['val_loss_converted'])} | {fmt(row['val_loss_uptrained'])}"
             f" | {fmt(row['val_loss_scratch'])} |"
         )
-    lines += ["", "| conversion | KV bytes/token (fp32) | val loss after conversion | calibration loss (source -> converted) |"
-              " mean kv_rel_error | mean rope_rel_error | mean kv_act_rel_error |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| conversion | KV bytes/token (fp32) | val loss after conversion | KL(source ‖ converted) | top-1 agreement |"
+              " calibration loss (source -> converted) | mean k / kv_rel_error | mean rope_rel_error | mean kv_act_rel_error |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows[1:]:
-        if row["kv_lora_rank"] is None:
-            continue
         lines.append(
             f"| {row['variant']} | {row['kv_bytes_per_token_fp32']:,} | {fmt(row['val_loss_converted'])}"
+            f" | {fmt(row['kl_to_source'], 5)} | {row['top1_agreement_with_source']:.3f}"
             f" | {fmt(row['calibration_loss_source'])} -> {fmt(row['calibration_loss_converted'])}"
             f" | {fmt(row['mean_k_or_kv_rel_error'], 3)} | {fmt(row['mean_rope_rel_error'], 3)} | {fmt(row['mean_kv_act_rel_error'], 3)} |"
         )

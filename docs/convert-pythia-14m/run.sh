@@ -38,7 +38,7 @@ done
 python docs/convert-pythia-14m/collect.py --runs $RUNS --out docs/convert-pythia-14m  # a first table
 
 # 4. the same architectures from scratch on the same total budget (409,600 + 20,480 tokens), source settings
-for name in ${SCRATCH:-mla32 mqa gqa2}; do
+for name in ${SCRATCH:-mla32 mqa gqa2 mha}; do  # mha: the source architecture on the same budget
   [ -f $RUNS/$name-scratch/final/lit_model.pth ] || litgpt pretrain --config config_hub/pretrain/pythia-14m-mha.yaml \
     --config $RUNS/$name/pretrain_model.yaml --data litgpt_mka.data.TextCorpus $DATA \
     --tokenizer_dir ../shared/tokenizers/pythia --precision 32-true --train.max_tokens 430080 \
