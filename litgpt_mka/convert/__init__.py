@@ -58,9 +58,9 @@ def convert_checkpoint(
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if to not in TARGETS:
         raise ValueError(f"to={to!r} must be one of {list(TARGETS)}")
-    _check_choice("rope_fit", rope_fit, mla.RopeFit)
-    _check_choice("kv_norm", kv_norm, mla.KvNorm)
-    _check_choice("svd", svd, mla.Svd)
+    _check_choice("rope_fit", rope_fit, mla.ROPE_FITS)
+    _check_choice("kv_norm", kv_norm, mla.KV_NORMS)
+    _check_choice("svd", svd, mla.SVDS)
     for name, value in (("calibration_tokens", calibration_tokens), ("calibration_seq_length", calibration_seq_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")

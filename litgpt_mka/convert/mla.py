@@ -87,9 +87,9 @@ from typing import Any
 
 import torch
 
-RopeFit = ("complex", "mean")
-KvNorm = ("calibrated", "ones")
-Svd = ("exact", "randomized")
+ROPE_FITS = ("complex", "mean")
+KV_NORMS = ("calibrated", "ones")
+SVDS = ("exact", "randomized")
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -167,7 +167,7 @@ def factorize_kv(M: torch.Tensor, L: int, svd: str = "exact", seed: int = 0) -> 
         U_s, S, V_s = torch.svd_lowrank(M, q=min(L + 8, *M.shape), niter=4)  # (n, q), (q,), (C, q)
         Vh = V_s.T  # (q, C)
     else:
-        raise ValueError(f"svd={svd!r} must be one of {list(Svd)}")
+        raise ValueError(f"svd={svd!r} must be one of {list(SVDS)}")
     D = Vh[:L]  # (L, C)
     U = U_s[:, :L] * S[:L]  # (n, L)
     error = float((M - U @ D).norm() / M.norm().clamp_min(1e-300))
@@ -179,7 +179,7 @@ def norm_weight(z: torch.Tensor, eps: float, kv_norm: str = "calibrated") -> tor
     if kv_norm == "ones":
         return torch.ones(z.size(1), dtype=torch.float64)
     if kv_norm != "calibrated":
-        raise ValueError(f"kv_norm={kv_norm!r} must be one of {list(KvNorm)}")
+        raise ValueError(f"kv_norm={kv_norm!r} must be one of {list(KV_NORMS)}")
     z = z.double()
     r = (z.square().mean(dim=1, keepdim=True) + eps).sqrt()  # (N, 1)
     numerator = (z.square() / r).sum(dim=0)  # (L,)
@@ -215,7 +215,7 @@ def fit_shared_rope_key(
         phase = torch.where(phase.abs() > 0, phase / phase.abs().clamp_min(1e-300), torch.ones_like(phase))
         alpha, s = alpha * phase.conj(), s * phase
     else:
-        raise ValueError(f"rope_fit={rope_fit!r} must be one of {list(RopeFit)}")
+        raise ValueError(f"rope_fit={rope_fit!r} must be one of {list(ROPE_FITS)}")
     fitted = alpha.unsqueeze(-1) * s.unsqueeze(1)  # (R/2, nh, C)
     error = float((Z - fitted).abs().square().sum().sqrt() / w.double().norm().clamp_min(1e-300))
     W_r = torch.cat((s.real, s.imag))  # (R, C)
