@@ -1,15 +1,14 @@
-"""The ``litgpt-mka`` command (jsonargparse, like litgpt's): ``litgpt-mka compare ...``.
+"""The ``litgpt-mka`` command (jsonargparse, like litgpt's): ``litgpt-mka compare ...``, ``litgpt-mka convert ...``.
 
-Each subcommand is an options dataclass that jsonargparse reads directly (fields = options, field docstrings
-= help) and a function that runs it and returns the exit status. Adding a subcommand = one entry in
-:data:`SUBCOMMANDS`.
+Each subcommand is either an options dataclass that jsonargparse reads directly (fields = options, field
+docstrings = help) with a function that runs it, or one function whose parameters are the options; either
+returns the exit status. Adding a subcommand = one entry in :data:`SUBCOMMANDS`.
 
 List options take several values after one flag, as shells expand globs
 (``--configs config_hub/pretrain/pythia-14m-*.yaml --seeds 1 2 3``); the JSON form
 (``--seeds '[1, 2, 3]'``) works too.
 """
 
-import dataclasses
 import json
 import sys
 import typing
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litgpt_mka.compare.options import CompareOptions
+from litgpt_mka.convert import convert
 
 
 def run_compare(options: CompareOptions) -> int:
@@ -34,24 +34,26 @@ def run_compare(options: CompareOptions) -> int:
 
 @dataclass(frozen=True)
 class Subcommand:
-    options: type  # a dataclass: its fields are the options
-    run: Callable[[Any], int]  # runs the parsed options, returns the exit status
+    options: Callable  # a dataclass whose fields are the options, or a function whose parameters are
+    run: Callable[[Any], int] | None = None  # runs a parsed dataclass, returns the exit status (None: a function)
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "compare": Subcommand(CompareOptions, run_compare),
+    "convert": Subcommand(convert),  # its parameters are the options; it returns the exit status
 }
 
 
-def list_options(options: type) -> dict[str, type]:
-    """``--field`` -> element type, for every ``list[...]`` field of an options dataclass (optional or not)."""
+def list_options(options: Callable) -> dict[str, type]:
+    """``--name`` -> element type, for every ``list[...]`` option (optional or not) of a subcommand's dataclass
+    fields or function parameters."""
     lists = {}
     for name, hint in typing.get_type_hints(options).items():
         for kind in (hint, *typing.get_args(hint)):
-            if typing.get_origin(kind) is list:
+            if name != "return" and typing.get_origin(kind) is list:
                 (element,) = typing.get_args(kind)
                 lists[f"--{name}"] = int if element is int else str
-    return {f"--{f.name}": lists[f"--{f.name}"] for f in dataclasses.fields(options) if f"--{f.name}" in lists}
+    return lists
 
 
 def join_list_options(argv: list[str]) -> list[str]:
@@ -84,9 +86,11 @@ def main(argv: list[str] | None = None) -> None:
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become the options' help
     argv = sys.argv[1:] if argv is None else argv
-    options = CLI({name: command.options for name, command in SUBCOMMANDS.items()}, args=join_list_options(argv))
-    command = next(command for command in SUBCOMMANDS.values() if isinstance(options, command.options))
-    sys.exit(command.run(options))
+    result = CLI({name: command.options for name, command in SUBCOMMANDS.items()}, args=join_list_options(argv))
+    for command in SUBCOMMANDS.values():
+        if command.run is not None and isinstance(result, command.options):
+            result = command.run(result)
+    sys.exit(result)
 
 
 if __name__ == "__main__":
