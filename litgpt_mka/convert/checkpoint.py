@@ -56,14 +56,16 @@ def load_source(checkpoint_dir: Path) -> tuple[Any, dict[str, torch.Tensor], tor
 
 
 def check_mha(config: Any) -> None:
-    """Raises ValueError unless `config` is litgpt's ``CausalSelfAttention`` with one key/value head per query head."""
-    from litgpt.model import CausalSelfAttention
+    """Raises ValueError unless `config` has litgpt's ``CausalSelfAttention`` parameters and outputs (the registry's
+    ``litgpt_equivalent``: ``CausalSelfAttention``, ``GroupedQueryAttention``) with one key/value head per query head."""
+    from litgpt_mka.attention import registry
 
-    if config.attention_class is not CausalSelfAttention or config.latent_attention is not None:
+    name = getattr(config, "attention_class_name", registry.DEFAULT_ATTENTION_CLASS)
+    if not registry.lookup(name).litgpt_equivalent:
+        equivalent = [entry.name for entry in registry.VARIANTS.values() if entry.litgpt_equivalent]
         raise ValueError(
-            f"attention_class_name={getattr(config, 'attention_class_name', None)!r},"
-            f" latent_attention={config.latent_attention!r}: the source must be multi-head attention"
-            " (CausalSelfAttention, latent_attention null)"
+            f"attention_class_name={name!r}, latent_attention={config.latent_attention!r}: the source must be"
+            f" multi-head attention (attention_class_name one of {equivalent}, latent_attention null)"
         )
     if config.n_query_groups != config.n_head:
         raise ValueError(

@@ -85,7 +85,7 @@ def test_cli_reports_errors_with_exit_status_2(tmp_path, capsys):
     ("variant", "overrides", "message"),
     [
         ("gqa", {}, r"n_query_groups=2 must equal n_head=4: the source must be MHA"),
-        ("mla", {}, r"the source must be multi-head attention \(CausalSelfAttention, latent_attention null\)"),
+        ("mla", {}, r"the source must be multi-head attention \(attention_class_name one of \['CausalSelfAttention', 'GroupedQueryAttention'\], latent_attention null\)"),
         ("mka", {}, r"attention_class_name='MemorizedKeyAttention'"),
         ("mha", {"norm_qk": True}, r"norm_qk=True: .*allowed: norm_qk=False"),
     ],
