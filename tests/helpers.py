@@ -4,6 +4,10 @@ Every numerical helper runs in float32 on the CPU by default and compares whole 
 ``torch.testing.assert_close``; callers pass documented looser tolerances for half precision.
 """
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +110,50 @@ def assert_chunked_prefill_matches_single_prefill(
     """Prefill in chunks of `sizes` gives the logits (and so the cache) of one prefill of all tokens."""
     single = prefill_in_chunks(model, idx, [idx.size(1)])
     torch.testing.assert_close(prefill_in_chunks(model, idx, sizes), single, **tolerance)
+
+
+_SAVE_STOCK_CHECKPOINT = """
+import json, shutil, sys, torch
+from pathlib import Path
+from litgpt.config import Config
+from litgpt.model import GPT
+from litgpt.utils import save_config
+out, tokenizer, overrides = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+config = Config.from_name("pythia-14m", **overrides)
+assert not hasattr(config, "attention_class_name")  # the plugin is off
+torch.manual_seed(0)
+model = GPT(config)
+assert type(model.transformer.h[0].attn).__module__ == "litgpt.model"
+torch.save(model.state_dict(), out / "lit_model.pth")
+save_config(config, out)
+for name in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copy(tokenizer / name, out / name)
+"""
+
+
+def run_with_plugin(args: list[str], plugin: bool) -> "subprocess.CompletedProcess":
+    """Runs a command with the plugin switched on or off (LITGPT_MKA_DISABLE); raises on a non-zero exit."""
+    env = {**os.environ, "LITGPT_MKA_DISABLE": "0" if plugin else "1"}
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=True)
+
+
+def save_stock_checkpoint(out_dir: Path, tokenizer_dir: Path, **overrides: Any) -> None:
+    """A pythia-14m override (`overrides`, JSON values) saved by stock litgpt, plugin off, with the tokenizer files."""
+    script_args = [str(out_dir), str(tokenizer_dir), json.dumps(overrides)]
+    run_with_plugin([sys.executable, "-c", _SAVE_STOCK_CHECKPOINT, *script_args], plugin=False)
+
+
+def assert_rows_at_different_positions_match_full_forward(model: GPT, **tolerance: Any) -> None:
+    """Batched (B, T) input_pos: row 0 decodes on at positions 6..11 while row 1 rolls back to position 3 and
+    decodes other tokens; each row's logits equal its own full forward."""
+    first, second = tokens(1, 12, seed=1), tokens(1, 12, seed=2)
+    rolled_back = torch.cat((second[:, :3], tokens(1, 9, seed=3)), dim=1)  # shares 3 tokens with `second`
+    with torch.no_grad():
+        expected = torch.cat((model(first)[:, 6:12], model(rolled_back)[:, 3:9]))  # (2, 6, vocab)
+        model.set_kv_cache(batch_size=2)
+        model(torch.cat((first[:, :6], second[:, :6])), torch.arange(6).expand(2, 6))  # (B, T) input_pos
+        steps = []
+        for i in range(6):
+            idx = torch.stack((first[0, 6 + i], rolled_back[0, 3 + i])).view(2, 1)
+            steps.append(model(idx, torch.tensor([[6 + i], [3 + i]]), input_pos_maxp1=7 + i))  # (B, 1) input_pos
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected, **tolerance)

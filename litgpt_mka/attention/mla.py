@@ -277,15 +277,11 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
         )  # (B, T, L+R) -> (B, T, L), (B, T, R)
         return self.kv_a_norm(latent), self._rope(k_rope, cos, sin)
 
-    def _expanded_attention(
-        self,
-        q_nope: torch.Tensor,
-        q_rope: torch.Tensor,
-        latent: torch.Tensor,
-        k_rope: torch.Tensor,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Materialises per-head keys and values from the S latents; SDPA (flash when P+R == V, no mask)."""
+    def _expanded_attention(self, q_nope, q_rope, latent, k_rope, mask: torch.Tensor | None) -> torch.Tensor:
+        """Materialises per-head keys and values from the S latents; SDPA (flash when P+R == V, no mask).
+
+        q_nope (B, nh, T, P), q_rope (B, nh, T, R), latent (B, S, L), k_rope (B, S, R) -> (B, nh, T, V).
+        """
         B, S, _ = latent.shape
         nh, P, V = self.config.n_head, self.config.qk_nope_head_dim, self.config.v_head_dim
         kv = self.kv_b_proj(latent).view(B, S, nh, P + V).transpose(1, 2)  # (B, S, nh (P+V)) -> (B, nh, S, P+V)
@@ -298,15 +294,10 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
         scores = torch.einsum("bhtd,bhsd->bhts", q, k) * self.scale  # (B, nh, T, S)
         return torch.einsum("bhts,bhsv->bhtv", self._attention_weights(scores, mask), v)  # (B, nh, T, V)
 
-    def _absorbed_attention(
-        self,
-        q_nope: torch.Tensor,
-        q_rope: torch.Tensor,
-        latent: torch.Tensor,
-        k_rope: torch.Tensor,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def _absorbed_attention(self, q_nope, q_rope, latent, k_rope, mask: torch.Tensor | None) -> torch.Tensor:
         """MQA over the cache itself: shared key [c ; k_r] (L+R), shared value c (L).
+
+        q_nope (B, nh, T, P), q_rope (B, nh, T, R), latent (B, S, L), k_rope (B, S, R) -> (B, nh, T, V).
 
         Without softcapping, the latent part runs in SDPA (q, k and v all L wide, so the flash kernel is
         eligible and the latent is read once for scores and values) and the RoPE part enters as an

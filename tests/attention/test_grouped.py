@@ -5,9 +5,7 @@ Numerical checks run in float32 on the CPU with fixed seeds and compare whole te
 ``torch.testing.assert_close`` (default float32 tolerances: rtol 1.3e-6, atol 1e-5).
 """
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,18 +16,21 @@ import yaml
 from torch.profiler import ProfilerActivity, profile
 
 import litgpt_mka  # noqa: F401  (activates the plugin for litgpt modules imported below)
-from litgpt.config import Config
 from litgpt.generate.base import generate
 from litgpt.model import GPT, CausalSelfAttention
 
-from litgpt_mka.attention.grouped import GroupedQueryAttention, attends_to_whole_cache, grouped_attention
+from litgpt_mka.attention.grouped import GroupedQueryAttention, grouped_attention
+from litgpt_mka.attention.kv_cache import attends_to_whole_cache
 from litgpt_mka.attention.registry import build_gpt
 from litgpt_mka.measure.kv_cache_size import allocated_kv_cache_bytes, kv_cache_bytes_per_token
 from tests.helpers import (
+    assert_rows_at_different_positions_match_full_forward,
     assert_cached_decode_matches_full_forward,
     assert_chunked_prefill_matches_single_prefill,
     preset_config,
     random_gpt,
+    run_with_plugin,
+    save_stock_checkpoint,
     tiny_config,
     tokens,
 )
@@ -128,37 +129,14 @@ def test_stock_litgpt_checkpoint_decodes_to_the_same_greedy_tokens(layout, tmp_p
     assert torch.equal(outputs[0], outputs[1])
 
 
-SAVE_STOCK_CHECKPOINT = """
-import shutil, sys, torch
-from pathlib import Path
-from litgpt.config import Config
-from litgpt.model import GPT
-from litgpt.utils import save_config
-out, tokenizer, n_query_groups = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-config = Config.from_name("pythia-14m", n_layer=2, n_embd=64, n_head=4, n_query_groups=n_query_groups, block_size=96)
-assert not hasattr(config, "attention_class_name")  # the plugin is off
-torch.manual_seed(0)
-model = GPT(config)
-assert type(model.transformer.h[0].attn).__module__ == "litgpt.model"
-torch.save(model.state_dict(), out / "lit_model.pth")
-save_config(config, out)
-for name in ("tokenizer.json", "tokenizer_config.json"):
-    shutil.copy(tokenizer / name, out / name)
-"""
-
-
-def run(args: list[str], disable_plugin: bool) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LITGPT_MKA_DISABLE": "1" if disable_plugin else "0"}
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=True)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("n_query_groups", [2, 1], ids=["gqa", "mqa"])
 def test_litgpt_generate_on_a_stock_checkpoint_same_tokens_with_our_class(n_query_groups, tmp_path, tokenizer_dir):
     """Saved with the plugin off; `litgpt generate` with stock litgpt, then with our class named in the config."""
     stock_dir, ours_dir = tmp_path / "stock", tmp_path / "ours"
     stock_dir.mkdir()
-    run([sys.executable, "-c", SAVE_STOCK_CHECKPOINT, str(stock_dir), str(tokenizer_dir), str(n_query_groups)], True)
+    tiny = dict(n_layer=2, n_embd=64, n_head=4, n_query_groups=n_query_groups, block_size=96)
+    save_stock_checkpoint(stock_dir, tokenizer_dir, **tiny)
     shutil.copytree(stock_dir, ours_dir)
     model_config = yaml.safe_load((ours_dir / "model_config.yaml").read_text())
     (ours_dir / "model_config.yaml").write_text(yaml.safe_dump({**model_config, **OURS}))
@@ -168,8 +146,8 @@ def test_litgpt_generate_on_a_stock_checkpoint_same_tokens_with_our_class(n_quer
     # enough to flip a near-tie of this random model's 50k logits
     options = ["--prompt", prompt, "--max_new_tokens", "24", "--temperature", "0", "--top_k", "1"]
     options += ["--precision", "32-true"]
-    stock = run([litgpt, "generate", str(stock_dir), *options], disable_plugin=True)
-    ours = run([litgpt, "generate", str(ours_dir), *options], disable_plugin=False)
+    stock = run_with_plugin([litgpt, "generate", str(stock_dir), *options], plugin=False)
+    ours = run_with_plugin([litgpt, "generate", str(ours_dir), *options], plugin=True)
     stock_text, ours_text = stock.stdout.splitlines()[-1], ours.stdout.splitlines()[-1]
     assert stock_text.startswith(prompt) and len(stock_text) > len(prompt) + 24
     assert ours_text == stock_text
@@ -193,18 +171,7 @@ def test_chunked_prefill_equals_single_prefill(layout):
 @pytest.mark.parametrize("layout", ("gqa", "mqa"))
 def test_batched_input_pos_with_rows_at_different_positions(layout):
     """Row 0 decodes on at positions 6..11; row 1 rolls back to position 3 and decodes other tokens."""
-    model = random_gpt(tiny_config(layout, **OURS))
-    first, second = tokens(1, 12, seed=1), tokens(1, 12, seed=2)
-    rolled_back = torch.cat((second[:, :3], tokens(1, 9, seed=3)), dim=1)  # shares 3 tokens with `second`
-    with torch.no_grad():
-        expected = torch.cat((model(first)[:, 6:12], model(rolled_back)[:, 3:9]))  # (2, 6, vocab)
-        model.set_kv_cache(batch_size=2)
-        model(torch.cat((first[:, :6], second[:, :6])), torch.arange(6).expand(2, 6))  # (B, T) input_pos
-        steps = []
-        for i in range(6):
-            idx = torch.stack((first[0, 6 + i], rolled_back[0, 3 + i])).view(2, 1)
-            steps.append(model(idx, torch.tensor([[6 + i], [3 + i]]), input_pos_maxp1=7 + i))  # (B, 1) input_pos
-    torch.testing.assert_close(torch.cat(steps, dim=1), expected)
+    assert_rows_at_different_positions_match_full_forward(random_gpt(tiny_config(layout, **OURS)))
 
 
 @pytest.mark.parametrize("layout", ("gqa", "mqa"))

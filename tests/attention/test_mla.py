@@ -5,27 +5,27 @@ fp32 on CPU, tiny overrides of the pythia-14m preset, fixed seeds, whole tensors
 """
 
 import math
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from litgpt.config import Config
 from litgpt.model import GPT, apply_rope
 
 from litgpt_mka.attention.mla import LatentKVCache, MultiheadLatentAttention, default_absorb_max_queries
 from litgpt_mka.attention.registry import attention_class, build_gpt
 from tests.helpers import (
+    assert_rows_at_different_positions_match_full_forward,
     TINY_LATENT,
     assert_cached_decode_matches_full_forward,
     decode_token_by_token,
     prefill_in_chunks,
     preset_config,
     random_gpt,
+    run_with_plugin,
+    save_stock_checkpoint,
     tokens,
 )
 from tests.helpers import tiny_config as tiny_config_of
@@ -146,17 +146,7 @@ def test_batched_input_pos_with_rows_at_different_positions(absorb_max_queries):
     """Row 0 decodes on at positions 6..11; row 1 rolls back to position 3 and decodes other tokens."""
     model = tiny_gpt(tiny_config())
     set_path(model, absorb_max_queries)
-    first, second = tokens(1, 12, seed=1), tokens(1, 12, seed=2)
-    rolled_back = torch.cat((second[:, :3], tokens(1, 9, seed=3)), dim=1)  # shares 3 tokens with `second`
-    with torch.no_grad():
-        expected = torch.cat((model(first)[:, 6:12], model(rolled_back)[:, 3:9]))  # (2, 6, vocab)
-        model.set_kv_cache(batch_size=2)
-        model(torch.cat((first[:, :6], second[:, :6])), torch.arange(6).expand(2, 6))  # (B, T) input_pos
-        steps = []
-        for i in range(6):
-            idx = torch.stack((first[0, 6 + i], rolled_back[0, 3 + i])).view(2, 1)
-            steps.append(model(idx, torch.tensor([[6 + i], [3 + i]])))  # batched (B, 1) input_pos
-    torch.testing.assert_close(torch.cat(steps, dim=1), expected, **TOL)
+    assert_rows_at_different_positions_match_full_forward(model, **TOL)
 
 
 def test_absorbed_equals_expanded_for_a_chunk_against_the_cache():
@@ -397,41 +387,18 @@ def test_preset_training_forward_dispatches_flash_attention(path):
 
 
 # --------------------------------------------------------------------------- litgpt generate, end to end
-SAVE_STOCK_CHECKPOINT = """
-import shutil, sys, torch
-from pathlib import Path
-from litgpt.config import Config
-from litgpt.model import GPT
-from litgpt.utils import save_config
-out, tokenizer = Path(sys.argv[1]), Path(sys.argv[2])
-config = Config.from_name("pythia-14m", n_layer=2, n_embd=64, n_head=4, block_size=64, latent_attention=dict(
-    q_lora_rank=24, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16))
-assert not hasattr(config, "attention_class_name")  # the plugin is off
-torch.manual_seed(0)
-model = GPT(config)
-assert type(model.transformer.h[0].attn).__module__ == "litgpt.model"
-torch.save(model.state_dict(), out / "lit_model.pth")
-save_config(config, out)
-for name in ("tokenizer.json", "tokenizer_config.json"):
-    shutil.copy(tokenizer / name, out / name)
-"""
-
-
-def run(args: list[str], disable_plugin: bool) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LITGPT_MKA_DISABLE": "1" if disable_plugin else "0"}
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=True)
-
-
 @pytest.mark.slow
 def test_litgpt_generate_greedy_same_tokens_with_and_without_plugin(tmp_path):
-    run([sys.executable, "-c", SAVE_STOCK_CHECKPOINT, str(tmp_path), str(TOKENIZER_DIR)], disable_plugin=True)
+    latent = dict(q_lora_rank=24, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+    tiny = dict(n_layer=2, n_embd=64, n_head=4, block_size=64, latent_attention=latent)
+    save_stock_checkpoint(tmp_path, TOKENIZER_DIR, **tiny)
     litgpt = shutil.which("litgpt") or str(Path(sys.executable).parent / "litgpt")
     # a prompt of more than T* = 19 tokens: prefill takes the expanded path, decoding the absorbed one
     prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her dog"
     command = [litgpt, "generate", str(tmp_path), "--prompt", prompt, "--max_new_tokens", "24"]
     command += ["--temperature", "0", "--top_k", "1"]
-    stock = run(command, disable_plugin=True)
-    plugin = run(command, disable_plugin=False)
+    stock = run_with_plugin(command, plugin=False)
+    plugin = run_with_plugin(command, plugin=True)
     # the sample is the last stdout line (stock litgpt also prints warnings there, the plugin does not)
     stock_text, plugin_text = stock.stdout.splitlines()[-1], plugin.stdout.splitlines()[-1]
     assert stock_text.startswith(prompt) and len(stock_text) > len(prompt) + 24

@@ -7,7 +7,6 @@ scores divided by a temperature read from its own Config dict ``tempered_attenti
 
 from typing import Any
 
-import torch
 
 from litgpt_mka.attention.registry import Variant, register
 from litgpt_mka.attention.variant import AttentionVariant, check_keys
