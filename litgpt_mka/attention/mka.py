@@ -61,11 +61,12 @@ the projections: ``k(m2_t) = 1/(t+1) sum_{s<=t} k(x_s)`` and ``k(sum_i lam_i m_i
 k(m_i)``. The module therefore runs litgpt's one fused ``qkv`` call on ``x``, projects ``p`` once
 (``(W_K p + b_K, W_V p + b_V)``, 2D numbers), takes a float32 ``cumsum`` over time of the w projected
 columns that need a running mean, and mixes in key space: ``keys`` and ``keys_values`` then run one
-SDPA call per layer with equal q/k/v widths (GQA/MQA heads repeated as litgpt does), so the
-FlashAttention kernel is dispatched in training. ``outputs`` runs two SDPA calls: the long-term branch
-attends to one key/value pair repeated at every position, so its output is exactly ``v(p)``
-whatever the attention weights are; the module uses that closed form (the reference implementation in
-the tests runs the third branch naively and agrees).
+SDPA call per layer with equal q/k/v widths in training (GQA/MQA heads repeated as litgpt does), so the
+FlashAttention kernel is dispatched; cached decoding runs the grouped path of ``grouped.py`` (a group's
+query heads as rows against its one key/value head, the cache never repeated). ``outputs`` runs two
+SDPA calls: the long-term branch attends to one key/value pair repeated at every position, so its output
+is exactly ``v(p)`` whatever the attention weights are; the module uses that closed form (the reference
+implementation in the tests runs the third branch naively and agrees).
 
 KV cache (:class:`MemorizedKeyCache`), per layer
 ------------------------------------------------
