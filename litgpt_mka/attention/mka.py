@@ -129,7 +129,7 @@ from litgpt.model import CausalSelfAttention
 
 from litgpt_mka.attention.grouped import attention_scale, grouped_attention
 from litgpt_mka.attention.kv_cache import KVCacheBase, causal_mask, reads_positions, write_positions
-from litgpt_mka.attention.variant import CachedAttention, check_keys, positive_int, rope_function
+from litgpt_mka.attention.variant import CachedAttention, WeightDerived, check_keys, positive_int, rope_function
 
 ROUTINGS = ("keys", "keys_values", "outputs")
 MEMORY_SOURCES = ("local", "session", "long_term")
@@ -346,6 +346,7 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         self.routing: str = settings["routing"]
         self.router = Router(config.n_embd, settings["router_hidden"])
         self.memory = nn.Parameter(torch.empty(config.n_embd))  # p (C,)
+        self._long_term = WeightDerived()  # (k(p), v(p)) of the current weights
         self.kv_cache: MemorizedKeyCache | None = None
         self.reset_parameters()
 
@@ -475,7 +476,15 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         return qkv[..., :q_size], qkv[..., q_size:]
 
     def _long_term_memory(self) -> torch.Tensor:
-        """(k(p), v(p)) = (W_K p + b_K, W_V p + b_V), shape (2D,)."""
+        """(k(p), v(p)) = (W_K p + b_K, W_V p + b_V), shape (2D,); computed once per weight change when decoding."""
+        return self._long_term.get(self._project_memory, self.memory, self.qkv.weight, self.qkv.bias)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        # inference tensors (litgpt generate builds the model under inference_mode) have no version counter
+        self._long_term.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _project_memory(self) -> torch.Tensor:
         q_size = self.config.n_head * self.config.head_size
         bias = None if self.qkv.bias is None else self.qkv.bias[q_size:]
         return F.linear(self.memory, self.qkv.weight[q_size:], bias)  # (C,) -> (2D,)

@@ -92,7 +92,7 @@ from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttent
 from litgpt.model import RMSNorm, do_softcapping, yarn_get_mscale
 
 from litgpt_mka.attention.kv_cache import KVCacheBase, attends_to_whole_cache, causal_mask, write_positions
-from litgpt_mka.attention.variant import CachedAttention, check_keys, positive_int, rope_function
+from litgpt_mka.attention.variant import CachedAttention, WeightDerived, check_keys, positive_int, rope_function
 
 LATENT_ATTENTION_KEYS = (
     "q_lora_rank",
@@ -224,8 +224,7 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
             default_absorb_max_queries(config) if absorb_max_queries is None else absorb_max_queries
         )
         self._rope = rope_function(config)
-        self._absorbed: AbsorbedWeights | None = None
-        self._absorbed_key: tuple | None = None
+        self._absorbed = WeightDerived()  # absorb_weights() of the current kv_b_proj
         self.config = config
         self.block_idx = block_idx
 
@@ -372,16 +371,11 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
 
         Uncached while autograd records (gradients flow into ``kv_b_proj``) and inside torch.compile.
         """
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.kv_b_proj.weight.requires_grad):
-            return self.absorb_weights()
-        key = tuple(_tensor_state(t) for t in (self.kv_b_proj.weight, self.kv_b_proj.bias) if t is not None)
-        if self._absorbed is None or key != self._absorbed_key:
-            self._absorbed, self._absorbed_key = self.absorb_weights(), key
-        return self._absorbed
+        return self._absorbed.get(self.absorb_weights, self.kv_b_proj.weight, self.kv_b_proj.bias)
 
     def clear_absorbed_weights(self) -> None:
         """Forgets the cached absorbed weights; the next absorbed step derives them again from ``kv_b_proj``."""
-        self._absorbed = self._absorbed_key = None
+        self._absorbed.clear()
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         # inference tensors (litgpt generate builds the model under inference_mode) have no version counter
@@ -392,11 +386,6 @@ class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
     def new_kv_cache(self, batch_size: int, max_seq_length: int, device, dtype) -> LatentKVCache:
         c = self.config
         return LatentKVCache(batch_size, max_seq_length, c.kv_lora_rank, c.qk_rope_head_dim, device=device, dtype=dtype)
-
-
-def _tensor_state(t: torch.Tensor) -> tuple:
-    """What changes when a tensor is replaced, moved, cast or updated in place (no version for inference tensors)."""
-    return (t.data_ptr(), t.dtype, t.device, None if t.is_inference() else t._version)
 
 
 __all__ = [

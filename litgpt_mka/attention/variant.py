@@ -118,3 +118,30 @@ class CachedAttention(AttentionVariant):
         width = getattr(self.config, self.rope_width_field)
         check_rope_cache_length(type(self).__name__, rope_cache_length, width, self.rope_width_field)
         return self.new_kv_cache(batch_size, max_seq_length, device, dtype)
+
+
+def tensor_state(t: torch.Tensor) -> tuple:
+    """What changes when a tensor is replaced, moved, cast or updated in place (no version for inference tensors)."""
+    return (t.data_ptr(), t.dtype, t.device, None if t.is_inference() else t._version)
+
+
+class WeightDerived:
+    """A value computed from weights once and reused until a weight changes (data pointer, dtype, device or
+    in-place version: a load, an optimizer step, ``.to()``). Computed afresh, not cached, while autograd records
+    gradients into the weights and inside ``torch.compile``. An edit through ``.data`` bumps no version: call
+    :meth:`clear` after one."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._value, self._key = None, None
+
+    def get(self, compute: Any, *weights: torch.Tensor | None) -> Any:
+        weights = tuple(w for w in weights if w is not None)
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
+            return compute()
+        key = tuple(tensor_state(w) for w in weights)
+        if self._value is None or key != self._key:
+            self._value, self._key = compute(), key
+        return self._value

@@ -397,3 +397,23 @@ def test_cache_class_is_built_by_set_kv_cache():
     assert isinstance(cache, MemorizedKeyCache)
     assert cache.k.shape == cache.v.shape == cache.k_session.shape == (2, 4, 16, 16)
     assert cache.sums.shape == (2, 16, 128)
+
+
+def test_long_term_memory_is_computed_once_per_weight_change(monkeypatch):
+    """Decoding projects p once per weight version (not per step); a load or an optimizer step refreshes it."""
+    model, other = make_model("keys", seed=0), make_model("keys", seed=1)
+    calls = []
+    for block in model.transformer.h:
+        original = block.attn._project_memory
+        monkeypatch.setattr(block.attn, "_project_memory", lambda _o=original: calls.append(1) or _o())
+    idx = tokens()
+    assert_cached_decode_matches_full_forward(model, idx, prompt=3)
+    assert len(calls) == 2  # one per layer, for the full forward and every decode step together
+    model.load_state_dict(other.state_dict())
+    assert_cached_decode_matches_full_forward(model, idx, prompt=3)  # refreshed after the load
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(idx).logsumexp(-1).mean().backward()  # grad enabled: computed afresh, not cached
+    optimizer.step()  # in-place update: new version
+    model.eval()
+    assert_cached_decode_matches_full_forward(model, idx, prompt=3)
