@@ -71,10 +71,11 @@ def check_litgpt_version() -> None:
         )
 
 
-def _first_time(owner: object) -> bool:
-    if getattr(owner, _EXTENDED_MARK, False):
+def _first_time(owner: object, mark: str = _EXTENDED_MARK) -> bool:
+    """True once per module or class: sets `mark` on `owner` itself (a subclass does not inherit the answer)."""
+    if vars(owner).get(mark, False):
         return False
-    setattr(owner, _EXTENDED_MARK, True)
+    setattr(owner, mark, True)
     return True
 
 
@@ -229,14 +230,6 @@ _GUARDED_MARK = "_litgpt_mka_guarded"
 _FINETUNING_PARAMETER_MARKERS = ("lora_", "adapter_", "gating_factor")
 
 
-def _first_time_here(module: ModuleType, mark: str = _EXTENDED_MARK) -> bool:
-    """`_first_time` for a module object (classes would inherit the mark of litgpt's base classes)."""
-    if module.__dict__.get(mark, False):
-        return False
-    setattr(module, mark, True)
-    return True
-
-
 def _check_block_attention(block) -> None:
     """Raises ValueError when a litgpt `Block` (subclass) holds another attention class than its config names."""
     config = getattr(block, "config", None)
@@ -338,7 +331,7 @@ def guard_attention_variant(module: ModuleType) -> None:
       ``ValueError`` when it would drop the checkpoint's attention weights, and warns when it leaves some of
       the model's unset (see ``_check_non_strict_load``).
     """
-    if not _first_time_here(module, _GUARDED_MARK):
+    if not _first_time(module, _GUARDED_MARK):
         return
     block_cls, gpt_cls = module.Block, module.GPT
 
@@ -372,7 +365,7 @@ def extend_lora_module(module: ModuleType) -> None:
     """
     check_litgpt_version()
     block_cls = module.Block
-    if not _first_time_here(module):
+    if not _first_time(module):
         return
     litgpt_init = block_cls.__init__
 
@@ -398,7 +391,7 @@ def extend_adapter_module(module: ModuleType) -> None:
     """
     check_litgpt_version()
     config_cls = module.Config
-    if not _first_time_here(module):
+    if not _first_time(module):
         return
     post_init = config_cls.__post_init__
 
@@ -436,7 +429,7 @@ def _litgpt_copy_function_name(config) -> str:
 def extend_convert_lit_checkpoint_module(module: ModuleType) -> None:
     """``convert_from_litgpt`` refuses a variant with no Hugging Face counterpart before writing anything."""
     check_litgpt_version()
-    if not _first_time_here(module):
+    if not _first_time(module):
         return
     litgpt_convert = module.convert_lit_checkpoint
 
