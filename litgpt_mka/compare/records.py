@@ -87,11 +87,15 @@ class Environment:
     gpus: list[str]
     cuda: str | None
 
+    def hardware(self) -> str:
+        """What the timings depend on: CPU model, CPU count, torch threads, GPUs."""
+        gpus = ", ".join(self.gpus) if self.gpus else "no GPU"
+        return f"{self.cpu} ({self.cpu_count} CPUs, {self.torch_threads} torch threads), {gpus}"
+
     def summary(self) -> str:
         """One line: CPU (count), GPUs, OS, versions."""
-        gpus = ", ".join(self.gpus) if self.gpus else "no GPU"
         return (
-            f"{self.cpu} ({self.cpu_count} CPUs, {self.torch_threads} torch threads), {gpus}; {self.platform};"
+            f"{self.hardware()}; {self.platform};"
             f" Python {self.python}, torch {self.torch}, litgpt {self.litgpt}, litgpt-mka {self.litgpt_mka}"
         )
 

@@ -259,6 +259,14 @@ def setup_lines(results: Results) -> list[str]:
     if short:
         lines.append(f"- **Short curves**: fewer than {MIN_CURVE_POINTS} validation points for {', '.join(short)};"
                      " choose --eval_interval as the README says")
+    runs_by_hardware = {}
+    for run in ok:
+        runs_by_hardware.setdefault(run.environment.hardware(), []).append(run.name)
+    if len(runs_by_hardware) > 1:
+        lines.append("- **Runs on different machines** (an invocation resumed elsewhere): the timing and peak-memory"
+                     " columns then compare machines as well as attention; loss, parameter and KV-cache columns are"
+                     " unaffected (up to floating-point rounding). " + "; ".join(f"{hardware}: {', '.join(names)}"
+                                                             for hardware, names in runs_by_hardware.items()))
     resumed = [r.name for r in ok if r.train.resumed_from_step is not None]
     if resumed:
         lines.append(f"- Resumed after an interruption (wall time covers the last attempt only): {', '.join(resumed)}")

@@ -625,6 +625,21 @@ def test_version_1_results_render_with_busy_cells_and_relative_paths():
     assert not ABSOLUTE_PATH.search(report.replace(command, ""))
 
 
+def test_runs_from_different_machines_are_named_in_the_setup():
+    """A comparison resumed on another machine: the report says which runs ran where (timings compare machines)."""
+    from dataclasses import replace
+
+    from litgpt_mka.compare.report import read_results, setup_lines
+
+    results = read_results(Path(__file__).parent / "data" / "results_v1.json", relative_to=Path("/work/main"))
+    assert not any("different machines" in line for line in setup_lines(results))
+    moved = [replace(run, environment=replace(run.environment, cpu="Another CPU")) if run.variant == "pythia-14m-fmka"
+             else run for run in results.runs]
+    line = next(line for line in setup_lines(replace(results, runs=moved)) if "different machines" in line)
+    assert line.endswith("Another CPU (2 CPUs, 2 torch threads), no GPU: pythia-14m-fmka-seed42")
+    assert "pythia-14m-mha-seed42, pythia-14m-gqa-seed42" in line
+
+
 # ---------------------------------------------------------------------------------- plan and options
 def test_expected_curve_points_follow_litgpts_schedule(tmp_path):
     from litgpt_mka.compare.plan import expected_curve_points
