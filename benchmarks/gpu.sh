@@ -5,7 +5,7 @@
 #
 # Needs a CUDA build of torch with lightning; litgpt and this package either installed (`pip install -e
 # ".[test]"`) or carried as wheels (WHEELS=DIR, made here by benchmarks/gpu_wheels.sh, installed first with
-# pip --no-index --no-deps when litgpt_mka is not importable). Writes into OUT_DIR:
+# pip --no-index --no-deps when litgpt or litgpt-mka is not installed). Writes into OUT_DIR:
 #   environment.txt               date, commit, torch/CUDA/litgpt versions, nvidia-smi
 #   tests.txt                     pytest on tests/attention (the CUDA flash-dispatch tests and the bf16
 #                                 cached-decode tests run on the GPU there; the rest on the CPU)
@@ -14,7 +14,7 @@
 #   pretrain-<preset>.log         `litgpt pretrain` of PRETRAIN_PRESET in bf16-mixed with --devices auto (litgpt's
 #                                 FSDP with two or more GPUs, one device otherwise), interrupted after its first
 #                                 checkpoint and resumed with --resume auto, then `litgpt generate` from final/
-#   study-<size>/                 a study slice: `litgpt-mka compare` of the six <size> presets (first of SIZES),
+#   study-<size>/                 a study slice: `litgpt-mka compare` of the <size> presets (first of SIZES),
 #                                 one seed, SLICE_TOKENS each, bf16-mixed: report.md, results.json/csv, plots
 # A failed step does not stop the next; the exit status is 1 if any step failed.
 #
@@ -26,7 +26,7 @@
 #   STEPS           which steps run ["tests decode pretrain study"]
 #   DATA_DIR        train.txt / val.txt [../shared/data/tinystories]; TOKENIZER_DIR [../shared/tokenizers/pythia]
 #   PRETRAIN_PRESET [pythia-<size>-mla]; PRETRAIN_TOKENS [204800: 50 steps of the presets' 8 x 512 tokens]
-#   SLICE_TOKENS    [2048000: 500 steps]; SLICE_SEEDS ["1"]
+#   SLICE_TOKENS    [2048000: 500 steps]; SLICE_SEEDS ["1"]; SLICE_VARIANTS ["mha gqa mqa mla mka fmka"]
 #   WHEELS          a folder of wheels to install first [none]; PYTHON [python3]
 #
 # On the device machine of this project (torch and lightning there, no litgpt, no registry), from the repo root
@@ -57,10 +57,12 @@ preset=${PRETRAIN_PRESET:-pythia-$first_size-mla}
 pretrain_tokens=${PRETRAIN_TOKENS:-204800}
 slice_tokens=${SLICE_TOKENS:-2048000}
 slice_seeds=${SLICE_SEEDS:-1}
+slice_variants=${SLICE_VARIANTS:-"mha gqa mqa mla mka fmka"}
 precision=bf16-mixed
 [ "$device" = cpu ] && precision=32-true
 
-if [ -n "${WHEELS:-}" ] && ! "$python" -c "import litgpt_mka" 2>/dev/null; then
+installed() { "$python" -c "import importlib.metadata as m; m.version('litgpt'); m.version('litgpt-mka')" 2>/dev/null; }
+if [ -n "${WHEELS:-}" ] && ! installed; then
     echo "gpu.sh: installing the wheels in $WHEELS" >&2
     "$python" -m pip install -q --no-index --no-deps --no-cache-dir "$WHEELS"/*.whl || exit 2
 fi
@@ -120,12 +122,14 @@ fi
 if wants study; then
     slice="$out/study-$first_size"
     steps_per_run=$((slice_tokens / 4096))  # the presets' batch: 8 sequences of 512
-    echo "gpu.sh: study slice, six pythia-$first_size presets, seeds $slice_seeds -> $slice" >&2
+    eval_interval=$((steps_per_run >= 8 ? steps_per_run / 8 : 1))  # at least 8 curve points where possible
+    configs=()
+    for variant in $slice_variants; do configs+=("config_hub/pretrain/pythia-$first_size-$variant.yaml"); done
+    echo "gpu.sh: study slice, pythia-$first_size $slice_variants, seeds $slice_seeds -> $slice" >&2
     # shellcheck disable=SC2086  # SLICE_SEEDS is a list of seeds
-    "$python" -m litgpt_mka.cli compare --configs config_hub/pretrain/pythia-"$first_size"-{mha,gqa,mqa,mla,mka,fmka}.yaml \
-        --seeds $slice_seeds --train_path "$data_dir/train.txt" --val_path "$data_dir/val.txt" \
+    "$python" -m litgpt_mka.cli compare --configs "${configs[@]}" --seeds $slice_seeds --train_path "$data_dir/train.txt" --val_path "$data_dir/val.txt" \
         --tokenizer_dir "$tokenizer_dir" --max_tokens "$slice_tokens" --max_seq_length 512 \
-        --precision "$precision" --eval_interval $((steps_per_run / 8)) --decode_dtype bfloat16 \
+        --precision "$precision" --eval_interval "$eval_interval" --decode_dtype bfloat16 \
         --out_dir "$slice" > "$out/study-$first_size.log" 2>&1 || fail "study slice failed, see study-$first_size.log"
     rm -rf "$slice/runs"
 fi

@@ -12,7 +12,7 @@
 #
 #   python3 -m pip install -q --no-index --no-deps --no-cache-dir WHEEL_DIR/*.whl
 #
-# benchmarks/gpu.sh does exactly that when WHEELS=WHEEL_DIR is set and litgpt_mka is not importable.
+# benchmarks/gpu.sh does exactly that when WHEELS=WHEEL_DIR is set and litgpt or litgpt-mka is not installed.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -603,7 +603,7 @@ def test_pareto_front_keeps_the_points_that_no_other_beats_on_both_axes():
 
 
 def test_version_1_results_render_with_busy_cells_and_relative_paths():
-    """The committed comparison of schema v1 (docs/compare-pythia-14m before v2; train_loss_curve shortened)."""
+    """The comparison of schema v1 once committed as docs/compare-pythia-14m (train_loss_curve shortened)."""
     from litgpt_mka.compare.report import markdown, read_results
 
     results = read_results(Path(__file__).parent / "data" / "results_v1.json", reference="pythia-14m-mha",
