@@ -12,8 +12,8 @@
 #   decode-<size>-cuda-bf16.md    benchmarks/decode.py --device cuda --dtype bfloat16, one per size
 #   decode-<size>-cuda-bf16.log   its progress lines (stderr)
 #   pretrain-<preset>.log         `litgpt pretrain` of PRETRAIN_PRESET in bf16-mixed with --devices auto (litgpt's
-#                                 FSDP with two or more GPUs, one device otherwise), interrupted after its first
-#                                 checkpoint and resumed with --resume auto, then `litgpt generate` from final/
+#                                 FSDP with two or more GPUs, one device otherwise): half the tokens, then resumed
+#                                 with --resume auto to all of them, then `litgpt generate` from final/
 #   study-<size>/                 a study slice: `litgpt-mka compare` of the <size> presets (first of SIZES),
 #                                 one seed, SLICE_TOKENS each, bf16-mixed: report.md, results.json/csv, plots
 # A failed step does not stop the next; the exit status is 1 if any step failed.
@@ -105,15 +105,16 @@ data_args=(--data litgpt_mka.data.TextCorpus --data.train_path "$data_dir/train.
            --data.val_path "$data_dir/val.txt" --tokenizer_dir "$tokenizer_dir")
 
 if wants pretrain; then
-    # litgpt's own commands, unchanged: train until the first checkpoint, stop, resume to the end, generate.
+    # litgpt's own commands, unchanged: train half the tokens, then resume from that checkpoint (--resume auto)
+    # to the whole budget, then generate from final/. (litgpt 0.5.13 stops on max_tokens, not on max_steps.)
     log="$out/pretrain-$preset.log"
     run_dir=$(mktemp -d)/$preset
     echo "gpu.sh: litgpt pretrain $preset ($precision, devices auto) -> $log" >&2
     pretrain=("$python" -m litgpt pretrain --config "config_hub/pretrain/$preset.yaml" "${data_args[@]}"
-              --precision "$precision" --devices auto --train.max_tokens "$pretrain_tokens"
-              --train.save_interval 25 --eval.interval 25 --out_dir "$run_dir")
+              --precision "$precision" --devices auto --train.save_interval 25 --eval.interval 25 --out_dir "$run_dir")
     {
-        "${pretrain[@]}" --train.max_steps 25 && "${pretrain[@]}" --resume auto \
+        "${pretrain[@]}" --train.max_tokens $((pretrain_tokens / 2)) \
+            && "${pretrain[@]}" --train.max_tokens "$pretrain_tokens" --resume auto \
             && "$python" -m litgpt generate "$run_dir/final" --prompt "Once upon a time" --max_new_tokens 40
     } > "$log" 2>&1 || fail "pretrain of $preset failed, see $(basename "$log")"
     grep -E "Resuming|Total parameters|Training time|Memory used|Once upon" "$log" >&2
