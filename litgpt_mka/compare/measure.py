@@ -112,16 +112,18 @@ def tokens_per_iteration(segments: list[list[dict]]) -> int:
 
 
 def training_throughput(segments: list[list[dict]], skip_iters: int) -> Throughput:
-    """Steady-state training tokens/s from litgpt's per-iteration ``iter_time``.
+    """Steady-state training tokens/s from litgpt's per-iteration ``iter_time`` of the last training process.
 
-    The first `skip_iters` logged iterations of every process are left out (compilation, warm-up).
-    ``tokens_per_s`` is None when no iteration is left, with the reason in ``note``.
+    Only the last process is timed: it is the one whose load ``train.json`` records (an interrupted process
+    never writes its load), so the busy rule and the number cover the same iterations. Its first
+    `skip_iters` logged iterations are left out (compilation, warm-up). ``tokens_per_s`` is None when no
+    iteration is left, with the reason in ``note``.
     """
     per_iter = tokens_per_iteration(segments)
-    timed = [row["iter_time"] for rows in segments for row in rows[skip_iters:]]
+    last = segments[-1]
+    timed = [row["iter_time"] for row in last[skip_iters:]]
     if not timed:
-        logged = sum(len(rows) for rows in segments)
-        note = f"{logged} iterations logged, the first {skip_iters} of each process skipped"
+        note = f"{len(last)} iterations logged by the last training process, its first {skip_iters} skipped"
         return Throughput(per_iter, 0, skip_iters, tokens_per_s=None, note=note)
     return Throughput(per_iter, len(timed), skip_iters, tokens_per_s=len(timed) * per_iter / sum(timed))
 

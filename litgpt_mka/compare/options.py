@@ -61,7 +61,7 @@ class CompareOptions:
     """The variant (config file stem) that every other is compared with in report.md; default: the first config
     whose model is MHA (litgpt's CausalSelfAttention with n_query_groups == n_head). Changing it retrains nothing."""
     throughput_skip_iters: int = 5
-    """Iterations at the start of every training process left out of tokens/s."""
+    """Iterations at the start of the (last) training process left out of tokens/s."""
     context_length: int = 256
     """Prompt tokens before decoding is timed, and the context of the KV-cache size."""
     decode_batch_size: int = 1

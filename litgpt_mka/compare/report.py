@@ -253,7 +253,7 @@ def setup_lines(results: Results) -> list[str]:
         f"- Decode and KV cache: batch {measure.decode_batch_size}, context {measure.context_length} tokens,"
         f" {measure.decode_new_tokens} timed tokens, {measure.decode_dtype}"
         f" on {_unique([r.measure.decode.device for r in ok])}",
-        f"- Throughput skips the first {measure.throughput_skip_iters} iterations of every training process",
+        f"- Throughput: the last training process of each run, its first {measure.throughput_skip_iters} iterations skipped",
     ]
     short = [r.name for r in ok if len(r.evaluation.curve) < MIN_CURVE_POINTS]
     if short:
