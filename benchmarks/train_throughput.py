@@ -18,10 +18,11 @@ intrinsic cost) is the one to read; a median far below the best says the run was
 
 Variants: every preset of the model size in ``config_hub/pretrain/<model>-*.yaml`` (its attention keys
 applied to ``Config.from_name(model)``), plus MKA with ``routing: outputs``; ratios are to the ``mha`` row.
-Defaults (batch 4 x 256 tokens, float32, eager) take about 6 minutes on an otherwise idle 2-core CPU.
+Defaults (batch 4 x 256 tokens, float32, eager) take about 4 minutes on an otherwise idle 2-core CPU (2 threads).
 """
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -132,14 +133,17 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
+    load_before = os.getloadavg()
     rows = [row for model_name in args.models for row in benchmark(model_name, args)]
+    load_after = os.getloadavg()
     rounds = ", ".join(f"{model_name}: {n}" for model_name, n in sorted({(row[0], row[-1]) for row in rows}))
     print(
         f"Training throughput (tokens per {args.clock}-clock second), forward+backward+AdamW, batch"
         f" {args.batch_size} x seq {args.seq_len} tokens, float32,"
         f" {'torch.compile' if args.compile else 'eager'}, {args.warmup} warm-up step(s) excluded,"
         f" {rounds} interleaved rounds; torch {torch.__version__}, {torch.get_num_threads()} threads,"
-        f" {platform.processor() or platform.machine()}, device cpu\n"
+        f" {platform.processor() or platform.machine()}, device cpu;"
+        f" 1-minute load average {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
     )
     print("| model | attention | parameters | tokens/s (best) | vs MHA (best) | tokens/s (median) | vs MHA (median) |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -151,15 +155,9 @@ def main() -> None:
     disturbed = sorted({row[1] for row in rows if row[5] < 0.9 * row[3]})
     if disturbed:
         print(
-            f"\nNote: the median is more than 10% below the best for {', '.join(disturbed)}: other work disturbed this"
-            " run; read the best columns, or rerun with `--threads 1 --clock cpu`."
+            f"\nNote: the median is more than 10% below the best for {', '.join(disturbed)}: the rounds varied (other"
+            " work, or the machine's own variation); read the best columns, or rerun with `--threads 1 --clock cpu`."
         )
-    for model_name in args.models:
-        mla = variants(model_name).get("MLA")
-        if mla is not None:
-            print(f"\n{model_name} MLA: {mla}")
-        else:
-            print(f"\n{model_name} MLA: skipped (litgpt_mka.attention.mla does not import)")
 
 
 if __name__ == "__main__":
