@@ -54,7 +54,8 @@ Metrics
 * Training throughput: tokens per second over the iterations litgpt itself timed (``iter_time`` in
   metrics.csv, logged every iteration) of the last training process (for a resumed run, the one whose
   load is recorded), excluding its first ``throughput_skip_iters`` iterations (compilation, allocator
-  warm-up): timed iterations x tokens per iteration / sum of their ``iter_time``. Checkpoint saving is outside ``iter_time``.
+  warm-up): timed iterations x tokens per iteration / sum of their ``iter_time``. Checkpoint saving is
+  outside ``iter_time``.
 * Wall time: the ``litgpt pretrain`` call in the training process (litgpt's imports, data, model,
   compilation, training, checkpoint saves) of the attempt that finished; resumed runs are marked.
 * Peak memory: of the training process only: CUDA ``max_memory_allocated`` (reset at process start) on

@@ -121,7 +121,7 @@ class Throughput:
 
     tokens_per_iteration: int
     timed_iterations: int
-    skipped_iterations_per_process: int
+    skipped_iterations_per_process: int  # at the start of the timed (last) process; name kept for schema v2
     tokens_per_s: float | None  # None when no iteration is left to time (see note)
     note: str | None = None
 
