@@ -6,7 +6,8 @@ one-line ``litgpt_mka.pth`` file into site-packages (``pip install .`` and ``pip
 alike). Python's ``site`` module executes it at interpreter start: it imports this package, which
 only appends a tiny finder to ``sys.meta_path`` (no torch, no litgpt import; see
 ``python -X importtime -c pass``). The first time ``litgpt.config``, ``litgpt.model``,
-``litgpt.pretrain`` or another module of ``_EXTENSIONS`` (LoRA, adapters, ``convert_from_litgpt``) is imported, by the ``litgpt`` console script, ``python -m litgpt`` or user
+``litgpt.pretrain`` or another module of ``_EXTENSIONS`` (``litgpt.utils``, LoRA, adapters, the fine-tuning
+scripts, ``convert_from_litgpt``) is imported, by the ``litgpt`` console script, ``python -m litgpt`` or user
 code, the finder lets the module execute normally and then hands it to
 :mod:`litgpt_mka.plugin.litgpt_internals`, the only module that touches litgpt's internals.
 
@@ -22,6 +23,8 @@ DISABLE_ENV_VAR = "LITGPT_MKA_DISABLE"
 
 # litgpt module name -> name of the function in `litgpt_mka.plugin.litgpt_internals` that extends it
 _EXTENSIONS = {
+    # the default precision (litgpt_mka/precision.py): before every module that imports it by name
+    "litgpt.utils": "extend_utils_module",
     "litgpt.config": "extend_config_module",
     "litgpt.model": "extend_model_module",
     "litgpt.pretrain": "extend_pretrain_module",
@@ -29,6 +32,8 @@ _EXTENSIONS = {
     "litgpt.lora": "extend_lora_module",
     "litgpt.adapter": "extend_adapter_module",
     "litgpt.scripts.convert_lit_checkpoint": "extend_convert_lit_checkpoint_module",
+    # the training scripts: a warning for bf16 on a CPU that emulates it
+    **{f"litgpt.finetune.{name}": "extend_finetune_module" for name in ("full", "lora", "lora_legacy", "adapter", "adapter_v2")},
 }
 
 

@@ -26,10 +26,24 @@ each extension below is applied to the imported module object, once (idempotent)
     litgpt's ``__init__`` runs for a class other than its own MLA, ``latent_attention`` is hidden from it,
     so that it builds its cheap ``CausalSelfAttention`` rather than its MLA (which needs ``q_lora_rank``).
 
+``litgpt.utils``  -- ``extend_utils_module``
+    ``get_default_supported_precision`` (bf16 on every machine without CUDA) is replaced by
+    :func:`litgpt_mka.precision.machine_default_precision`: ``32-true`` on CPUs that emulate bf16, litgpt's
+    answer everywhere else. Every litgpt command that fills an unset ``--precision`` (pretrain, finetune_*,
+    generate*, chat, serve, ``litgpt.api``) imports the function by name from ``litgpt.utils``, so replacing
+    it there right after ``litgpt.utils`` executes covers them all; bindings made before the plugin was
+    activated are replaced too.
+
 ``litgpt.pretrain``  -- ``extend_pretrain_module``
     ``initialize_weights`` (GPT-NeoX init) scales the output projection of ``CausalSelfAttention``
     only; the replacement scales the output projection ``proj`` of every block's attention module,
-    whatever its class, the same way, so that comparisons between variants are fair. Everything else is litgpt's code path.
+    whatever its class, the same way, so that comparisons between variants are fair. ``main`` is wrapped
+    (:func:`_run_on_the_machine`): on the CPU it warns when bf16 is asked of a CPU that emulates it, and it
+    skips litgpt's ``torch.compile(model)`` (``LITGPT_MKA_CPU_COMPILE=1`` keeps it). Everything else is
+    litgpt's code path.
+
+``litgpt.finetune.{full,lora,lora_legacy,adapter,adapter_v2}``  -- ``extend_finetune_module``
+    ``main`` is wrapped to warn when bf16 is asked of a CPU that emulates it.
 
 ``litgpt.model`` (also)  -- ``guard_attention_variant``
     Every ``Block`` subclass (litgpt's LoRA and adapter blocks, user code) must end up holding
@@ -46,11 +60,14 @@ each extension below is applied to the imported module object, once (idempotent)
 import dataclasses
 import functools
 import math
+import os
+import sys
 import warnings
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
+from litgpt_mka import precision
 from litgpt_mka.attention import registry
 from litgpt_mka.plugin.config_checks import resolve_attention_variant, validate_litgpt_fields
 
@@ -171,12 +188,62 @@ def extend_model_module(module: ModuleType) -> None:
     guard_attention_variant(module)
 
 
+# ------------------------------------------------------------------------------------------ litgpt.utils
+def extend_utils_module(module: ModuleType) -> None:
+    check_litgpt_version()
+    if not _first_time(module):
+        return
+    litgpt_default = module.get_default_supported_precision
+
+    @functools.wraps(litgpt_default)
+    def get_default_supported_precision(training: bool) -> str:
+        return precision.machine_default_precision(training, litgpt_default)
+
+    module.get_default_supported_precision = get_default_supported_precision
+    for name, imported in list(sys.modules.items()):  # `from litgpt.utils import ...` done before activation
+        if name.startswith("litgpt.") and getattr(imported, "get_default_supported_precision", None) is litgpt_default:
+            imported.get_default_supported_precision = get_default_supported_precision
+
+
 # --------------------------------------------------------------------------------------- litgpt.pretrain
+CPU_COMPILE_ENV_VAR = "LITGPT_MKA_CPU_COMPILE"
+
+
 def extend_pretrain_module(module: ModuleType) -> None:
     check_litgpt_version()
     if not _first_time(module):
         return
     module.initialize_weights = initialize_weights
+    module.main = _run_on_the_machine(module.main, skip_cpu_compile=True)
+
+
+def _fabric_precision(fabric) -> str | None:
+    """The precision string Fabric runs with ("bf16-mixed", "32-true", ...)."""
+    return getattr(fabric.strategy.precision, "precision", None)
+
+
+def _run_on_the_machine(litgpt_main, skip_cpu_compile: bool = False):
+    """Wraps a training script's ``main(fabric, ...)``: the bf16 warning, and no ``torch.compile`` on the CPU.
+
+    On the CPU, litgpt pretrain's ``torch.compile(model)`` costs 20-40 s before the first step and gives no
+    speed afterwards (pythia-14m, 98,304 tokens: 97 s with it, 60 s without, identical losses); its slow
+    first iterations also make litgpt's first ETA several times too long. So CPU runs execute eagerly
+    (``torch._dynamo.config.disable`` while ``main`` runs), unless ``LITGPT_MKA_CPU_COMPILE=1``.
+    """
+
+    @functools.wraps(litgpt_main)
+    def main(fabric, *args, **kwargs):
+        on_cpu = fabric.device.type == "cpu"
+        precision.warn_if_emulated_bf16(_fabric_precision(fabric), fabric.device.type)
+        if not (skip_cpu_compile and on_cpu) or os.environ.get(CPU_COMPILE_ENV_VAR) == "1":
+            return litgpt_main(fabric, *args, **kwargs)
+        import torch._dynamo
+
+        fabric.print(f"litgpt-mka: training on the CPU without torch.compile ({CPU_COMPILE_ENV_VAR}=1 keeps it)")
+        with torch._dynamo.config.patch(disable=True):
+            return litgpt_main(fabric, *args, **kwargs)
+
+    return main
 
 
 def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
@@ -211,6 +278,14 @@ def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
 
     if not isinstance(fabric.strategy, FSDPStrategy):
         reset_parameters(model)
+
+
+# ------------------------------------------------------------------------------- litgpt.finetune.*
+def extend_finetune_module(module: ModuleType) -> None:
+    check_litgpt_version()
+    if not _first_time(module):
+        return
+    module.main = _run_on_the_machine(module.main)
 
 
 # ================================================================= the rest of litgpt: fine-tuning, loading
