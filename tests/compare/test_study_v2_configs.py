@@ -1,0 +1,19 @@
+"""Study v2's ablation config is its preset with only the ablated attention key changed."""
+
+from pathlib import Path
+
+from tests.conftest import CONFIG_HUB
+
+STUDY_V2 = Path(__file__).resolve().parents[2] / "docs" / "study-pythia-14m-v2"
+
+
+def test_query_ablation_changes_only_q_lora_rank():
+    from litgpt_mka.presets import load_pretrain_yaml
+
+    ablation = load_pretrain_yaml(STUDY_V2 / "configs" / "pythia-14m-mla-fullq.yaml")
+    preset = load_pretrain_yaml(CONFIG_HUB / "pythia-14m-mla.yaml")
+    assert preset["model_config"]["latent_attention"]["q_lora_rank"] == 64
+    preset["model_config"]["latent_attention"]["q_lora_rank"] = None
+    assert ablation == preset
+    header = " ".join((STUDY_V2 / "configs" / "pythia-14m-mla-fullq.yaml").read_text().replace("#", " ").split()[:30])
+    assert "a copy of config_hub/pretrain/pythia-14m-mla.yaml with only the attention keys changed" in header
