@@ -75,5 +75,6 @@ Metrics
   with a Welch standard error and a verdict (better, worse, tied within noise): :mod:`.summary`.
 * Decode: greedy cached decode tokens/s (:func:`litgpt_mka.measure.decode_speed.measure_decode_tokens_per_second`) at
   ``context_length`` prompt tokens and ``decode_batch_size`` sequences, in the decode dtype (default:
-  the dtype of ``litgpt generate``'s default precision on the machine: bfloat16 on CPUs and bf16 GPUs).
+  the dtype of ``litgpt generate``'s default precision on the machine: bfloat16 on bf16 GPUs and on CPUs with
+  native bf16, float32 on CPUs that emulate it, :mod:`litgpt_mka.precision`).
 """

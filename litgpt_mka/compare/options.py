@@ -45,7 +45,7 @@ class CompareOptions:
     max_seq_length: int | None = None
     """Tokens per training window (train.max_seq_length); default: the YAMLs'."""
     precision: str | None = None
-    """litgpt precision (bf16-mixed, bf16-true, 32-true); default: the YAMLs' (null: litgpt's choice)."""
+    """litgpt precision (bf16-mixed, bf16-true, 32-true); default: the YAMLs' (null: the machine's default, litgpt_mka/precision.py)."""
     devices: int | str | None = None
     """litgpt devices; default: the YAMLs'."""
     data_seed: int | None = None
