@@ -1,6 +1,7 @@
 """The main job, end to end, with litgpt's own commands: `litgpt pretrain` then `litgpt generate`, for every
-Pythia-14m preset of the config hub, on the offline TinyStories sample (compiled model, litgpt's default
-precision, a budget of two optimizer steps)."""
+Pythia-14m preset of the config hub, on the offline TinyStories sample (the machine's default precision, which
+is float32 on CPUs that emulate bf16, and eager on the CPU: see docs/precision.md; a budget of two optimizer
+steps)."""
 
 import pytest
 import yaml

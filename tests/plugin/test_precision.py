@@ -181,3 +181,15 @@ def test_litgpt_pretrain_and_finetune_mains_are_wrapped():
 
     for module in (litgpt.pretrain, litgpt.finetune.full, litgpt.finetune.lora):
         assert module.main.__wrapped__.__module__ == module.__name__
+
+
+@pytest.mark.parametrize("cpuinfo, training, decode", [(AMD_ZEN3_CPUINFO, "32-true", "float32"),
+                                                       (XEON_SPR_CPUINFO, "bf16-mixed", "bfloat16")])
+def test_compare_defaults_follow_the_machine(cpu_machine, tmp_path, cpuinfo, training, decode):
+    from litgpt_mka.compare.measure import default_decode_dtype
+    from litgpt_mka.compare.worker import effective_precision
+
+    cpu_machine(cpuinfo)
+    (tmp_path / "hyperparameters.yaml").write_text("precision: null\n")
+    assert effective_precision(tmp_path) == training
+    assert default_decode_dtype() == decode
