@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Study v2 (docs/study-pythia-14m-v2/README.md): every compare invocation, in order. Run it from a clone at a
+# fixed commit, in the background: nohup docs/study-pythia-14m-v2/run.sh > study-v2.log 2>&1 &
+# Rerunning it resumes: finished runs are skipped, an interrupted one resumes from its last checkpoint.
+set -uo pipefail
+cd "$(dirname "$0")/../.."  # the project root
+S=docs/study-pythia-14m-v2
+common=(--train_path ../shared/data/tinystories-train-909k
+        --val_path ../shared/data/tinystories/val.txt docs/study-pythia-14m/ood/apache-2.0.txt
+        --tokenizer_dir ../shared/tokenizers/pythia --max_tokens 909312 --max_seq_length 512 --precision 32-true
+        --eval_interval 22 --decode_dtype float32 --context_length 256 --decode_batch_size 1)
+presets=(config_hub/pretrain/pythia-14m-{mha,gqa,mqa,mla,mka,fmka}.yaml)
+# 1. main study, seeds outermost so that every variant has seed 1 before any has seed 2
+for seeds in "1" "1 2" "1 2 3"; do
+  litgpt-mka compare --configs "${presets[@]}" --seeds $seeds "${common[@]}" --out_dir $S/main || exit 1
+done
+# 2. query ablation: MHA and MLA runs are the main study's (same config, seed, data, budget): copied, not retrained
+mkdir -p $S/ablation/runs
+for v in mha mla; do for s in 1 2 3; do
+  [ -d $S/ablation/runs/pythia-14m-$v-seed$s ] || cp -r $S/main/runs/pythia-14m-$v-seed$s $S/ablation/runs/
+done; done
+litgpt-mka compare --configs config_hub/pretrain/pythia-14m-{mha,mla}.yaml $S/configs/pythia-14m-mla-fullq.yaml \
+  --seeds 1 2 3 "${common[@]}" --out_dir $S/ablation || exit 1
+# 3. learning-rate fairness: two more peak learning rates, warm-up unchanged, 2 seeds
+for lr in 0.0005 0.002; do
+  litgpt-mka compare --configs config_hub/pretrain/pythia-14m-{mha,mla,fmka}.yaml --seeds 1 2 "${common[@]}" \
+    --pretrain_args "[\"--optimizer.lr=$lr\"]" --out_dir $S/lr-$lr || exit 1
+done
+echo "study v2 complete"
