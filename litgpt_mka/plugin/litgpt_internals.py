@@ -36,8 +36,8 @@ each extension below is applied to the imported module object, once (idempotent)
 
 ``litgpt.pretrain``  -- ``extend_pretrain_module``
     ``initialize_weights`` (GPT-NeoX init) scales the output projection of ``CausalSelfAttention``
-    only; the replacement scales the output projection ``proj`` of every block's attention module,
-    whatever its class, the same way, so that comparisons between variants are fair. ``main`` is wrapped
+    only; wrapped, litgpt's own function scales the output projection ``proj`` of every block's attention
+    module, whatever its class, the same way, so that comparisons between variants are fair. ``main`` is wrapped
     (:func:`_run_on_the_machine`): on the CPU it warns when bf16 is asked of a CPU that emulates it, and it
     skips litgpt's ``torch.compile(model)`` (``LITGPT_MKA_CPU_COMPILE=1`` keeps it). Everything else is
     litgpt's code path.
@@ -59,11 +59,9 @@ each extension below is applied to the imported module object, once (idempotent)
 
 import dataclasses
 import functools
-import math
 import os
 import sys
 import warnings
-from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
@@ -213,8 +211,31 @@ def extend_pretrain_module(module: ModuleType) -> None:
     check_litgpt_version()
     if not _first_time(module):
         return
-    module.initialize_weights = initialize_weights
+    module.initialize_weights = _every_attention_class_scaled(module, module.initialize_weights)
     module.main = _run_on_the_machine(module.main, skip_cpu_compile=True)
+
+
+def _every_attention_class_scaled(module: ModuleType, litgpt_initialize_weights):
+    """litgpt's GPT-NeoX initialisation, with the output-projection rule applied to every attention class.
+
+    litgpt 0.5.13's ``initialize_weights`` (pretrain.py) draws embeddings and linear layers from
+    N(0, sqrt(2 / (5 n_embd))) and the output projections ``proj`` of ``LLaMAMLP`` and ``CausalSelfAttention``
+    from N(0, 1 / (sqrt(n_embd) n_layer)), testing ``isinstance(mod, (LLaMAMLP, CausalSelfAttention))`` with
+    the module's global name. MLA is not a ``CausalSelfAttention``, so it would start from another init than
+    MHA. While litgpt's own function runs, that name is bound to the tuple of every registered attention class
+    (``isinstance`` accepts nested tuples), so the same rule reaches them all; nothing of litgpt's is copied.
+    """
+
+    @functools.wraps(litgpt_initialize_weights)
+    def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
+        litgpt_class = module.CausalSelfAttention
+        module.CausalSelfAttention = _attention_classes()
+        try:
+            litgpt_initialize_weights(fabric, model, n_layer, n_embd)
+        finally:
+            module.CausalSelfAttention = litgpt_class
+
+    return initialize_weights
 
 
 def _fabric_precision(fabric) -> str | None:
@@ -244,40 +265,6 @@ def _run_on_the_machine(litgpt_main, skip_cpu_compile: bool = False):
             return litgpt_main(fabric, *args, **kwargs)
 
     return main
-
-
-def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
-    """litgpt 0.5.13's GPT-NeoX initialisation (pretrain.py), applied to every attention class alike.
-
-    Embeddings and linear layers: N(0, sqrt(2 / (5 n_embd))). Output projections of the attention
-    module and of LLaMAMLP: N(0, 1 / (sqrt(n_embd) n_layer)). litgpt applies the second rule to
-    `CausalSelfAttention` (and its subclasses, e.g. MKA) only, which would give MLA a different init than
-    MHA; here it applies to every attention class (litgpt's and the registry's). Like litgpt's, it walks
-    `model.modules()`, so any module tree is accepted.
-    """
-    import torch.nn as nn
-    from lightning.fabric.strategies import FSDPStrategy
-    from litgpt.model import LLaMAMLP
-    from litgpt.utils import reset_parameters
-
-    def init_weights(module, std):
-        nn.init.normal_(module.weight, mean=0.0, std=std)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
-
-    for mod in model.modules():
-        if isinstance(mod, (nn.Embedding, nn.Linear)):
-            mod.reset_parameters = partial(init_weights, mod, std=math.sqrt(2.0 / 5 / n_embd))
-
-    # a separate loop because the projections below are `nn.Linear`s too; like litgpt's, any module tree is
-    # accepted (litgpt's own tests pass one without `transformer`): every attention module of any class is found
-    scaled = (LLaMAMLP, *_attention_classes())
-    for mod in model.modules():
-        if isinstance(mod, scaled):
-            mod.proj.reset_parameters = partial(init_weights, mod.proj, std=(1 / math.sqrt(n_embd) / n_layer))
-
-    if not isinstance(fabric.strategy, FSDPStrategy):
-        reset_parameters(model)
 
 
 # ------------------------------------------------------------------------------- litgpt.finetune.*
@@ -480,25 +467,24 @@ def extend_adapter_module(module: ModuleType) -> None:
 
 
 # -------------------------------------------------------------------- litgpt.scripts.convert_lit_checkpoint
+# litgpt 0.5.13's `convert_lit_checkpoint` if-chain, in its order: (test on the config, copy function). Some tests are
+# case-sensitive ("falcon", "Gemma-2", "Gemma-3"), the others lowercase the name first, exactly as litgpt does;
+# tests/finetune/test_convert_to_hf.py runs litgpt's own function on each case and checks the two agree.
+_LITGPT_COPY_FUNCTIONS = (
+    (lambda config: "falcon" in config.name, "copy_weights_falcon"),
+    (lambda config: config.name.startswith("Gemma-2"), "copy_weights_gemma_2"),
+    (lambda config: config.name.startswith("Gemma-3"), "copy_weights_gemma_3"),
+    (lambda config: config.name.lower().startswith("phi"), "copy_weights_phi"),
+    (lambda config: config.name.lower().startswith(("qwen2.5", "qwq")), "copy_weights_qwen_2_5"),
+    (lambda config: config.name.lower().startswith("olmo-2-"), "copy_weights_olmo2"),
+    (lambda config: config.name.lower().startswith("qwen3"), "copy_weights_qwen_3"),
+    (lambda config: config.mlp_class_name in ("LLaMAMLP", "GemmaMLP", "LLaMAMoE"), "copy_weights_llama"),
+)
+
+
 def _litgpt_copy_function_name(config) -> str:
-    """The copy function litgpt 0.5.13's ``convert_lit_checkpoint`` picks for `config` (same order of tests)."""
-    name = config.name.lower()
-    if "falcon" in config.name:
-        return "copy_weights_falcon"
-    for prefix, function in (
-        ("gemma-2", "copy_weights_gemma_2"),
-        ("gemma-3", "copy_weights_gemma_3"),
-        ("phi", "copy_weights_phi"),
-        ("qwen2.5", "copy_weights_qwen_2_5"),
-        ("qwq", "copy_weights_qwen_2_5"),
-        ("olmo-2-", "copy_weights_olmo2"),
-        ("qwen3", "copy_weights_qwen_3"),
-    ):
-        if name.startswith(prefix):
-            return function
-    if config.mlp_class_name in ("LLaMAMLP", "GemmaMLP", "LLaMAMoE"):
-        return "copy_weights_llama"
-    return "copy_weights_gpt_neox"
+    """The copy function litgpt 0.5.13's ``convert_lit_checkpoint`` picks for `config`."""
+    return next((name for test, name in _LITGPT_COPY_FUNCTIONS if test(config)), "copy_weights_gpt_neox")
 
 
 def extend_convert_lit_checkpoint_module(module: ModuleType) -> None:

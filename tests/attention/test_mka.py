@@ -345,9 +345,9 @@ def test_invalid_config(overrides, message):
 
 # ------------------------------------------------------------------------------ init and inspection
 def test_router_starts_uniform_under_pretrain_init():
-    """litgpt pretrain: empty_init, then the plugin's initialize_weights (every nn.Linear re-initialised)."""
+    """litgpt pretrain: empty_init, then its initialize_weights, as the plugin extends it (every nn.Linear re-initialised)."""
     import lightning as L
-    from litgpt_mka.plugin.litgpt_internals import initialize_weights
+    from litgpt.pretrain import initialize_weights
 
     fabric = L.Fabric(accelerator="cpu", devices=1)
     torch.manual_seed(0)

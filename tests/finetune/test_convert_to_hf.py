@@ -57,3 +57,35 @@ def test_the_cli_entry_point_is_the_checking_one():
     from litgpt.__main__ import PARSER_DATA
 
     assert PARSER_DATA["convert_from_litgpt"] is convert_lit_checkpoint.convert_lit_checkpoint
+
+
+COPY_FUNCTION_CASES = [
+    ("pythia-14m", "GptNeoxMLP"), ("falcon-7b", "GptNeoxMLP"), ("Gemma-2-2b", "GemmaMLP"), ("gemma-2-custom", "GemmaMLP"),
+    ("Gemma-3-1b-it", "GemmaMLP"), ("Phi-3-mini-4k-instruct", "LLaMAMLP"), ("phi-2", "GptNeoxMLP"),
+    ("Qwen2.5-0.5B", "LLaMAMLP"), ("QwQ-32B", "LLaMAMLP"), ("OLMo-2-1124-7B", "LLaMAMLP"), ("Qwen3-0.6B", "LLaMAMLP"),
+    ("Llama-3.2-1B", "LLaMAMLP"), ("my-llama-like", "LLaMAMoE"), ("my-neox-like", "GptNeoxMLP"),
+]
+
+
+@pytest.mark.parametrize("name, mlp_class_name", COPY_FUNCTION_CASES)
+def test_the_copy_function_is_the_one_litgpt_picks(name, mlp_class_name, monkeypatch, tmp_path):
+    """litgpt's own `convert_lit_checkpoint` (unwrapped) runs with its copy functions replaced by recorders."""
+    import contextlib
+    import types
+
+    from litgpt.scripts import convert_lit_checkpoint as module
+
+    from litgpt_mka.plugin.litgpt_internals import _litgpt_copy_function_name
+
+    config = types.SimpleNamespace(name=name, mlp_class_name=mlp_class_name)
+    picked = []
+    for function in [attr for attr in vars(module) if attr.startswith("copy_weights_")]:
+        monkeypatch.setattr(module, function, lambda *args, _function=function, **kwargs: picked.append(_function))
+    monkeypatch.setattr(module.Config, "from_file", classmethod(lambda cls, path: config))
+    monkeypatch.setattr(module, "lazy_load", lambda path: {})
+    monkeypatch.setattr(module, "check_conversion_supported", lambda weights: None)
+    monkeypatch.setattr(module, "incremental_save", lambda path: contextlib.nullcontext(types.SimpleNamespace(save=lambda sd: None)))
+    monkeypatch.setattr(module, "pprint", lambda *args: None)
+    monkeypatch.setattr(module, "save_config", lambda *args: None, raising=False)
+    module.convert_lit_checkpoint.__wrapped__(tmp_path, tmp_path / "out")
+    assert picked and picked[0] == _litgpt_copy_function_name(config)
