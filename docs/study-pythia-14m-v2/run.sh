@@ -24,6 +24,6 @@ litgpt-mka compare --configs config_hub/pretrain/pythia-14m-{mha,mla}.yaml $S/co
 # 3. learning-rate fairness: two more peak learning rates, warm-up unchanged, 2 seeds
 for lr in 0.0005 0.002; do
   litgpt-mka compare --configs config_hub/pretrain/pythia-14m-{mha,mla,fmka}.yaml --seeds 1 2 "${common[@]}" \
-    --pretrain_args "[\"--optimizer.lr=$lr\"]" --out_dir $S/lr-$lr || exit 1
+    --pretrain_args "[\"--config=$S/configs/optimizer-lr-$lr.yaml\"]" --out_dir $S/lr-$lr || exit 1
 done
 echo "study v2 complete"

@@ -55,3 +55,22 @@ def resolve_attention_variant(config: Any) -> None:
                 f" {registry.readers_of(field)}"
             )
     registry.variant_class(config).validate_config(config)
+
+
+def validate_optimizer(optimizer) -> None:
+    """Raises ValueError for an optimizer dict with keys that litgpt 0.5.13 would silently ignore.
+
+    With the presets' ``optimizer: {class_path: torch.optim.AdamW, init_args: {lr: ...}}``, litgpt's command line
+    turns ``--optimizer.lr 0.003`` into a third key beside ``class_path`` and ``init_args``;
+    ``instantiate_torch_optimizer`` reads only ``init_args``, so the run would train at the YAML's learning rate.
+    """
+    if not isinstance(optimizer, dict):
+        return
+    ignored = sorted(set(optimizer) - {"class_path", "init_args"})
+    if ignored:
+        raise ValueError(
+            f"optimizer: {', '.join(ignored)} given beside class_path and init_args ({optimizer!r}) would be ignored"
+            " by litgpt 0.5.13, which reads only init_args (`--optimizer.lr X` on the command line adds such a key"
+            " when the YAML names the optimizer by class_path). Put the whole optimizer block, class_path and"
+            " init_args, in the YAML or in a second --config file (see config_hub/recipes/)."
+        )

@@ -32,7 +32,8 @@ each extension below is applied to the imported module object, once (idempotent)
     answer everywhere else. Every litgpt command that fills an unset ``--precision`` (pretrain, finetune_*,
     generate*, chat, serve, ``litgpt.api``) imports the function by name from ``litgpt.utils``, so replacing
     it there right after ``litgpt.utils`` executes covers them all; bindings made before the plugin was
-    activated are replaced too.
+    activated are replaced too. ``instantiate_torch_optimizer`` refuses keys beside ``class_path`` and
+    ``init_args`` (``--optimizer.lr 3e-3`` on litgpt 0.5.13's command line adds one, which litgpt ignores).
 
 ``litgpt.pretrain``  -- ``extend_pretrain_module``
     ``initialize_weights`` (GPT-NeoX init) scales the output projection of ``CausalSelfAttention``
@@ -67,7 +68,7 @@ from types import ModuleType
 
 from litgpt_mka import precision
 from litgpt_mka.attention import registry
-from litgpt_mka.plugin.config_checks import resolve_attention_variant, validate_litgpt_fields
+from litgpt_mka.plugin.config_checks import resolve_attention_variant, validate_litgpt_fields, validate_optimizer
 
 TESTED_LITGPT_VERSION = "0.5.13"
 _EXTENDED_MARK = "_litgpt_mka_extended"
@@ -192,15 +193,28 @@ def extend_utils_module(module: ModuleType) -> None:
     if not _first_time(module):
         return
     litgpt_default = module.get_default_supported_precision
+    litgpt_instantiate = module.instantiate_torch_optimizer
 
     @functools.wraps(litgpt_default)
     def get_default_supported_precision(training: bool) -> str:
         return precision.machine_default_precision(training, litgpt_default)
 
-    module.get_default_supported_precision = get_default_supported_precision
-    for name, imported in list(sys.modules.items()):  # `from litgpt.utils import ...` done before activation
-        if name.startswith("litgpt.") and getattr(imported, "get_default_supported_precision", None) is litgpt_default:
-            imported.get_default_supported_precision = get_default_supported_precision
+    @functools.wraps(litgpt_instantiate)
+    def instantiate_torch_optimizer(optimizer, model_parameters, **kwargs):
+        validate_optimizer(optimizer)
+        return litgpt_instantiate(optimizer, model_parameters, **kwargs)
+
+    _replace_everywhere(module, litgpt_default, get_default_supported_precision)
+    _replace_everywhere(module, litgpt_instantiate, instantiate_torch_optimizer)
+
+
+def _replace_everywhere(module: ModuleType, original, replacement) -> None:
+    """Rebinds `original` to `replacement` in `module` and in every litgpt module that imported it by name before."""
+    name = original.__name__
+    setattr(module, name, replacement)
+    for module_name, imported in list(sys.modules.items()):
+        if module_name.startswith("litgpt.") and getattr(imported, name, None) is original:
+            setattr(imported, name, replacement)
 
 
 # --------------------------------------------------------------------------------------- litgpt.pretrain
