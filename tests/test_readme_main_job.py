@@ -1,13 +1,15 @@
 """The README's main job, as the README writes it: parsed from README.md and run end to end.
 
-Only the token budget (`--train.max_tokens`, two optimizer steps) and the output folder change; every other
-argument, the precision default included, is the README's. A README edit that breaks the first screen fails here.
+Only the token budget (two optimizer steps, appended as `--train.max_tokens`) and the output folder change; every
+other argument, the configs and the precision default included, is the README's. A README edit that breaks the
+first screen fails here.
 """
 
 import re
 import shlex
 
 import pytest
+import yaml
 
 from tests.conftest import PROJECT_ROOT, litgpt_command, run
 
@@ -30,6 +32,15 @@ def replace_value(args: list[str], flag: str, value: str) -> list[str]:
     return [*args[:index], value, *args[index + 1 :]]
 
 
+def tokens_per_step(pretrain: list[str]) -> int:
+    """global_batch_size x max_seq_length of the last --config that sets them (the recipe after the preset)."""
+    train = {}
+    for index, arg in enumerate(pretrain):
+        if arg == "--config":
+            train.update(yaml.safe_load((PROJECT_ROOT / pretrain[index + 1]).read_text()).get("train", {}))
+    return train["global_batch_size"] * train["max_seq_length"]
+
+
 def test_readme_commands_are_found():
     commands = readme_commands(README.read_text())
     assert [command[:2] for command in commands] == [["litgpt", "pretrain"], ["litgpt", "generate"]]
@@ -44,11 +55,7 @@ def test_readme_main_job_runs_verbatim_at_a_tiny_budget(shared_data, tokenizer_d
     pretrain, generate = readme_commands(README.read_text())
     out_dir = tmp_path / "out"
     steps = 2
-    pretrain = replace_value(pretrain, "--out_dir", str(out_dir))
-    tokens_per_step = int(pretrain[pretrain.index("--train.global_batch_size") + 1]) * int(
-        pretrain[pretrain.index("--train.max_seq_length") + 1]
-    )
-    pretrain = replace_value(pretrain, "--train.max_tokens", str(steps * tokens_per_step))
+    pretrain = [*replace_value(pretrain, "--out_dir", str(out_dir)), "--train.max_tokens", str(steps * tokens_per_step(pretrain))]
     trained = run([*litgpt_command(), *pretrain[1:]], env=subprocess_env)
     assert "Final evaluation | val loss:" in trained.stdout + trained.stderr
     assert (out_dir / "final" / "lit_model.pth").is_file()
