@@ -21,6 +21,7 @@ from litgpt_mka.compare.options import DECODE_DTYPES
 from litgpt_mka.compare.records import (
     Decode, KVCache, Parameters, PeakMemory, PhaseLoad, Routing, Throughput, TrainLossPoint,
 )
+from litgpt_mka.measure.load import load_average_1min
 
 _PRECISION_DTYPES = {"bf16": "bfloat16", "16": "float16", "32": "float32", "64": "float32"}
 T = TypeVar("T")
@@ -53,14 +54,6 @@ def peak_memory() -> PeakMemory:
 
 
 # ------------------------------------------------------------------------------------------------ load
-def load_average() -> float | None:
-    """The machine's 1-minute load average (None where the OS has none)."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
 def measure_phase(phase: Callable[[], T]) -> tuple[T, PhaseLoad]:
     """Runs `phase` and records the load around it (:class:`~litgpt_mka.compare.records.PhaseLoad`).
 
@@ -69,10 +62,10 @@ def measure_phase(phase: Callable[[], T]) -> tuple[T, PhaseLoad]:
     """
     cpus = os.cpu_count() or 1
     threads = min(torch.get_num_threads(), cpus)
-    before, wall0, cpu0 = load_average(), time.perf_counter(), time.process_time()
+    before, wall0, cpu0 = load_average_1min(), time.perf_counter(), time.process_time()
     result = phase()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    return result, PhaseLoad(load_1min_before=before, load_1min_after=load_average(), threads=threads,
+    return result, PhaseLoad(load_1min_before=before, load_1min_after=load_average_1min(), threads=threads,
                              cpu_count=cpus, wall_s=wall, cpu_s=cpu)
 
 
@@ -192,13 +185,6 @@ def decode_speed(model: torch.nn.Module, batch_size: int, context_length: int, n
 
 
 # ---------------------------------------------------------------------------------------------- routing
-def uses_memorized_keys(model: torch.nn.Module) -> bool:
-    """Whether every block of `model` is MKA/FMKA (:class:`litgpt_mka.attention.mka.MemorizedKeyAttention`)."""
-    from litgpt_mka.attention.mka import MemorizedKeyAttention
-
-    return all(isinstance(block.attn, MemorizedKeyAttention) for block in model.transformer.h)
-
-
 @torch.no_grad()
 def routing(model: torch.nn.Module, windows: torch.Tensor, new_from: torch.Tensor, batch_size: int) -> Routing:
     """Mean MKA routing weights per layer over the validation text (:func:`litgpt_mka.attention.mka.routing_weights`).

@@ -237,7 +237,8 @@ def check_decode_fits_block_size(yamls: dict[Path, dict], options: CompareOption
 
 # ------------------------------------------------------------------------------------ reference, curve
 def is_mha(yaml_config: dict) -> bool:
-    """Whether a pretrain YAML's model is MHA: litgpt's CausalSelfAttention with n_query_groups == n_head.
+    """Whether a pretrain YAML's model is MHA, every query head with its own key/value head (the registry's
+    :meth:`~litgpt_mka.attention.registry.Variant.is_mha`).
 
     Built as `litgpt pretrain` builds it (``Config(**model_config)``, else ``Config.from_name(model_name)``);
     a config that litgpt refuses is not MHA (its run will fail and say why).
@@ -245,14 +246,14 @@ def is_mha(yaml_config: dict) -> bool:
     from litgpt.config import Config
 
     import litgpt_mka  # noqa: F401  (the plugin's Config fields, also without the .pth hook)
+    from litgpt_mka.attention import registry
 
     try:
         model_config = yaml_config.get("model_config")
         config = Config(**model_config) if model_config else Config.from_name(yaml_config["model_name"])
     except (ValueError, AssertionError, TypeError, KeyError):
         return False
-    attention = getattr(config, "attention_class_name", "CausalSelfAttention") or "CausalSelfAttention"
-    return attention == "CausalSelfAttention" and not config.latent_attention and config.n_query_groups == config.n_head
+    return registry.entry_of(config).is_mha(config)
 
 
 def reference_variant(yamls: dict[Path, dict], options: CompareOptions) -> str | None:

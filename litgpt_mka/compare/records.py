@@ -22,14 +22,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from litgpt_mka.measure.load import busy_threshold, is_busy
+
 RUN_SCHEMA = "litgpt-mka.compare.run/v2"
 RESULTS_SCHEMA = "litgpt-mka.compare/v2"
 RUN_SCHEMA_V1 = "litgpt-mka.compare.run/v1"
 RESULTS_SCHEMA_V1 = "litgpt-mka.compare/v1"
-
-# a timed phase counts as busy when the 1-minute load average before or after it exceeds the CPUs the run
-# uses by more than this (see PhaseLoad)
-BUSY_LOAD_MARGIN = 0.5
 
 T = TypeVar("T")
 
@@ -45,12 +43,10 @@ class PeakMemory:
 class PhaseLoad:
     """The machine's load around one timed phase (training, decode measurement) of a run.
 
-    The phase is **busy** when the 1-minute load average, sampled right before or right after it, exceeds
-    ``threads + BUSY_LOAD_MARGIN``: the run's own ``threads`` CPUs (torch's thread count, at most the CPU
-    count) account for at most ``threads`` of the load, so more means another process was runnable and
-    competed for the CPUs. The load average trails by about a minute, so "before" also covers the minute
-    preceding the phase and "after" the phase's last minute. ``cpu_s / wall_s`` (the process's CPU time
-    over the phase's wall time) is kept as raw evidence; it is not part of the rule.
+    The phase is **busy** by :mod:`litgpt_mka.measure.load`'s rule: the 1-minute load average, sampled right
+    before or right after it, exceeds ``threads + BUSY_LOAD_MARGIN``, with ``threads`` the run's own CPUs
+    (torch's thread count, at most the CPU count). ``cpu_s / wall_s`` (the process's CPU time over the
+    phase's wall time) is kept as raw evidence; it is not part of the rule.
     """
 
     load_1min_before: float | None  # None where the OS has no load average
@@ -62,13 +58,12 @@ class PhaseLoad:
 
     @property
     def threshold(self) -> float:
-        return self.threads + BUSY_LOAD_MARGIN
+        return busy_threshold(self.threads)
 
     @property
     def busy(self) -> bool | None:
         """True when another process competed for the CPUs; None when no load was recorded."""
-        loads = [load for load in (self.load_1min_before, self.load_1min_after) if load is not None]
-        return None if not loads else max(loads) > self.threshold
+        return is_busy((self.load_1min_before, self.load_1min_after), self.threads)
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,11 @@ from litgpt_mka.compare.atomic import read_json, write_json, write_text
 from litgpt_mka.compare.environment import environment, utc_now
 from litgpt_mka.compare.options import MIN_CURVE_POINTS
 from litgpt_mka.compare.records import (
-    BUSY_LOAD_MARGIN, RESULTS_SCHEMA_V1, Environment, MeasureSettings, PhaseLoad, Results, RunResult, Settings,
+    RESULTS_SCHEMA_V1, Environment, MeasureSettings, PhaseLoad, Results, RunResult, Settings,
     Stat, VariantSummary, from_json, read_run, to_json,
 )
 from litgpt_mka.compare.summary import SE_FACTOR, summarize
+from litgpt_mka.measure.load import BUSY_LOAD_MARGIN
 
 NO_VALUE = "—"
 BUSY = "busy"
@@ -282,7 +283,7 @@ def difference_lines(results: Results) -> list[str]:
     """The differences to the reference: a table and one sentence per variant."""
     primary = val_names(results.settings)[0]
     if results.reference is None:
-        return ["No reference: no config is MHA (litgpt's CausalSelfAttention with n_query_groups == n_head), and"
+        return ["No reference: no config is MHA (every query head with its own key/value head), and"
                 " no `--reference NAME` was given, so no differences are reported."]
     rows = [row for row in results.summary if row.difference is not None]
     lines = [

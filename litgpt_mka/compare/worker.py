@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from litgpt_mka.attention import registry
 from litgpt_mka.compare.atomic import read_json, write_json
 from litgpt_mka.compare.environment import environment, utc_now
 from litgpt_mka.compare.plan import spec_sha256
@@ -157,7 +158,7 @@ def evaluate(run_dir: Path, keep_step_checkpoints: bool) -> None:
         result = heldout_loss(model, data, settings.eval_batch_size)
         validations.append(validation_record(data, result.loss, result.tokens))
     routing = None
-    if measure.uses_memorized_keys(model):
+    if registry.entry_of(model.config).memory_routing:
         routing = measure.routing(model, primary.windows, primary.new_from, settings.eval_batch_size)
     parameters = measure.parameter_counts(model)
     kv_cache = measure.kv_cache(model, settings.decode_batch_size, settings.context_length, settings.decode_dtype)
