@@ -19,7 +19,7 @@ import torch
 
 from litgpt_mka.compare.options import DECODE_DTYPES
 from litgpt_mka.compare.records import (
-    Decode, KVCache, Parameters, PeakMemory, PhaseLoad, Routing, Throughput, TrainLossPoint,
+    Decode, KVCacheSize, Parameters, PeakMemory, PhaseLoad, Routing, Throughput, TrainLossPoint,
 )
 from litgpt_mka.measure.load import load_average_1min
 
@@ -138,7 +138,7 @@ def default_decode_dtype() -> str:
     return _PRECISION_DTYPES[get_default_supported_precision(training=False).split("-")[0]]
 
 
-def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype: str) -> KVCache:
+def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype: str) -> KVCacheSize:
     """The bytes ``set_kv_cache`` allocates for batch x context, and per cached token (all layers).
 
     Both are measured (the buffers' ``nbytes``). The accounting of :mod:`litgpt_mka.measure.kv_cache_size` is recorded
@@ -159,7 +159,7 @@ def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype
             f"litgpt_mka.measure.kv_cache_size.kv_cache_bytes says {formula} bytes for batch {batch_size} x context {context_length},"
             f" but set_kv_cache allocates {allocated}; the report uses the allocation"
         )
-    return KVCache(
+    return KVCacheSize(
         dtype=dtype,
         bytes_per_token=allocated / (batch_size * context_length),
         batch_size=batch_size,
