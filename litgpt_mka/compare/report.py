@@ -225,7 +225,7 @@ def setup_lines(results: Results) -> list[str]:
     short = [r.name for r in ok if len(r.evaluation.curve) < MIN_CURVE_POINTS]
     if short:
         lines.append(f"- **Short curves**: fewer than {MIN_CURVE_POINTS} validation points for {', '.join(short)};"
-                     " choose --eval_interval as the README says")
+                     " choose --eval_interval as docs/comparing.md says")
     runs_by_hardware = {}
     for run in ok:
         runs_by_hardware.setdefault(run.environment.hardware(), []).append(run.name)
