@@ -38,8 +38,8 @@ a kernel that reads the cache below copy bandwidth puts every row above 1 where 
 (MHA itself about 1.5 at batch 16 x 4096 in a single-round, single-thread CPU check).
 
 Publishability: the 1-minute load average is printed before and after; the table is marked NOT
-PUBLISHABLE when other processes kept the machine busy (load above 0.5 per core before the run, or
-after it once this process's own threads are subtracted) or when fewer than 5 rounds ran.
+PUBLISHABLE when other processes kept the machine busy (:mod:`litgpt_mka.measure.load`'s rule, the one
+``compare`` uses: either load above this process's threads + 0.5) or when fewer than 5 rounds ran.
 
 Cost: the default grid (70m, fp32, 9 rows x 7 settings + 3 tiny ones, 5 rounds) needs about 11 GiB of memory at the
 batch 16 x 4096 setting (7.6 GiB of caches, printed before measuring; 160m: 22 GiB of caches) and takes,
@@ -64,19 +64,15 @@ from litgpt.config import Config
 from litgpt.model import GPT, build_mask_cache
 
 import litgpt_mka  # noqa: F401  (activates the plugin)
-from litgpt_mka.measure.decode_speed import time_decode_steps
+from litgpt_mka.attention import registry
+from litgpt_mka.measure.decode_speed import prefill_random_prompt, time_decode_steps
 from litgpt_mka.measure.kv_cache_size import kv_cache_bytes, kv_cache_bytes_per_token
+from litgpt_mka.measure.load import busy_threshold, is_busy
 from litgpt_mka.presets import load_pretrain_yaml
 
 CONFIG_HUB = Path(__file__).resolve().parents[1] / "config_hub" / "pretrain"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PRESET_ORDER = ("mha", "gqa", "mqa", "mla", "mka", "fmka")  # others follow, alphabetically
-# our class -> litgpt's class for the same config and weights (a second row)
-LITGPT_COUNTERPART = {
-    "GroupedQueryAttention": "CausalSelfAttention",
-    "MultiheadLatentAttention": "LitgptMultiheadLatentAttention",
-}
-BUSY_LOAD_PER_CORE = 0.5
 MIN_PUBLISHABLE_ROUNDS = 5
 
 
@@ -179,8 +175,8 @@ def preset_rows(size: str, block_size: int, selected: list[str] | None) -> list[
         model_config = {**load_pretrain_yaml(path)["model_config"], "block_size": block_size}
         config = Config(**model_config)
         ours = config.attention_class_name
-        if ours in LITGPT_COUNTERPART:
-            theirs = LITGPT_COUNTERPART[ours]
+        theirs = registry.lookup(ours).litgpt_counterpart  # litgpt's class for the same config and weights
+        if theirs is not None:
             litgpt_config = Config(**{**model_config, "attention_class_name": theirs})
             rows.append(Row(f"{suffix}-litgpt", f"{suffix.upper()}, litgpt ({theirs})", litgpt_config))
             rows.append(Row(suffix, f"{suffix.upper()}, ours ({ours})", config))
@@ -240,30 +236,12 @@ def copy_bandwidth(device: torch.device, mib: int, repeats: int = 7) -> float:
     return 2 * src.nbytes / statistics.median(seconds[1:])
 
 
-@torch.no_grad()
 def fill_cache(model: GPT, setting: Setting, seed: int) -> Visit:
     """Allocates the setting's caches, prefills one random row and copies it to every batch row."""
-    parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
-    model.set_kv_cache(batch_size=setting.batch, max_seq_length=setting.length, device=device, dtype=dtype)
-    generator = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, model.config.vocab_size, (1, setting.prefill + 1), generator=generator).to(device)
-    last_position_only = model.lm_head.register_forward_pre_hook(lambda _, args: (args[0][:, -1:],))
-    try:
-        for start in range(0, setting.prefill, 256):
-            end = min(start + 256, setting.prefill)
-            model(prompt[:, start:end], torch.arange(start, end, device=device), input_pos_maxp1=end)
-    finally:
-        last_position_only.remove()
-    caches = [block.attn.kv_cache for block in model.transformer.h]
-    for cache in caches:
-        for name, buffer in cache.named_buffers():
-            if buffer.dim() == 0 or buffer.size(0) != setting.batch:
-                shape = tuple(buffer.shape)
-                raise RuntimeError(f"{type(cache).__name__}.{name} {shape} has no leading batch dimension to copy")
-            buffer[1:] = buffer[:1]  # (B, ...) <- row 0
-    token = prompt[:, -1:].expand(setting.batch, 1).contiguous()  # (B, 1)
-    return Visit(caches, setting.prefill, token)
+    token = prefill_random_prompt(
+        model, setting.batch, setting.prefill, max_seq_length=setting.length, seed=seed, copy_one_row=True
+    )
+    return Visit([block.attn.kv_cache for block in model.transformer.h], setting.prefill, token)
 
 
 def measure(args: argparse.Namespace, rows: list[Row], groups: dict[int, list[Setting]]) -> dict:
@@ -299,6 +277,7 @@ def measure(args: argparse.Namespace, rows: list[Row], groups: dict[int, list[Se
 
 # ------------------------------------------------------------------------------------------------ report
 def load_average() -> tuple[float, float, float]:
+    """The 1-, 5- and 15-minute load averages (NaN where the OS has none: never busy)."""
     return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
 
 
@@ -313,14 +292,13 @@ def describe_device(device: torch.device) -> str:
 
 def report(args, device, dtype, rows, groups, samples, bandwidth, load_before, load_after, seconds) -> str:
     cores = os.cpu_count() or 1
-    own_threads = 1 if device.type == "cuda" else torch.get_num_threads()
-    others_before = load_before[0] / cores
-    others_after = max(0.0, load_after[0] - own_threads) / cores
+    own_threads = 1 if device.type == "cuda" else min(torch.get_num_threads(), cores)
     reasons = []
-    if others_before > BUSY_LOAD_PER_CORE or others_after > BUSY_LOAD_PER_CORE:
+    if is_busy([load_before[0], load_after[0]], own_threads):
         reasons.append(
-            f"machine busy (other processes' load per core {others_before:.2f} before, {others_after:.2f} after;"
-            f" limit {BUSY_LOAD_PER_CORE})"
+            f"machine busy (1-minute load {load_before[0]:.2f} before, {load_after[0]:.2f} after; limit"
+            f" {busy_threshold(own_threads):g}: this process's {own_threads} thread(s) + the margin of"
+            " litgpt_mka.measure.load)"
         )
     if args.rounds < MIN_PUBLISHABLE_ROUNDS:
         reasons.append(f"{args.rounds} round(s), fewer than {MIN_PUBLISHABLE_ROUNDS}")

@@ -56,6 +56,11 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def under_runs(path: Path, runs: Path) -> str:
+    """`path` written as ``$RUNS/...``: the checkpoints' folder is the runner's choice, not part of the results."""
+    return f"$RUNS/{path.relative_to(runs).as_posix()}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=Path, required=True)
@@ -94,7 +99,7 @@ def main() -> None:
         layers = report["layers"]
         is_mla = report["to"] == "mla"
         row = {
-            "variant": name, "converted_dir": str(converted),
+            "variant": name, "converted_dir": under_runs(converted, args.runs),
             "kv_lora_rank": config.kv_lora_rank if is_mla else None,
             "n_query_groups": config.n_query_groups,
             "kv_bytes_per_token_fp32": kv_cache_bytes_per_token(config, torch.float32),
@@ -118,7 +123,7 @@ def main() -> None:
         print(f"{name}: converted {row['val_loss_converted']:.4f}, uptrained {row['val_loss_uptrained']},"
               f" scratch {row['val_loss_scratch']}", flush=True)
     results = {
-        "source": str(source_dir), "source_without_attention_val_loss": no_attention_loss, "validation_text": str(data.val_path), "validation_targets": data.num_tokens - 1,
+        "source": under_runs(source_dir, args.runs), "source_without_attention_val_loss": no_attention_loss, "validation_text": str(data.val_path), "validation_targets": data.num_tokens - 1,
         "max_seq_length": data.max_seq_length, "rows": rows,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "machine": platform.processor() or platform.machine(), "evaluation_seconds": round(time.perf_counter() - started),

@@ -1,6 +1,7 @@
-"""Adapters that describe litgpt's own attention classes to the registry (see ``variant.py``).
+"""Descriptors of litgpt's own attention classes for the registry (see ``variant.py``).
 
-``Block`` builds litgpt's classes unchanged; these classes only answer the registry's questions.
+``Block`` builds litgpt's classes unchanged; these classes only answer the registry's questions, so they
+are named after the variant they describe, never after litgpt's class itself.
 
 ==========================================  ===========================  ==========================
 litgpt class                                numbers per token per layer  pythia-70m (nh 8, hs 64)
@@ -19,7 +20,7 @@ from typing import Any
 from litgpt_mka.attention.variant import AttentionVariant
 
 
-class LitgptCausalSelfAttention(AttentionVariant):
+class CausalSelfAttentionVariant(AttentionVariant):
     """litgpt's ``CausalSelfAttention``: MHA, GQA and MQA through ``n_query_groups``."""
 
     @classmethod
@@ -33,8 +34,9 @@ class LitgptCausalSelfAttention(AttentionVariant):
         return 2 * config.n_query_groups * config.head_size
 
 
-class LitgptMultiheadLatentAttention(AttentionVariant):
-    """litgpt's own MLA: the expanded per-head cache (the baseline of our compressed one); needs ``q_lora_rank``."""
+class StockLatentAttentionVariant(AttentionVariant):
+    """litgpt's own MLA (``attention_class_name: LitgptMultiheadLatentAttention``): the expanded per-head cache,
+    the baseline of our compressed one; needs ``q_lora_rank``."""
 
     @classmethod
     def attention_module(cls) -> type:

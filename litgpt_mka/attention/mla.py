@@ -85,10 +85,10 @@ Cache layout (:class:`LatentKVCache`), per layer::
 import math
 from typing import Any, NamedTuple
 
+import litgpt.model
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
 from litgpt.model import RMSNorm, do_softcapping, yarn_get_mscale
 
 from litgpt_mka.attention.kv_cache import KVCacheBase, attends_to_whole_cache, causal_mask, write_positions
@@ -191,7 +191,7 @@ class LatentKVCache(KVCacheBase):
         return latent_all, k_rope_all
 
 
-class MultiheadLatentAttention(CachedAttention, LitgptMultiheadLatentAttention):
+class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAttention):
     """DeepSeek-V2 MLA, a drop-in for litgpt's class: same parameters, compressed cache, absorbed decode.
 
     See the module docstring for notation, weights, both paths and the cache layout.

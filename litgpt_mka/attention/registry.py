@@ -1,11 +1,15 @@
 """The registry: one entry per attention variant, keyed by ``Config.attention_class_name``.
 
 An entry names the variant, where its class lives (imported on first use, so that validating a name
-costs no import), the ``Config`` dict it reads, if any, and its LoRA form for ``litgpt finetune_lora``. Everything else is derived from it: the
-``Config`` fields the plugin adds (``litgpt_internals``), which dicts may be set together
-(``config_checks``), the validation and defaults of each dict, the KV-cache accounting
-(``measure.kv_cache_size``), the ``Block``'s attention module, the benchmark rows and the tests'
-parametrisation. What each class provides is :class:`~litgpt_mka.attention.variant.AttentionVariant`.
+costs no import), the ``Config`` dict it reads, if any, its LoRA form for ``litgpt finetune_lora``, its
+short label (MHA, GQA, MLA, ...), litgpt's own class for the same model, if we replace one, and whether
+its layers route between memories. Everything else is derived from it: the ``Config`` fields the plugin
+adds (``litgpt_internals``), which dicts may be set together (``config_checks``), the validation and
+defaults of each dict, the KV-cache accounting (``measure.kv_cache_size``), the ``Block``'s attention
+module, the error messages' labels (``finetune.support``), the reference of a comparison (its MHA config)
+and its routing weights (``compare``), the benchmark rows and the tests' parametrisation. No module
+outside ``attention/`` decides anything by a variant's class name. What each class provides is
+:class:`~litgpt_mka.attention.variant.AttentionVariant`.
 
 Adding a variant = one module (a class inheriting ``AttentionVariant``) + one line in ``VARIANTS``.
 """
@@ -21,8 +25,8 @@ class Variant:
 
     Attributes:
         name: the ``attention_class_name`` that selects it.
-        target: ``"module:Class"`` of its ``AttentionVariant`` class (the attention module itself, or an
-            adapter describing one of litgpt's classes).
+        target: ``"module:Class"`` of its ``AttentionVariant`` class (the attention module itself, or a
+            descriptor of one of litgpt's classes, :mod:`litgpt_mka.attention.litgpt_classes`).
         config_field: the ``Config`` dict it reads (added to ``Config`` unless litgpt has it), or None.
         selected_by_config_field: a config that sets ``config_field`` and leaves ``attention_class_name``
             at its default selects this variant (litgpt's own rule for ``latent_attention``).
@@ -31,6 +35,12 @@ class Variant:
         litgpt_equivalent: it has the parameters of litgpt's ``CausalSelfAttention`` and computes the same
             outputs (only its decoding differs), so litgpt's adapter blocks may build their own attention for
             it and ``convert_from_litgpt`` converts it as litgpt's.
+        label: the short name users know the variant by (MHA, MLA, ...), or a function of the config that
+            returns it (the key/value layout, MKA's routing): error messages, reports, benchmark rows.
+        litgpt_counterpart: the registry name of litgpt's own class that this one replaces for the same
+            config and weights (the decode benchmark's row beside ours), or None.
+        memory_routing: its layers route between memories with per-token weights
+            (:func:`litgpt_mka.attention.mka.routing_weights`), which ``compare`` records.
     """
 
     name: str
@@ -39,6 +49,19 @@ class Variant:
     selected_by_config_field: bool = False
     lora_target: str | None = None
     litgpt_equivalent: bool = False
+    label: str | Callable[[Any], str] | None = None
+    litgpt_counterpart: str | None = None
+    memory_routing: bool = False
+
+    def label_for(self, config: Any) -> str:
+        """The variant's short name for `config` (the registry name when the entry gives none)."""
+        if callable(self.label):
+            return self.label(config)
+        return self.label or self.name
+
+    def is_mha(self, config: Any) -> bool:
+        """Whether `config` is multi-head attention: every query head has its own key/value head."""
+        return self.label_for(config) == "MHA"
 
     def load(self) -> Any:
         """The variant's ``AttentionVariant`` class (imports its module)."""
@@ -64,6 +87,19 @@ def _import(target: str) -> Any:
     return getattr(import_module(module_name), attribute)
 
 
+def key_value_layout(config: Any) -> str:
+    """MHA (``n_query_groups == n_head``), MQA (one key/value head) or GQA with its key/value head count."""
+    if config.n_query_groups == config.n_head:
+        return "MHA"
+    return "MQA" if config.n_query_groups == 1 else f"GQA ({config.n_query_groups} key/value heads)"
+
+
+def memorized_key_routing(config: Any) -> str:
+    """MKA (``routing: keys``, the default), FMKA (``keys_values``), or MKA with its other routing named."""
+    routing = (config.memorized_key_attention or {}).get("routing", "keys")
+    return {"keys": "MKA", "keys_values": "FMKA"}.get(routing, f"MKA (routing: {routing})")
+
+
 DEFAULT_ATTENTION_CLASS = "CausalSelfAttention"
 VARIANTS: dict[str, Variant] = {
     variant.name: variant
@@ -71,9 +107,10 @@ VARIANTS: dict[str, Variant] = {
         # litgpt's own classes: MHA, GQA and MQA through `n_query_groups`; the stock MLA (expanded cache)
         Variant(
             "CausalSelfAttention",
-            "litgpt_mka.attention.litgpt_classes:LitgptCausalSelfAttention",
+            "litgpt_mka.attention.litgpt_classes:CausalSelfAttentionVariant",
             lora_target="litgpt.lora:CausalSelfAttention",
             litgpt_equivalent=True,
+            label=key_value_layout,
         ),
         # litgpt's parameters and cache, decoding without repeating the cache per query head (grouped.py)
         Variant(
@@ -81,12 +118,15 @@ VARIANTS: dict[str, Variant] = {
             "litgpt_mka.attention.grouped:GroupedQueryAttention",
             lora_target="litgpt_mka.finetune.lora:LoRAGroupedQueryAttention",
             litgpt_equivalent=True,
+            label=key_value_layout,
+            litgpt_counterpart="CausalSelfAttention",
         ),
         Variant(
             "LitgptMultiheadLatentAttention",
-            "litgpt_mka.attention.litgpt_classes:LitgptMultiheadLatentAttention",
+            "litgpt_mka.attention.litgpt_classes:StockLatentAttentionVariant",
             config_field="latent_attention",
             lora_target="litgpt_mka.finetune.lora:LoRALitgptMultiheadLatentAttention",
+            label="litgpt's stock MLA",
         ),
         # DeepSeek-V2 multi-head latent attention with a compressed latent cache (mla.py)
         Variant(
@@ -95,6 +135,8 @@ VARIANTS: dict[str, Variant] = {
             config_field="latent_attention",
             selected_by_config_field=True,
             lora_target="litgpt_mka.finetune.lora:LoRAMultiheadLatentAttention",
+            label="MLA",
+            litgpt_counterpart="LitgptMultiheadLatentAttention",
         ),
         # memorized-key attention, MKA / FMKA (mka.py)
         Variant(
@@ -102,6 +144,8 @@ VARIANTS: dict[str, Variant] = {
             "litgpt_mka.attention.mka:MemorizedKeyAttention",
             config_field="memorized_key_attention",
             lora_target="litgpt_mka.finetune.lora:LoRAMemorizedKeyAttention",
+            label=memorized_key_routing,
+            memory_routing=True,
         ),
     )
 }
@@ -122,9 +166,14 @@ def lookup(name: object) -> Variant:
     return VARIANTS[name]  # type: ignore[index]
 
 
+def entry_of(config: Any) -> Variant:
+    """The entry of ``config.attention_class_name`` (litgpt's default class for a config without the field)."""
+    return lookup(getattr(config, "attention_class_name", DEFAULT_ATTENTION_CLASS))
+
+
 def variant_class(config: Any) -> Any:
     """The ``AttentionVariant`` class of ``config.attention_class_name``."""
-    return lookup(config.attention_class_name).load()
+    return entry_of(config).load()
 
 
 def attention_class(name: str) -> type:

@@ -15,7 +15,7 @@ A variant is an attention module for litgpt's ``Block`` plus four class-level an
 and, on the module, litgpt's ``build_kv_cache(batch_size, max_seq_length, rope_cache_length, device,
 dtype)``. Our attention classes inherit :class:`CachedAttention` (litgpt's ``forward`` and
 ``build_kv_cache`` signatures written once); litgpt's own classes are described by small
-``AttentionVariant`` adapters in :mod:`litgpt_mka.attention.litgpt_classes`.
+``AttentionVariant`` descriptors in :mod:`litgpt_mka.attention.litgpt_classes`.
 """
 
 from typing import Any

@@ -9,20 +9,27 @@ Modules (one concern each)
   reads the dataclass; ``litgpt_mka/cli.py``).
 * :mod:`.records`: the typed records of every file written and read back (``spec.json``, ``train.json``,
   ``result.json``, ``results.json``), and their one JSON form.
+* :mod:`.layout`: the output folder: every file name, a run's folder (:class:`~.layout.RunFolder`) and plan
+  (:class:`~.layout.RunPlan`), reading a run's files back.
 * :mod:`.plan`: the runs (config x seed), their ``litgpt pretrain`` arguments, the check that every
   setting except the model is identical across configs, the reference variant, the curve-length warning.
 * :mod:`.runner`: runs every run in its own worker processes, in order, with resume, progress and
-  failure records; rewrites the report after every run.
+  failure records; after every run, reads the results back and has the report rewritten.
 * :mod:`.worker`: ``python -m litgpt_mka.compare.worker {train,evaluate} RUN_DIR``: the per-run processes.
 * :mod:`.evaluate`: the exact held-out evaluation of a checkpoint.
 * :mod:`.measure`: parameters, training throughput, peak memory, KV cache, decode speed.
 * :mod:`.summary`: per-variant mean ± std over seeds, differences to the reference with their standard
   error, the Pareto frontier.
-* :mod:`.report` and :mod:`.plots`: ``results.json``, ``results.csv``, ``report.md`` and the PNG plots.
+* :mod:`.report` and :mod:`.plots`: ``results.json``, ``results.csv``, ``report.md`` and the PNG plots, from
+  a typed :class:`~.records.Results` (they import neither the runner nor the plan).
 * :mod:`.environment`, :mod:`.atomic`: versions/machine, and atomic file writes.
 
-Output folder
--------------
+Imports run one way: options, records <- layout <- plan <- runner -> report -> summary, plots; the
+workers import layout, records and measure. The busy rule and the decode measurement are
+:mod:`litgpt_mka.measure`'s; what a variant is (its label, whether it is MHA or routes memories) the registry's.
+
+Output folder (:mod:`.layout`)
+------------------------------
 ::
 
     OUT/results.json  results.csv  report.md  loss_vs_tokens.png  loss_vs_kv_cache.png  [routing.png]  throughput.png
@@ -66,9 +73,9 @@ Metrics
   token). :mod:`litgpt_mka.measure.kv_cache_size`'s accounting is recorded beside them; a disagreement is warned
   about and noted in report.md.
 * Busy timings: the 1-minute load average is recorded right before and right after each timed phase
-  (training, decode measurement), with the process's CPU and wall time; above the run's threads + 0.5,
-  the phase is busy and report.md prints its timing cells as "busy" (results keep the numbers):
-  :class:`~.records.PhaseLoad`.
+  (training, decode measurement), with the process's CPU and wall time; above the run's threads + 0.5
+  (:mod:`litgpt_mka.measure.load`, the rule the decode benchmark uses too), the phase is busy and report.md
+  prints its timing cells as "busy" (results keep the numbers): :class:`~.records.PhaseLoad`.
 * Routing weights (MKA/FMKA): mean lambda per layer and memory on the primary text
   (:func:`litgpt_mka.attention.mka.routing_weights`).
 * Differences: primary validation loss of every variant minus the reference's (default: the MHA config),

@@ -19,8 +19,9 @@ import torch
 
 from litgpt_mka.compare.options import DECODE_DTYPES
 from litgpt_mka.compare.records import (
-    Decode, KVCache, Parameters, PeakMemory, PhaseLoad, Routing, Throughput, TrainLossPoint,
+    Decode, KVCacheSize, Parameters, PeakMemory, PhaseLoad, Routing, Throughput, TrainLossPoint,
 )
+from litgpt_mka.measure.load import load_average_1min
 
 _PRECISION_DTYPES = {"bf16": "bfloat16", "16": "float16", "32": "float32", "64": "float32"}
 T = TypeVar("T")
@@ -53,14 +54,6 @@ def peak_memory() -> PeakMemory:
 
 
 # ------------------------------------------------------------------------------------------------ load
-def load_average() -> float | None:
-    """The machine's 1-minute load average (None where the OS has none)."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
 def measure_phase(phase: Callable[[], T]) -> tuple[T, PhaseLoad]:
     """Runs `phase` and records the load around it (:class:`~litgpt_mka.compare.records.PhaseLoad`).
 
@@ -69,10 +62,10 @@ def measure_phase(phase: Callable[[], T]) -> tuple[T, PhaseLoad]:
     """
     cpus = os.cpu_count() or 1
     threads = min(torch.get_num_threads(), cpus)
-    before, wall0, cpu0 = load_average(), time.perf_counter(), time.process_time()
+    before, wall0, cpu0 = load_average_1min(), time.perf_counter(), time.process_time()
     result = phase()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    return result, PhaseLoad(load_1min_before=before, load_1min_after=load_average(), threads=threads,
+    return result, PhaseLoad(load_1min_before=before, load_1min_after=load_average_1min(), threads=threads,
                              cpu_count=cpus, wall_s=wall, cpu_s=cpu)
 
 
@@ -145,7 +138,7 @@ def default_decode_dtype() -> str:
     return _PRECISION_DTYPES[get_default_supported_precision(training=False).split("-")[0]]
 
 
-def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype: str) -> KVCache:
+def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype: str) -> KVCacheSize:
     """The bytes ``set_kv_cache`` allocates for batch x context, and per cached token (all layers).
 
     Both are measured (the buffers' ``nbytes``). The accounting of :mod:`litgpt_mka.measure.kv_cache_size` is recorded
@@ -166,7 +159,7 @@ def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype
             f"litgpt_mka.measure.kv_cache_size.kv_cache_bytes says {formula} bytes for batch {batch_size} x context {context_length},"
             f" but set_kv_cache allocates {allocated}; the report uses the allocation"
         )
-    return KVCache(
+    return KVCacheSize(
         dtype=dtype,
         bytes_per_token=allocated / (batch_size * context_length),
         batch_size=batch_size,
@@ -192,13 +185,6 @@ def decode_speed(model: torch.nn.Module, batch_size: int, context_length: int, n
 
 
 # ---------------------------------------------------------------------------------------------- routing
-def uses_memorized_keys(model: torch.nn.Module) -> bool:
-    """Whether every block of `model` is MKA/FMKA (:class:`litgpt_mka.attention.mka.MemorizedKeyAttention`)."""
-    from litgpt_mka.attention.mka import MemorizedKeyAttention
-
-    return all(isinstance(block.attn, MemorizedKeyAttention) for block in model.transformer.h)
-
-
 @torch.no_grad()
 def routing(model: torch.nn.Module, windows: torch.Tensor, new_from: torch.Tensor, batch_size: int) -> Routing:
     """Mean MKA routing weights per layer over the validation text (:func:`litgpt_mka.attention.mka.routing_weights`).

@@ -28,14 +28,14 @@ that does not fit a model's block_size is refused, and curves of fewer than 8 po
 
 import hashlib
 import inspect
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from litgpt_mka.compare.layout import RunPlan
 from litgpt_mka.compare.options import MIN_CURVE_POINTS, CompareOptions, val_paths, validate
-from litgpt_mka.compare.records import MeasureSettings, RunSpec, to_json
+from litgpt_mka.compare.records import MeasureSettings, RunSpec
 from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
 from litgpt_mka.presets import load_pretrain_yaml
 
@@ -58,35 +58,6 @@ class SharedSettings:
     cache_dir: Path | None
     data_seed: int
     data_class_given: bool  # the YAMLs already use TextCorpus (else `--data TextCorpus` is passed)
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """One config x seed: its spec and where it runs."""
-
-    index: int  # 1-based position in the comparison
-    run_dir: Path
-    spec: RunSpec
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def variant(self) -> str:
-        return self.spec.variant
-
-    @property
-    def seed(self) -> int:
-        return self.spec.seed
-
-    def spec_sha256(self) -> str:
-        return spec_sha256(self.spec)
-
-
-def spec_sha256(spec: RunSpec) -> str:
-    """The sha256 of a run's spec, as canonical JSON."""
-    return hashlib.sha256(json.dumps(to_json(spec), sort_keys=True).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------- shared settings
@@ -237,7 +208,8 @@ def check_decode_fits_block_size(yamls: dict[Path, dict], options: CompareOption
 
 # ------------------------------------------------------------------------------------ reference, curve
 def is_mha(yaml_config: dict) -> bool:
-    """Whether a pretrain YAML's model is MHA: litgpt's CausalSelfAttention with n_query_groups == n_head.
+    """Whether a pretrain YAML's model is MHA, every query head with its own key/value head (the registry's
+    :meth:`~litgpt_mka.attention.registry.Variant.is_mha`).
 
     Built as `litgpt pretrain` builds it (``Config(**model_config)``, else ``Config.from_name(model_name)``);
     a config that litgpt refuses is not MHA (its run will fail and say why).
@@ -245,14 +217,14 @@ def is_mha(yaml_config: dict) -> bool:
     from litgpt.config import Config
 
     import litgpt_mka  # noqa: F401  (the plugin's Config fields, also without the .pth hook)
+    from litgpt_mka.attention import registry
 
     try:
         model_config = yaml_config.get("model_config")
         config = Config(**model_config) if model_config else Config.from_name(yaml_config["model_name"])
     except (ValueError, AssertionError, TypeError, KeyError):
         return False
-    attention = getattr(config, "attention_class_name", "CausalSelfAttention") or "CausalSelfAttention"
-    return attention == "CausalSelfAttention" and not config.latent_attention and config.n_query_groups == config.n_head
+    return registry.entry_of(config).is_mha(config)
 
 
 def reference_variant(yamls: dict[Path, dict], options: CompareOptions) -> str | None:
@@ -316,7 +288,7 @@ def plan_runs(options: CompareOptions, decode_dtype: str) -> tuple[SharedSetting
     shared = shared_settings(options, yamls[config_paths[0]], config_paths[0])
     warn_short_curves(yamls[config_paths[0]], config_paths[0], options)
     measure = measure_settings(options, decode_dtype)
-    runs_dir = _absolute(options.out_dir) / "runs"
+    out_dir = _absolute(options.out_dir)
     runs = []
     for path in config_paths:
         sha = file_sha256(path)
@@ -326,5 +298,5 @@ def plan_runs(options: CompareOptions, decode_dtype: str) -> tuple[SharedSetting
                 pretrain_args=pretrain_arguments(path, seed, options, shared),
                 val_paths=[str(p) for p in shared.val_paths], measure=measure,
             )
-            runs.append(RunPlan(index=len(runs) + 1, run_dir=runs_dir / spec.name, spec=spec))
+            runs.append(RunPlan.in_comparison(out_dir, len(runs) + 1, spec))
     return shared, runs, reference_variant(yamls, options)

@@ -10,9 +10,9 @@ and read by :func:`from_json` (nested dataclasses, lists, dicts and optionals re
 * ``results.json``: :class:`Results` (the report), whose ``summary`` rows are :class:`VariantSummary`
   (computed by :mod:`litgpt_mka.compare.summary`).
 
-Schema ``litgpt-mka.compare.run/v2`` (``results.json``: ``litgpt-mka.compare/v2``). Version 1 (one validation
-file, untyped ``training``/``evaluation`` dicts, one load sample per phase) is read by :func:`upgrade_v1_run`,
-so comparisons written before stay renderable (``python -m litgpt_mka.compare.report RESULTS_JSON``).
+Schema ``litgpt-mka.compare.run/v2`` (``results.json``: ``litgpt-mka.compare/v2``); files of another schema are
+refused with a ``ValueError`` naming it (version 1, with one validation file and one load sample per phase, was
+only ever written before the study and is no longer read). Where each file lives: :mod:`litgpt_mka.compare.layout`.
 """
 
 import dataclasses
@@ -22,14 +22,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from litgpt_mka.measure.load import busy_threshold, is_busy
+
 RUN_SCHEMA = "litgpt-mka.compare.run/v2"
 RESULTS_SCHEMA = "litgpt-mka.compare/v2"
-RUN_SCHEMA_V1 = "litgpt-mka.compare.run/v1"
-RESULTS_SCHEMA_V1 = "litgpt-mka.compare/v1"
-
-# a timed phase counts as busy when the 1-minute load average before or after it exceeds the CPUs the run
-# uses by more than this (see PhaseLoad)
-BUSY_LOAD_MARGIN = 0.5
 
 T = TypeVar("T")
 
@@ -45,12 +41,10 @@ class PeakMemory:
 class PhaseLoad:
     """The machine's load around one timed phase (training, decode measurement) of a run.
 
-    The phase is **busy** when the 1-minute load average, sampled right before or right after it, exceeds
-    ``threads + BUSY_LOAD_MARGIN``: the run's own ``threads`` CPUs (torch's thread count, at most the CPU
-    count) account for at most ``threads`` of the load, so more means another process was runnable and
-    competed for the CPUs. The load average trails by about a minute, so "before" also covers the minute
-    preceding the phase and "after" the phase's last minute. ``cpu_s / wall_s`` (the process's CPU time
-    over the phase's wall time) is kept as raw evidence; it is not part of the rule.
+    The phase is **busy** by :mod:`litgpt_mka.measure.load`'s rule: the 1-minute load average, sampled right
+    before or right after it, exceeds ``threads + BUSY_LOAD_MARGIN``, with ``threads`` the run's own CPUs
+    (torch's thread count, at most the CPU count). ``cpu_s / wall_s`` (the process's CPU time over the
+    phase's wall time) is kept as raw evidence; it is not part of the rule.
     """
 
     load_1min_before: float | None  # None where the OS has no load average
@@ -62,13 +56,12 @@ class PhaseLoad:
 
     @property
     def threshold(self) -> float:
-        return self.threads + BUSY_LOAD_MARGIN
+        return busy_threshold(self.threads)
 
     @property
     def busy(self) -> bool | None:
         """True when another process competed for the CPUs; None when no load was recorded."""
-        loads = [load for load in (self.load_1min_before, self.load_1min_after) if load is not None]
-        return None if not loads else max(loads) > self.threshold
+        return is_busy((self.load_1min_before, self.load_1min_after), self.threads)
 
 
 @dataclass(frozen=True)
@@ -195,7 +188,7 @@ class Parameters:
 
 
 @dataclass(frozen=True)
-class KVCache:
+class KVCacheSize:
     """Bytes ``set_kv_cache`` allocates for batch x context (all layers), and the accounting's figures."""
 
     dtype: str
@@ -222,7 +215,7 @@ class Decode:
 @dataclass(frozen=True)
 class MeasureResult:
     parameters: Parameters
-    kv_cache: KVCache
+    kv_cache: KVCacheSize
     decode: Decode
     throughput: Throughput
     train_loss_curve: list[TrainLossPoint]
@@ -447,58 +440,17 @@ def _build(kind: Any, data: Any, where: str) -> Any:
     return data  # Any
 
 
-# ---------------------------------------------------------------------------------- schema version 1
-def upgrade_v1_run(run: dict[str, Any]) -> dict[str, Any]:
-    """A version-1 ``result.json`` (or ``results.json`` run) in the version-2 JSON form.
-
-    Version 1 sampled the load once, at the end of training and at the end of evaluation (which ends with
-    the decode measurement): they become the ``load_1min_after`` of the two phases, with the run's torch
-    thread count as its CPUs.
-    """
-    if run["status"] != "ok":
-        identity = {k: run.get(k) for k in ("status", "name", "variant", "seed", "config_path", "config_sha256",
-                                             "spec_sha256", "finished")}
-        if run.get("status") == "failed":
-            identity["failure"] = {k: run[k] for k in ("phase", "returncode", "reason", "error", "log", "log_tail")}
-        return {**identity, "schema": RUN_SCHEMA}
-    env, training, evaluation, validation = run["environment"], run["training"], run["evaluation"], run["validation"]
-    threads, cpus = min(env["torch_threads"], env["cpu_count"] or env["torch_threads"]), env["cpu_count"] or 1
-
-    def load(after: float | None) -> dict[str, Any]:
-        return {"load_1min_before": None, "load_1min_after": after, "threads": threads, "cpu_count": cpus}
-
-    val_path = validation["val_path"]
-    stem = val_path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return {
-        "schema": RUN_SCHEMA,
-        "status": "ok",
-        **{k: run[k] for k in ("name", "variant", "seed", "config_path", "config_sha256", "spec_sha256", "finished")},
-        "train": {
-            "spec_sha256": run["spec_sha256"], "precision": training["precision"], "started": run["train_started"],
-            "finished": run["evaluation_started"], "wall_time_s": training["wall_time_s"],
-            "resumed_from_step": training["resumed_from_step"], "peak_memory": training["peak_memory"],
-            "load": {**load(training["load_average_1min"]), "wall_s": training["wall_time_s"]},
-        },
-        "evaluation": {
-            "validation": [{"name": stem, "path": val_path, **{k: validation[k] for k in (
-                "loss", "perplexity", "tokens", "windows", "max_seq_length", "dtype")}}],
-            "curve": run["curve"], "routing": None, "device": evaluation["device"],
-            "wall_time_s": evaluation["wall_time_s"], "peak_memory": evaluation["peak_memory"],
-            "started": run["evaluation_started"],
-        },
-        "measure": {
-            "parameters": run["parameters"], "kv_cache": run["kv_cache"],
-            "decode": {**run["decode"], "load": load(evaluation["load_average_1min"])},
-            "throughput": {k: training.get(k) for k in ("tokens_per_iteration", "timed_iterations",
-                                                         "skipped_iterations_per_process", "tokens_per_s", "note")},
-            "train_loss_curve": run["train_loss_curve"],
-        },
-        "environment": env,
-    }
-
-
+# ------------------------------------------------------------------------------------------- reading
 def read_run(data: dict[str, Any]) -> RunResult:
-    """A run record of either schema version."""
-    if data.get("schema", RUN_SCHEMA_V1) == RUN_SCHEMA_V1:
-        data = upgrade_v1_run(data)
+    """A run record (``result.json``, or a run of ``results.json``) of the schema this version writes.
+
+    Raises:
+        ValueError: another schema (schema v1 is no longer read), or a field that does not fit.
+    """
+    schema = data.get("schema")
+    if schema != RUN_SCHEMA:
+        raise ValueError(
+            f"run {data.get('name')!r} has schema {schema!r}; this version of litgpt-mka reads {RUN_SCHEMA!r} only"
+            " (schema v1 is no longer read): rerun the comparison to write it again"
+        )
     return from_json(RunResult, data)

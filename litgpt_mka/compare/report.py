@@ -1,6 +1,6 @@
 """The report of a comparison: ``results.json``, ``results.csv``, ``report.md`` and the plots.
 
-Everything is read back from the runs' own ``result.json`` files, never from memory, so a rerun that
+The runner builds the results from the runs' own ``result.json`` files, never from memory, so a rerun that
 trains nothing rewrites the same report. ``report.md`` holds no timestamps and is byte-identical for the
 same command and results; ``results.json`` adds the time it was written and the environment of the
 invocation (each run also records its own).
@@ -12,9 +12,11 @@ typed. The runs' own ``spec.json``/``result.json`` keep absolute paths (they are
 Aggregation, differences to the reference and their standard errors: :mod:`litgpt_mka.compare.summary`.
 Busy timings: :class:`litgpt_mka.compare.records.PhaseLoad`.
 
-A saved ``results.json`` (schema version 1 or 2) is rendered again, e.g. with another reference, by::
+The functions take the typed :class:`~litgpt_mka.compare.records.Results` (the runner builds it from the run
+folders, :func:`read_results` from a saved file); this module imports neither the runner nor the plan.
+A saved ``results.json`` is rendered again, e.g. with another reference, by::
 
-    python -m litgpt_mka.compare.report OUT/results.json [--reference NAME] [--relative_to DIR]
+    python -m litgpt_mka.compare.report OUT/results.json [--reference NAME]
 """
 
 import argparse
@@ -28,13 +30,14 @@ from typing import Any
 
 from litgpt_mka.compare import plots
 from litgpt_mka.compare.atomic import read_json, write_json, write_text
-from litgpt_mka.compare.environment import environment, utc_now
+from litgpt_mka.compare.layout import REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUN_LOG, RUNS_DIR
 from litgpt_mka.compare.options import MIN_CURVE_POINTS
 from litgpt_mka.compare.records import (
-    BUSY_LOAD_MARGIN, RESULTS_SCHEMA_V1, Environment, MeasureSettings, PhaseLoad, Results, RunResult, Settings,
-    Stat, VariantSummary, from_json, read_run, to_json,
+    RESULTS_SCHEMA, Environment, PhaseLoad, Results, RunResult, Settings, Stat, VariantSummary, from_json, read_run,
+    to_json,
 )
 from litgpt_mka.compare.summary import SE_FACTOR, summarize
+from litgpt_mka.measure.load import BUSY_LOAD_MARGIN
 
 NO_VALUE = "—"
 BUSY = "busy"
@@ -68,49 +71,13 @@ def public_run(run: RunResult, cwd: Path) -> RunResult:
     return replace(run, config_path=relative(run.config_path, cwd), evaluation=evaluation, failure=failure)
 
 
-# ------------------------------------------------------------------------------------------ collection
-def run_results(comparison) -> list[RunResult]:
-    """Every run's result in plan order (paths relative to where compare ran); runs without one are pending."""
-    from litgpt_mka.compare.runner import read_result
-
-    results = []
-    for run in comparison.runs:
-        result = read_result(run)
-        if result is None:
-            result = RunResult(status="pending", name=run.name, variant=run.variant, seed=run.seed)
-        results.append(public_run(result, comparison.cwd))
-    return results
-
-
-def settings_of(comparison) -> Settings:
-    shared, cwd = comparison.shared, comparison.cwd
-    return Settings(
-        configs=[relative(run.spec.config_path, cwd) for run in comparison.runs[:: len(comparison.options.seeds)]],
-        seeds=list(comparison.options.seeds),
-        train_path=relative(shared.train_path, cwd),
-        val_paths=[relative(p, cwd) for p in shared.val_paths],
-        tokenizer_dir=relative(shared.tokenizer_dir, cwd),
-        data_seed=shared.data_seed,
-        measure=comparison.runs[0].spec.measure,
-    )
-
-
 # --------------------------------------------------------------------------------------------- writing
-def write_report(comparison) -> None:
-    """Writes results.json, results.csv, the plots and report.md into the comparison's folder."""
-    runs = run_results(comparison)
-    results = Results(
-        command=comparison.command, written=utc_now(), environment=environment(), settings=settings_of(comparison),
-        reference=comparison.reference, summary=summarize(runs, comparison.reference), runs=runs,
-    )
-    write_outputs(comparison.out_dir, results, comparison.options.plots)
-
-
 def write_outputs(out_dir: Path, results: Results, with_plots: bool = True) -> None:
-    write_json(out_dir / "results.json", to_json(results))
-    write_csv(out_dir / "results.csv", results)
+    """Writes results.json, results.csv, the plots and report.md of `results` into `out_dir`."""
+    write_json(out_dir / RESULTS_JSON, to_json(results))
+    write_csv(out_dir / RESULTS_CSV, results)
     figures = plots.write_plots(out_dir, results) if with_plots else []
-    write_text(out_dir / "report.md", markdown(results, figures))
+    write_text(out_dir / REPORT_MD, markdown(results, figures))
 
 
 def val_names(settings: Settings) -> list[str]:
@@ -258,7 +225,7 @@ def setup_lines(results: Results) -> list[str]:
     short = [r.name for r in ok if len(r.evaluation.curve) < MIN_CURVE_POINTS]
     if short:
         lines.append(f"- **Short curves**: fewer than {MIN_CURVE_POINTS} validation points for {', '.join(short)};"
-                     " choose --eval_interval as the README says")
+                     " choose --eval_interval as docs/comparing.md says")
     runs_by_hardware = {}
     for run in ok:
         runs_by_hardware.setdefault(run.environment.hardware(), []).append(run.name)
@@ -282,7 +249,7 @@ def difference_lines(results: Results) -> list[str]:
     """The differences to the reference: a table and one sentence per variant."""
     primary = val_names(results.settings)[0]
     if results.reference is None:
-        return ["No reference: no config is MHA (litgpt's CausalSelfAttention with n_query_groups == n_head), and"
+        return ["No reference: no config is MHA (every query head with its own key/value head), and"
                 " no `--reference NAME` was given, so no differences are reported."]
     rows = [row for row in results.summary if row.difference is not None]
     lines = [
@@ -382,7 +349,7 @@ def markdown(results: Results, figures: list[str]) -> str:
     if failed:
         lines += ["## Failed runs", "", "| run | phase | reason | error |", "|---|---|---|---|"]
         lines += [f"| {r.name} | {r.failure.phase} | {r.failure.reason} | {_code(r.failure.error)} |" for r in failed]
-        lines += ["", "Full logs: `runs/<run>/run.log`.", ""]
+        lines += ["", f"Full logs: `{RUNS_DIR}/<run>/{RUN_LOG}`.", ""]
     pending = [r.name for r in results.runs if r.status == "pending"]
     if pending:
         lines += ["## Not run yet", "", ", ".join(pending), ""]
@@ -393,35 +360,30 @@ def markdown(results: Results, figures: list[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------ a saved results.json
-def read_results(path: Path, reference: str | None = None, relative_to: Path | None = None) -> Results:
-    """A saved results.json (schema version 1 or 2) as :class:`Results`, its summary recomputed.
-
-    `reference` replaces the saved one (version 1 saved none); `relative_to` is the directory the comparison
-    ran in, for the absolute paths that version 1 wrote (default: the current directory).
+def read_results(path: Path, reference: str | None = None) -> Results:
+    """A saved results.json as :class:`Results`, its summary recomputed (against `reference`, else the saved one).
 
     Raises:
-        ValueError: `reference` names no variant of the results.
+        ValueError: the file is of another schema than this version writes (schema v1 is no longer read), or
+            `reference` names no variant of the results.
     """
     data = read_json(path)
-    cwd = Path(relative_to or Path.cwd()).resolve()
-    runs = [public_run(read_run(run), cwd) for run in data["runs"]]
+    if data.get("schema") != RESULTS_SCHEMA:
+        raise ValueError(
+            f"{path} has schema {data.get('schema')!r}; this version of litgpt-mka reads {RESULTS_SCHEMA!r} only"
+            " (schema v1, written before compare took several validation texts, is no longer read): rerun the"
+            " comparison to write it again"
+        )
+    runs = [read_run(run) for run in data["runs"]]
     variants = list(dict.fromkeys(run.variant for run in runs))
     if reference is not None and reference not in variants:
         raise ValueError(f"reference={reference!r} is not one of the variants {variants}")
-    if data.get("schema") == RESULTS_SCHEMA_V1:
-        saved = data["settings"]
-        settings = Settings(
-            configs=[relative(p, cwd) for p in saved["configs"]], seeds=saved["seeds"],
-            train_path=relative(saved["train_path"], cwd), val_paths=[relative(saved["val_path"], cwd)],
-            tokenizer_dir=relative(saved["tokenizer_dir"], cwd), data_seed=saved["data_seed"],
-            measure=from_json(MeasureSettings, saved["measure"]),
-        )
-        saved_reference, env = None, data["environment"]
-    else:
-        settings, saved_reference, env = from_json(Settings, data["settings"]), data["reference"], data["environment"]
-    reference = reference if reference is not None else saved_reference
-    return Results(command=data["command"], written=data["written"], environment=from_json(Environment, env),
-                   settings=settings, reference=reference, summary=summarize(runs, reference), runs=runs)
+    reference = reference if reference is not None else data["reference"]
+    return Results(
+        command=data["command"], written=data["written"], environment=from_json(Environment, data["environment"]),
+        settings=from_json(Settings, data["settings"]), reference=reference, summary=summarize(runs, reference),
+        runs=runs,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -429,10 +391,9 @@ def main(argv: list[str] | None = None) -> None:
                                      description="Render report.md, results.csv and the plots again from a results.json.")
     parser.add_argument("results_json", type=Path)
     parser.add_argument("--reference", help="the variant the others are compared with (default: the saved one)")
-    parser.add_argument("--relative_to", type=Path, help="where the comparison ran (version-1 files saved absolute paths)")
     parser.add_argument("--no_plots", action="store_true")
     args = parser.parse_args(argv)
-    results = read_results(args.results_json, args.reference, args.relative_to)
+    results = read_results(args.results_json, args.reference)
     write_outputs(args.results_json.parent, results, not args.no_plots)
 
 

@@ -32,12 +32,13 @@ from pathlib import Path
 
 from litgpt_mka.compare import report
 from litgpt_mka.compare.atomic import read_json, write_json
-from litgpt_mka.compare.environment import command_line, utc_now
+from litgpt_mka.compare.environment import command_line, environment, utc_now
+from litgpt_mka.compare.layout import REPORT_MD, RunPlan
 from litgpt_mka.compare.options import CompareOptions
-from litgpt_mka.compare.plan import RunPlan, SharedSettings, plan_runs
-from litgpt_mka.compare.records import Failure, RunResult, TrainResult, from_json, read_run, to_json
+from litgpt_mka.compare.plan import SharedSettings, plan_runs
+from litgpt_mka.compare.records import Failure, Results, RunResult, Settings, to_json
+from litgpt_mka.compare.summary import summarize
 
-LOG_NAME = "run.log"
 TAIL_LINES = 40
 INTERRUPTED = 130
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b.*:|^[\w.]*(Error|Exception)$")
@@ -75,15 +76,15 @@ def prepare(options: CompareOptions, argv: list[str] | None = None) -> Compariso
 
 def check_existing_spec(run: RunPlan) -> None:
     """Refuses to reuse a run folder that was made with other settings."""
-    path = run.run_dir / "spec.json"
+    path = run.folder.spec_json
     if not path.is_file():
         return
     existing, wanted = read_json(path), to_json(run.spec)
     if "val_paths" not in existing:
         raise ValueError(
             f"{run.run_dir} holds a run made by an earlier version of compare (spec.json without val_paths, results"
-            " schema v1); use another --out_dir, or delete that folder to start the run again (its results.json"
-            " still renders: python -m litgpt_mka.compare.report OUT/results.json)"
+            " schema v1, which this version no longer reads); use another --out_dir, or delete that folder to start"
+            " the run again"
         )
     if existing != wanted:
         differing = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
@@ -107,20 +108,6 @@ def prepare_data(shared: SharedSettings) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- runs
-def read_result(run: RunPlan) -> RunResult | None:
-    """The run's result.json if it belongs to this spec (either schema version), else None."""
-    path = run.run_dir / "result.json"
-    if not path.is_file():
-        return None
-    result = read_run(read_json(path))
-    return result if result.spec_sha256 == run.spec_sha256() else None
-
-
-def is_finished(run: RunPlan) -> bool:
-    result = read_result(run)
-    return result is not None and result.ok
-
-
 def announce(run: RunPlan, total: int, message: str) -> None:
     print(f"[run {run.index}/{total}] {run.name}: {message}", flush=True)
 
@@ -145,7 +132,7 @@ def launch(run: RunPlan, total: int, command: list[str]) -> int:
     """Runs a worker; streams its output to the screen (prefixed) and to run.log. Returns its exit status."""
     prefix = f"[{run.index}/{total} {run.name}] "
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(run.run_dir / LOG_NAME, "a", encoding="utf-8") as log:
+    with open(run.folder.log, "a", encoding="utf-8") as log:
         log.write(f"=== {utc_now()} {shlex.join(command)}\n")
         log.flush()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -197,15 +184,13 @@ def error_summary(tail: list[str], max_chars: int = 400) -> str:
 
 
 def record_failure(run: RunPlan, phase: str, returncode: int) -> Failure:
-    tail = log_tail(run.run_dir / LOG_NAME)
+    folder, spec = run.folder, run.spec
+    tail = log_tail(folder.log)
     failure = Failure(phase=phase, returncode=returncode, reason=describe_exit(returncode), error=error_summary(tail),
-                      log=str(run.run_dir / LOG_NAME), log_tail=tail)
-    train_json = run.run_dir / "train.json"
-    spec = run.spec
-    write_json(run.run_dir / "result.json", to_json(RunResult(
+                      log=str(folder.log), log_tail=tail)
+    write_json(folder.result_json, to_json(RunResult(
         status="failed", name=spec.name, variant=spec.variant, seed=spec.seed, config_path=spec.config_path,
-        config_sha256=spec.config_sha256, spec_sha256=run.spec_sha256(),
-        train=from_json(TrainResult, read_json(train_json)) if train_json.is_file() else None,
+        config_sha256=spec.config_sha256, spec_sha256=run.spec_sha256(), train=folder.read_train(),
         failure=failure, finished=utc_now(),
     )))
     return failure
@@ -213,13 +198,14 @@ def record_failure(run: RunPlan, phase: str, returncode: int) -> Failure:
 
 def execute(run: RunPlan, total: int, keep_step_checkpoints: bool) -> bool:
     """Brings one run to a result; True if it finished, False if it failed."""
-    if is_finished(run):
+    if run.is_finished():
         announce(run, total, "finished earlier, skipped")
         return True
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run.run_dir / "spec.json").is_file():
-        write_json(run.run_dir / "spec.json", to_json(run.spec))
-    phases = ["evaluate"] if (run.run_dir / "train.json").is_file() else ["train", "evaluate"]
+    folder = run.folder
+    folder.path.mkdir(parents=True, exist_ok=True)
+    if not folder.spec_json.is_file():
+        write_json(folder.spec_json, to_json(run.spec))
+    phases = ["evaluate"] if folder.train_json.is_file() else ["train", "evaluate"]
     for phase in phases:
         announce(run, total, {"train": "training (litgpt pretrain)", "evaluate": "evaluating and measuring"}[phase])
         returncode = launch(run, total, worker_command(run, phase, keep_step_checkpoints))
@@ -229,8 +215,44 @@ def execute(run: RunPlan, total: int, keep_step_checkpoints: bool) -> bool:
             failure = record_failure(run, phase, returncode)
             announce(run, total, f"FAILED in {phase}, {failure.reason}: {failure.error} (log: {failure.log})")
             return False
-    announce(run, total, f"done: validation loss {read_result(run).evaluation.primary.loss:.4f}")
+    announce(run, total, f"done: validation loss {run.read_result().evaluation.primary.loss:.4f}")
     return True
+
+
+# ----------------------------------------------------------------------------------------------- report
+def run_results(comparison: Comparison) -> list[RunResult]:
+    """Every run's result in plan order (paths relative to where compare ran); runs without one are pending."""
+    results = []
+    for run in comparison.runs:
+        result = run.read_result()
+        if result is None:
+            result = RunResult(status="pending", name=run.name, variant=run.variant, seed=run.seed)
+        results.append(report.public_run(result, comparison.cwd))
+    return results
+
+
+def settings_of(comparison: Comparison) -> Settings:
+    """What every run shares, with paths relative to where compare ran."""
+    shared, cwd, relative = comparison.shared, comparison.cwd, report.relative
+    return Settings(
+        configs=[relative(run.spec.config_path, cwd) for run in comparison.runs[:: len(comparison.options.seeds)]],
+        seeds=list(comparison.options.seeds),
+        train_path=relative(shared.train_path, cwd),
+        val_paths=[relative(p, cwd) for p in shared.val_paths],
+        tokenizer_dir=relative(shared.tokenizer_dir, cwd),
+        data_seed=shared.data_seed,
+        measure=comparison.runs[0].spec.measure,
+    )
+
+
+def write_report(comparison: Comparison) -> None:
+    """Reads every run's result back from its folder and writes the report into the comparison's folder."""
+    runs = run_results(comparison)
+    results = Results(
+        command=comparison.command, written=utc_now(), environment=environment(), settings=settings_of(comparison),
+        reference=comparison.reference, summary=summarize(runs, comparison.reference), runs=runs,
+    )
+    report.write_outputs(comparison.out_dir, results, comparison.options.plots)
 
 
 def _interrupt(signum, frame) -> None:
@@ -249,12 +271,12 @@ def run_comparison(comparison: Comparison) -> int:
         for plan in comparison.runs:
             if not execute(plan, total, comparison.options.keep_step_checkpoints):
                 failed.append(plan.name)
-            report.write_report(comparison)
+            write_report(comparison)
     except KeyboardInterrupt:
-        report.write_report(comparison)
+        write_report(comparison)
         print(f"interrupted: finished runs are kept in {comparison.out_dir}; run the same command again to resume",
               file=sys.stderr, flush=True)
         return INTERRUPTED
     failures = f"; failed runs: {', '.join(failed)}" if failed else ""
-    print(f"report: {comparison.out_dir / 'report.md'}{failures}", flush=True)
+    print(f"report: {comparison.out_dir / REPORT_MD}{failures}", flush=True)
     return 1 if failed else 0

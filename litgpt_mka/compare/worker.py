@@ -33,16 +33,11 @@ from pathlib import Path
 
 import torch
 
-from litgpt_mka.compare.atomic import read_json, write_json
+from litgpt_mka.attention import registry
+from litgpt_mka.compare.atomic import write_json
 from litgpt_mka.compare.environment import environment, utc_now
-from litgpt_mka.compare.plan import spec_sha256
-from litgpt_mka.compare.records import (
-    CurvePoint, EvalResult, MeasureResult, RunResult, RunSpec, TrainResult, Validation, from_json, to_json,
-)
-
-
-def read_spec(run_dir: Path) -> RunSpec:
-    return from_json(RunSpec, read_json(Path(run_dir) / "spec.json"))
+from litgpt_mka.compare.layout import RunFolder, spec_sha256
+from litgpt_mka.compare.records import CurvePoint, EvalResult, MeasureResult, RunResult, TrainResult, Validation, to_json
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -84,14 +79,14 @@ def run_litgpt_pretrain(args: list[str]) -> None:
 def train(run_dir: Path) -> None:
     from litgpt_mka.compare.measure import measure_phase, peak_memory, reset_peak_memory
 
-    spec = read_spec(run_dir)
-    out_dir = run_dir / "checkpoints"
+    folder = RunFolder(run_dir)
+    spec, out_dir = folder.read_spec(), folder.checkpoints
     quarantine_incomplete_checkpoints(out_dir)
     resumed_from = latest_checkpoint_step(out_dir)
     reset_peak_memory()
     started = utc_now()
     _, load = measure_phase(lambda: run_litgpt_pretrain([*spec.pretrain_args, "--out_dir", str(out_dir)]))
-    write_json(run_dir / "train.json", to_json(TrainResult(
+    write_json(folder.train_json, to_json(TrainResult(
         spec_sha256=spec_sha256(spec),
         precision=effective_precision(out_dir / "final"),
         started=started,
@@ -141,9 +136,11 @@ def evaluate(run_dir: Path, keep_step_checkpoints: bool) -> None:
     from litgpt_mka.compare import measure
     from litgpt_mka.compare.evaluate import heldout_data, heldout_loss
 
-    spec = read_spec(run_dir)
-    trained = from_json(TrainResult, read_json(run_dir / "train.json"))
-    out_dir, settings = run_dir / "checkpoints", spec.measure
+    folder = RunFolder(run_dir)
+    spec, trained = folder.read_spec(), folder.read_train()
+    if trained is None:
+        raise FileNotFoundError(f"{folder.train_json} is missing: the run has not finished training")
+    out_dir, settings = folder.checkpoints, spec.measure
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started, t0 = utc_now(), time.perf_counter()
     primary = heldout_data(out_dir / "final", Path(spec.val_paths[0]))
@@ -157,7 +154,7 @@ def evaluate(run_dir: Path, keep_step_checkpoints: bool) -> None:
         result = heldout_loss(model, data, settings.eval_batch_size)
         validations.append(validation_record(data, result.loss, result.tokens))
     routing = None
-    if measure.uses_memorized_keys(model):
+    if registry.entry_of(model.config).memory_routing:
         routing = measure.routing(model, primary.windows, primary.new_from, settings.eval_batch_size)
     parameters = measure.parameter_counts(model)
     kv_cache = measure.kv_cache(model, settings.decode_batch_size, settings.context_length, settings.decode_dtype)
@@ -174,7 +171,7 @@ def evaluate(run_dir: Path, keep_step_checkpoints: bool) -> None:
         environment=environment(),
         finished=utc_now(),
     )
-    write_json(run_dir / "result.json", to_json(result))
+    write_json(folder.result_json, to_json(result))
     if not keep_step_checkpoints:
         remove_step_checkpoints(out_dir)
 

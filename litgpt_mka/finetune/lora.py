@@ -37,11 +37,11 @@ merge from the merged weight (:class:`LoRAMultiheadLatentAttention`).
 
 from typing import Any
 
+import litgpt.model
 import torch
 import torch.nn as nn
 from litgpt.lora import CausalSelfAttention as LoRACausalSelfAttention
 from litgpt.lora import LoRALinear
-from litgpt.model import MultiheadLatentAttention as LitgptMultiheadLatentAttention
 from litgpt.utils import map_old_state_dict_weights
 
 from litgpt_mka.attention import registry
@@ -126,7 +126,7 @@ class LoRAMultiheadLatentAttention(_LoRALatentProjections, MultiheadLatentAttent
         return super()._absorbed_weights()
 
 
-class LoRALitgptMultiheadLatentAttention(_LoRALatentProjections, LitgptMultiheadLatentAttention):
+class LoRALitgptMultiheadLatentAttention(_LoRALatentProjections, litgpt.model.MultiheadLatentAttention):
     """litgpt's own MLA (expanded cache; ``attention_class_name: LitgptMultiheadLatentAttention``) with LoRA."""
 
 

@@ -33,20 +33,8 @@ COMMANDS_FOR_EVERY_VARIANT = "`litgpt finetune_lora` (then `litgpt merge_lora`) 
 
 
 def variant_label(config: Any) -> str:
-    """A short name for the attention variant of `config`: MHA, GQA, MQA, MLA, MKA, FMKA, ..."""
-    name = config.attention_class_name
-    if name == "MultiheadLatentAttention":
-        return "MLA"
-    if name == "LitgptMultiheadLatentAttention":
-        return "litgpt's stock MLA"
-    if name == "MemorizedKeyAttention":
-        routing = (config.memorized_key_attention or {}).get("routing", "keys")
-        return {"keys": "MKA", "keys_values": "FMKA"}.get(routing, f"MKA (routing: {routing})")
-    if registry.lookup(name).litgpt_equivalent:
-        if config.n_query_groups == config.n_head:
-            return "MHA"
-        return "MQA" if config.n_query_groups == 1 else f"GQA ({config.n_query_groups} key/value heads)"
-    return name
+    """A short name for the attention variant of `config`: MHA, GQA, MQA, MLA, MKA, FMKA, ... (the registry's)."""
+    return registry.entry_of(config).label_for(config)
 
 
 def describe(config: Any) -> str:

@@ -1,2 +1,2 @@
-"""Measurements shared by the benchmarks and ``compare``: KV-cache size (``kv_cache_size.py``) and decode
-speed (``decode_speed.py``)."""
+"""Measurements shared by the benchmarks and ``compare``: KV-cache size (``kv_cache_size.py``), decode speed
+and the cache prefill before it (``decode_speed.py``), and the busy-machine rule (``load.py``)."""

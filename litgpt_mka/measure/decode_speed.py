@@ -1,8 +1,8 @@
 """Decode throughput of a litgpt ``GPT`` with its KV cache, the way ``litgpt generate`` decodes.
 
 One measurement (:func:`measure_decode_tokens_per_second`): allocate the cache and prefill a random
-prompt of ``context_length`` tokens (:func:`prefill_random_prompt`, untimed), decode ``warmup_tokens``
-greedy tokens (untimed), then time ``new_tokens`` single-token steps (:func:`time_decode_steps`; each a
+prompt of ``context_length`` tokens (:func:`prefill_random_prompt`, untimed; ``benchmarks/decode.py``
+fills its caches with it too), decode ``warmup_tokens`` greedy tokens (untimed), then time ``new_tokens`` single-token steps (:func:`time_decode_steps`; each a
 forward of (B, 1) tokens with ``input_pos`` (1,) and ``input_pos_maxp1``, then greedy argmax).
 Throughput is ``batch_size / median step time``: the median keeps a step disturbed by another process
 on a shared machine from moving the figure. Under ``torch.no_grad``; CUDA is synchronised around every
@@ -47,19 +47,26 @@ def measure_decode_tokens_per_second(
     for name, value in (("batch_size", batch_size), ("context_length", context_length), ("new_tokens", new_tokens)):
         if value <= 0:
             raise ValueError(f"{name}={value} must be positive")
+    positions = context_length + warmup_tokens + new_tokens
+    check_fits_block_size(model, positions)
+    model.max_seq_length = positions  # RoPE cache of exactly these positions, as litgpt generate sets it
     try:
         token = prefill_random_prompt(
-            model,
-            batch_size,
-            context_length,
-            max_seq_length=context_length + warmup_tokens + new_tokens,
-            chunk_size=prefill_chunk_size,
-            seed=seed,
+            model, batch_size, context_length, max_seq_length=positions, chunk_size=prefill_chunk_size, seed=seed
         )
         step_seconds = time_decode_steps(model, token, context_length, warmup_tokens, new_tokens)
     finally:
         model.clear_kv_cache()
     return batch_size / statistics.median(step_seconds)
+
+
+def check_fits_block_size(model: nn.Module, max_seq_length: int) -> None:
+    """Raises ``ValueError`` when `max_seq_length` positions exceed ``model.config.block_size``."""
+    if max_seq_length > model.config.block_size:
+        raise ValueError(
+            f"max_seq_length={max_seq_length} exceeds block_size={model.config.block_size};"
+            " build the model with a larger block_size"
+        )
 
 
 def prefill_random_prompt(
@@ -70,38 +77,54 @@ def prefill_random_prompt(
     *,
     chunk_size: int = 256,
     seed: int = 0,
+    copy_one_row: bool = False,
 ) -> torch.Tensor:
     """Allocates a KV cache of `max_seq_length` positions and writes a random prompt (B, context_length) into it.
 
-    Puts the model in eval mode; prefill runs in chunks of `chunk_size`, and ``lm_head`` sees only each
-    chunk's last position (a forward pre-hook, removed afterwards): the prompt's other logits are never
-    used, and the output head would otherwise cost more than all the blocks of a small model.
-    Returns the greedy next token (B, 1), to decode from position `context_length`.
+    The one prefill routine of the decode measurements (``compare`` and ``benchmarks/decode.py``). Puts the
+    model in eval mode; prefill runs in chunks of `chunk_size`, and ``lm_head`` sees only each chunk's last
+    position (a forward pre-hook, removed afterwards): the prompt's logits are never used, and the output head
+    would otherwise cost more than all the blocks of a small model. `copy_one_row`: prefill one row and copy
+    its cache to the other batch rows (the values do not change the work of decoding; prefilling B rows costs
+    B times more). An empty prompt (``context_length == 0``) leaves the cache empty.
+
+    Returns the next input token (B, 1), the random token after the prompt, to decode from position
+    `context_length`.
 
     Raises:
         ValueError: `max_seq_length` exceeds ``model.config.block_size``.
+        RuntimeError: `copy_one_row` and a cache buffer without a leading batch dimension.
     """
-    if max_seq_length > model.config.block_size:
-        raise ValueError(
-            f"max_seq_length={max_seq_length} exceeds block_size={model.config.block_size};"
-            " build the model with a larger block_size"
-        )
+    check_fits_block_size(model, max_seq_length)
     parameter = next(model.parameters())
     device, dtype = parameter.device, parameter.dtype
     model.eval()
-    model.max_seq_length = max_seq_length
     model.set_kv_cache(batch_size=batch_size, max_seq_length=max_seq_length, device=device, dtype=dtype)
+    rows = 1 if copy_one_row else batch_size
     generator = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, model.config.vocab_size, (batch_size, context_length), generator=generator).to(device)
+    prompt = torch.randint(0, model.config.vocab_size, (rows, context_length + 1), generator=generator).to(device)
     last_position_only = model.lm_head.register_forward_pre_hook(lambda _, args: (args[0][:, -1:],))
     try:
         with torch.no_grad():
             for start in range(0, context_length, chunk_size):
                 end = min(start + chunk_size, context_length)
-                logits = model(prompt[:, start:end], torch.arange(start, end, device=device), input_pos_maxp1=end)
+                model(prompt[:, start:end], torch.arange(start, end, device=device), input_pos_maxp1=end)
     finally:
         last_position_only.remove()
-    return logits[:, -1].argmax(dim=-1, keepdim=True)
+    if copy_one_row:
+        _copy_first_row_of_every_cache(model, batch_size)
+    return prompt[:, -1:].expand(batch_size, 1).contiguous()  # (B, 1)
+
+
+@torch.no_grad()
+def _copy_first_row_of_every_cache(model: nn.Module, batch_size: int) -> None:
+    for block in model.transformer.h:
+        cache = block.attn.kv_cache
+        for name, buffer in cache.named_buffers():
+            if buffer.dim() == 0 or buffer.size(0) != batch_size:
+                shape = tuple(buffer.shape)
+                raise RuntimeError(f"{type(cache).__name__}.{name} {shape} has no leading batch dimension to copy")
+            buffer[1:] = buffer[:1]  # (B, ...) <- row 0
 
 
 def time_decode_steps(

@@ -20,11 +20,12 @@ import litgpt_mka  # noqa: F401  (activates the plugin)
 from tests.helpers import TINY_VARIANTS, decode_token_by_token, prefill_in_chunks, random_gpt, tiny_config, tokens
 
 BF16_TOLERANCE = dict(atol=2**-5, rtol=2**-6)
-# TINY_VARIANTS, plus our grouped class on the grouped layouts, litgpt's own MLA and MKA's third routing
+# TINY_VARIANTS (GQA and MQA with our grouped class, as the presets), plus litgpt's own CausalSelfAttention on
+# the grouped layouts (it repeats the cache per query head), litgpt's own MLA and MKA's third routing
 VARIANTS = {
     **{name: (name, {}) for name in TINY_VARIANTS},
-    "gqa-grouped": ("gqa", {"attention_class_name": "GroupedQueryAttention"}),
-    "mqa-grouped": ("mqa", {"attention_class_name": "GroupedQueryAttention"}),
+    "gqa-litgpt": ("gqa", {"attention_class_name": "CausalSelfAttention"}),
+    "mqa-litgpt": ("mqa", {"attention_class_name": "CausalSelfAttention"}),
     "mla-litgpt": ("mla", {"attention_class_name": "LitgptMultiheadLatentAttention"}),
     "mka-outputs": ("mka", {"memorized_key_attention": {"routing": "outputs"}}),
 }
@@ -38,6 +39,20 @@ def bf16_and_fp32_models(variant: str, device: str):
     config = tiny_config(layout, **overrides)
     # the same weights (seed 0) in two dtypes
     return random_gpt(config).to(device, torch.bfloat16), random_gpt(config).to(device)
+
+
+def test_every_case_is_a_different_attention():
+    """No two cases may collapse into one (as gqa-grouped once became gqa): each builds its own class, layout or
+    variant dict, and the litgpt cases build litgpt's own class."""
+    from litgpt.model import CausalSelfAttention
+
+    built = {}
+    for name, (layout, overrides) in VARIANTS.items():
+        config = tiny_config(layout, **overrides)
+        attention = type(random_gpt(config).transformer.h[0].attn)
+        built[name] = (attention, config.n_query_groups, repr(config.latent_attention), repr(config.memorized_key_attention))
+    assert len(set(built.values())) == len(built), built
+    assert built["gqa-litgpt"][:2] == (CausalSelfAttention, 2) and built["mqa-litgpt"][:2] == (CausalSelfAttention, 1)
 
 
 @pytest.mark.parametrize("device", DEVICES)

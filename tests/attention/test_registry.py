@@ -10,6 +10,7 @@ import pytest
 
 from litgpt_mka.attention import registry
 from tests.conftest import PROJECT_ROOT
+from tests.helpers import random_gpt, tiny_config
 
 TOY_CHECK = textwrap.dedent(
     """
@@ -89,3 +90,41 @@ def test_lookup_and_register_errors():
 def test_config_fields_come_from_the_registry():
     assert registry.config_fields() == ["latent_attention", "memorized_key_attention"]
     assert registry.readers_of("latent_attention") == ["LitgptMultiheadLatentAttention", "MultiheadLatentAttention"]
+
+
+@pytest.mark.parametrize(
+    ("variant", "overrides", "label"),
+    [
+        ("mha", {}, "MHA"),
+        ("mha", {"attention_class_name": "GroupedQueryAttention"}, "MHA"),  # every query head its own key/value head
+        ("gqa", {}, "GQA (2 key/value heads)"),
+        ("gqa", {"attention_class_name": "CausalSelfAttention"}, "GQA (2 key/value heads)"),
+        ("mqa", {}, "MQA"),
+        ("mla", {}, "MLA"),
+        ("mla", {"attention_class_name": "LitgptMultiheadLatentAttention"}, "litgpt's stock MLA"),
+        ("mka", {}, "MKA"),
+        ("fmka", {}, "FMKA"),
+        ("mka", {"memorized_key_attention": {"routing": "outputs"}}, "MKA (routing: outputs)"),
+    ],
+)
+def test_each_entry_labels_its_configs_and_only_mha_is_mha(variant, overrides, label):
+    config = tiny_config(variant, **overrides)
+    entry = registry.entry_of(config)
+    assert entry.label_for(config) == label
+    assert entry.is_mha(config) == (label == "MHA")
+
+
+def test_litgpt_counterparts_are_registered_classes_of_the_same_parameters():
+    """The decode benchmark's litgpt rows: each counterpart is a registry name whose model loads our weights."""
+    counterparts = {name: entry.litgpt_counterpart for name, entry in registry.VARIANTS.items() if entry.litgpt_counterpart}
+    assert counterparts == {"GroupedQueryAttention": "CausalSelfAttention",
+                            "MultiheadLatentAttention": "LitgptMultiheadLatentAttention"}
+    for ours, theirs in counterparts.items():
+        layout = "gqa" if ours == "GroupedQueryAttention" else "mla"
+        weights = random_gpt(tiny_config(layout)).state_dict()
+        litgpt_model = random_gpt(tiny_config(layout, attention_class_name=theirs))
+        litgpt_model.load_state_dict(weights)  # strict: the same parameter names and shapes
+
+
+def test_only_memorized_key_attention_routes_between_memories():
+    assert [name for name, entry in registry.VARIANTS.items() if entry.memory_routing] == ["MemorizedKeyAttention"]

@@ -1,6 +1,8 @@
 """No silent wrong model: every litgpt GPT class builds each variant or refuses clearly, and non-strict loads
 that would drop or leave out attention weights raise."""
 
+import warnings
+
 import lightning as L
 import pytest
 import torch
@@ -10,7 +12,7 @@ from litgpt.utils import load_checkpoint
 
 from litgpt_mka.plugin.litgpt_internals import _subclasses
 from tests.finetune.builders import VARIANTS, tiny_config_as, variant_config
-from tests.helpers import random_gpt
+from tests.helpers import random_gpt, tokens
 
 # variants litgpt's adapters refuse -> the label their message gives
 REFUSING = {"mla": "MLA", "mka": "MKA", "fmka": "FMKA", "stock-mla": "litgpt's stock MLA"}
@@ -93,15 +95,11 @@ def test_block_guard_checks_only_the_complete_block():
         ("mla", "mha", "transformer.h.0.attn.q_a_proj"),
         ("mka", "mha", "transformer.h.0.attn.memory"),
         ("mha", "mla", "transformer.h.0.attn.qkv"),
-        ("mla", "stock-mla", None),  # same parameter names: nothing dropped, nothing left out
     ],
 )
 def test_non_strict_load_that_drops_attention_weights_raises(checkpoint_variant, model_variant, first_dropped):
     state_dict = random_gpt(variant_config(checkpoint_variant)).state_dict()
     target = model.GPT(variant_config(model_variant))
-    if first_dropped is None:
-        target.load_state_dict(state_dict, strict=False)
-        return
     with pytest.raises(ValueError, match=rf"would drop \d+ attention weights \(\['{first_dropped}"):
         target.load_state_dict(state_dict, strict=False)
 
@@ -123,20 +121,62 @@ def test_non_strict_load_through_litgpts_load_checkpoint_and_fabric_raises(tmp_p
         load_checkpoint(fabric, wrapped, path, strict=False)
 
 
+def load_silently(target: nn.Module, state_dict: dict) -> tuple[list[str], list[str]]:
+    """``target.load_state_dict(state_dict, strict=False)`` with every warning an error; (missing, unexpected)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        missing, unexpected = target.load_state_dict(state_dict, strict=False)
+    return missing, unexpected
+
+
+def test_non_strict_load_between_classes_with_the_same_parameters_is_silent_and_complete():
+    """Our MLA checkpoint into litgpt's stock MLA (same parameter names): nothing raised or warned, every weight
+    loaded, so both compute the same outputs."""
+    source = random_gpt(variant_config("mla"))
+    target = model.GPT(variant_config("stock-mla")).eval()
+    assert load_silently(target, source.state_dict()) == ([], [])
+    idx = tokens(2, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(target(idx), source(idx))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_non_strict_loads_that_fine_tuning_needs_still_work(variant):
-    base = random_gpt(variant_config(variant)).state_dict()
-    lora_model = lora.GPT(tiny_config_as(lora.Config, variant, lora_r=2, lora_query=True, lora_value=True))
-    lora_model.load_state_dict(base, strict=False)  # base checkpoint, LoRA weights missing
-    lora_only = {key: value for key, value in lora_model.state_dict().items() if "lora_" in key}
-    lora_model.load_state_dict(lora_only, strict=False)  # LoRA weights only
+def test_non_strict_loads_that_fine_tuning_needs_are_silent_and_complete(variant):
+    """litgpt's fine-tuning loads a base checkpoint into a LoRA (or adapter) model, then the LoRA weights alone,
+    both with strict=False: no guard may raise or warn, and the loaded model is the base model (LoRA's B and the
+    adapters' gates start at zero, so their outputs equal the base's)."""
+    base = random_gpt(variant_config(variant))
+    idx = tokens(2, 12)
+    with torch.no_grad():
+        expected = base(idx)
+    lora_model = lora.GPT(tiny_config_as(lora.Config, variant, lora_r=2, lora_query=True, lora_value=True)).eval()
+    missing, unexpected = load_silently(lora_model, base.state_dict())  # base checkpoint, LoRA weights missing
+    assert unexpected == [] and missing and all("lora_" in key for key in missing)
+    with torch.no_grad():
+        torch.testing.assert_close(lora_model(idx), expected)
+    lora_only = {key: torch.randn_like(value) for key, value in lora_model.state_dict().items() if "lora_" in key}
+    load_silently(lora_model, lora_only)  # LoRA weights only
+    loaded = lora_model.state_dict()
+    torch.testing.assert_close({key: loaded[key] for key in lora_only}, lora_only, rtol=0, atol=0)
     if variant not in REFUSING:
-        adapter_model = adapter_v2.GPT(tiny_config_as(adapter_v2.Config, variant))
-        adapter_model.load_state_dict(base, strict=False)  # base checkpoint, adapter weights missing
+        adapter_model = adapter_v2.GPT(tiny_config_as(adapter_v2.Config, variant)).eval()
+        missing, unexpected = load_silently(adapter_model, base.state_dict())  # base checkpoint, adapter weights missing
+        assert unexpected == [] and missing and all("adapter" in key or "gating" in key for key in missing)
+        with torch.no_grad():
+            torch.testing.assert_close(adapter_model(idx), expected)
 
 
 def test_strict_loads_are_untouched():
+    """A strict load raises torch's own error, word for word, and a matching one loads every weight silently."""
+    mla_weights = random_gpt(variant_config("mla")).state_dict()
     target = model.GPT(variant_config("mha"))
-    with pytest.raises(RuntimeError, match="Unexpected key"):
-        target.load_state_dict(random_gpt(variant_config("mla")).state_dict(), strict=True)
-    assert isinstance(target, nn.Module)
+    with pytest.raises(RuntimeError) as guarded:
+        target.load_state_dict(mla_weights, strict=True)
+    with pytest.raises(RuntimeError) as plain:
+        nn.Module.load_state_dict(target, mla_weights, strict=True)
+    assert str(guarded.value) == str(plain.value) and "Unexpected key" in str(guarded.value)
+    mha_weights = random_gpt(variant_config("mha")).state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        target.load_state_dict(mha_weights, strict=True)
+    torch.testing.assert_close(target.state_dict(), mha_weights, rtol=0, atol=0)

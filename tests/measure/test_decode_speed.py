@@ -15,14 +15,29 @@ def test_prefill_random_prompt_fills_the_cache_as_a_plain_prefill_does():
     token = prefill_random_prompt(model, 2, 10, max_seq_length=16, chunk_size=4, seed=3)
     caches = [(b.attn.kv_cache.latent.clone(), b.attn.kv_cache.k_rope.clone()) for b in model.transformer.h]
     assert not model.lm_head._forward_pre_hooks  # the last-position hook is gone
-    prompt = tokens(2, 10, seed=3, vocab_size=config.vocab_size)
+    prompt = tokens(2, 11, seed=3, vocab_size=config.vocab_size)  # the prompt and the next input token
+    torch.testing.assert_close(token, prompt[:, -1:], rtol=0, atol=0)
     model.set_kv_cache(batch_size=2, max_seq_length=16)
     with torch.no_grad():
-        logits = model(prompt, torch.arange(10), input_pos_maxp1=10)
-    torch.testing.assert_close(token, logits[:, -1].argmax(dim=-1, keepdim=True), rtol=0, atol=0)
+        model(prompt[:, :10], torch.arange(10), input_pos_maxp1=10)
     for block, (latent, k_rope) in zip(model.transformer.h, caches):
         torch.testing.assert_close(block.attn.kv_cache.latent, latent, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(block.attn.kv_cache.k_rope, k_rope, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["mqa", "mla", "mka"])
+def test_prefill_of_one_copied_row_decodes_every_row_as_the_full_forward(variant):
+    """``copy_one_row`` (the decode benchmark's fill): every batch row continues the one prefilled prompt."""
+    from litgpt_mka.measure.decode_speed import prefill_random_prompt
+
+    config = tiny_config(variant)
+    model = GPT(config).eval()
+    token = prefill_random_prompt(model, 3, 12, max_seq_length=20, chunk_size=5, seed=1, copy_one_row=True)
+    assert token.shape == (3, 1)
+    with torch.no_grad():
+        logits = model(token, torch.tensor([12]), input_pos_maxp1=13)  # (3, 1, vocab)
+        full = model(tokens(1, 13, seed=1, vocab_size=config.vocab_size))[:, -1:]  # no cache
+    torch.testing.assert_close(logits, full.expand(3, -1, -1))
 
 
 def test_measure_decode_tokens_per_second_runs_and_clears_the_cache():

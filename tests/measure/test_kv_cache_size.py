@@ -1,5 +1,8 @@
 """litgpt_mka.measure.kv_cache_size: every registered variant's accounting against the buffers `set_kv_cache`
-allocates, in fp32 and bf16; sliding windows; the preset cache targets."""
+allocates, in fp32 and bf16; sliding windows; the preset cache targets and the cache sizes their comments state."""
+
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +16,8 @@ from litgpt_mka.measure.kv_cache_size import (
     kv_cache_bytes_per_token,
     kv_cache_elements_per_token,
 )
-from tests.helpers import preset_config, tiny_config
+from litgpt_mka.presets import model_config_from_yaml
+from tests.helpers import CONFIG_HUB, preset_config, tiny_config
 
 STOCK_MLA = "LitgptMultiheadLatentAttention"
 # tiny config (3 layers, 4 heads of 16) -> numbers per token per layer, in the cache dtype
@@ -21,8 +25,8 @@ CASES = {
     "mha": ({}, 2 * 4 * 16),
     "gqa": ({}, 2 * 2 * 16),
     "mqa": ({}, 2 * 1 * 16),
-    "gqa-grouped": ({"attention_class_name": "GroupedQueryAttention"}, 2 * 2 * 16),
-    "mqa-grouped": ({"attention_class_name": "GroupedQueryAttention"}, 2 * 1 * 16),
+    "gqa-litgpt": ({"attention_class_name": "CausalSelfAttention"}, 2 * 2 * 16),
+    "mqa-litgpt": ({"attention_class_name": "CausalSelfAttention"}, 2 * 1 * 16),
     "mha-full-rotary": ({"rotary_percentage": 1.0}, 2 * 4 * 16),
     "mla": ({}, 32 + 8),
     "stock-mla": ({"attention_class_name": STOCK_MLA}, 4 * (8 + 8 + 16)),
@@ -108,3 +112,28 @@ def test_preset_cache_targets(size, ours, mha, stock):
     assert (ours_bytes, mha_bytes, stock_bytes) == (4 * ours, 4 * mha, 4 * stock)
     assert mha_bytes >= 5 * ours_bytes
     assert stock_bytes >= 6 * ours_bytes
+
+
+SWEEP_CONFIGS = Path(__file__).resolve().parents[2] / "docs" / "study-pythia-14m" / "configs"
+# "... per token and layer: <formula> = N numbers" and MKA's "W (k D + 8) = N bytes" (the ring per sequence)
+STATED_PER_TOKEN = re.compile(r"per token and layer: [^=]*= (\d+) numbers")
+STATED_RING = re.compile(r"W \(\d D \+ 8\) = ([\d,]+) bytes")
+
+
+def yaml_comments(path: Path) -> str:
+    """The comments of a YAML file, joined into one line of words."""
+    return " ".join(line.split("#", 1)[1].strip() for line in path.read_text().splitlines() if "#" in line)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*sorted(CONFIG_HUB.glob("*-m[lk]a.yaml")), *sorted(SWEEP_CONFIGS.glob("*.yaml"))],
+    ids=lambda p: p.stem,
+)
+def test_cache_sizes_stated_in_yaml_comments_are_the_accountings(path):
+    """Every MLA, MKA and FMKA config states its cache in its comments; the figures must be its own."""
+    config, comments = model_config_from_yaml(path), yaml_comments(path)
+    assert [int(n) for n in STATED_PER_TOKEN.findall(comments)] == [kv_cache_elements_per_token(config)]
+    rings = [int(n.replace(",", "")) for n in STATED_RING.findall(comments)]
+    expected_ring = kv_cache_bytes_per_sequence(config, torch.bfloat16) // config.n_layer
+    assert rings == ([expected_ring] if expected_ring else [])

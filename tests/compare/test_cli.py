@@ -1,0 +1,29 @@
+"""litgpt_mka.cli as compare uses it: the options dataclass filled from the command line, list options."""
+
+from pathlib import Path
+
+import pytest
+
+from litgpt_mka.cli import join_list_options
+from litgpt_mka.compare.options import CompareOptions
+
+
+def test_the_command_line_fills_the_options_dataclass(monkeypatch):
+    from litgpt_mka import cli
+
+    parsed = []
+    monkeypatch.setitem(cli.SUBCOMMANDS, "compare", cli.Subcommand(CompareOptions, lambda o: parsed.append(o) or 0))
+    with pytest.raises(SystemExit) as exit_status:
+        cli.main(["compare", "--configs", "a.yaml", "b.yaml", "--seeds", "1", "2", "--val_path", "in.txt", "out.txt",
+                  "--reference", "a", "--max_tokens", "1000", "--plots", "false"])
+    assert exit_status.value.code == 0
+    assert parsed == [CompareOptions(configs=[Path("a.yaml"), Path("b.yaml")], seeds=[1, 2],
+                                     val_path=[Path("in.txt"), Path("out.txt")], reference="a", max_tokens=1000,
+                                     plots=False)]
+    assert cli.list_options(CompareOptions) == {"--configs": str, "--seeds": int, "--val_path": str, "--pretrain_args": str}
+
+
+def test_list_options_take_several_values_after_one_flag():
+    assert join_list_options(["compare", "--configs", "a.yaml", "b.yaml", "--seeds", "1", "2", "--out_dir", "o"]) == [
+        "compare", '--configs=["a.yaml", "b.yaml"]', "--seeds=[1, 2]", "--out_dir", "o"]
+    assert join_list_options(["--seeds", "[3, 4]"]) == ["--seeds", "[3, 4]"]

@@ -1,0 +1,71 @@
+"""litgpt_mka.compare.report: the committed study reports render again byte for byte from their results.json;
+other schemas are refused; the table's busy cells; the setup names runs from different machines."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from litgpt_mka.compare.atomic import write_json
+from litgpt_mka.compare.layout import REPORT_MD, RESULTS_CSV, RESULTS_JSON
+from litgpt_mka.compare.records import MeasureSettings, Results, Settings, to_json
+from litgpt_mka.compare.report import PLOT_TITLES, markdown, read_results, setup_lines, table, write_csv
+from litgpt_mka.compare.summary import summarize
+from tests.compare.helpers import synthetic_run
+
+STUDY = Path(__file__).resolve().parents[2] / "docs" / "study-pythia-14m"
+
+
+@pytest.mark.parametrize("part", ["main", "sweeps"])
+def test_committed_study_reports_render_again_byte_for_byte(part, tmp_path):
+    """`python -m litgpt_mka.compare.report docs/study-pythia-14m/<part>/results.json` rewrites the same files."""
+    committed = STUDY / part
+    results = read_results(committed / RESULTS_JSON)
+    write_json(tmp_path / RESULTS_JSON, to_json(results))
+    write_csv(tmp_path / RESULTS_CSV, results)
+    figures = [name for name in PLOT_TITLES if (committed / name).is_file()]  # the plots are not redrawn here
+    (tmp_path / REPORT_MD).write_text(markdown(results, figures), encoding="utf-8")
+    for name in (RESULTS_JSON, RESULTS_CSV, REPORT_MD):
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
+
+
+def test_results_of_another_schema_are_refused_naming_it(tmp_path):
+    saved = json.loads((STUDY / "main" / RESULTS_JSON).read_text())
+    v1 = tmp_path / "v1.json"
+    v1.write_text(json.dumps({**saved, "schema": "litgpt-mka.compare/v1"}))
+    with pytest.raises(ValueError, match=r"has schema 'litgpt-mka.compare/v1'; this version of litgpt-mka reads"
+                                         r" 'litgpt-mka.compare/v2' only"):
+        read_results(v1)
+    run_v1 = tmp_path / "run_v1.json"
+    run_v1.write_text(json.dumps({**saved, "runs": [{**saved["runs"][0], "schema": "litgpt-mka.compare.run/v1"}]}))
+    with pytest.raises(ValueError, match=r"run 'pythia-14m-mha-seed1' has schema 'litgpt-mka.compare.run/v1'"):
+        read_results(run_v1)
+    with pytest.raises(ValueError, match=r"reference='nope' is not one of the variants \['pythia-14m-mha'"):
+        read_results(STUDY / "main" / RESULTS_JSON, reference="nope")
+
+
+def synthetic_results(runs) -> Results:
+    settings = Settings(configs=["configs/mha.yaml"], seeds=[1, 2], train_path="train.txt", val_paths=["val.txt"],
+                        tokenizer_dir="tokenizer", data_seed=42, measure=MeasureSettings(1, 16, 1, 4, "float32", 8))
+    return Results(command="litgpt-mka compare", written="t", environment=runs[0].environment, settings=settings,
+                   reference="mha", summary=summarize(runs, "mha"), runs=runs)
+
+
+def test_timings_measured_on_a_busy_machine_read_busy_and_the_others_their_numbers():
+    runs = [synthetic_run("mha", 1, 2.0), synthetic_run("mha", 2, 2.2), synthetic_run("mqa", 1, 2.1, train_load=2.75)]
+    mha_row, mqa_row = table(summarize(runs, "mha"), ["val"])[2:]
+    # columns: ... train tok/s, train wall time, peak memory, KV / token, KV @ context, decode tok/s
+    assert mqa_row.split(" | ")[-6:] == ["busy", "busy", "1.00 GiB", "1,024 B", "16.00 KiB", "51.0 |"]
+    assert mha_row.split(" | ")[-6:-4] == ["502 ± 1", "102 s ± 1 s"]  # means of 501, 502 and 101, 102
+
+
+def test_runs_from_different_machines_are_named_in_the_setup():
+    """A comparison resumed on another machine: the report says which runs ran where (timings compare machines)."""
+    runs = [synthetic_run("mha", 1, 2.0), synthetic_run("mha", 2, 2.2), synthetic_run("mqa", 1, 2.1)]
+    assert not any("different machines" in line for line in setup_lines(synthetic_results(runs)))
+    moved = [replace(run, environment=replace(run.environment, cpu="Another CPU")) if run.variant == "mqa" else run
+             for run in runs]
+    line = next(line for line in setup_lines(synthetic_results(moved)) if "different machines" in line)
+    assert line.endswith("cpu (2 CPUs, 2 torch threads), no GPU: mha-seed1, mha-seed2;"
+                         " Another CPU (2 CPUs, 2 torch threads), no GPU: mqa-seed1")

@@ -1,0 +1,57 @@
+"""litgpt_mka.compare.runner: what prepare refuses before any run, and the failure summary of a run's log."""
+
+import json
+
+import pytest
+
+from litgpt_mka.compare.options import CompareOptions
+from litgpt_mka.compare.records import to_json
+from litgpt_mka.compare.runner import error_summary, prepare
+from tests.compare.helpers import tiny_yaml
+
+
+def test_rerun_with_other_settings_into_the_same_folder_is_refused(tmp_path, shared_data, tokenizer_dir):
+    config = tiny_yaml(tmp_path, "tiny")
+    options = CompareOptions(configs=[config], out_dir=tmp_path / "out", train_path=shared_data / "train.txt",
+                             val_path=[shared_data / "val.txt"], tokenizer_dir=tokenizer_dir, max_tokens=1024,
+                             context_length=16, decode_new_tokens=4)
+    first = prepare(options)
+    first.runs[0].run_dir.mkdir(parents=True)
+    (first.runs[0].run_dir / "spec.json").write_text(json.dumps(to_json(first.runs[0].spec)))
+    prepare(options)  # the same settings: accepted
+    with pytest.raises(ValueError, match=r"tiny-seed42 holds a run made with other settings \(differing: pretrain_args\)"):
+        prepare(CompareOptions(**{**options.__dict__, "max_tokens": 2048}))
+    v1_spec = to_json(first.runs[0].spec)
+    del v1_spec["val_paths"]
+    (first.runs[0].run_dir / "spec.json").write_text(json.dumps(v1_spec))
+    with pytest.raises(ValueError, match=r"tiny-seed42 holds a run made by an earlier version of compare"):
+        prepare(options)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("seeds", [1, 1], r"seeds=\[1, 1\] repeat a seed"), ("max_tokens", 0, "max_tokens=0 must be a positive integer"),
+     ("precision", "fp8", r"precision='fp8' is not one of"), ("decode_dtype", "int8", r"decode_dtype='int8' is not one of")],
+)
+def test_invalid_options_are_refused(tmp_path, field, value, message):
+    options = CompareOptions(configs=[tiny_yaml(tmp_path, "tiny")], **{field: value})
+    with pytest.raises(ValueError, match=message):
+        prepare(options)
+
+
+def test_unknown_reference_and_repeated_validation_stems_are_refused(tmp_path, shared_data):
+    config = tiny_yaml(tmp_path, "tiny")
+    with pytest.raises(ValueError, match=r"reference='mha' is not one of the configs' file stems \['tiny'\]"):
+        prepare(CompareOptions(configs=[config], reference="mha"))
+    other = tmp_path / "other" / "val.txt"
+    other.parent.mkdir()
+    other.write_text("x")
+    with pytest.raises(ValueError, match=r"val_path=\[.*\] repeat a file stem; the report names each column by it"):
+        prepare(CompareOptions(configs=[config], val_path=[shared_data / "val.txt", other]))
+
+
+def test_failure_summary_keeps_the_exception_and_the_reasons_after_it():
+    log = ["Epoch 1 | iter 1", "Traceback (most recent call last):", '  File "x.py", line 1', "ValueError: bad value",
+           "Errors:", "  - n_head=2 must be divisible by n_query_groups=3", "Given value: Namespace(...)"]
+    assert error_summary(log) == "ValueError: bad value / Errors: / - n_head=2 must be divisible by n_query_groups=3"
+    assert error_summary(["Epoch 1 | iter 5", "Epoch 1 | iter 6"]) == "Epoch 1 | iter 6"
