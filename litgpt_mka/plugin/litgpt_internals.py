@@ -66,7 +66,7 @@ import warnings
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
-from litgpt_mka import precision
+from litgpt_mka.precision import machine_default_precision, warn_if_emulated_bf16
 from litgpt_mka.attention import registry
 from litgpt_mka.plugin.config_checks import resolve_attention_variant, validate_litgpt_fields, validate_optimizer
 
@@ -197,7 +197,7 @@ def extend_utils_module(module: ModuleType) -> None:
 
     @functools.wraps(litgpt_default)
     def get_default_supported_precision(training: bool) -> str:
-        return precision.machine_default_precision(training, litgpt_default)
+        return machine_default_precision(training, litgpt_default)
 
     @functools.wraps(litgpt_instantiate)
     def instantiate_torch_optimizer(optimizer, model_parameters, **kwargs):
@@ -269,7 +269,7 @@ def _run_on_the_machine(litgpt_main, skip_cpu_compile: bool = False):
     @functools.wraps(litgpt_main)
     def main(fabric, *args, **kwargs):
         on_cpu = fabric.device.type == "cpu"
-        precision.warn_if_emulated_bf16(_fabric_precision(fabric), fabric.device.type)
+        warn_if_emulated_bf16(_fabric_precision(fabric), fabric.device.type)
         if not (skip_cpu_compile and on_cpu) or os.environ.get(CPU_COMPILE_ENV_VAR) == "1":
             return litgpt_main(fabric, *args, **kwargs)
         import torch._dynamo
