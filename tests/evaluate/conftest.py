@@ -17,8 +17,10 @@ def preset_checkpoints(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
 
 
 @pytest.fixture
-def in_project_root(monkeypatch):
-    """The task YAMLs name their JSON files relative to the project root, as lm-eval reads them."""
+def in_project_root(monkeypatch, tmp_path):
+    """The task YAMLs name their JSON files relative to the project root, as lm-eval reads them; datasets
+    caches the prepared JSON under `tmp_path`, not in the user's cache."""
+    import datasets
+
     monkeypatch.chdir(PROJECT_ROOT)
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
