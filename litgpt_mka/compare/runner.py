@@ -5,6 +5,9 @@ For run ``i`` of ``n`` (configs outermost, seeds inner):
 1. finished (``result.json`` with ``"status": "ok"`` and this spec's sha256)? skip it.
 2. no ``train.json``? ``python -m litgpt_mka.compare.worker train RUN_DIR`` (``--resume auto``).
 3. ``python -m litgpt_mka.compare.worker evaluate RUN_DIR`` writes ``result.json``.
+4. with ``--lm_eval_tasks``, unless ``lm_eval.json`` holds those tasks already:
+   ``python -m litgpt_mka.compare.worker lm_eval RUN_DIR --tasks ...`` writes it (a failure there leaves the
+   run finished, without scores, and makes the exit status 1).
 
 A worker that exits nonzero (exception, out-of-memory kill, ...) makes the run "failed": its
 ``result.json`` records the phase, exit status and the tail of ``run.log``, and the next run starts.
@@ -36,6 +39,7 @@ from litgpt_mka.compare.environment import command_line, utc_now
 from litgpt_mka.compare.options import CompareOptions
 from litgpt_mka.compare.plan import RunPlan, SharedSettings, plan_runs
 from litgpt_mka.compare.records import Failure, RunResult, TrainResult, from_json, read_run, to_json
+from litgpt_mka.compare.tasks import read_lm_eval
 
 LOG_NAME = "run.log"
 TAIL_LINES = 40
@@ -128,6 +132,30 @@ def announce(run: RunPlan, total: int, message: str) -> None:
 def worker_command(run: RunPlan, phase: str, keep_step_checkpoints: bool) -> list[str]:
     command = [sys.executable, "-m", "litgpt_mka.compare.worker", phase, str(run.run_dir)]
     return command + (["--keep_step_checkpoints"] if keep_step_checkpoints and phase == "evaluate" else [])
+
+
+def lm_eval_command(run: RunPlan, tasks: list[str], include_path: Path | None) -> list[str]:
+    command = worker_command(run, "lm_eval", keep_step_checkpoints=False) + ["--tasks", ",".join(tasks)]
+    return command + ([] if include_path is None else ["--include_path", str(Path(include_path).resolve())])
+
+
+def score_tasks(run: RunPlan, total: int, tasks: list[str] | None, include_path: Path | None) -> bool:
+    """lm-eval task scores of a finished run, unless it has those already; True if it has them now.
+
+    A failure is announced and leaves result.json as it is: the run stays finished, its scores missing.
+    """
+    if not tasks or read_lm_eval(run.run_dir, tasks, include_path) is not None:
+        return True
+    announce(run, total, f"lm-eval tasks {', '.join(tasks)}")
+    returncode = launch(run, total, lm_eval_command(run, tasks, include_path))
+    if returncode in (-signal.SIGINT, INTERRUPTED):
+        raise KeyboardInterrupt
+    if returncode != 0:
+        tail = log_tail(run.run_dir / LOG_NAME)
+        announce(run, total, f"FAILED in lm_eval, {describe_exit(returncode)}: {error_summary(tail)}"
+                             f" (log: {run.run_dir / LOG_NAME})")
+        return False
+    return True
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -246,9 +274,12 @@ def run_comparison(comparison: Comparison) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         prepare_data(comparison.shared)
+        options = comparison.options
         for plan in comparison.runs:
-            if not execute(plan, total, comparison.options.keep_step_checkpoints):
+            if not execute(plan, total, options.keep_step_checkpoints):
                 failed.append(plan.name)
+            elif not score_tasks(plan, total, options.lm_eval_tasks, options.include_path):
+                failed.append(f"{plan.name} (lm-eval)")
             report.write_report(comparison)
     except KeyboardInterrupt:
         report.write_report(comparison)

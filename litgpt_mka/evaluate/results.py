@@ -6,24 +6,13 @@ per-sample records), as ``litgpt evaluate`` saves it; ``results.md`` is lm-eval'
 """
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from litgpt_mka.compare.atomic import write_text
+from litgpt_mka.compare.records import TaskScore
 
 STDERR_SUFFIX = "_stderr"
-
-
-@dataclass(frozen=True)
-class TaskScore:
-    """One metric of one task: lm-eval's value and its standard error (NaN where lm-eval gives none)."""
-
-    task: str
-    metric: str  # lm-eval's metric key with its filter, e.g. "acc,none"
-    value: float
-    stderr: float
 
 
 def write_results(out_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
@@ -40,18 +29,20 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
 
 
 def task_scores(results: dict[str, Any]) -> list[TaskScore]:
-    """Every numeric metric of every task in lm-eval's ``results`` section, with its standard error."""
+    """Every numeric metric of every task in lm-eval's ``results`` section, with its standard error and direction."""
     scores = []
     for task, metrics in results.get("results", {}).items():
+        directions = results.get("higher_is_better", {}).get(task, {})
         for key, value in metrics.items():
-            if key == "alias" or STDERR_SUFFIX in key or not isinstance(value, (int, float)):
+            # metrics are "name,filter" keys; "sample_len", "alias" and the "*_stderr,filter" keys are not
+            if "," not in key or STDERR_SUFFIX in key or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             name, _, metric_filter = key.partition(",")
-            stderr = metrics.get(f"{name}{STDERR_SUFFIX},{metric_filter}" if metric_filter else f"{name}{STDERR_SUFFIX}")
-            scores.append(TaskScore(task, key, float(value), _number_or_nan(stderr)))
+            stderr = metrics.get(f"{name}{STDERR_SUFFIX},{metric_filter}")
+            scores.append(TaskScore(task, key, float(value), _number_or_none(stderr), directions.get(name)))
     return scores
 
 
-def _number_or_nan(value: Any) -> float:
+def _number_or_none(value: Any) -> float | None:
     """lm-eval writes "N/A" for a standard error it cannot compute."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
