@@ -33,17 +33,7 @@ SE_FACTOR = 2.0  # |difference| below SE_FACTOR standard errors: tied within noi
 # ------------------------------------------------------------------------------------------- reference
 def difference(variant: str, values: list[float], reference: str, reference_values: list[float]) -> Difference:
     """The primary-validation-loss difference of `variant` to `reference` (see the module docstring)."""
-    n, n_ref = len(values), len(reference_values)
-    if not values or not reference_values:
-        return _no_runs(variant, reference, values, n, n_ref)
-    d = math.fsum(values) / n - math.fsum(reference_values) / n_ref
-    head = f"{variant}: validation loss {d:+.4f} nats/token against {reference}"
-    if n < 2 or n_ref < 2:
-        return _se_unknown(head, variant, reference, d, n, n_ref)
-    se = math.sqrt(Stat.of(values).std ** 2 / n + Stat.of(reference_values).std ** 2 / n_ref)
-    verdict, why = _verdict(d, se, higher_is_better=False)
-    return Difference(reference, d, se, n, n_ref, verdict,
-                      f"{head} (SE {se:.4f}; {n} and {n_ref} seeds): {verdict} ({why}).")
+    return _difference(variant, "validation loss", " nats/token", values, reference, reference_values, False)
 
 
 def task_difference(
@@ -60,22 +50,35 @@ def task_difference(
     a difference on the same examples rather than understating it). A standard error lm-eval does not give
     counts as 0. Which sign is better follows lm-eval's ``higher_is_better``; without it, no verdict.
     """
+    errors = (_mean_stderr(stderrs), _mean_stderr(reference_stderrs))
+    return _difference(variant, label, "", values, reference, reference_values, higher_is_better, errors)
+
+
+def _difference(
+    variant: str, label: str, unit: str, values: list[float], reference: str, reference_values: list[float],
+    higher_is_better: bool | None, lm_eval_errors: tuple[float, float] | None = None,
+) -> Difference:
+    """d = mean(values) - mean(reference_values), its SE (Welch over seeds, plus lm-eval's errors) and verdict."""
     n, n_ref = len(values), len(reference_values)
     if not values or not reference_values:
-        return _no_runs(variant, reference, values, n, n_ref)
+        missing = variant if not values else reference
+        return Difference(reference, None, None, n, n_ref, "no runs",
+                          f"{variant}: {missing} has no finished run, so nothing is compared.")
     d = math.fsum(values) / n - math.fsum(reference_values) / n_ref
-    head = f"{variant}: {label} {d:+.4f} against {reference}"
+    head = f"{variant}: {label} {d:+.4f}{unit} against {reference}"
     if n < 2 or n_ref < 2:
-        return _se_unknown(head, variant, reference, d, n, n_ref)
-    e_v, e_r = _mean_stderr(stderrs), _mean_stderr(reference_stderrs)
+        fewest = variant if n < 2 else reference
+        return Difference(reference, d, None, n, n_ref, "SE unknown",
+                          f"{head}; {fewest} has one finished seed, so the SE is unknown and no claim is made.")
+    e_v, e_r = lm_eval_errors or (0.0, 0.0)
     se = math.sqrt(Stat.of(values).std ** 2 / n + Stat.of(reference_values).std ** 2 / n_ref + e_v ** 2 + e_r ** 2)
+    lm_eval_part = f", lm-eval's part {math.hypot(e_v, e_r):.4f}" if lm_eval_errors else ""
+    detail = f"SE {se:.4f}{lm_eval_part}; {n} and {n_ref} seeds"
     if higher_is_better is None:
         return Difference(reference, d, se, n, n_ref, "no direction",
-                          f"{head} (SE {se:.4f}): lm-eval declares no better direction for it, so no claim is made.")
+                          f"{head} ({detail}): lm-eval declares no better direction for it, so no claim is made.")
     verdict, why = _verdict(d, se, higher_is_better)
-    return Difference(reference, d, se, n, n_ref, verdict,
-                      f"{head} (SE {se:.4f}, lm-eval's part {math.hypot(e_v, e_r):.4f}; {n} and {n_ref} seeds):"
-                      f" {verdict} ({why}).")
+    return Difference(reference, d, se, n, n_ref, verdict, f"{head} ({detail}): {verdict} ({why}).")
 
 
 def _verdict(d: float, se: float, higher_is_better: bool) -> tuple[str, str]:
@@ -85,18 +88,6 @@ def _verdict(d: float, se: float, higher_is_better: bool) -> tuple[str, str]:
     verdict = "better" if (d > 0) == higher_is_better else "worse"
     why = f"{'lower' if d < 0 else 'higher'} by {abs(d) / se:.1f} SE" if se > 0 else "no spread over seeds"
     return verdict, why
-
-
-def _no_runs(variant: str, reference: str, values: list[float], n: int, n_ref: int) -> Difference:
-    missing = variant if not values else reference
-    return Difference(reference, None, None, n, n_ref, "no runs",
-                      f"{variant}: {missing} has no finished run, so nothing is compared.")
-
-
-def _se_unknown(head: str, variant: str, reference: str, d: float, n: int, n_ref: int) -> Difference:
-    fewest = variant if n < 2 else reference
-    return Difference(reference, d, None, n, n_ref, "SE unknown",
-                      f"{head}; {fewest} has one finished seed, so the SE is unknown and no claim is made.")
 
 
 def _mean_stderr(stderrs: list[float | None]) -> float:
