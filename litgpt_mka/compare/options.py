@@ -6,8 +6,11 @@ its docstring the option's help. The dataclass has no methods (jsonargparse woul
 stays fast.
 """
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from litgpt_mka.evaluate import lm_eval_missing_message
 
 # what `litgpt pretrain --precision` accepts (litgpt.pretrain.setup's annotation)
 PRECISIONS = ("bf16-true", "bf16-mixed", "32-true")
@@ -126,6 +129,8 @@ def validate(options: CompareOptions) -> None:
         raise ValueError("lm_eval_tasks=[] is empty; give one or more lm-eval task names, or leave it out")
     if options.include_path is not None and not options.lm_eval_tasks:
         raise ValueError(f"include_path={str(options.include_path)!r} is given without --lm_eval_tasks to run from it")
+    if options.lm_eval_tasks and importlib.util.find_spec("lm_eval") is None:
+        raise ValueError(f"lm_eval_tasks={options.lm_eval_tasks}: {lm_eval_missing_message('compare --lm_eval_tasks')}")
     if options.include_path is not None and not Path(options.include_path).is_dir():
         raise FileNotFoundError(f"include_path={str(options.include_path)!r} is not a folder of lm-eval task YAML files")
     for name, paths in (("train_path", [options.train_path]), ("val_path", val_paths(options)),

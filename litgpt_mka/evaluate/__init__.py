@@ -35,16 +35,20 @@ def lm_eval_requirement() -> str:
     return LM_EVAL_DISTRIBUTION
 
 
+def lm_eval_missing_message(command: str = "litgpt-mka evaluate") -> str:
+    return (
+        f"{command} needs lm-evaluation-harness, the optional extra [eval]: run "
+        f"pip install -e \".[eval]\" in the project (or pip install \"{lm_eval_requirement()}\")"
+    )
+
+
 def require_lm_eval() -> None:
     """Raises:
         ImportError: lm-eval is not installed; the message says what to install."""
     try:
         import lm_eval  # noqa: F401
     except ImportError as error:
-        raise ImportError(
-            "litgpt-mka evaluate needs lm-evaluation-harness, the optional extra [eval]: run "
-            f"pip install -e \".[eval]\" in the project (or pip install \"{lm_eval_requirement()}\")"
-        ) from error
+        raise ImportError(lm_eval_missing_message()) from error
 
 
 def check_options(tasks: str | None, batch_size: int, precision: str, limit: float | None, num_fewshot: int | None) -> list[str]:

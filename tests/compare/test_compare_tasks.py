@@ -74,6 +74,17 @@ def test_include_path_needs_tasks_and_a_folder(tmp_path):
         validate(CompareOptions(configs=[config], lm_eval_tasks=[]))
 
 
+def test_tasks_without_lm_eval_are_refused_before_training(tmp_path, monkeypatch):
+    import importlib.util
+
+    from litgpt_mka.compare.options import CompareOptions, validate
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match=r"lm_eval_tasks=\['piqa'\]: compare --lm_eval_tasks needs lm-evaluation-harness.*\.\[eval\]"):
+        validate(CompareOptions(configs=[tiny_yaml(tmp_path, "tiny-mha")], lm_eval_tasks=["piqa"]))
+
+
 @pytest.mark.slow
 def test_a_rerun_with_tasks_scores_the_finished_checkpoints_and_trains_nothing(
     subprocess_env, shared_data, tokenizer_dir, tmp_path
