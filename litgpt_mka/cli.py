@@ -1,4 +1,4 @@
-"""The ``litgpt-mka`` command (jsonargparse, like litgpt's): ``litgpt-mka compare ...``, ``litgpt-mka convert ...``.
+"""The ``litgpt-mka`` command (jsonargparse, like litgpt's): ``litgpt-mka compare|convert|evaluate ...``.
 
 Each subcommand is either an options dataclass that jsonargparse reads directly (fields = options, field
 docstrings = help) with a function that runs it, or one function whose parameters are the options; either
@@ -18,6 +18,7 @@ from typing import Any
 
 from litgpt_mka.compare.options import CompareOptions
 from litgpt_mka.convert import convert
+from litgpt_mka.evaluate import evaluate
 
 
 def run_compare(options: CompareOptions) -> int:
@@ -41,6 +42,7 @@ class Subcommand:
 SUBCOMMANDS: dict[str, Subcommand] = {
     "compare": Subcommand(CompareOptions, run_compare),
     "convert": Subcommand(convert),  # its parameters are the options; it returns the exit status
+    "evaluate": Subcommand(evaluate),
 }
 
 

@@ -20,6 +20,7 @@ Modules (one concern each)
 * :mod:`.measure`: parameters, training throughput, peak memory, KV cache, decode speed.
 * :mod:`.summary`: per-variant mean ± std over seeds, differences to the reference with their standard
   error, the Pareto frontier.
+* :mod:`.tasks`: lm-eval task scores of each run's final checkpoint (``--lm_eval_tasks``).
 * :mod:`.report` and :mod:`.plots`: ``results.json``, ``results.csv``, ``report.md`` and the PNG plots, from
   a typed :class:`~.records.Results` (they import neither the runner nor the plan).
 * :mod:`.environment`, :mod:`.atomic`: versions/machine, and atomic file writes.
@@ -41,6 +42,8 @@ Output folder (:mod:`.layout`)
         run.log            the workers' full output (training and evaluation), every attempt appended
         train.json         written when training finished (wall time, peak memory and load of the training process)
         result.json        written last: status "ok" with every metric, or "failed" with the log's tail
+        lm_eval.json       with --lm_eval_tasks: lm-eval task scores of final/ (:mod:`.tasks`), written after
+                           result.json and never into it, so adding tasks to a finished comparison trains nothing
 
 A run is finished iff its ``result.json`` says ``"status": "ok"``; finished runs are never touched
 again. Every other run, failed ones included, is (re)started: training with ``--resume auto`` (litgpt continues from the latest

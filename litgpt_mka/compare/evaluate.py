@@ -86,14 +86,16 @@ def load_state(checkpoint_file: Path) -> dict:
     return torch.load(checkpoint_file, map_location="cpu", mmap=True, weights_only=True)
 
 
-def load_model(checkpoint_dir: Path, device: torch.device, state: dict | None = None) -> torch.nn.Module:
-    """The float32 litgpt ``GPT`` of a checkpoint folder, in eval mode on `device`."""
+def load_model(
+    checkpoint_dir: Path, device: torch.device, state: dict | None = None, dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
+    """The litgpt ``GPT`` of a checkpoint folder in `dtype` (float32 by default), in eval mode on `device`."""
     from litgpt.model import GPT
 
     state = load_state(Path(checkpoint_dir) / "lit_model.pth") if state is None else state
     model = GPT(load_config(checkpoint_dir))
     model.load_state_dict(state.get("model", state))
-    return model.to(device=device, dtype=torch.float32).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
 @torch.no_grad()

@@ -6,8 +6,11 @@ its docstring the option's help. The dataclass has no methods (jsonargparse woul
 stays fast.
 """
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from litgpt_mka.evaluate import lm_eval_missing_message
 
 # what `litgpt pretrain --precision` accepts (litgpt.pretrain.setup's annotation)
 PRECISIONS = ("bf16-true", "bf16-mixed", "32-true")
@@ -77,6 +80,12 @@ class CompareOptions:
     """Keep the step-* checkpoints of finished runs (default: only final/ stays)."""
     plots: bool = True
     """Write the PNG plots (needs matplotlib)."""
+    lm_eval_tasks: list[str] | None = None
+    """lm-eval tasks scored on each run's final checkpoint (`litgpt-mka evaluate`'s path; the [eval] extra), e.g.
+    --lm_eval_tasks tinystories_cloze piqa; report.md adds their mean ± std over seeds and the differences to the
+    reference. Adding or changing them on a rerun trains nothing."""
+    include_path: Path | None = None
+    """A folder of extra lm-eval task YAML files for --lm_eval_tasks (e.g. tasks on a local JSON file)."""
 
 
 def val_paths(options: CompareOptions) -> list[Path]:
@@ -116,6 +125,14 @@ def validate(options: CompareOptions) -> None:
         raise ValueError(
             f"val_path={[str(p) for p in val_paths(options)]} repeat a file stem; the report names each column by it"
         )
+    if options.lm_eval_tasks is not None and not options.lm_eval_tasks:
+        raise ValueError("lm_eval_tasks=[] is empty; give one or more lm-eval task names, or leave it out")
+    if options.include_path is not None and not options.lm_eval_tasks:
+        raise ValueError(f"include_path={str(options.include_path)!r} is given without --lm_eval_tasks to run from it")
+    if options.lm_eval_tasks and importlib.util.find_spec("lm_eval") is None:
+        raise ValueError(f"lm_eval_tasks={options.lm_eval_tasks}: {lm_eval_missing_message('compare --lm_eval_tasks')}")
+    if options.include_path is not None and not Path(options.include_path).is_dir():
+        raise FileNotFoundError(f"include_path={str(options.include_path)!r} is not a folder of lm-eval task YAML files")
     for name, paths in (("train_path", [options.train_path]), ("val_path", val_paths(options)),
                         ("tokenizer_dir", [options.tokenizer_dir])):
         for path in paths:

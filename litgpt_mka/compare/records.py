@@ -7,6 +7,8 @@ and read by :func:`from_json` (nested dataclasses, lists, dicts and optionals re
 * ``runs/<run>/result.json``: :class:`RunResult` with ``status`` ``"ok"`` (:class:`EvalResult` and
   :class:`MeasureResult` from the evaluation worker) or ``"failed"`` (:class:`Failure`, from the runner).
 * ``runs/<run>/spec.json``: :class:`RunSpec` (the runner, before the run starts).
+* ``runs/<run>/lm_eval.json``: :class:`LmEvalResult` (the lm_eval worker, with ``--lm_eval_tasks``), beside
+  the run's result: adding or changing tasks later trains nothing.
 * ``results.json``: :class:`Results` (the report), whose ``summary`` rows are :class:`VariantSummary`
   (computed by :mod:`litgpt_mka.compare.summary`).
 
@@ -221,6 +223,29 @@ class MeasureResult:
     train_loss_curve: list[TrainLossPoint]
 
 
+# -------------------------------------------------------------------------------------------- lm-eval
+@dataclass(frozen=True)
+class TaskScore:
+    """One metric of one lm-eval task on one checkpoint, as lm-eval's results.json gives it."""
+
+    task: str
+    metric: str  # lm-eval's key with its filter, e.g. "acc,none"
+    value: float
+    stderr: float | None  # lm-eval's standard error over the task's examples; None where it gives none ("N/A")
+    higher_is_better: bool | None  # lm-eval's direction of the metric; None when the task declares none
+
+
+@dataclass(frozen=True)
+class LmEvalResult:
+    """``runs/<run>/lm_eval.json``: lm-eval task scores of the run's final checkpoint (``litgpt-mka evaluate``'s path)."""
+
+    tasks: list[str]  # as requested (--lm_eval_tasks)
+    include_path: str | None
+    scores: list[TaskScore]
+    lm_eval_version: str
+    wall_time_s: float
+
+
 # ----------------------------------------------------------------------------------------------- runs
 @dataclass(frozen=True)
 class Failure:
@@ -254,6 +279,7 @@ class RunResult:
     environment: Environment | None = None
     finished: str | None = None
     schema: str = RUN_SCHEMA
+    lm_eval: LmEvalResult | None = None  # from lm_eval.json beside result.json, when it matches the requested tasks
 
     @property
     def ok(self) -> bool:
@@ -280,9 +306,11 @@ class Stat:
 
 @dataclass(frozen=True)
 class Difference:
-    """Primary validation loss of a variant minus the reference's, with its standard error.
+    """A variant's value minus the reference's, with its standard error: the primary validation loss, or one
+    lm-eval task metric.
 
-    See :func:`litgpt_mka.compare.summary.difference` for the definition and the verdict rule.
+    See :func:`litgpt_mka.compare.summary.difference` and :func:`~litgpt_mka.compare.summary.task_difference`
+    for the definitions and the verdict rule.
     """
 
     reference: str
@@ -322,6 +350,10 @@ class VariantSummary:
     curve_points: list[int]  # validation-curve points of each finished run
     routing: list[list[Stat]] | None  # (layer, source) mean ± std over seeds; MKA/FMKA only
     difference: Difference | None  # None for the reference itself, or without a reference
+    # lm-eval scores by "task metric" (--lm_eval_tasks): the value's and lm-eval's standard error's Stat over seeds
+    task_scores: dict[str, Stat] = dataclasses.field(default_factory=dict)
+    task_stderrs: dict[str, Stat] = dataclasses.field(default_factory=dict)
+    task_differences: dict[str, Difference] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -381,9 +413,23 @@ class Results:
 
 
 # ----------------------------------------------------------------------------------------------- JSON
+# fields added for lm-eval task scores; left out of the JSON while empty, so results without tasks stay as before
+_OMITTED_WHEN_EMPTY = frozenset({"lm_eval", "task_scores", "task_stderrs", "task_differences"})
+
+
+def _without_empty_extensions(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_empty_extensions(item) for key, item in value.items()
+                if not (key in _OMITTED_WHEN_EMPTY and item in (None, {}))}
+    if isinstance(value, list):
+        return [_without_empty_extensions(item) for item in value]
+    return value
+
+
 def to_json(record: Any) -> Any:
-    """A record (dataclass, possibly nested) as plain JSON values, fields in declaration order."""
-    return dataclasses.asdict(record) if dataclasses.is_dataclass(record) else record
+    """A record (dataclass, possibly nested) as plain JSON values, fields in declaration order (empty task fields
+    left out)."""
+    return _without_empty_extensions(dataclasses.asdict(record)) if dataclasses.is_dataclass(record) else record
 
 
 def from_json(cls: type[T], data: Any) -> T:

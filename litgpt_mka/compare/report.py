@@ -36,7 +36,7 @@ from litgpt_mka.compare.records import (
     RESULTS_SCHEMA, Environment, PhaseLoad, Results, RunResult, Settings, Stat, VariantSummary, from_json, read_run,
     to_json,
 )
-from litgpt_mka.compare.summary import SE_FACTOR, summarize
+from litgpt_mka.compare.summary import SE_FACTOR, summarize, task_key
 from litgpt_mka.measure.load import BUSY_LOAD_MARGIN
 
 NO_VALUE = "—"
@@ -68,7 +68,11 @@ def public_run(run: RunResult, cwd: Path) -> RunResult:
     if failure is not None:
         failure = replace(failure, log=relative(failure.log, cwd), error=without_cwd(failure.error, cwd),
                           log_tail=[without_cwd(line, cwd) for line in failure.log_tail])
-    return replace(run, config_path=relative(run.config_path, cwd), evaluation=evaluation, failure=failure)
+    lm_eval = run.lm_eval
+    if lm_eval is not None:
+        lm_eval = replace(lm_eval, include_path=relative(lm_eval.include_path, cwd))
+    return replace(run, config_path=relative(run.config_path, cwd), evaluation=evaluation, failure=failure,
+                   lm_eval=lm_eval)
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -270,6 +274,57 @@ def difference_lines(results: Results) -> list[str]:
     return lines + [""] + [f"- {row.difference.sentence}" for row in rows]
 
 
+def _task_value(v: float) -> str:
+    return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.1f}"
+
+
+def task_directions(results: Results) -> dict[str, bool | None]:
+    """Task metric -> lm-eval's higher_is_better, from the runs' scores, in first-seen order."""
+    directions: dict[str, bool | None] = {}
+    for run in results.runs:
+        for score in run.lm_eval.scores if run.lm_eval is not None else []:
+            directions.setdefault(task_key(score), score.higher_is_better)
+    return directions
+
+
+def task_lines(results: Results) -> list[str]:
+    """The lm-eval task scores (mean ± std over seeds, lm-eval's SE) and their differences to the reference."""
+    directions = task_directions(results)
+    arrow = {True: " ↑", False: " ↓", None: ""}
+    lines = [
+        "lm-eval tasks on each run's final checkpoint, scored as `litgpt-mka evaluate` scores them (float32):"
+        " mean ± std over seeds, and lm-eval's standard error (its sampling error over the task's examples; the"
+        " mean over seeds). ↑: higher is better, ↓: lower is better.",
+        "",
+        "| variant | " + " | ".join(f"{key}{arrow[up]}" for key, up in directions.items()) + " |",
+        "|---|" + "---|" * len(directions),
+    ]
+    for row in results.summary:
+        cells = []
+        for key in directions:
+            stat, stderr = row.task_scores.get(key), row.task_stderrs.get(key)
+            se = f" (SE {_task_value(stderr.mean)})" if stderr is not None and stderr.mean is not None else ""
+            cells.append(_cell(stat, _task_value) + (se if stat is not None else ""))
+        lines.append(f"| {row.variant} | " + " | ".join(cells) + " |")
+    compared = [row for row in results.summary if row.task_differences]
+    if not compared:
+        return lines
+    lines += [
+        "",
+        f"Differences to **{results.reference}**: d = mean_v - mean_r; SE = sqrt(s_v^2/n_v + s_r^2/n_r + e_v^2 +"
+        f" e_r^2), s the sample std over seeds (Welch, as for the loss) and e lm-eval's standard error; better or"
+        f" worse when |d| >= {SE_FACTOR:g} SE in the metric's better direction, otherwise tied within noise.",
+        "",
+        "| variant | metric | difference | SE | seeds (variant, reference) | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in compared:
+        for key, d in row.task_differences.items():
+            lines.append(f"| {row.variant} | {key} | {NO_VALUE if d.difference is None else f'{d.difference:+.4f}'} |"
+                         f" {NO_VALUE if d.se is None else f'{d.se:.4f}'} | {d.n}, {d.n_reference} | {d.verdict} |")
+    return lines + [""] + [f"- {d.sentence}" for row in compared for d in row.task_differences.values()]
+
+
 def _load_text(load: PhaseLoad) -> str:
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
@@ -341,6 +396,8 @@ def markdown(results: Results, figures: list[str]) -> str:
     lines += setup_lines(results) + [""]
     lines += ["## Results", ""] + table(results.summary, names) + [""]
     lines += ["## Differences to the reference", ""] + difference_lines(results) + [""]
+    if any(row.task_scores for row in results.summary):
+        lines += ["## lm-eval task scores", ""] + task_lines(results) + [""]
     lines += ["## Timing and load", ""] + load_lines(results) + [""]
     routing = routing_lines(results)
     if routing:

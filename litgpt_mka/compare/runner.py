@@ -5,6 +5,9 @@ For run ``i`` of ``n`` (configs outermost, seeds inner):
 1. finished (``result.json`` with ``"status": "ok"`` and this spec's sha256)? skip it.
 2. no ``train.json``? ``python -m litgpt_mka.compare.worker train RUN_DIR`` (``--resume auto``).
 3. ``python -m litgpt_mka.compare.worker evaluate RUN_DIR`` writes ``result.json``.
+4. with ``--lm_eval_tasks``, unless ``lm_eval.json`` holds those tasks already:
+   ``python -m litgpt_mka.compare.worker lm_eval RUN_DIR --tasks ...`` writes it (a failure there leaves the
+   run finished, without scores, and makes the exit status 1).
 
 A worker that exits nonzero (exception, out-of-memory kill, ...) makes the run "failed": its
 ``result.json`` records the phase, exit status and the tail of ``run.log``, and the next run starts.
@@ -27,6 +30,7 @@ import signal
 import subprocess
 import sys
 from collections import deque
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +42,7 @@ from litgpt_mka.compare.options import CompareOptions
 from litgpt_mka.compare.plan import SharedSettings, plan_runs
 from litgpt_mka.compare.records import Failure, Results, RunResult, Settings, to_json
 from litgpt_mka.compare.summary import summarize
+from litgpt_mka.compare.tasks import read_lm_eval
 
 TAIL_LINES = 40
 INTERRUPTED = 130
@@ -115,6 +120,30 @@ def announce(run: RunPlan, total: int, message: str) -> None:
 def worker_command(run: RunPlan, phase: str, keep_step_checkpoints: bool) -> list[str]:
     command = [sys.executable, "-m", "litgpt_mka.compare.worker", phase, str(run.run_dir)]
     return command + (["--keep_step_checkpoints"] if keep_step_checkpoints and phase == "evaluate" else [])
+
+
+def lm_eval_command(run: RunPlan, tasks: list[str], include_path: Path | None) -> list[str]:
+    command = worker_command(run, "lm_eval", keep_step_checkpoints=False) + ["--tasks", ",".join(tasks)]
+    return command + ([] if include_path is None else ["--include_path", str(Path(include_path).resolve())])
+
+
+def score_tasks(run: RunPlan, total: int, tasks: list[str] | None, include_path: Path | None) -> bool:
+    """lm-eval task scores of a finished run, unless it has those already; True if it has them now.
+
+    A failure is announced and leaves result.json as it is: the run stays finished, its scores missing.
+    """
+    if not tasks or read_lm_eval(run.run_dir, tasks, include_path) is not None:
+        return True
+    announce(run, total, f"lm-eval tasks {', '.join(tasks)}")
+    returncode = launch(run, total, lm_eval_command(run, tasks, include_path))
+    if returncode in (-signal.SIGINT, INTERRUPTED):
+        raise KeyboardInterrupt
+    if returncode != 0:
+        tail = log_tail(run.folder.log)
+        announce(run, total, f"FAILED in lm_eval, {describe_exit(returncode)}: {error_summary(tail)}"
+                             f" (log: {run.folder.log})")
+        return False
+    return True
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -222,11 +251,14 @@ def execute(run: RunPlan, total: int, keep_step_checkpoints: bool) -> bool:
 # ----------------------------------------------------------------------------------------------- report
 def run_results(comparison: Comparison) -> list[RunResult]:
     """Every run's result in plan order (paths relative to where compare ran); runs without one are pending."""
+    tasks, include_path = comparison.options.lm_eval_tasks, comparison.options.include_path
     results = []
     for run in comparison.runs:
         result = run.read_result()
         if result is None:
             result = RunResult(status="pending", name=run.name, variant=run.variant, seed=run.seed)
+        elif tasks:
+            result = dataclasses.replace(result, lm_eval=read_lm_eval(run.run_dir, tasks, include_path))
         results.append(report.public_run(result, comparison.cwd))
     return results
 
@@ -268,9 +300,12 @@ def run_comparison(comparison: Comparison) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         prepare_data(comparison.shared)
+        options = comparison.options
         for plan in comparison.runs:
-            if not execute(plan, total, comparison.options.keep_step_checkpoints):
+            if not execute(plan, total, options.keep_step_checkpoints):
                 failed.append(plan.name)
+            elif not score_tasks(plan, total, options.lm_eval_tasks, options.include_path):
+                failed.append(f"{plan.name} (lm-eval)")
             write_report(comparison)
     except KeyboardInterrupt:
         write_report(comparison)

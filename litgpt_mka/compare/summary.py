@@ -8,6 +8,9 @@ Difference to the reference, for the primary validation loss (nats/token; lower 
     d  = mean(variant) - mean(reference)
     SE = sqrt(s_v^2 / n_v + s_r^2 / n_r)        (Welch: s = sample std over seeds, n = finished seeds)
 
+The same rule decides lm-eval task metrics (``--lm_eval_tasks``), with lm-eval's standard errors added to the
+SE and the better sign taken from lm-eval's ``higher_is_better`` (:func:`task_difference`).
+
 Verdict: "better" when d <= -2 SE, "worse" when d >= 2 SE, "tied within noise" when |d| < 2 SE (or d = 0);
 with fewer than two finished seeds on either side the SE is unknown and no claim is made.
 
@@ -22,7 +25,7 @@ screening rule, not a significance test at a stated level.
 
 import math
 
-from litgpt_mka.compare.records import Difference, RunResult, Stat, VariantSummary
+from litgpt_mka.compare.records import Difference, RunResult, Stat, TaskScore, VariantSummary
 
 SE_FACTOR = 2.0  # |difference| below SE_FACTOR standard errors: tied within noise
 
@@ -30,25 +33,65 @@ SE_FACTOR = 2.0  # |difference| below SE_FACTOR standard errors: tied within noi
 # ------------------------------------------------------------------------------------------- reference
 def difference(variant: str, values: list[float], reference: str, reference_values: list[float]) -> Difference:
     """The primary-validation-loss difference of `variant` to `reference` (see the module docstring)."""
+    return _difference(variant, "validation loss", " nats/token", values, reference, reference_values, False)
+
+
+def task_difference(
+    variant: str, label: str, values: list[float], stderrs: list[float | None],
+    reference: str, reference_values: list[float], reference_stderrs: list[float | None], higher_is_better: bool | None,
+) -> Difference:
+    """An lm-eval metric of `variant` minus that of `reference`, with the verdict rule of the loss.
+
+        SE = sqrt(s_v^2 / n_v + s_r^2 / n_r + e_v^2 + e_r^2)
+
+    s: sample std over seeds (Welch, as for the loss); e: the mean over seeds of lm-eval's standard error of the
+    metric (its sampling error over the task's examples: every run answers the same examples, so it does not
+    shrink with more seeds; both sides' are added, as for independent test sets, which overstates the SE of
+    a difference on the same examples rather than understating it). A standard error lm-eval does not give
+    counts as 0. Which sign is better follows lm-eval's ``higher_is_better``; without it, no verdict.
+    """
+    errors = (_mean_stderr(stderrs), _mean_stderr(reference_stderrs))
+    return _difference(variant, label, "", values, reference, reference_values, higher_is_better, errors)
+
+
+def _difference(
+    variant: str, label: str, unit: str, values: list[float], reference: str, reference_values: list[float],
+    higher_is_better: bool | None, lm_eval_errors: tuple[float, float] | None = None,
+) -> Difference:
+    """d = mean(values) - mean(reference_values), its SE (Welch over seeds, plus lm-eval's errors) and verdict."""
     n, n_ref = len(values), len(reference_values)
     if not values or not reference_values:
         missing = variant if not values else reference
         return Difference(reference, None, None, n, n_ref, "no runs",
                           f"{variant}: {missing} has no finished run, so nothing is compared.")
     d = math.fsum(values) / n - math.fsum(reference_values) / n_ref
-    head = f"{variant}: validation loss {d:+.4f} nats/token against {reference}"
+    head = f"{variant}: {label} {d:+.4f}{unit} against {reference}"
     if n < 2 or n_ref < 2:
         fewest = variant if n < 2 else reference
         return Difference(reference, d, None, n, n_ref, "SE unknown",
                           f"{head}; {fewest} has one finished seed, so the SE is unknown and no claim is made.")
-    se = math.sqrt(Stat.of(values).std ** 2 / n + Stat.of(reference_values).std ** 2 / n_ref)
+    e_v, e_r = lm_eval_errors or (0.0, 0.0)
+    se = math.sqrt(Stat.of(values).std ** 2 / n + Stat.of(reference_values).std ** 2 / n_ref + e_v ** 2 + e_r ** 2)
+    lm_eval_part = f", lm-eval's part {math.hypot(e_v, e_r):.4f}" if lm_eval_errors else ""
+    detail = f"SE {se:.4f}{lm_eval_part}; {n} and {n_ref} seeds"
+    if higher_is_better is None:
+        return Difference(reference, d, se, n, n_ref, "no direction",
+                          f"{head} ({detail}): lm-eval declares no better direction for it, so no claim is made.")
+    verdict, why = _verdict(d, se, higher_is_better)
+    return Difference(reference, d, se, n, n_ref, verdict, f"{head} ({detail}): {verdict} ({why}).")
+
+
+def _verdict(d: float, se: float, higher_is_better: bool) -> tuple[str, str]:
+    """("better" | "worse" | "tied within noise", why) for a difference `d` with standard error `se`."""
     if abs(d) < SE_FACTOR * se or d == 0:
-        verdict, why = "tied within noise", f"|difference| < {SE_FACTOR:g} SE"
-    else:
-        verdict = "better" if d < 0 else "worse"
-        why = f"{'lower' if d < 0 else 'higher'} by {abs(d) / se:.1f} SE" if se > 0 else "no spread over seeds"
-    return Difference(reference, d, se, n, n_ref, verdict,
-                      f"{head} (SE {se:.4f}; {n} and {n_ref} seeds): {verdict} ({why}).")
+        return "tied within noise", f"|difference| < {SE_FACTOR:g} SE"
+    verdict = "better" if (d > 0) == higher_is_better else "worse"
+    why = f"{'lower' if d < 0 else 'higher'} by {abs(d) / se:.1f} SE" if se > 0 else "no spread over seeds"
+    return verdict, why
+
+
+def _mean_stderr(stderrs: list[float | None]) -> float:
+    return math.fsum(e or 0.0 for e in stderrs) / len(stderrs) if stderrs else 0.0
 
 
 # ----------------------------------------------------------------------------------------- aggregation
@@ -60,12 +103,40 @@ def _routing(runs: list[RunResult]) -> list[list[Stat]] | None:
     return [[Stat.of([t[layer][i] for t in tables]) for i in range(sources)] for layer in range(layers)]
 
 
+def task_key(score: TaskScore) -> str:
+    """The report's name of a task metric: ``task metric`` (lm-eval's filter shown only when not "none")."""
+    name, _, metric_filter = score.metric.partition(",")
+    return f"{score.task} {name}" + (f" ({metric_filter})" if metric_filter and metric_filter != "none" else "")
+
+
+def _task_scores(runs: list[RunResult]) -> dict[str, list[TaskScore]]:
+    """Task metric -> its score in each run that has lm-eval scores, in run order."""
+    found: dict[str, list[TaskScore]] = {}
+    for run in runs:
+        for score in run.lm_eval.scores if run.lm_eval is not None else []:
+            found.setdefault(task_key(score), []).append(score)
+    return found
+
+
+def _task_differences(variant: str, scores: dict[str, list[TaskScore]], reference: str,
+                      reference_scores: dict[str, list[TaskScore]]) -> dict[str, Difference]:
+    return {
+        key: task_difference(
+            variant, key, [s.value for s in found], [s.stderr for s in found], reference,
+            [s.value for s in reference_scores[key]], [s.stderr for s in reference_scores[key]],
+            found[0].higher_is_better,
+        )
+        for key, found in scores.items() if key in reference_scores
+    }
+
+
 def summarize(results: list[RunResult], reference: str | None) -> list[VariantSummary]:
     """One row per variant, in first-seen order; differences to `reference` (None: no differences)."""
     by_variant: dict[str, list[RunResult]] = {}
     for result in results:
         by_variant.setdefault(result.variant, []).append(result)
     primary_losses = {v: [r.evaluation.primary.loss for r in runs if r.ok] for v, runs in by_variant.items()}
+    task_scores = {v: _task_scores([r for r in runs if r.ok]) for v, runs in by_variant.items()}
     rows = []
     for variant, runs in by_variant.items():
         ok = [r for r in runs if r.ok]
@@ -95,6 +166,10 @@ def summarize(results: list[RunResult], reference: str | None) -> list[VariantSu
             routing=_routing(ok),
             difference=(difference(variant, primary_losses[variant], reference, primary_losses[reference])
                         if compared else None),
+            task_scores={key: Stat.of([s.value for s in found]) for key, found in task_scores[variant].items()},
+            task_stderrs={key: Stat.of([s.stderr for s in found]) for key, found in task_scores[variant].items()},
+            task_differences=(_task_differences(variant, task_scores[variant], reference, task_scores[reference])
+                              if compared else {}),
         ))
     return rows
 

@@ -1,4 +1,4 @@
-"""The processes of one run: ``python -m litgpt_mka.compare.worker {train,evaluate} RUN_DIR``.
+"""The processes of one run: ``python -m litgpt_mka.compare.worker {train,evaluate,lm_eval} RUN_DIR``.
 
 Both read ``RUN_DIR/spec.json`` (written by the runner) and write their result atomically.
 
@@ -21,6 +21,9 @@ Both read ``RUN_DIR/spec.json`` (written by the runner) and write their result a
     it) on the final weights, and writes ``result.json`` (a :class:`~litgpt_mka.compare.records.RunResult`
     with ``"status": "ok"``). Then removes
     the ``step-*`` folders unless ``--keep_step_checkpoints`` (the run is finished; ``final/`` stays).
+``lm_eval``
+    With ``--tasks a,b [--include_path DIR]`` (compare's ``--lm_eval_tasks``), after the run finished: lm-eval
+    task scores of ``final`` into ``lm_eval.json`` (:mod:`.tasks`).
 """
 
 import argparse
@@ -176,6 +179,15 @@ def evaluate(run_dir: Path, keep_step_checkpoints: bool) -> None:
         remove_step_checkpoints(out_dir)
 
 
+def score_tasks(run_dir: Path, tasks: list[str], include_path: Path | None) -> None:
+    """The lm_eval phase: lm-eval task scores of the final checkpoint into lm_eval.json (litgpt_mka.compare.tasks)."""
+    from litgpt_mka.compare.tasks import score_run
+
+    spec = read_spec(run_dir)
+    result = score_run(run_dir, tasks, include_path, spec.measure.eval_batch_size, spec.seed)
+    print(f"lm-eval: {len(result.scores)} scores of {', '.join(tasks)} in {result.wall_time_s:.0f} s", flush=True)
+
+
 def remove_step_checkpoints(out_dir: Path) -> None:
     """Deletes the resume points of a finished run (``step-*``, ``incomplete-step-*``); ``final/`` stays."""
     for path in [*Path(out_dir).glob("step-*"), *Path(out_dir).glob("incomplete-step-*")]:
@@ -185,9 +197,11 @@ def remove_step_checkpoints(out_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------- command
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m litgpt_mka.compare.worker", description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=("train", "evaluate"))
+    parser.add_argument("phase", choices=("train", "evaluate", "lm_eval"))
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--keep_step_checkpoints", action="store_true", help="evaluate: keep the step-* folders")
+    parser.add_argument("--tasks", help="lm_eval: comma-separated lm-eval task names")
+    parser.add_argument("--include_path", type=Path, help="lm_eval: a folder of extra task YAML files")
     return parser.parse_args(argv)
 
 
@@ -200,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.phase == "train":
         train(args.run_dir)
+    elif args.phase == "lm_eval":
+        score_tasks(args.run_dir, args.tasks.split(","), args.include_path)
     else:
         evaluate(args.run_dir, args.keep_step_checkpoints)
 

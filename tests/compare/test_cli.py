@@ -15,12 +15,13 @@ def test_the_command_line_fills_the_options_dataclass(monkeypatch):
     monkeypatch.setitem(cli.SUBCOMMANDS, "compare", cli.Subcommand(CompareOptions, lambda o: parsed.append(o) or 0))
     with pytest.raises(SystemExit) as exit_status:
         cli.main(["compare", "--configs", "a.yaml", "b.yaml", "--seeds", "1", "2", "--val_path", "in.txt", "out.txt",
-                  "--reference", "a", "--max_tokens", "1000", "--plots", "false"])
+                  "--reference", "a", "--max_tokens", "1000", "--plots", "false", "--lm_eval_tasks", "piqa", "sciq"])
     assert exit_status.value.code == 0
     assert parsed == [CompareOptions(configs=[Path("a.yaml"), Path("b.yaml")], seeds=[1, 2],
                                      val_path=[Path("in.txt"), Path("out.txt")], reference="a", max_tokens=1000,
-                                     plots=False)]
-    assert cli.list_options(CompareOptions) == {"--configs": str, "--seeds": int, "--val_path": str, "--pretrain_args": str}
+                                     plots=False, lm_eval_tasks=["piqa", "sciq"])]
+    assert cli.list_options(CompareOptions) == {"--configs": str, "--seeds": int, "--val_path": str, "--pretrain_args": str,
+                                                "--lm_eval_tasks": str}
 
 
 def test_list_options_take_several_values_after_one_flag():

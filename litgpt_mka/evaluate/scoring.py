@@ -1,0 +1,102 @@
+"""Token-level scoring of a litgpt ``GPT``: the log-likelihood of continuations, in batches of full forwards.
+
+Notation: ``B`` requests per batch, ``T`` the longest input of the batch, ``V`` the padded vocabulary,
+``L`` the model's context window (``config.block_size``), ``n`` the continuation's tokens.
+
+One request is a context and a continuation, both token ids. The model reads ``(context + continuation)``
+without its last token, left-truncated to ``L`` tokens (as lm-eval's ``HFLM`` does for causal models); the
+logits at the last ``n`` input positions predict the ``n`` continuation tokens:
+
+    tokens   c0 c1 c2 | k0 k1 k2         (context | continuation)
+    input    c0 c1 c2   k0 k1            (the last token is never read)
+    predicts c1 c2 k0   k1 k2            (the last n = 3 predictions are scored)
+
+A batch is right-padded to ``T`` with token 0: every variant is causal, so padding after a request's tokens
+changes none of its logits. Requests are scored longest first (the first batch is the largest, so an
+out-of-memory error comes at once), and the results are returned in the requests' order.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ScoredWindow:
+    """What the model reads for one request, and which of its predictions count."""
+
+    input_ids: list[int]  # at most L tokens: (context + continuation)[-(L + 1):][:-1]
+    continuation: list[int]  # the n tokens scored, predicted by the last n input positions
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    log_likelihood: float  # sum over the continuation of log p(token | everything before it)
+    is_greedy: bool  # every continuation token is the argmax of its prediction
+
+
+def scored_window(context: Sequence[int], continuation: Sequence[int], max_length: int) -> ScoredWindow:
+    """The left-truncated input that scores `continuation` after `context` in a window of `max_length` tokens.
+
+    Raises:
+        ValueError: an empty context or continuation, or a continuation longer than `max_length`.
+    """
+    if not context:
+        raise ValueError("context is empty: lm-eval prefixes an empty context with the EOS/BOS token first")
+    if not continuation:
+        raise ValueError(f"continuation is empty (context of {len(context)} tokens): there is nothing to score")
+    if len(continuation) > max_length:
+        raise ValueError(
+            f"continuation of {len(continuation)} tokens does not fit the context window of {max_length} tokens"
+        )
+    tokens = [*context, *continuation][-(max_length + 1) :]
+    return ScoredWindow(input_ids=tokens[:-1], continuation=list(continuation))
+
+
+@torch.no_grad()
+def score_batch(model: torch.nn.Module, windows: Sequence[ScoredWindow]) -> list[ContinuationScore]:
+    """One right-padded forward pass over `windows`; log-probabilities in float32 over the padded vocabulary."""
+    device = next(model.parameters()).device
+    T = max(len(w.input_ids) for w in windows)
+    idx = torch.zeros(len(windows), T, dtype=torch.long)  # (B, T), right-padded with token 0
+    for row, window in enumerate(windows):
+        idx[row, : len(window.input_ids)] = torch.tensor(window.input_ids)
+    logits = model(idx.to(device))  # (B, T, V)
+    scores = []
+    for row, window in enumerate(windows):
+        end, n = len(window.input_ids), len(window.continuation)
+        log_probs = torch.log_softmax(logits[row, end - n : end].float(), dim=-1)  # (n, V)
+        targets = torch.tensor(window.continuation, device=device)  # (n,)
+        picked = log_probs.gather(-1, targets[:, None]).squeeze(-1)  # (n,)
+        greedy = bool((log_probs.argmax(dim=-1) == targets).all())
+        scores.append(ContinuationScore(float(picked.sum()), greedy))
+    return scores
+
+
+def longest_first_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices into `lengths`, longest first (ties in their original order), in batches of `batch_size`."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def score_windows(
+    model: torch.nn.Module,
+    windows: Sequence[ScoredWindow],
+    batch_size: int,
+    on_batch: Callable[[int, int, int], None] | None = None,
+) -> list[ContinuationScore]:
+    """`score_batch` over batches of `batch_size` windows, longest first; results in the order of `windows`.
+
+    `on_batch(batch_number, batches, requests_done)` is called after each batch (progress).
+    """
+    results: list[ContinuationScore | None] = [None] * len(windows)
+    batches = longest_first_batches([len(w.input_ids) for w in windows], batch_size)
+    done = 0
+    for number, batch in enumerate(batches, start=1):
+        for index, score in zip(batch, score_batch(model, [windows[i] for i in batch])):
+            results[index] = score
+        done += len(batch)
+        if on_batch is not None:
+            on_batch(number, len(batches), done)
+    return results
