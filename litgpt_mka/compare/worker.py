@@ -183,7 +183,7 @@ def score_tasks(run_dir: Path, tasks: list[str], include_path: Path | None) -> N
     """The lm_eval phase: lm-eval task scores of the final checkpoint into lm_eval.json (litgpt_mka.compare.tasks)."""
     from litgpt_mka.compare.tasks import score_run
 
-    spec = read_spec(run_dir)
+    spec = RunFolder(run_dir).read_spec()
     result = score_run(run_dir, tasks, include_path, spec.measure.eval_batch_size, spec.seed)
     print(f"lm-eval: {len(result.scores)} scores of {', '.join(tasks)} in {result.wall_time_s:.0f} s", flush=True)
 
