@@ -54,6 +54,10 @@ Cache: litgpt's ``KVCache``, per layer::
     bytes per token per layer = 2 nh_kv hs x dtype size    70m fp32: GQA 2 x 2 x 64 x 4 = 1024, MQA 512
     (MHA: 2 nh_q hs x 4 = 4096)
 
+With ``kv_cache_quantization`` set, :class:`QuantizedKVCache` holds the same two sequences quantized per
+token (:mod:`litgpt_mka.attention.quantization`: codes, float16 scales, an optional exact residual window)
+and returns them dequantized, up to ``input_pos_maxp1`` positions.
+
 ``attention_logit_softcapping`` is supported (explicit softmax over the same query rows, masked
 positions set to -inf; litgpt's class adds its boolean cache mask to the scores instead, so its own
 softcapped cached decoding drifts from its full forward, by 0.5 in the logits of a tiny model);
@@ -68,8 +72,8 @@ import torch
 import torch.nn.functional as F
 from litgpt.model import CausalSelfAttention, KVCache, do_softcapping
 
-from litgpt_mka.attention.kv_cache import attends_to_whole_cache, causal_mask
-from litgpt_mka.attention.variant import CachedAttention, rope_function
+from litgpt_mka.attention.kv_cache import KVCacheBase, attends_to_whole_cache, causal_mask
+from litgpt_mka.attention.variant import CachedAttention, QuantizedRows, cache_quantization, rope_function
 
 
 def attention_scale(config: Any, mscale: float) -> float:
@@ -148,6 +152,32 @@ def _attention(
     return scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype) @ v  # (B, n, R, hs)
 
 
+class QuantizedKVCache(KVCacheBase):
+    """Keys and values (B, nh_kv, S, hs), each a quantized sequence (``kv_cache_quantization``; see the module doc).
+
+    litgpt's contract through :class:`~litgpt_mka.attention.kv_cache.KVCacheBase`; returns the first ``bs``
+    rows and ``input_pos_maxp1`` positions (all S when None), dequantized to the chunk's dtype.
+    """
+
+    activation_buffers = ("k", "v")
+
+    def __init__(self, batch_size: int, max_seq_length: int, n_query_groups: int, head_size: int, quantization,
+                 **placement) -> None:
+        """`placement`: ``device`` and ``dtype`` (the dtype of the residual window)."""
+        super().__init__(batch_size, max_seq_length, **placement)
+        shape = (batch_size, n_query_groups, max_seq_length, head_size)  # (B, nh_kv, S, hs)
+        self.add_sequence("k", *shape, quantization=quantization)
+        self.add_sequence("v", *shape, quantization=quantization)
+
+    def forward(
+        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos_maxp1: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writes k, v (bs, nh_kv, T, hs) at ``input_pos``; returns 2x (bs, nh_kv, S', hs)."""
+        bs, _, T, _ = k.shape
+        self.check_chunk(input_pos, bs, T, input_pos_maxp1)
+        return self.update("k", input_pos, k, input_pos_maxp1), self.update("v", input_pos, v, input_pos_maxp1)
+
+
 class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
     """litgpt's ``CausalSelfAttention`` (MHA, GQA, MQA) with grouped cached decoding; see the module docstring.
 
@@ -155,17 +185,23 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
     :func:`grouped_attention` instead of repeating the cache to every query head.
     """
 
-    cache_class = KVCache
+    cache_class = (KVCache, QuantizedKVCache)
     rope_width_field = "rope_n_elem"
 
     def __init__(self, config: Any, block_idx: int) -> None:
         super().__init__(config, block_idx)
         self.scale = attention_scale(config, self.mscale)
 
-    def new_kv_cache(self, batch_size: int, max_seq_length: int, device, dtype) -> KVCache:
-        """litgpt's own cache, keys ``head_size`` wide (the checked rope_cache_length is rope_n_elem)."""
-        rope_n_elem = self.config.rope_n_elem
-        return CausalSelfAttention.build_kv_cache(self, batch_size, max_seq_length, rope_n_elem, device, dtype)
+    def new_kv_cache(self, batch_size: int, max_seq_length: int, device, dtype) -> KVCache | QuantizedKVCache:
+        """litgpt's own cache, keys ``head_size`` wide (the checked rope_cache_length is rope_n_elem); the
+        quantized one under ``kv_cache_quantization``."""
+        c = self.config
+        quantization = cache_quantization(c)
+        if quantization is not None:
+            return QuantizedKVCache(
+                batch_size, max_seq_length, c.n_query_groups, c.head_size, quantization, device=device, dtype=dtype
+            )
+        return CausalSelfAttention.build_kv_cache(self, batch_size, max_seq_length, c.rope_n_elem, device, dtype)
 
     @classmethod
     def validate_config(cls, config: Any) -> None:
@@ -182,13 +218,21 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
         """litgpt's cache: keys and values of the nh_kv heads, ``2 nh_kv hs``."""
         return 2 * config.n_query_groups * config.head_size
 
+    @classmethod
+    def kv_cache_quantized_rows(cls, config: Any) -> tuple[QuantizedRows, ...]:
+        """Keys and values: two buffers of nh_kv rows, hs wide, per token."""
+        return (QuantizedRows("key/value head", config.head_size, config.n_query_groups, 2),)
+
     def attend(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
         """litgpt's attention forward (see ``CachedAttention.forward``); x (B, T, C) -> (B, T, C)."""
         B, T, _ = x.shape
         q, k, v = self._project(x, cos, sin)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
         if input_pos is not None:
-            k, v = self.kv_cache(input_pos, k, v)  # 2x (B, nh_kv, max_seq_length, hs)
-            k, v = k[:, :, :input_pos_maxp1], v[:, :, :input_pos_maxp1]  # 2x (B, nh_kv, S, hs)
+            if isinstance(self.kv_cache, KVCache):  # litgpt's: returns all max_seq_length positions
+                k, v = self.kv_cache(input_pos, k, v)  # 2x (B, nh_kv, max_seq_length, hs)
+                k, v = k[:, :, :input_pos_maxp1], v[:, :, :input_pos_maxp1]  # 2x (B, nh_kv, S, hs)
+            else:  # quantized: dequantizes only the S positions attended to
+                k, v = self.kv_cache(input_pos, k, v, input_pos_maxp1)  # 2x (B, nh_kv, S, hs)
             if attends_to_whole_cache(T, input_pos, input_pos_maxp1):
                 mask = None
             elif mask is None:
@@ -224,4 +268,4 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
         return q, k, v
 
 
-__all__ = ["GroupedQueryAttention", "attention_scale", "grouped_attention"]
+__all__ = ["GroupedQueryAttention", "QuantizedKVCache", "attention_scale", "grouped_attention"]

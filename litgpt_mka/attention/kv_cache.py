@@ -88,6 +88,25 @@ class KVCacheBase(nn.Module):
         placement = {**self._placement, **({"dtype": dtype} if dtype is not None else {})}
         self.register_buffer(name, torch.full(shape, fill, **placement), persistent=False)
 
+    def add_sequence(self, name: str, *shape: int, quantization=None) -> None:
+        """A cached sequence of `shape` (time at dim -2): a plain buffer (``quantization`` None, see
+        :meth:`add_buffer`) or the :class:`~litgpt_mka.attention.quantization.QuantizedSequence` of a
+        ``KVQuantization``."""
+        if quantization is None:
+            self.add_buffer(name, *shape)
+        else:
+            setattr(self, name, quantization.new_sequence(shape, **self._placement))
+
+    def update(
+        self, name: str, input_pos: torch.Tensor, new: torch.Tensor, input_pos_maxp1: int | None
+    ) -> torch.Tensor:
+        """Writes `new` (bs, ..., T, F) into the sequence `name` at `input_pos`; returns its first ``bs`` rows and
+        ``input_pos_maxp1`` positions (all when None), dequantized if the sequence is quantized."""
+        store = getattr(self, name)
+        if isinstance(store, nn.Module):
+            return store.update(input_pos, new, input_pos_maxp1)
+        return write_positions(store[: new.size(0)], new.dim() - 2, input_pos, new)[..., :input_pos_maxp1, :]
+
     def check_chunk(self, input_pos: torch.Tensor, bs: int, T: int, input_pos_maxp1: int | None) -> None:
         if bs > self.batch_size:
             raise ValueError(
@@ -113,14 +132,16 @@ class KVCacheBase(nn.Module):
     def follow_dtype(self, dtype: torch.dtype) -> None:
         """Moves the buffers in ``activation_buffers`` to the activation `dtype` (AMP), as litgpt's KVCache does."""
         for name in self.activation_buffers:
-            buffer = getattr(self, name)
-            if buffer is not None and buffer.dtype != dtype:
+            buffer = getattr(self, name)  # a quantized sequence (a module) keeps its codes and follows on update
+            if isinstance(buffer, torch.Tensor) and buffer.dtype != dtype:
                 setattr(self, name, buffer.to(dtype))
 
     def reset_parameters(self) -> None:
         """Clears every buffer (``litgpt generate`` calls this between samples)."""
         for buffer in self.buffers():
             nn.init.zeros_(buffer)
+        for store in self.children():
+            store.reset()  # quantized sequences: their ring positions back to empty
 
 
 def check_rope_cache_length(variant: str, rope_cache_length: int | None, expected: int, field: str) -> None:

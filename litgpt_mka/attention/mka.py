@@ -84,6 +84,10 @@ buffer           shape                     content                              
                                            empty)
 ===============  ========================  =========================================  ============
 
+With ``kv_cache_quantization`` set, ``k``, ``v`` (and ``k_session``, ``v_session``) are quantized sequences
+(:mod:`litgpt_mka.attention.quantization`); the ring of sums stays float32: it is per sequence, and a
+quantized running sum would carry its error into every later position.
+
 The running sum of position t lives in ring slot ``t mod W``; W is ``sum_window`` (default 16, at most
 S). A chunk starting at position s continues the sum of position s - 1, so a chunk may start anywhere
 the ring still holds: appending (every decode step, chunked prefill) and rewriting any of the last
@@ -129,7 +133,15 @@ from litgpt.model import CausalSelfAttention
 
 from litgpt_mka.attention.grouped import attention_scale, grouped_attention
 from litgpt_mka.attention.kv_cache import KVCacheBase, causal_mask, reads_positions, write_positions
-from litgpt_mka.attention.variant import CachedAttention, WeightDerived, check_keys, positive_int, rope_function
+from litgpt_mka.attention.variant import (
+    CachedAttention,
+    QuantizedRows,
+    WeightDerived,
+    cache_quantization,
+    check_keys,
+    positive_int,
+    rope_function,
+)
 
 ROUTINGS = ("keys", "keys_values", "outputs")
 MEMORY_SOURCES = ("local", "session", "long_term")
@@ -232,16 +244,18 @@ class MemorizedKeyCache(KVCacheBase):
         sum_width: int,
         sum_window: int,
         session_branch: bool,
+        quantization=None,
         **placement,
     ) -> None:
-        """`placement`: ``device`` and ``dtype`` (the cache dtype) of the buffers; the sums are float32 or wider."""
+        """`quantization`: a ``KVQuantization`` of the keys and values (never the sums), or None; `placement`:
+        ``device`` and ``dtype`` (the cache dtype) of the buffers; the sums are float32 or wider."""
         super().__init__(batch_size, max_seq_length, **placement)
         kv_shape = (batch_size, n_query_groups, max_seq_length, head_size)  # (B, nh_kv, S, hs)
-        self.add_buffer("k", *kv_shape)
-        self.add_buffer("v", *kv_shape)
+        self.add_sequence("k", *kv_shape, quantization=quantization)
+        self.add_sequence("v", *kv_shape, quantization=quantization)
         if session_branch:
-            self.add_buffer("k_session", *kv_shape)
-            self.add_buffer("v_session", *kv_shape)
+            self.add_sequence("k_session", *kv_shape, quantization=quantization)
+            self.add_sequence("v_session", *kv_shape, quantization=quantization)
         else:
             self.k_session = self.v_session = None
         self.sum_window = min(sum_window, max_seq_length)  # W
@@ -262,9 +276,7 @@ class MemorizedKeyCache(KVCacheBase):
         bs, _, T, _ = k.shape
         self.check_chunk(input_pos, bs, T, input_pos_maxp1)
         self.follow_dtype(k.dtype)
-        k_all = write_positions(self.k[:bs], 2, input_pos, k)[:, :, :input_pos_maxp1]
-        v_all = write_positions(self.v[:bs], 2, input_pos, v)[:, :, :input_pos_maxp1]
-        return k_all, v_all
+        return self.update("k", input_pos, k, input_pos_maxp1), self.update("v", input_pos, v, input_pos_maxp1)
 
     def branches(
         self,
@@ -277,9 +289,8 @@ class MemorizedKeyCache(KVCacheBase):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``outputs`` mode: writes both branches' keys and values, returns them: 4x (bs, nh_kv, S', hs)."""
         k_local, v_local = self(input_pos, k_local, v_local, input_pos_maxp1)
-        bs = k_session.size(0)
-        k_session = write_positions(self.k_session[:bs], 2, input_pos, k_session)[:, :, :input_pos_maxp1]
-        v_session = write_positions(self.v_session[:bs], 2, input_pos, v_session)[:, :, :input_pos_maxp1]
+        k_session = self.update("k_session", input_pos, k_session, input_pos_maxp1)
+        v_session = self.update("v_session", input_pos, v_session, input_pos_maxp1)
         return k_local, v_local, k_session, v_session
 
     def running_sums(
@@ -403,7 +414,14 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         """
         settings = config.memorized_key_attention
         width = _sum_width(settings["routing"], config.n_query_groups * config.head_size)
-        return settings["sum_window"] * (width * _sum_dtype(dtype).itemsize + torch.int64.itemsize)
+        ring = settings["sum_window"] * (width * _sum_dtype(dtype).itemsize + torch.int64.itemsize)
+        return ring + super().kv_cache_bytes_per_sequence(config, dtype)  # + a quantized cache's residual window
+
+    @classmethod
+    def kv_cache_quantized_rows(cls, config: Config) -> tuple[QuantizedRows, ...]:
+        """Keys and values (and the ``outputs`` session branch's): nh_kv rows of hs per buffer; never the sums."""
+        buffers = _CACHE_UNITS[config.memorized_key_attention["routing"]]
+        return (QuantizedRows("key/value head", config.head_size, config.n_query_groups, buffers),)
 
     def new_kv_cache(self, batch_size: int, max_seq_length: int, device, dtype) -> MemorizedKeyCache:
         return MemorizedKeyCache(
@@ -414,6 +432,7 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             sum_width=self._sum_width(),
             sum_window=self.config.memorized_key_attention["sum_window"],
             session_branch=self.routing == "outputs",
+            quantization=cache_quantization(self.config),
             device=device,
             dtype=dtype,
         )

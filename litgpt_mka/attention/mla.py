@@ -80,6 +80,10 @@ Cache layout (:class:`LatentKVCache`), per layer::
 
     bytes per token per layer = (L + R) x dtype size     e.g. 70m fp32: (128 + 16) x 4 = 576
     (litgpt's stock MLA caches nh (P+R+V) = 1024 numbers, plain MHA 2 nh hs = 1024)
+
+With ``kv_cache_quantization`` set, ``latent`` is a quantized sequence (per token, groups along L;
+:mod:`litgpt_mka.attention.quantization`) and ``k_rope`` stays in the cache dtype, as FlashMLA keeps its
+RoPE key in bf16: the latent's bytes drop, the R numbers of the RoPE key do not.
 """
 
 import math
@@ -91,8 +95,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from litgpt.model import RMSNorm, do_softcapping, yarn_get_mscale
 
-from litgpt_mka.attention.kv_cache import KVCacheBase, attends_to_whole_cache, causal_mask, write_positions
-from litgpt_mka.attention.variant import CachedAttention, WeightDerived, check_keys, positive_int, rope_function
+from litgpt_mka.attention.kv_cache import KVCacheBase, attends_to_whole_cache, causal_mask
+from litgpt_mka.attention.variant import (
+    CachedAttention,
+    QuantizedRows,
+    WeightDerived,
+    cache_quantization,
+    check_keys,
+    positive_int,
+    rope_function,
+)
 
 LATENT_ATTENTION_KEYS = (
     "q_lora_rank",
@@ -169,10 +181,13 @@ class LatentKVCache(KVCacheBase):
 
     activation_buffers = ("latent", "k_rope")
 
-    def __init__(self, batch_size: int, max_seq_length: int, kv_lora_rank: int, qk_rope_head_dim: int, **placement):
-        """`placement`: ``device`` and ``dtype`` of the buffers."""
+    def __init__(
+        self, batch_size: int, max_seq_length: int, kv_lora_rank: int, qk_rope_head_dim: int, quantization=None,
+        **placement,
+    ):
+        """`quantization`: a ``KVQuantization`` of the latent, or None; `placement`: ``device`` and ``dtype``."""
         super().__init__(batch_size, max_seq_length, **placement)
-        self.add_buffer("latent", batch_size, max_seq_length, kv_lora_rank)  # (B, S, L)
+        self.add_sequence("latent", batch_size, max_seq_length, kv_lora_rank, quantization=quantization)  # (B, S, L)
         self.add_buffer("k_rope", batch_size, max_seq_length, qk_rope_head_dim)  # (B, S, R)
 
     def forward(
@@ -186,8 +201,8 @@ class LatentKVCache(KVCacheBase):
         bs, T = latent.shape[:2]
         self.check_chunk(input_pos, bs, T, input_pos_maxp1)
         self.follow_dtype(latent.dtype)
-        latent_all = write_positions(self.latent[:bs], 1, input_pos, latent)[:, :input_pos_maxp1]  # (bs, S, L)
-        k_rope_all = write_positions(self.k_rope[:bs], 1, input_pos, k_rope)[:, :input_pos_maxp1]  # (bs, S, R)
+        latent_all = self.update("latent", input_pos, latent, input_pos_maxp1)  # (bs, S, L)
+        k_rope_all = self.update("k_rope", input_pos, k_rope, input_pos_maxp1)  # (bs, S, R)
         return latent_all, k_rope_all
 
 
@@ -238,6 +253,11 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
     def kv_cache_elements_per_token(cls, config: Any) -> int:
         """Numbers cached per token per layer: the latent (L) and the shared RoPE key (R)."""
         return config.kv_lora_rank + config.qk_rope_head_dim
+
+    @classmethod
+    def kv_cache_quantized_rows(cls, config: Any) -> tuple[QuantizedRows, ...]:
+        """The latent (one row of L per token); the RoPE key stays in the cache dtype."""
+        return (QuantizedRows("latent (kv_lora_rank)", config.kv_lora_rank, 1, 1),)
 
     # --------------------------------------------------------------------------------------- forward
     def attend(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
@@ -385,7 +405,10 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
     # ----------------------------------------------------------------------------------------- cache
     def new_kv_cache(self, batch_size: int, max_seq_length: int, device, dtype) -> LatentKVCache:
         c = self.config
-        return LatentKVCache(batch_size, max_seq_length, c.kv_lora_rank, c.qk_rope_head_dim, device=device, dtype=dtype)
+        return LatentKVCache(
+            batch_size, max_seq_length, c.kv_lora_rank, c.qk_rope_head_dim, cache_quantization(c),
+            device=device, dtype=dtype,
+        )
 
 
 __all__ = [

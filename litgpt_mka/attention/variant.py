@@ -10,7 +10,12 @@ A variant is an attention module for litgpt's ``Block`` plus four class-level an
 ``kv_cache_elements_per_token(c)``  numbers cached per token per layer
 ``kv_cache_bytes_per_token(c, dt)`` bytes per token per layer for a cache of dtype ``dt``
 ``kv_cache_bytes_per_sequence(..)`` bytes per sequence per layer that do not grow with the context
+``kv_cache_quantized_rows(c)``      the cached rows that ``kv_cache_quantization`` stores in fewer bits
+                                    (empty: the variant keeps an unquantized cache and refuses the key)
 ==================================  ======================================================================
+
+The byte counts follow ``config.kv_cache_quantization`` (:mod:`litgpt_mka.attention.quantization`): its
+rows cost :meth:`~litgpt_mka.attention.quantization.KVQuantization.bytes_per_row`, the rest the cache dtype.
 
 and, on the module, litgpt's ``build_kv_cache(batch_size, max_seq_length, rope_cache_length, device,
 dtype)``. Our attention classes inherit :class:`CachedAttention` (litgpt's ``forward`` and
@@ -18,12 +23,29 @@ dtype)``. Our attention classes inherit :class:`CachedAttention` (litgpt's ``for
 ``AttentionVariant`` descriptors in :mod:`litgpt_mka.attention.litgpt_classes`.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 
 from litgpt_mka.attention.kv_cache import check_rope_cache_length, require_cache
+from litgpt_mka.attention.quantization import FIELD as QUANTIZATION_FIELD
+from litgpt_mka.attention.quantization import KVQuantization, check_row_width, parse_quantization
+
+
+class QuantizedRows(NamedTuple):
+    """Cached rows of one kind that a quantized cache stores in fewer bits: `buffers` buffers of `heads`
+    rows of `width` numbers per token (GQA keys and values: width hs, heads nh_kv, buffers 2)."""
+
+    name: str
+    width: int
+    heads: int
+    buffers: int
+
+
+def cache_quantization(config: Any) -> KVQuantization | None:
+    """The config's parsed ``kv_cache_quantization`` (None: off, or a config without the field)."""
+    return parse_quantization(getattr(config, QUANTIZATION_FIELD, None))
 
 
 def positive_int(field: str, value: Any, *, allow_none: str | None = None) -> None:
@@ -57,18 +79,55 @@ class AttentionVariant:
         """No settings of its own by default."""
 
     @classmethod
+    def validate_quantization(cls, config: Any) -> None:
+        """Raises ValueError for a ``kv_cache_quantization`` this variant's cache cannot store (see the module doc)."""
+        quantization = cache_quantization(config)
+        if quantization is None:
+            return
+        rows = cls.kv_cache_quantized_rows(config)
+        if not rows:
+            raise ValueError(
+                f"{QUANTIZATION_FIELD}={getattr(config, QUANTIZATION_FIELD)!r} is not supported with"
+                f" {cls.__name__} (litgpt's own cache); quantized caches are ours: for MHA/GQA/MQA set"
+                " attention_class_name: GroupedQueryAttention (litgpt's parameters, the same outputs), for MLA"
+                " MultiheadLatentAttention"
+            )
+        for row in rows:
+            check_row_width(quantization, row.width, row.name)
+
+    @classmethod
     def kv_cache_elements_per_token(cls, config: Any) -> int:
         raise NotImplementedError(f"{cls.__name__} must say how many numbers it caches per token and layer")
 
     @classmethod
+    def kv_cache_quantized_rows(cls, config: Any) -> tuple[QuantizedRows, ...]:
+        """None by default: the cache is never quantized."""
+        return ()
+
+    @classmethod
     def kv_cache_bytes_per_token(cls, config: Any, dtype: torch.dtype) -> int:
-        """Every cached number in `dtype` by default; a variant with buffers of other dtypes overrides this."""
-        return cls.kv_cache_elements_per_token(config) * dtype.itemsize
+        """Every cached number in `dtype`, except the rows a ``kv_cache_quantization`` stores quantized."""
+        elements = cls.kv_cache_elements_per_token(config)
+        quantization = cache_quantization(config)
+        if quantization is None:
+            return elements * dtype.itemsize
+        rows = cls.kv_cache_quantized_rows(config)
+        quantized = sum(row.width * row.heads * row.buffers for row in rows)
+        stored = sum(row.heads * row.buffers * quantization.bytes_per_row(row.width) for row in rows)
+        return (elements - quantized) * dtype.itemsize + stored
 
     @classmethod
     def kv_cache_bytes_per_sequence(cls, config: Any, dtype: torch.dtype) -> int:
-        """Nothing that stays constant along the context, by default."""
-        return 0
+        """The residual window of a quantized cache (exact rows and their int64 positions), else nothing.
+
+        Counts the full window R; a cache shorter than R holds only its length.
+        """
+        quantization = cache_quantization(config)
+        if quantization is None or not quantization.residual:
+            return 0
+        R = quantization.residual
+        rows = cls.kv_cache_quantized_rows(config)
+        return sum(row.buffers * R * (row.heads * row.width * dtype.itemsize + torch.int64.itemsize) for row in rows)
 
 
 def rope_function(config: Any):

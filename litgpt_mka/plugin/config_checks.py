@@ -54,7 +54,9 @@ def resolve_attention_variant(config: Any) -> None:
                 f"{field} is set, but attention_class_name={name!r}; {field} is only read by"
                 f" {registry.readers_of(field)}"
             )
-    registry.variant_class(config).validate_config(config)
+    variant = registry.variant_class(config)
+    variant.validate_config(config)
+    variant.validate_quantization(config)
 
 
 def validate_optimizer(optimizer) -> None:

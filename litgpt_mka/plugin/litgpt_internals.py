@@ -11,7 +11,8 @@ each extension below is applied to the imported module object, once (idempotent)
 
     * ``attention_class_name: str = "CausalSelfAttention"`` -- the key of ``registry.VARIANTS``;
     * ``<config_field>: dict | None = None`` for every variant's dict that litgpt's ``Config`` lacks
-      (today ``memorized_key_attention``; a variant registered later gets its field then).
+      (today ``memorized_key_attention``; a variant registered later gets its field then);
+    * ``kv_cache_quantization: str | dict | None = None`` (:mod:`litgpt_mka.attention.quantization`).
 
     ``__post_init__`` is wrapped: litgpt's bare ``assert``s on user input are preceded by
     ``ValueError`` checks (:mod:`litgpt_mka.plugin.config_checks`), then the registry resolves the variant
@@ -68,6 +69,7 @@ from types import ModuleType
 
 from litgpt_mka.precision import machine_default_precision, warn_if_emulated_bf16
 from litgpt_mka.attention import registry
+from litgpt_mka.attention.quantization import FIELD as QUANTIZATION_FIELD
 from litgpt_mka.plugin.config_checks import resolve_attention_variant, validate_litgpt_fields, validate_optimizer
 
 TESTED_LITGPT_VERSION = "0.5.13"
@@ -100,6 +102,7 @@ def new_config_fields(config_cls: type, entries: list) -> list[tuple[str, object
     """(name, type, default) of the fields the registry needs and `config_cls` lacks."""
     present = {field.name for field in dataclasses.fields(config_cls)}
     wanted = [("attention_class_name", str, registry.DEFAULT_ATTENTION_CLASS)]
+    wanted += [(QUANTIZATION_FIELD, str | dict | None, None)]  # litgpt_mka.attention.quantization
     wanted += [(entry.config_field, dict | None, None) for entry in entries if entry.config_field]
     return [field for field in dict.fromkeys(wanted) if field[0] not in present]
 

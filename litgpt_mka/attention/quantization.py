@@ -1,0 +1,281 @@
+"""Quantized KV caches: fewer bits per cached number, for every variant's cache (``kv_cache_quantization``).
+
+The architectures compress the cache by caching fewer numbers per token (GQA/MQA share heads, MLA caches a
+latent); this module compresses it the second way serving systems do, by storing each number in fewer bits.
+One ``Config`` key selects it (YAML, ``model_config.yaml`` of a checkpoint, or an override)::
+
+    kv_cache_quantization: null            # default: the unquantized caches, bit for bit
+    kv_cache_quantization: int8            # a name: the documented defaults below
+    kv_cache_quantization: {dtype: int4, group_size: 32, residual: 128}
+
+Notation
+
+=====  ===============================================================================
+x      one cached row: a token's key or value of one head (hs numbers), or MLA's latent (L)
+F      width of the row (the last dimension of the cache buffer)
+G      ``group_size``: consecutive numbers of a row that share one scale (G divides F)
+b      bits per stored number: 8 (int8, float8_e4m3fn) or 4 (int4, two numbers per byte)
+R      ``residual``: the most recent positions also kept in full precision (0: none)
+=====  ===============================================================================
+
+Equations, per group ``g`` (G numbers of one row; scales and offsets stored in float16)::
+
+    int8           s = max|x_g| / 127            q = round(x / s)  in [-127, 127]      x^ = s q
+    int4           s = (max x_g - min x_g) / 15  z = min x_g
+                   q = round((x - z) / s)  in [0, 15]                                  x^ = s q + z
+    float8_e4m3fn  s = max|x_g| / 448            q = float8_e4m3fn(x / s)              x^ = s q
+
+(``s`` and ``z`` are rounded to float16 first and ``q`` is computed with the rounded values, so x^ is what
+the stored numbers give back.) Quantization is per token: every group lies inside one row, so writing a
+position never changes another one; chunked prefill, batched ``(B, T)`` positions and rewriting earlier
+positions (speculative decoding) work exactly as with the unquantized cache. The error of one number is at
+most ``s / 2`` (int8, int4); float8's relative error is at most 2^-4 of the number (3 mantissa bits).
+Per-channel key scales (KIVI, KVQuantS) need a block of tokens before they can be computed and are not
+implemented.
+
+Residual window: with R > 0, the rows of the last R positions written are also kept exactly in a ring
+(slot ``position mod R``, with the position it holds); reading the cache returns those rows exactly and every
+other row dequantized. Appending (prefill, decoding) therefore keeps the newest R positions exact.
+
+Layout of one quantized buffer (:class:`QuantizedSequence`; shape ``(*lead, S, F)``, time at dim -2)::
+
+    codes     (*lead, S, F b / 8)   int8 | uint8 (int4: two per byte, low nibble first; float8_e4m3fn:
+                                    its bytes, since torch's CPU scatter has no float8 kernel)
+    scales    (*lead, S, F / G)     float16
+    offsets   (*lead, S, F / G)     float16, int4 only
+    recent    (*lead, R, F)         cache dtype (follows the activation dtype), only when R > 0
+    recent_positions (B, R)         int64, -1 = empty
+
+    bytes per token per row = F b / 8 + 2 F / G (x 2 with offsets)     hs 64, G 64: int8 66 B, int4 36 B
+    (fp32 256 B, bf16 128 B); bytes per sequence = R (F x dtype size) per row + 8 R per buffer
+
+Which buffers are quantized (each variant lists its cached rows, :meth:`AttentionVariant.kv_cache_rows`):
+GQA/MQA/MHA (``GroupedQueryAttention``) keys and values; MLA the latent, its RoPE key stays in the cache
+dtype (as FlashMLA keeps it in bf16); MKA/FMKA keys and values (and the ``outputs`` session branch), the
+ring of running sums stays float32. litgpt's own classes keep litgpt's cache and refuse the key.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from litgpt_mka.attention.kv_cache import write_positions
+
+FIELD = "kv_cache_quantization"
+# bits of one stored number, and the largest magnitude its code holds
+DTYPES = {"int8": 8, "int4": 4, "float8_e4m3fn": 8}
+DEFAULT_GROUP_SIZE = 64
+KEYS = ("dtype", "group_size", "residual")
+SCALE_DTYPE = torch.float16
+_SCALE_MIN, _SCALE_MAX = 2.0**-24, 65504.0  # float16's smallest subnormal and largest number
+_FLOAT8_MAX = 448.0
+
+
+@dataclass(frozen=True)
+class KVQuantization:
+    """A parsed ``kv_cache_quantization``: the stored dtype, the group size (capped at a row's width), the
+    residual window."""
+
+    dtype: str
+    group_size: int = DEFAULT_GROUP_SIZE
+    residual: int = 0
+
+    @property
+    def bits(self) -> int:
+        return DTYPES[self.dtype]
+
+    @property
+    def has_offsets(self) -> bool:
+        return self.dtype == "int4"
+
+    def group_for(self, width: int) -> int:
+        """The group size used for rows `width` wide: ``group_size``, or the whole row when it is narrower."""
+        return min(self.group_size, width)
+
+    def bytes_per_row(self, width: int) -> int:
+        """Stored bytes of one quantized row `width` wide: codes, scales and (int4) offsets."""
+        groups = width // self.group_for(width)
+        return width * self.bits // 8 + groups * SCALE_DTYPE.itemsize * (2 if self.has_offsets else 1)
+
+    def new_sequence(self, shape: tuple[int, ...], device=None, dtype: torch.dtype | None = None) -> "QuantizedSequence":
+        """An empty quantized cache buffer of `shape` (``KVCacheBase.add_sequence`` calls this)."""
+        return QuantizedSequence(shape, self, device=device, dtype=dtype)
+
+
+def parse_quantization(value: Any) -> KVQuantization | None:
+    """``kv_cache_quantization`` as a :class:`KVQuantization` (None: off).
+
+    Raises:
+        ValueError: an unknown dtype, an unknown key, a group size or residual that is not a positive /
+            non-negative integer, or an int4 group size that is odd (two numbers share a byte).
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"dtype": value}
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{FIELD}={value!r} must be null, one of {list(DTYPES)}, or a dict with keys {list(KEYS)}"
+        )
+    unknown = sorted(set(value) - set(KEYS))
+    if unknown:
+        raise ValueError(f"{FIELD} has unknown key(s) {unknown}; allowed keys are {list(KEYS)}")
+    dtype = value.get("dtype")
+    if dtype not in DTYPES:
+        raise ValueError(f"{FIELD}.dtype={dtype!r} must be one of {list(DTYPES)}")
+    group_size = value.get("group_size", DEFAULT_GROUP_SIZE)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"{FIELD}.group_size={group_size!r} must be a positive integer")
+    if dtype == "int4" and group_size % 2:
+        raise ValueError(f"{FIELD}.group_size={group_size} must be even for int4 (two numbers share a byte)")
+    residual = value.get("residual", 0)
+    if isinstance(residual, bool) or not isinstance(residual, int) or residual < 0:
+        raise ValueError(f"{FIELD}.residual={residual!r} must be a non-negative integer (0: no residual window)")
+    return KVQuantization(dtype, group_size, residual)
+
+
+def check_row_width(quantization: KVQuantization, width: int, row: str) -> None:
+    """Raises ValueError unless the group size divides a cached row of `width` numbers (named `row`)."""
+    group = quantization.group_for(width)
+    if width % group or (quantization.has_offsets and group % 2):
+        raise ValueError(
+            f"{FIELD}.group_size={quantization.group_size} must divide the cached {row} width {width}"
+            f" (groups lie inside one row{'; even for int4' if quantization.has_offsets else ''})"
+        )
+
+
+# ------------------------------------------------------------------------------------------- quantizers
+def _rounded_scale(value: torch.Tensor) -> torch.Tensor:
+    """A scale in float16, never zero or infinite."""
+    return value.clamp(_SCALE_MIN, _SCALE_MAX).to(SCALE_DTYPE)
+
+
+def quantize(x: torch.Tensor, quantization: KVQuantization) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Rows x (..., F) -> codes (..., F b/8), scales (..., F/G) and offsets (int4; else None); see the equations."""
+    F = x.size(-1)
+    G = quantization.group_for(F)
+    groups = x.float().unflatten(-1, (F // G, G))  # (..., F/G, G)
+    if quantization.dtype == "int4":
+        low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)  # (..., F/G, 1)
+        scales, offsets = _rounded_scale((high - low) / 15), low.to(SCALE_DTYPE)
+        q = ((groups - offsets.float()) / scales.float()).round_().clamp_(0, 15).to(torch.uint8)  # (..., F/G, G)
+        q = q.flatten(-2)  # (..., F)
+        codes = q[..., 0::2] | (q[..., 1::2] << 4)  # (..., F/2): low nibble = even index
+        return codes, scales.squeeze(-1), offsets.squeeze(-1)
+    limit = 127.0 if quantization.dtype == "int8" else _FLOAT8_MAX
+    scales = _rounded_scale(groups.abs().amax(-1, keepdim=True) / limit)  # (..., F/G, 1)
+    scaled = groups / scales.float()
+    if quantization.dtype == "int8":
+        codes = scaled.round_().clamp_(-127, 127).to(torch.int8)
+    else:
+        # stored as its bytes: torch's CPU scatter has no float8 kernel
+        codes = scaled.clamp_(-_FLOAT8_MAX, _FLOAT8_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
+    return codes.flatten(-2), scales.squeeze(-1), None
+
+
+def dequantize(
+    codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, quantization: KVQuantization,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """codes (..., F b/8), scales and offsets (..., F/G) -> rows (..., F) in `dtype`."""
+    if quantization.dtype == "int4":
+        q = torch.stack((codes & 0xF, codes >> 4), dim=-1).flatten(-2)  # (..., F/2, 2) -> (..., F)
+    elif quantization.dtype == "float8_e4m3fn":
+        q = codes.view(torch.float8_e4m3fn)  # the bytes back as float8
+    else:
+        q = codes
+    groups = scales.size(-1)
+    x = q.float().unflatten(-1, (groups, -1)) * scales.float().unsqueeze(-1)  # (..., F/G, G)
+    if offsets is not None:
+        x = x + offsets.float().unsqueeze(-1)
+    return x.flatten(-2).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------------ store
+def _write(buffer: torch.Tensor, input_pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``buffer[b, ..., input_pos[b, t], :] = new[b, ..., t, :]`` (time at dim -2), in place."""
+    return write_positions(buffer, new.dim() - 2, input_pos, new)
+
+
+class QuantizedSequence(nn.Module):
+    """One quantized cache buffer of shape ``(B, *heads, S, F)``, time at dim -2; layout in the module docstring.
+
+    :meth:`update` writes a chunk at its positions and returns the first ``upto`` positions dequantized
+    (the rows of the residual window exact), in the chunk's dtype.
+    """
+
+    def __init__(
+        self, shape: tuple[int, ...], quantization: KVQuantization, device=None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        *lead, S, F = shape
+        self.quantization, self.width = quantization, F
+        G = quantization.group_for(F)
+        code_dtype = torch.int8 if quantization.dtype == "int8" else torch.uint8  # float8: its bytes
+        code_width = F * quantization.bits // 8
+        self.register_buffer("codes", torch.zeros(*lead, S, code_width, device=device, dtype=code_dtype), persistent=False)
+        self.register_buffer("scales", torch.zeros(*lead, S, F // G, device=device, dtype=SCALE_DTYPE), persistent=False)
+        offsets = torch.zeros(*lead, S, F // G, device=device, dtype=SCALE_DTYPE) if quantization.has_offsets else None
+        self.register_buffer("offsets", offsets, persistent=False)
+        R = min(quantization.residual, S)
+        self.residual = R
+        recent = torch.zeros(*lead, R, F, device=device, dtype=dtype) if R else None
+        positions = torch.full((lead[0], R), -1, device=device, dtype=torch.int64) if R else None
+        self.register_buffer("recent", recent, persistent=False)  # (B, *heads, R, F)
+        self.register_buffer("recent_positions", positions, persistent=False)  # (B, R)
+
+    def reset(self) -> None:
+        for buffer in (self.codes, self.scales, self.offsets, self.recent):
+            if buffer is not None:
+                buffer.zero_()
+        if self.recent_positions is not None:
+            self.recent_positions.fill_(-1)
+
+    def update(self, input_pos: torch.Tensor, new: torch.Tensor, upto: int | None) -> torch.Tensor:
+        """Writes `new` (bs, *heads, T, F) at `input_pos` ((T,) or (bs, T)); returns (bs, *heads, upto, F)."""
+        bs = new.size(0)
+        codes, scales, offsets = quantize(new, self.quantization)
+        _write(self.codes[:bs], input_pos, codes)
+        _write(self.scales[:bs], input_pos, scales)
+        if offsets is not None:
+            _write(self.offsets[:bs], input_pos, offsets)
+        upto = self.codes.size(-2) if upto is None else upto
+        held = dequantize(
+            self.codes[:bs, ..., :upto, :], self.scales[:bs, ..., :upto, :],
+            None if self.offsets is None else self.offsets[:bs, ..., :upto, :], self.quantization, new.dtype,
+        )  # (bs, *heads, upto, F)
+        if not self.residual:
+            return held
+        return self._exact_recent(held, input_pos, new, upto)
+
+    def _exact_recent(self, held: torch.Tensor, input_pos: torch.Tensor, new: torch.Tensor, upto: int) -> torch.Tensor:
+        """Keeps the chunk's last R rows in the ring, then puts every ring row below `upto` back into `held`."""
+        bs, T, R = new.size(0), new.size(-2), self.residual
+        if self.recent.dtype != new.dtype:
+            self.recent = self.recent.to(new.dtype)
+        kept = min(T, R)
+        positions = input_pos.expand(bs, -1)[:, T - kept:]  # (bs, kept): the chunk's last positions
+        slots = positions.remainder(R)
+        _write(self.recent[:bs], slots, new[..., T - kept:, :])
+        self.recent_positions[:bs].scatter_(1, slots, positions)
+        held_positions = self.recent_positions[:bs]  # (bs, R)
+        # rows of empty or out-of-range slots go to a scratch row at `upto`, dropped below
+        index = torch.where((held_positions >= 0) & (held_positions < upto), held_positions, upto)  # (bs, R)
+        scratch = torch.cat((held, held[..., :1, :]), dim=-2)  # (bs, *heads, upto + 1, F)
+        shape = [bs] + [1] * (held.dim() - 3) + [R, 1]
+        index = index.view(shape).expand_as(self.recent[:bs])  # (bs, *heads, R, F)
+        return scratch.scatter_(-2, index, self.recent[:bs])[..., :upto, :]
+
+
+__all__ = [
+    "DTYPES",
+    "FIELD",
+    "KVQuantization",
+    "QuantizedSequence",
+    "check_row_width",
+    "dequantize",
+    "parse_quantization",
+    "quantize",
+]
