@@ -9,6 +9,9 @@ Rows: every preset of the size (``config_hub/pretrain/pythia-{size}-*.yaml``: MH
 FMKA) and, where our class has a litgpt counterpart, litgpt's class on the same weights: GQA and MQA
 with litgpt's ``CausalSelfAttention`` and with ours (``GroupedQueryAttention``), MLA with litgpt's
 ``MultiheadLatentAttention`` (expanded per-head cache) and with ours (latent cache, absorbed decode).
+``--kv-cache-quantizations int8 int4`` adds, per preset, our class with a quantized cache on the same
+weights (``kv_cache_quantization``; MHA through ``GroupedQueryAttention``) and a table of each against the
+same variant unquantized.
 Weights and prompts are random (speed does not depend on them); ``block_size`` is raised to fit the
 longest context (Pythia has no learned positions).
 
@@ -65,6 +68,7 @@ from litgpt.model import GPT, build_mask_cache
 
 import litgpt_mka  # noqa: F401  (activates the plugin)
 from litgpt_mka.attention import registry
+from litgpt_mka.attention.quantization import DTYPES as QUANTIZATION_DTYPES
 from litgpt_mka.measure.decode_speed import prefill_random_prompt, time_decode_steps
 from litgpt_mka.measure.kv_cache_size import kv_cache_bytes, kv_cache_bytes_per_token
 from litgpt_mka.measure.load import busy_threshold, is_busy
@@ -81,10 +85,12 @@ MIN_PUBLISHABLE_ROUNDS = 5
 class Row:
     """One table row: a preset, possibly with litgpt's class in place of ours."""
 
-    key: str  # e.g. "gqa", "gqa-litgpt"
+    key: str  # e.g. "gqa", "gqa-litgpt", "gqa-int8"
     label: str
     config: Config
     model: GPT | None = None
+    preset: str = ""  # rows of one preset share its weights
+    unquantized: str | None = None  # a quantized-cache row: the key of the same variant's row without
 
 
 @dataclass
@@ -134,6 +140,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--copy-mib", type=int, default=None, help="MiB copied to measure the bandwidth (default: 256 CPU, 2048 GPU)"
     )
+    parser.add_argument(
+        "--kv-cache-quantizations", nargs="+", default=[], choices=sorted(QUANTIZATION_DTYPES),
+        help="also a row per preset and kv_cache_quantization (its defaults; MHA through GroupedQueryAttention)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown report to this file")
     args = parser.parse_args(argv)
@@ -159,8 +169,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def preset_rows(size: str, block_size: int, selected: list[str] | None) -> list[Row]:
-    """The rows of the size's presets (MHA first), each litgpt counterpart right before our class."""
+def quantized_rows(row: Row, model_config: dict, quantizations: list[str]) -> list[Row]:
+    """One row per quantization of our class of `row`'s preset (litgpt's CausalSelfAttention -> our grouped one,
+    the same parameters and outputs; litgpt's own caches are never quantized)."""
+    name = row.config.attention_class_name
+    if name == registry.DEFAULT_ATTENTION_CLASS:
+        name = "GroupedQueryAttention"
+    rows = []
+    for quantization in quantizations:
+        config = Config(**{**model_config, "attention_class_name": name, "kv_cache_quantization": quantization})
+        rows.append(Row(f"{row.preset}-{quantization}", f"{row.preset.upper()}, {quantization} cache", config,
+                        preset=row.preset, unquantized=row.key))
+    return rows
+
+
+def preset_rows(
+    size: str, block_size: int, selected: list[str] | None, quantizations: list[str] = ()
+) -> list[Row]:
+    """The rows of the size's presets (MHA first), each litgpt counterpart right before our class, and our
+    class's quantized-cache rows right after it."""
     paths = sorted(CONFIG_HUB.glob(f"pythia-{size}-*.yaml"))
     if not paths:
         raise SystemExit(f"no presets {CONFIG_HUB}/pythia-{size}-*.yaml")
@@ -178,15 +205,17 @@ def preset_rows(size: str, block_size: int, selected: list[str] | None) -> list[
         theirs = registry.lookup(ours).litgpt_counterpart  # litgpt's class for the same config and weights
         if theirs is not None:
             litgpt_config = Config(**{**model_config, "attention_class_name": theirs})
-            rows.append(Row(f"{suffix}-litgpt", f"{suffix.upper()}, litgpt ({theirs})", litgpt_config))
-            rows.append(Row(suffix, f"{suffix.upper()}, ours ({ours})", config))
+            rows.append(Row(f"{suffix}-litgpt", f"{suffix.upper()}, litgpt ({theirs})", litgpt_config, preset=suffix))
+            rows.append(Row(suffix, f"{suffix.upper()}, ours ({ours})", config, preset=suffix))
         else:
-            rows.append(Row(suffix, f"{suffix.upper()} ({ours})", config))
+            rows.append(Row(suffix, f"{suffix.upper()} ({ours})", config, preset=suffix))
+        rows += quantized_rows(rows[-1], model_config, quantizations)
     if selected is not None:
         unknown = sorted(set(selected) - {row.key for row in rows})
         if unknown:
             raise SystemExit(f"--variants {unknown} unknown; choose from {[row.key for row in rows]}")
-        rows = [row for row in rows if row.key in selected or row.key == "mha"]
+        keep = set(selected) | {"mha"} | {row.unquantized for row in rows if row.key in selected and row.unquantized}
+        rows = [row for row in rows if row.key in keep]
     if rows[0].key != "mha":
         raise SystemExit(f"pythia-{size}-mha.yaml is missing: the ratios are to MHA")
     return rows
@@ -199,11 +228,10 @@ def build_models(rows: list[Row], device: torch.device, dtype: torch.dtype, seed
         torch.manual_seed(seed)
         with torch.device(device):
             row.model = GPT(row.config).to(dtype).eval()
-        preset = row.key.removesuffix("-litgpt")
-        if preset in weights:
-            row.model.load_state_dict(weights[preset])
+        if row.preset in weights:
+            row.model.load_state_dict(weights[row.preset])
         else:
-            weights[preset] = row.model.state_dict()
+            weights[row.preset] = row.model.state_dict()
 
 
 def settings_by_batch(args: argparse.Namespace) -> dict[int, list[Setting]]:
@@ -339,6 +367,20 @@ def report(args, device, dtype, rows, groups, samples, bandwidth, load_before, l
             cells.append(f"{tokens_per_second(row, s):.1f} ({ratio:.2f}x)")
         lines.append("| " + " | ".join(cells) + " |")
 
+    quantized = [row for row in rows if row.unquantized]
+    if quantized:
+        by_key = {row.key: row for row in rows}
+        lines += ["", "### Quantized caches against the same variant unquantized (tokens/s ratio, KV bytes ratio)", ""]
+        header = ["variant", "KV bytes / unquantized"] + [s.name for s in settings]
+        lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        for row in quantized:
+            base = by_key[row.unquantized]
+            longest = max(s.context for s in settings)
+            bytes_ratio = kv_cache_bytes(row.config, 1, longest, dtype) / kv_cache_bytes(base.config, 1, longest, dtype)
+            cells = [row.label, f"{bytes_ratio:.3f}"]
+            cells += [f"{tokens_per_second(row, s) / tokens_per_second(base, s):.2f}x" for s in settings]
+            lines.append("| " + " | ".join(cells) + " |")
+
     lines += ["", "### Every setting: measured against predicted", ""]
     header = ["setting", "variant", "cache MiB read/step", "tok/s median", "tok/s min-max", "step ms", "weights ms",
               "predicted ms", "step / predicted", "x MHA"]
@@ -369,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = DTYPES[args.dtype]
     groups = settings_by_batch(args)
     block_size = max(s.length for group in groups.values() for s in group)
-    rows = preset_rows(args.size, block_size, args.variants)
+    rows = preset_rows(args.size, block_size, args.variants, args.kv_cache_quantizations)
     peak = max(
         sum(kv_cache_bytes(row.config, s.batch, s.length, dtype) for row in rows for s in group)
         for group in groups.values()

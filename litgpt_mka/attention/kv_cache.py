@@ -95,7 +95,7 @@ class KVCacheBase(nn.Module):
         if quantization is None:
             self.add_buffer(name, *shape)
         else:
-            setattr(self, name, quantization.new_sequence(shape, **self._placement))
+            setattr(self, name, quantization.new_sequence(name, shape, **self._placement))
 
     def update(
         self, name: str, input_pos: torch.Tensor, new: torch.Tensor, input_pos_maxp1: int | None

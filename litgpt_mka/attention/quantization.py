@@ -99,9 +99,11 @@ class KVQuantization:
         groups = width // self.group_for(width)
         return width * self.bits // 8 + groups * SCALE_DTYPE.itemsize * (2 if self.has_offsets else 1)
 
-    def new_sequence(self, shape: tuple[int, ...], device=None, dtype: torch.dtype | None = None) -> "QuantizedSequence":
-        """An empty quantized cache buffer of `shape` (``KVCacheBase.add_sequence`` calls this)."""
-        return QuantizedSequence(shape, self, device=device, dtype=dtype)
+    def new_sequence(
+        self, name: str, shape: tuple[int, ...], device=None, dtype: torch.dtype | None = None
+    ) -> "QuantizedSequence":
+        """An empty quantized cache buffer `name` of `shape` (``KVCacheBase.add_sequence`` calls this)."""
+        return QuantizedSequence(shape, self, device=device, dtype=dtype, name=name)
 
 
 def parse_quantization(value: Any) -> KVQuantization | None:
@@ -177,23 +179,48 @@ def quantize(x: torch.Tensor, quantization: KVQuantization) -> tuple[torch.Tenso
 
 def dequantize(
     codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, quantization: KVQuantization,
-    dtype: torch.dtype,
+    dtype: torch.dtype, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """codes (..., F b/8), scales and offsets (..., F/G) -> rows (..., F) in `dtype`."""
+    """codes (..., F b/8), scales and offsets (..., F/G) -> rows (..., F) in `dtype`.
+
+    Two passes over the output (convert, then scale in place; int4 a third for the offsets): this, not the
+    bytes read, is what a dequantized cache costs per decode step (docs/kv-quantization.md). `out`: a
+    tensor of the rows' shape and `dtype` to write into (a reused workspace) instead of a new one.
+    """
     if quantization.dtype == "int4":
         q = torch.stack((codes & 0xF, codes >> 4), dim=-1).flatten(-2)  # (..., F/2, 2) -> (..., F)
     elif quantization.dtype == "float8_e4m3fn":
         q = codes.view(torch.float8_e4m3fn)  # the bytes back as float8
     else:
         q = codes
-    groups = scales.size(-1)
-    x = q.float().unflatten(-1, (groups, -1)) * scales.float().unsqueeze(-1)  # (..., F/G, G)
+    x = q.to(dtype) if out is None else out.copy_(q)  # (..., F), exact: small integers or float8 numbers
+    groups = x.unflatten(-1, (scales.size(-1), -1))  # (..., F/G, G), a view
+    groups.mul_(scales.to(dtype).unsqueeze(-1))
     if offsets is not None:
-        x = x + offsets.float().unsqueeze(-1)
-    return x.flatten(-2).to(dtype)
+        groups.add_(offsets.to(dtype).unsqueeze(-1))
+    return x
 
 
 # ------------------------------------------------------------------------------------------------ store
+_WORKSPACES: dict[tuple, torch.Tensor] = {}
+
+
+def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The dequantization workspace of the sequences called `name` ("k", "v", "latent", ...): one tensor of
+    `shape`, shared by every layer (a layer's attention consumes its dequantized rows before the next layer
+    writes them), kept between decode steps (a fresh allocation per step costs page faults on the CPU).
+    Holds at most one layer's rows per name: 1 / n_layer of the unquantized cache, in `dtype`."""
+    key = (name, device, dtype)
+    held = _WORKSPACES.get(key)
+    if held is None or held.shape != shape:
+        held = _WORKSPACES[key] = torch.empty(shape, dtype=dtype, device=device)
+    return held
+
+
+def release_workspaces() -> None:
+    """Frees the dequantization workspaces (the next quantized decode step allocates them again)."""
+    _WORKSPACES.clear()
+
 def _write(buffer: torch.Tensor, input_pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """``buffer[b, ..., input_pos[b, t], :] = new[b, ..., t, :]`` (time at dim -2), in place."""
     return write_positions(buffer, new.dim() - 2, input_pos, new)
@@ -207,11 +234,12 @@ class QuantizedSequence(nn.Module):
     """
 
     def __init__(
-        self, shape: tuple[int, ...], quantization: KVQuantization, device=None, dtype: torch.dtype | None = None
+        self, shape: tuple[int, ...], quantization: KVQuantization, device=None, dtype: torch.dtype | None = None,
+        name: str = "rows",
     ) -> None:
         super().__init__()
         *lead, S, F = shape
-        self.quantization, self.width = quantization, F
+        self.quantization, self.width, self.name = quantization, F, name
         G = quantization.group_for(F)
         code_dtype = torch.int8 if quantization.dtype == "int8" else torch.uint8  # float8: its bytes
         code_width = F * quantization.bits // 8
@@ -242,16 +270,21 @@ class QuantizedSequence(nn.Module):
         if offsets is not None:
             _write(self.offsets[:bs], input_pos, offsets)
         upto = self.codes.size(-2) if upto is None else upto
-        held = dequantize(
+        *lead, S, F = self.codes.shape[:-1] + (self.width,)
+        # one spare row at `upto` takes the residual window's writes of empty slots (_exact_recent)
+        rows = workspace(self.name, (bs, *lead[1:], S + 1, F), new.dtype, new.device)[..., : upto + 1, :]
+        dequantize(
             self.codes[:bs, ..., :upto, :], self.scales[:bs, ..., :upto, :],
             None if self.offsets is None else self.offsets[:bs, ..., :upto, :], self.quantization, new.dtype,
+            out=rows[..., :upto, :],
         )  # (bs, *heads, upto, F)
-        if not self.residual:
-            return held
-        return self._exact_recent(held, input_pos, new, upto)
+        if self.residual:
+            self._exact_recent(rows, input_pos, new, upto)
+        return rows[..., :upto, :]
 
-    def _exact_recent(self, held: torch.Tensor, input_pos: torch.Tensor, new: torch.Tensor, upto: int) -> torch.Tensor:
-        """Keeps the chunk's last R rows in the ring, then puts every ring row below `upto` back into `held`."""
+    def _exact_recent(self, rows: torch.Tensor, input_pos: torch.Tensor, new: torch.Tensor, upto: int) -> None:
+        """Keeps the chunk's last R rows in the ring, then puts every ring row below `upto` back into `rows`
+        ((bs, *heads, upto + 1, F); empty and out-of-range slots write the spare last row)."""
         bs, T, R = new.size(0), new.size(-2), self.residual
         if self.recent.dtype != new.dtype:
             self.recent = self.recent.to(new.dtype)
@@ -261,12 +294,10 @@ class QuantizedSequence(nn.Module):
         _write(self.recent[:bs], slots, new[..., T - kept:, :])
         self.recent_positions[:bs].scatter_(1, slots, positions)
         held_positions = self.recent_positions[:bs]  # (bs, R)
-        # rows of empty or out-of-range slots go to a scratch row at `upto`, dropped below
         index = torch.where((held_positions >= 0) & (held_positions < upto), held_positions, upto)  # (bs, R)
-        scratch = torch.cat((held, held[..., :1, :]), dim=-2)  # (bs, *heads, upto + 1, F)
-        shape = [bs] + [1] * (held.dim() - 3) + [R, 1]
+        shape = [bs] + [1] * (rows.dim() - 3) + [R, 1]
         index = index.view(shape).expand_as(self.recent[:bs])  # (bs, *heads, R, F)
-        return scratch.scatter_(-2, index, self.recent[:bs])[..., :upto, :]
+        rows.scatter_(-2, index, self.recent[:bs])
 
 
 __all__ = [
@@ -278,4 +309,5 @@ __all__ = [
     "dequantize",
     "parse_quantization",
     "quantize",
+    "release_workspaces",
 ]
