@@ -170,11 +170,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def quantized_rows(row: Row, model_config: dict, quantizations: list[str]) -> list[Row]:
-    """One row per quantization of our class of `row`'s preset (litgpt's CausalSelfAttention -> our grouped one,
-    the same parameters and outputs; litgpt's own caches are never quantized)."""
-    name = row.config.attention_class_name
-    if name == registry.DEFAULT_ATTENTION_CLASS:
-        name = "GroupedQueryAttention"
+    """One row per quantization of `row`'s preset, in the class that quantizes its cache with the same weights
+    (``registry.quantizable_attention_class``: litgpt's own caches are never quantized)."""
+    name = registry.quantizable_attention_class(row.config)
     rows = []
     for quantization in quantizations:
         config = Config(**{**model_config, "attention_class_name": name, "kv_cache_quantization": quantization})

@@ -9,7 +9,8 @@
 #   environment.txt               date, commit, torch/CUDA/litgpt versions, nvidia-smi
 #   tests.txt                     pytest on tests/attention (the CUDA flash-dispatch tests and the bf16
 #                                 cached-decode tests run on the GPU there; the rest on the CPU)
-#   decode-<size>-cuda-bf16.md    benchmarks/decode.py --device cuda --dtype bfloat16, one per size
+#   decode-<size>-cuda-bf16.md    benchmarks/decode.py --device cuda --dtype bfloat16, one per size, with the
+#                                 quantized-cache rows of KV_QUANTIZATIONS (bf16 cache; int8 and float8 rows)
 #   decode-<size>-cuda-bf16.log   its progress lines (stderr)
 #   pretrain-<preset>.log         `litgpt pretrain` of PRETRAIN_PRESET in bf16-mixed with --devices auto (litgpt's
 #                                 FSDP with two or more GPUs, one device otherwise): half the tokens, then resumed
@@ -21,6 +22,7 @@
 # Environment (defaults in brackets):
 #   SIZES           Pythia sizes to benchmark ["70m"], e.g. "70m 160m"
 #   BENCH_ARGS      more decode.py options [none], e.g. "--rounds 7"
+#   KV_QUANTIZATIONS  decode.py --kv-cache-quantizations ["int8 float8_e4m3fn"]; "" for none
 #   DEVICE          [cuda]; "cpu" runs the same steps on the CPU, only to check this script
 #   TESTS           pytest selection ["tests/attention -m 'not slow'"]
 #   STEPS           which steps run ["tests decode pretrain study"]
@@ -43,6 +45,7 @@ out=${1:?usage: benchmarks/gpu.sh OUT_DIR}
 device=${DEVICE:-cuda}
 sizes=${SIZES:-70m}
 bench_args=${BENCH_ARGS:-}
+kv_quantizations=${KV_QUANTIZATIONS-"int8 float8_e4m3fn"}
 tests=${TESTS:-"tests/attention -m 'not slow'"}
 steps=${STEPS:-"tests decode pretrain study"}
 python=${PYTHON:-python3}
@@ -97,6 +100,7 @@ if wants decode; then
         echo "gpu.sh: benchmark pythia-$size -> $out/$name.md" >&2
         # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
         "$python" benchmarks/decode.py --device "$device" --dtype bfloat16 --size "$size" $bench_args \
+            ${kv_quantizations:+--kv-cache-quantizations $kv_quantizations} \
             --out "$out/$name.md" > /dev/null 2> "$out/$name.log" || fail "$name failed, see $name.log"
     done
 fi

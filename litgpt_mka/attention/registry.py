@@ -181,6 +181,27 @@ def attention_class(name: str) -> type:
     return lookup(name).load().attention_module()
 
 
+def quantizable_attention_class(config: Any) -> str:
+    """The attention class that holds `config`'s weights in a cache ``kv_cache_quantization`` can quantize: the
+    config's own class, or ours that replaces litgpt's (the entry naming it ``litgpt_counterpart``: the same
+    parameters and outputs, e.g. MHA's ``CausalSelfAttention`` -> ``GroupedQueryAttention``).
+
+    Raises:
+        ValueError: neither the class nor a replacement of it quantizes its cache.
+    """
+    entry = entry_of(config)
+    if entry.load().kv_cache_quantized_rows(config):
+        return entry.name
+    for other in VARIANTS.values():
+        if other.litgpt_counterpart == entry.name:
+            return other.name
+    raise ValueError(
+        f"attention_class_name={entry.name!r} keeps an unquantized cache and no registered class replaces it"
+        " with the same weights; kv_cache_quantization needs one of"
+        f" {sorted(name for name, e in VARIANTS.items() if e.load().kv_cache_quantized_rows(config))}"
+    )
+
+
 def variant_of_module(module_class: type) -> Any:
     """The ``AttentionVariant`` class whose attention module is `module_class` (for models built by hand).
 

@@ -21,12 +21,14 @@ Modules (one concern each)
 * :mod:`.summary`: per-variant mean ± std over seeds, differences to the reference with their standard
   error, the Pareto frontier.
 * :mod:`.tasks`: lm-eval task scores of each run's final checkpoint (``--lm_eval_tasks``).
+* :mod:`.kv_quantization`: cached decoding of each run's final checkpoint through quantized KV caches
+  (``--kv_cache_quantizations``).
 * :mod:`.report` and :mod:`.plots`: ``results.json``, ``results.csv``, ``report.md`` and the PNG plots, from
   a typed :class:`~.records.Results` (they import neither the runner nor the plan).
 * :mod:`.environment`, :mod:`.atomic`: versions/machine, and atomic file writes.
 
 Imports run one way: options, records <- layout <- plan <- runner -> report -> summary, plots; the
-workers import layout, records and measure. The busy rule and the decode measurement are
+workers import layout, records and measure (and tasks, kv_quantization). The busy rule and the decode measurement are
 :mod:`litgpt_mka.measure`'s; what a variant is (its label, whether it is MHA or routes memories) the registry's.
 
 Output folder (:mod:`.layout`)
@@ -44,6 +46,9 @@ Output folder (:mod:`.layout`)
         result.json        written last: status "ok" with every metric, or "failed" with the log's tail
         lm_eval.json       with --lm_eval_tasks: lm-eval task scores of final/ (:mod:`.tasks`), written after
                            result.json and never into it, so adding tasks to a finished comparison trains nothing
+        kv_quantization.json  with --kv_cache_quantizations: the held-out loss of cached decoding of final/ through
+                           the unquantized and each quantized cache, and their bytes (:mod:`.kv_quantization`), the
+                           same way
 
 A run is finished iff its ``result.json`` says ``"status": "ok"``; finished runs are never touched
 again. Every other run, failed ones included, is (re)started: training with ``--resume auto`` (litgpt continues from the latest

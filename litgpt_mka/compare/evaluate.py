@@ -122,6 +122,52 @@ def heldout_loss(model: torch.nn.Module, data: HeldoutData, batch_size: int) -> 
     return HeldoutLoss(loss=float(total / count), tokens=count)
 
 
+# tokens of each window given to the cache in one chunk before cached_heldout_loss decodes one token at a time
+PREFILL_TOKENS = 64
+
+
+@torch.no_grad()
+def cached_heldout_loss(model: torch.nn.Module, data: HeldoutData, batch_size: int,
+                        prefill: int = PREFILL_TOKENS) -> HeldoutLoss:
+    """:func:`heldout_loss` with every target predicted through the KV cache, as ``litgpt generate`` decodes.
+
+    Each window's first P = `prefill` inputs go in as one chunk (``input_pos`` 0..P-1, generate's prompt), then
+    every later input alone (``input_pos`` t, attending to positions <= t read back from the cache). The
+    targets, their count and the sum are :func:`heldout_loss`'s, so with an unquantized cache the two agree up
+    to float rounding (tested); with ``kv_cache_quantization`` set on the model's config, every query reads keys
+    and values that went through the quantized cache: the loss of decoding from it (teacher-forced).
+
+    Raises:
+        RuntimeError: the windows do not score N - 1 targets (the layout contract is broken).
+    """
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    L = data.max_seq_length
+    P = max(1, min(prefill, L))
+    positions = torch.arange(L, device=device)  # (L,)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    try:
+        for start in range(0, len(data.windows), batch_size):
+            batch = data.windows[start : start + batch_size].to(device)  # (B, L + 1)
+            model.set_kv_cache(batch_size=len(batch), max_seq_length=L, device=device, dtype=dtype)
+            nll = torch.empty(batch.shape[0], L, dtype=torch.float32, device=device)  # (B, L)
+            chunks = [(0, P)] + [(t, t + 1) for t in range(P, L)]
+            for first, end in chunks:
+                logits = model(batch[:, first:end], input_pos=positions[first:end], input_pos_maxp1=end)  # (B, T, V)
+                nll[:, first:end] = F.cross_entropy(
+                    logits.float().flatten(0, 1), batch[:, first + 1 : end + 1].flatten(), reduction="none"
+                ).view(batch.shape[0], end - first)
+            counted = positions[None, :] >= data.new_from[start : start + batch_size, None].to(device)  # (B, L)
+            total += nll[counted].double().sum()
+            count += int(counted.sum())
+    finally:
+        model.clear_kv_cache()
+    if count != data.num_tokens - 1:
+        raise RuntimeError(f"scored {count} targets, expected every target of the stream once: {data.num_tokens - 1}")
+    return HeldoutLoss(loss=float(total / count), tokens=count)
+
+
 def checkpoint_dirs(out_dir: Path) -> list[Path]:
     """Complete checkpoint folders of a pretraining out_dir: ``step-*`` by step, then ``final``.
 

@@ -16,6 +16,9 @@ from litgpt_mka.evaluate import lm_eval_missing_message
 PRECISIONS = ("bf16-true", "bf16-mixed", "32-true")
 # decode and KV-cache dtypes, by their torch attribute name (torch.float32, ...): litgpt_mka.compare.measure.torch_dtype
 DECODE_DTYPES = ("float32", "bfloat16", "float16")
+# kv_cache_quantization names (litgpt_mka.attention.quantization.DTYPES; tested equal, kept here so that --help
+# imports no torch)
+KV_CACHE_QUANTIZATIONS = ("int8", "int4", "float8_e4m3fn")
 # the fewest validation-curve points per run that compare accepts without a warning
 MIN_CURVE_POINTS = 8
 
@@ -86,6 +89,11 @@ class CompareOptions:
     reference. Adding or changing them on a rerun trains nothing."""
     include_path: Path | None = None
     """A folder of extra lm-eval task YAML files for --lm_eval_tasks (e.g. tasks on a local JSON file)."""
+    kv_cache_quantizations: list[str] | None = None
+    """Quantized KV caches (int8, int4, float8_e4m3fn) to decode each run's final checkpoint through: the held-out
+    loss of cached decoding (teacher-forced, as `litgpt generate` feeds tokens) with and without each, and the
+    cache bytes; report.md adds their table and the Pareto plot their points. Adding them on a rerun trains
+    nothing (litgpt_mka/compare/kv_quantization.py)."""
 
 
 def val_paths(options: CompareOptions) -> list[Path]:
@@ -131,6 +139,15 @@ def validate(options: CompareOptions) -> None:
         raise ValueError(f"include_path={str(options.include_path)!r} is given without --lm_eval_tasks to run from it")
     if options.lm_eval_tasks and importlib.util.find_spec("lm_eval") is None:
         raise ValueError(f"lm_eval_tasks={options.lm_eval_tasks}: {lm_eval_missing_message('compare --lm_eval_tasks')}")
+    if options.kv_cache_quantizations is not None:
+        if not options.kv_cache_quantizations:
+            raise ValueError("kv_cache_quantizations=[] is empty; give one or more of"
+                             f" {list(KV_CACHE_QUANTIZATIONS)}, or leave it out")
+        for name in options.kv_cache_quantizations:
+            if name not in KV_CACHE_QUANTIZATIONS:
+                raise ValueError(f"kv_cache_quantizations: {name!r} is not one of {list(KV_CACHE_QUANTIZATIONS)}")
+        if len(set(options.kv_cache_quantizations)) != len(options.kv_cache_quantizations):
+            raise ValueError(f"kv_cache_quantizations={options.kv_cache_quantizations} repeat a name")
     if options.include_path is not None and not Path(options.include_path).is_dir():
         raise FileNotFoundError(f"include_path={str(options.include_path)!r} is not a folder of lm-eval task YAML files")
     for name, paths in (("train_path", [options.train_path]), ("val_path", val_paths(options)),

@@ -5,7 +5,9 @@
 * ``loss_vs_kv_cache.png``: the Pareto plot: final validation loss (primary text; mean over seeds, error bar
   = sample std over seeds) against KV-cache bytes per token (log scale), every variant a point; the
   frontier (:func:`litgpt_mka.compare.summary.pareto_front` of the means: no other point has both a smaller
-  cache and a lower loss) is ringed and joined by a dashed staircase.
+  cache and a lower loss) is ringed and joined by a dashed staircase. With ``--kv_cache_quantizations``, each
+  variant's quantized caches are points too (squares, in the variant's colour, labelled ``variant int8``; loss
+  = cached decoding through that cache), on the same frontier.
 * ``routing.png`` (MKA/FMKA variants only): one panel per variant, layers on x, one bar per memory (local,
   session, long-term): mean routing weight over seeds, error bar = std.
 * ``throughput.png``: training and decode tokens/s per variant (mean, error bar = std over seeds); a variant
@@ -16,10 +18,11 @@ Figures are built with ``matplotlib.figure.Figure`` (no pyplot state) and saved 
 """
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from litgpt_mka.compare.atomic import write_atomically
-from litgpt_mka.compare.records import Results, VariantSummary
+from litgpt_mka.compare.records import Results, Stat, VariantSummary
 from litgpt_mka.compare.summary import pareto_front
 
 
@@ -55,13 +58,29 @@ def loss_vs_tokens(path: Path, results: Results, primary: str) -> None:
     _save(figure, path)
 
 
-def pareto_points(summary: list[VariantSummary], primary: str) -> list[tuple[VariantSummary, float, float]]:
-    """(row, KV bytes per token, mean primary validation loss) of every variant that has both."""
+@dataclass(frozen=True)
+class ParetoPoint:
+    """A point of the Pareto plot: a variant with its own cache, or decoded through a quantized one."""
+
+    variant: str
+    cache: str | None  # None: the variant's own cache; else the kv_cache_quantization name
+    kv_bytes_per_token: float
+    loss: Stat
+
+    @property
+    def label(self) -> str:
+        return self.variant if self.cache is None else f"{self.variant} {self.cache}"
+
+
+def pareto_points(summary: list[VariantSummary], primary: str) -> list[ParetoPoint]:
+    """Every variant that has a loss and cache bytes, then its quantized caches (cached decoding's loss)."""
     points = []
     for row in summary:
         loss = row.val_loss.get(primary)
         if loss is not None and loss.mean is not None and row.kv_bytes_per_token.mean is not None:
-            points.append((row, row.kv_bytes_per_token.mean, loss.mean))
+            points.append(ParetoPoint(row.variant, None, row.kv_bytes_per_token.mean, loss))
+        points += [ParetoPoint(row.variant, cache.quantization, cache.kv_bytes_per_token.mean, cache.loss)
+                   for cache in row.quantized_caches if cache.loss.mean is not None]
     return points
 
 
@@ -69,13 +88,14 @@ def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str) ->
     figure, colours = _figure(8.0, 5.0), _colours(summary)
     ax = figure.add_subplot()
     points = pareto_points(summary, primary)
-    for row, x, y in points:
-        std = row.val_loss[primary].std
-        ax.errorbar([x], [y], yerr=None if std is None else [std], fmt="o", capsize=3, color=colours[row.variant])
-        ax.annotate(row.variant, (x, y), textcoords="offset points", xytext=(5, 5), fontsize="small")
-    front = pareto_front([(x, y) for _, x, y in points])
+    for point in points:
+        x, y, std = point.kv_bytes_per_token, point.loss.mean, point.loss.std
+        ax.errorbar([x], [y], yerr=None if std is None else [std], fmt="o" if point.cache is None else "s",
+                    capsize=3, color=colours[point.variant], markerfacecolor=None if point.cache is None else "none")
+        ax.annotate(point.label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize="small")
+    front = pareto_front([(p.kv_bytes_per_token, p.loss.mean) for p in points])
     if front:
-        xs, ys = [points[i][1] for i in front], [points[i][2] for i in front]
+        xs, ys = [points[i].kv_bytes_per_token for i in front], [points[i].loss.mean for i in front]
         # the staircase: each frontier point holds its loss until a larger cache buys a lower one
         ax.plot(xs, ys, drawstyle="steps-post", color="black", alpha=0.5, linestyle="--", zorder=0)
         ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=1.0,

@@ -9,6 +9,8 @@ and read by :func:`from_json` (nested dataclasses, lists, dicts and optionals re
 * ``runs/<run>/spec.json``: :class:`RunSpec` (the runner, before the run starts).
 * ``runs/<run>/lm_eval.json``: :class:`LmEvalResult` (the lm_eval worker, with ``--lm_eval_tasks``), beside
   the run's result: adding or changing tasks later trains nothing.
+* ``runs/<run>/kv_quantization.json``: :class:`KVQuantizationResult` (the kv_quantization worker, with
+  ``--kv_cache_quantizations``), beside it the same way.
 * ``results.json``: :class:`Results` (the report), whose ``summary`` rows are :class:`VariantSummary`
   (computed by :mod:`litgpt_mka.compare.summary`).
 
@@ -246,6 +248,31 @@ class LmEvalResult:
     wall_time_s: float
 
 
+# ------------------------------------------------------------------------------------ quantized caches
+@dataclass(frozen=True)
+class CachedLoss:
+    """Held-out loss of cached decoding through one cache (:func:`litgpt_mka.compare.evaluate.cached_heldout_loss`)."""
+
+    quantization: str  # "none", or a kv_cache_quantization name (int8, int4, float8_e4m3fn)
+    attention_class_name: str  # the class that decoded (ours where the run's is litgpt's and quantized)
+    kv_bytes_per_token: float  # allocated by set_kv_cache for the decode batch x context, in the decode dtype
+    loss: float
+    tokens: int
+
+
+@dataclass(frozen=True)
+class KVQuantizationResult:
+    """``runs/<run>/kv_quantization.json``: the final checkpoint decoded through an unquantized and quantized caches."""
+
+    quantizations: list[str]  # as requested (--kv_cache_quantizations)
+    val_path: str  # the primary validation text
+    prefill_tokens: int  # each window's first inputs in one chunk, the rest one at a time
+    unquantized: CachedLoss
+    quantized: list[CachedLoss]  # in the order requested
+    full_forward_loss: float  # the run's primary validation loss: unquantized cached decoding agrees with it
+    wall_time_s: float
+
+
 # ----------------------------------------------------------------------------------------------- runs
 @dataclass(frozen=True)
 class Failure:
@@ -280,6 +307,7 @@ class RunResult:
     finished: str | None = None
     schema: str = RUN_SCHEMA
     lm_eval: LmEvalResult | None = None  # from lm_eval.json beside result.json, when it matches the requested tasks
+    kv_quantization: KVQuantizationResult | None = None  # from kv_quantization.json, when it holds the requested ones
 
     @property
     def ok(self) -> bool:
@@ -323,6 +351,17 @@ class Difference:
 
 
 @dataclass(frozen=True)
+class QuantizedCacheSummary:
+    """A variant decoded through one quantized cache, over its seeds: cache bytes, loss, and the loss it costs
+    (per seed: quantized minus unquantized cached loss of the same checkpoint, then mean ± std)."""
+
+    quantization: str
+    kv_bytes_per_token: Stat
+    loss: Stat
+    cost: Stat
+
+
+@dataclass(frozen=True)
 class VariantSummary:
     """One row of the report: a variant's runs aggregated over seeds (mean ± std of the finished runs).
 
@@ -354,6 +393,8 @@ class VariantSummary:
     task_scores: dict[str, Stat] = dataclasses.field(default_factory=dict)
     task_stderrs: dict[str, Stat] = dataclasses.field(default_factory=dict)
     task_differences: dict[str, Difference] = dataclasses.field(default_factory=dict)
+    # cached decoding through quantized caches (--kv_cache_quantizations), in the order requested
+    quantized_caches: list[QuantizedCacheSummary] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -413,14 +454,17 @@ class Results:
 
 
 # ----------------------------------------------------------------------------------------------- JSON
-# fields added for lm-eval task scores; left out of the JSON while empty, so results without tasks stay as before
-_OMITTED_WHEN_EMPTY = frozenset({"lm_eval", "task_scores", "task_stderrs", "task_differences"})
+# fields added for lm-eval task scores and quantized caches; left out of the JSON while empty, so results without
+# them stay as before
+_OMITTED_WHEN_EMPTY = frozenset(
+    {"lm_eval", "task_scores", "task_stderrs", "task_differences", "kv_quantization", "quantized_caches"}
+)
 
 
 def _without_empty_extensions(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _without_empty_extensions(item) for key, item in value.items()
-                if not (key in _OMITTED_WHEN_EMPTY and item in (None, {}))}
+                if not (key in _OMITTED_WHEN_EMPTY and item in (None, {}, []))}
     if isinstance(value, list):
         return [_without_empty_extensions(item) for item in value]
     return value

@@ -68,11 +68,13 @@ def public_run(run: RunResult, cwd: Path) -> RunResult:
     if failure is not None:
         failure = replace(failure, log=relative(failure.log, cwd), error=without_cwd(failure.error, cwd),
                           log_tail=[without_cwd(line, cwd) for line in failure.log_tail])
-    lm_eval = run.lm_eval
+    lm_eval, quantized = run.lm_eval, run.kv_quantization
     if lm_eval is not None:
         lm_eval = replace(lm_eval, include_path=relative(lm_eval.include_path, cwd))
+    if quantized is not None:
+        quantized = replace(quantized, val_path=relative(quantized.val_path, cwd))
     return replace(run, config_path=relative(run.config_path, cwd), evaluation=evaluation, failure=failure,
-                   lm_eval=lm_eval)
+                   lm_eval=lm_eval, kv_quantization=quantized)
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -123,9 +125,27 @@ def csv_row(run: RunResult, names: list[str]) -> dict[str, Any]:
     return row
 
 
+def quantized_cache_names(runs: list[RunResult]) -> list[str]:
+    """The caches that some run decoded through (--kv_cache_quantizations): "none" first, then as requested."""
+    names = [q.quantization for run in runs if run.kv_quantization is not None for q in run.kv_quantization.quantized]
+    return ["none", *dict.fromkeys(names)] if names else []
+
+
+def cached_columns(run: RunResult, caches: list[str]) -> dict[str, Any]:
+    """results.csv's cached-decoding loss and cache bytes per token of each cache (empty where not measured)."""
+    measured = run.kv_quantization
+    found = {} if measured is None else {c.quantization: c for c in [measured.unquantized, *measured.quantized]}
+    row: dict[str, Any] = {}
+    for cache in caches:
+        row[f"cached_val_loss_{cache}"] = found[cache].loss if cache in found else None
+        row[f"kv_bytes_per_token_{cache}"] = found[cache].kv_bytes_per_token if cache in found else None
+    return row
+
+
 def write_csv(path: Path, results: Results) -> None:
     names = val_names(results.settings)
-    rows = [csv_row(run, names) for run in results.runs]
+    caches = quantized_cache_names(results.runs)
+    rows = [csv_row(run, names) | cached_columns(run, caches) for run in results.runs]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -325,6 +345,48 @@ def task_lines(results: Results) -> list[str]:
     return lines + [""] + [f"- {d.sentence}" for row in compared for d in row.task_differences.values()]
 
 
+def _signed(stat: Stat) -> str:
+    """``+mean ± std`` (a difference: the sign on the mean only)."""
+    if stat.mean is None:
+        return NO_VALUE
+    return f"{stat.mean:+.4f}" + ("" if stat.std is None else f" ± {stat.std:.4f}")
+
+
+def quantized_cache_lines(results: Results) -> list[str]:
+    """Each variant decoded through each quantized cache: bytes, loss, and what the quantization costs."""
+    runs = [r for r in results.runs if r.kv_quantization is not None]
+    prefill = runs[0].kv_quantization.prefill_tokens
+    agreement = max(abs(r.kv_quantization.unquantized.loss - r.kv_quantization.full_forward_loss) for r in runs)
+    primary = Path(results.settings.val_paths[0]).stem
+    by_variant = {r.variant: r.kv_quantization.unquantized.attention_class_name for r in runs}
+    decoders = ", ".join(f"{variant} `{name}`" for variant, name in by_variant.items())
+    lines = [
+        f"Each run's final checkpoint decodes `{primary}` through its KV cache, teacher-forced as `litgpt generate`"
+        f" feeds tokens (each validation window's first {prefill} tokens as one chunk, then one token at a time,"
+        " every query reading the keys and values back from the cache), once through the unquantized cache and"
+        " once through each `kv_cache_quantization`. cached loss: mean ± std over seeds; cost: the quantized minus"
+        " the unquantized cached loss of the same checkpoint (paired), mean ± std over seeds. KV B/token: allocated"
+        " by `set_kv_cache` at the decode batch and context, in the decode dtype, scales and offsets included."
+        f" Unquantized cached decoding agrees with the full-forward validation loss to {agreement:.1e} nats at most"
+        f" (every run). Decoded by: {decoders}; where that is not the run's own class, the run's class keeps"
+        " litgpt's own cache and this one, with the same weights and outputs, replaces it"
+        " (`litgpt_mka.attention.registry.quantizable_attention_class`).",
+        "",
+        "| variant | cache | KV B/token | × unquantized | cached val loss | cost (nats/token) |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for row in (r for r in results.summary if r.quantized_caches):
+        base = row.kv_bytes_per_token.mean
+        lines.append(f"| {row.variant} | none | {_cell(row.kv_bytes_per_token, lambda v: f'{v:,.0f}', constant=True)} |"
+                     f" 1.000 | {_cell(row.val_loss.get(primary), _loss)} | reference |")
+        for cache in row.quantized_caches:
+            ratio = NO_VALUE if not base else f"{cache.kv_bytes_per_token.mean / base:.3f}"
+            lines.append(f"| {row.variant} | {cache.quantization} |"
+                         f" {_cell(cache.kv_bytes_per_token, lambda v: f'{v:,.0f}', constant=True)} | {ratio} |"
+                         f" {_cell(cache.loss, _loss)} | {_signed(cache.cost)} |")
+    return lines + ["", "The unquantized rows' loss is the full-forward validation loss of the Results table."]
+
+
 def _load_text(load: PhaseLoad) -> str:
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
@@ -384,7 +446,7 @@ DEFINITIONS = [
 
 PLOT_TITLES = {
     "loss_vs_tokens.png": "Validation loss against training tokens",
-    "loss_vs_kv_cache.png": "Validation loss against KV-cache bytes per token (Pareto)",
+    "loss_vs_kv_cache.png": "Validation loss against KV-cache bytes per token (Pareto; quantized caches as squares)",
     "routing.png": "Learned routing weights of MKA/FMKA per layer",
     "throughput.png": "Training and decode throughput (quiet runs only)",
 }
@@ -398,6 +460,8 @@ def markdown(results: Results, figures: list[str]) -> str:
     lines += ["## Differences to the reference", ""] + difference_lines(results) + [""]
     if any(row.task_scores for row in results.summary):
         lines += ["## lm-eval task scores", ""] + task_lines(results) + [""]
+    if any(row.quantized_caches for row in results.summary):
+        lines += ["## Quantized KV caches", ""] + quantized_cache_lines(results) + [""]
     lines += ["## Timing and load", ""] + load_lines(results) + [""]
     routing = routing_lines(results)
     if routing:

@@ -8,6 +8,8 @@ For run ``i`` of ``n`` (configs outermost, seeds inner):
 4. with ``--lm_eval_tasks``, unless ``lm_eval.json`` holds those tasks already:
    ``python -m litgpt_mka.compare.worker lm_eval RUN_DIR --tasks ...`` writes it (a failure there leaves the
    run finished, without scores, and makes the exit status 1).
+5. with ``--kv_cache_quantizations``, the same for ``kv_quantization.json``:
+   ``python -m litgpt_mka.compare.worker kv_quantization RUN_DIR --quantizations ...``.
 
 A worker that exits nonzero (exception, out-of-memory kill, ...) makes the run "failed": its
 ``result.json`` records the phase, exit status and the tail of ``run.log``, and the next run starts.
@@ -37,6 +39,7 @@ from pathlib import Path
 from litgpt_mka.compare import report
 from litgpt_mka.compare.atomic import read_json, write_json
 from litgpt_mka.compare.environment import command_line, environment, utc_now
+from litgpt_mka.compare.kv_quantization import read_kv_quantization
 from litgpt_mka.compare.layout import REPORT_MD, RunPlan
 from litgpt_mka.compare.options import CompareOptions
 from litgpt_mka.compare.plan import SharedSettings, plan_runs
@@ -127,20 +130,38 @@ def lm_eval_command(run: RunPlan, tasks: list[str], include_path: Path | None) -
     return command + ([] if include_path is None else ["--include_path", str(Path(include_path).resolve())])
 
 
-def score_tasks(run: RunPlan, total: int, tasks: list[str] | None, include_path: Path | None) -> bool:
-    """lm-eval task scores of a finished run, unless it has those already; True if it has them now.
+def kv_quantization_command(run: RunPlan, quantizations: list[str]) -> list[str]:
+    return worker_command(run, "kv_quantization", keep_step_checkpoints=False) + ["--quantizations", ",".join(quantizations)]
 
-    A failure is announced and leaves result.json as it is: the run stays finished, its scores missing.
-    """
+
+def score_tasks(run: RunPlan, total: int, tasks: list[str] | None, include_path: Path | None) -> bool:
+    """lm-eval task scores of a finished run, unless it has those already; True if it has them now."""
     if not tasks or read_lm_eval(run.run_dir, tasks, include_path) is not None:
         return True
-    announce(run, total, f"lm-eval tasks {', '.join(tasks)}")
-    returncode = launch(run, total, lm_eval_command(run, tasks, include_path))
+    return run_extra_phase(run, total, "lm_eval", f"lm-eval tasks {', '.join(tasks)}",
+                           lm_eval_command(run, tasks, include_path))
+
+
+def measure_quantized_caches(run: RunPlan, total: int, quantizations: list[str] | None) -> bool:
+    """Cached decoding of a finished run through quantized caches, unless it has those already; True if it has."""
+    if not quantizations or read_kv_quantization(run.run_dir, quantizations) is not None:
+        return True
+    return run_extra_phase(run, total, "kv_quantization", f"quantized KV caches {', '.join(quantizations)}",
+                           kv_quantization_command(run, quantizations))
+
+
+def run_extra_phase(run: RunPlan, total: int, phase: str, what: str, command: list[str]) -> bool:
+    """A phase after the run finished (lm-eval scores, quantized caches); True if it succeeded.
+
+    A failure is announced and leaves result.json as it is: the run stays finished, that phase's file missing.
+    """
+    announce(run, total, what)
+    returncode = launch(run, total, command)
     if returncode in (-signal.SIGINT, INTERRUPTED):
         raise KeyboardInterrupt
     if returncode != 0:
         tail = log_tail(run.folder.log)
-        announce(run, total, f"FAILED in lm_eval, {describe_exit(returncode)}: {error_summary(tail)}"
+        announce(run, total, f"FAILED in {phase}, {describe_exit(returncode)}: {error_summary(tail)}"
                              f" (log: {run.folder.log})")
         return False
     return True
@@ -251,14 +272,18 @@ def execute(run: RunPlan, total: int, keep_step_checkpoints: bool) -> bool:
 # ----------------------------------------------------------------------------------------------- report
 def run_results(comparison: Comparison) -> list[RunResult]:
     """Every run's result in plan order (paths relative to where compare ran); runs without one are pending."""
-    tasks, include_path = comparison.options.lm_eval_tasks, comparison.options.include_path
+    options = comparison.options
+    tasks, include_path, quantizations = options.lm_eval_tasks, options.include_path, options.kv_cache_quantizations
     results = []
     for run in comparison.runs:
         result = run.read_result()
         if result is None:
             result = RunResult(status="pending", name=run.name, variant=run.variant, seed=run.seed)
-        elif tasks:
-            result = dataclasses.replace(result, lm_eval=read_lm_eval(run.run_dir, tasks, include_path))
+        else:
+            if tasks:
+                result = dataclasses.replace(result, lm_eval=read_lm_eval(run.run_dir, tasks, include_path))
+            if quantizations:
+                result = dataclasses.replace(result, kv_quantization=read_kv_quantization(run.run_dir, quantizations))
         results.append(report.public_run(result, comparison.cwd))
     return results
 
@@ -304,8 +329,11 @@ def run_comparison(comparison: Comparison) -> int:
         for plan in comparison.runs:
             if not execute(plan, total, options.keep_step_checkpoints):
                 failed.append(plan.name)
-            elif not score_tasks(plan, total, options.lm_eval_tasks, options.include_path):
-                failed.append(f"{plan.name} (lm-eval)")
+            else:
+                if not score_tasks(plan, total, options.lm_eval_tasks, options.include_path):
+                    failed.append(f"{plan.name} (lm-eval)")
+                if not measure_quantized_caches(plan, total, options.kv_cache_quantizations):
+                    failed.append(f"{plan.name} (quantized KV caches)")
             write_report(comparison)
     except KeyboardInterrupt:
         write_report(comparison)

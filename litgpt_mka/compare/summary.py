@@ -25,7 +25,7 @@ screening rule, not a significance test at a stated level.
 
 import math
 
-from litgpt_mka.compare.records import Difference, RunResult, Stat, TaskScore, VariantSummary
+from litgpt_mka.compare.records import Difference, QuantizedCacheSummary, RunResult, Stat, TaskScore, VariantSummary
 
 SE_FACTOR = 2.0  # |difference| below SE_FACTOR standard errors: tied within noise
 
@@ -130,6 +130,22 @@ def _task_differences(variant: str, scores: dict[str, list[TaskScore]], referenc
     }
 
 
+def _quantized_caches(runs: list[RunResult]) -> list[QuantizedCacheSummary]:
+    """Each quantized cache over the runs that measured it: bytes, loss, and its cost paired within a checkpoint
+    (quantized minus unquantized cached loss of the same run: one model, so this difference is paired)."""
+    measured = [r.kv_quantization for r in runs if r.kv_quantization is not None]
+    rows = []
+    for name in measured[0].quantizations if measured else []:
+        pairs = [(m.unquantized, q) for m in measured for q in m.quantized if q.quantization == name]
+        rows.append(QuantizedCacheSummary(
+            quantization=name,
+            kv_bytes_per_token=Stat.of([q.kv_bytes_per_token for _, q in pairs]),
+            loss=Stat.of([q.loss for _, q in pairs]),
+            cost=Stat.of([q.loss - u.loss for u, q in pairs]),
+        ))
+    return rows
+
+
 def summarize(results: list[RunResult], reference: str | None) -> list[VariantSummary]:
     """One row per variant, in first-seen order; differences to `reference` (None: no differences)."""
     by_variant: dict[str, list[RunResult]] = {}
@@ -170,6 +186,7 @@ def summarize(results: list[RunResult], reference: str | None) -> list[VariantSu
             task_stderrs={key: Stat.of([s.stderr for s in found]) for key, found in task_scores[variant].items()},
             task_differences=(_task_differences(variant, task_scores[variant], reference, task_scores[reference])
                               if compared else {}),
+            quantized_caches=_quantized_caches(ok),
         ))
     return rows
 

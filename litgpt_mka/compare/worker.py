@@ -1,4 +1,4 @@
-"""The processes of one run: ``python -m litgpt_mka.compare.worker {train,evaluate,lm_eval} RUN_DIR``.
+"""The processes of one run: ``python -m litgpt_mka.compare.worker {train,evaluate,lm_eval,kv_quantization} RUN_DIR``.
 
 Both read ``RUN_DIR/spec.json`` (written by the runner) and write their result atomically.
 
@@ -24,6 +24,10 @@ Both read ``RUN_DIR/spec.json`` (written by the runner) and write their result a
 ``lm_eval``
     With ``--tasks a,b [--include_path DIR]`` (compare's ``--lm_eval_tasks``), after the run finished: lm-eval
     task scores of ``final`` into ``lm_eval.json`` (:mod:`.tasks`).
+``kv_quantization``
+    With ``--quantizations int8,int4`` (compare's ``--kv_cache_quantizations``), after the run finished: the
+    held-out loss of cached decoding of ``final`` through the unquantized and each quantized cache, and the cache
+    bytes, into ``kv_quantization.json`` (:mod:`.kv_quantization`).
 """
 
 import argparse
@@ -188,6 +192,16 @@ def score_tasks(run_dir: Path, tasks: list[str], include_path: Path | None) -> N
     print(f"lm-eval: {len(result.scores)} scores of {', '.join(tasks)} in {result.wall_time_s:.0f} s", flush=True)
 
 
+def measure_quantized_caches(run_dir: Path, quantizations: list[str]) -> None:
+    """The kv_quantization phase: cached decoding of the final checkpoint through each cache (compare.kv_quantization)."""
+    from litgpt_mka.compare.kv_quantization import measure_run
+
+    result = measure_run(run_dir, quantizations)
+    costs = ", ".join(f"{q.quantization} {q.loss - result.unquantized.loss:+.4f}" for q in result.quantized)
+    print(f"cached decoding: unquantized {result.unquantized.loss:.4f} (full forward {result.full_forward_loss:.4f});"
+          f" cost {costs} nats/token; {result.wall_time_s:.0f} s", flush=True)
+
+
 def remove_step_checkpoints(out_dir: Path) -> None:
     """Deletes the resume points of a finished run (``step-*``, ``incomplete-step-*``); ``final/`` stays."""
     for path in [*Path(out_dir).glob("step-*"), *Path(out_dir).glob("incomplete-step-*")]:
@@ -197,11 +211,12 @@ def remove_step_checkpoints(out_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------- command
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m litgpt_mka.compare.worker", description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=("train", "evaluate", "lm_eval"))
+    parser.add_argument("phase", choices=("train", "evaluate", "lm_eval", "kv_quantization"))
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--keep_step_checkpoints", action="store_true", help="evaluate: keep the step-* folders")
     parser.add_argument("--tasks", help="lm_eval: comma-separated lm-eval task names")
     parser.add_argument("--include_path", type=Path, help="lm_eval: a folder of extra task YAML files")
+    parser.add_argument("--quantizations", help="kv_quantization: comma-separated kv_cache_quantization names")
     return parser.parse_args(argv)
 
 
@@ -216,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         train(args.run_dir)
     elif args.phase == "lm_eval":
         score_tasks(args.run_dir, args.tasks.split(","), args.include_path)
+    elif args.phase == "kv_quantization":
+        measure_quantized_caches(args.run_dir, args.quantizations.split(","))
     else:
         evaluate(args.run_dir, args.keep_step_checkpoints)
 

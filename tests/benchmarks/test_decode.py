@@ -98,3 +98,26 @@ def test_report_is_marked_not_publishable_when_busy_or_short(decode, monkeypatch
     decode.main(argv)
     busy = f"{threads + 0.51:.2f}"
     assert f"machine busy (1-minute load {busy} before, {busy} after; limit {threads + 0.5:g}:" in out.read_text()
+
+
+def test_quantized_rows_follow_their_preset_on_its_weights_and_get_their_own_table(decode, monkeypatch, tmp_path):
+    rows = decode.preset_rows("14m", 64, ["mha-int8", "mla-int4"], ["int8", "int4"])
+    assert [(row.key, row.config.attention_class_name, row.config.kv_cache_quantization, row.unquantized)
+            for row in rows] == [
+        ("mha", "CausalSelfAttention", None, None),
+        ("mha-int8", "GroupedQueryAttention", "int8", "mha"),  # MHA's weights in the class that quantizes
+        ("mla", "MultiheadLatentAttention", None, None),  # kept: the quantized row's reference
+        ("mla-int4", "MultiheadLatentAttention", "int4", "mla"),
+    ]
+    decode.build_models(rows[:2], torch.device("cpu"), torch.float32, seed=0)
+    mha, int8 = rows[0].model.state_dict(), rows[1].model.state_dict()
+    assert mha.keys() == int8.keys() and all(torch.equal(mha[name], int8[name]) for name in mha)
+
+    monkeypatch.setattr(decode, "load_average", lambda: (0.0, 0.0, 0.0))
+    out = tmp_path / "decode.md"
+    argv = ["--size", "14m", "--rounds", "1", "--contexts", "24", "--batch-sizes", "2", "--cache-dominated", "none",
+            "--warmup-tokens", "0", "--new-tokens", "2", "--variants", "mqa-int4", "--copy-mib", "8",
+            "--kv-cache-quantizations", "int4", "--out", str(out)]
+    decode.main(argv)
+    table = out.read_text().split("### Quantized caches against the same variant unquantized")[1]
+    assert "| MQA, int4 cache | 0.156 |" in table  # a row of hs 32: 16 B of codes + float16 scale and offset, of 128

@@ -306,3 +306,44 @@ def test_failing_config_is_recorded_and_the_other_runs_complete(env, shared_data
     assert "## Failed runs" in report and "| tiny-broken-seed1 | train | exit status 1 |" in report
     assert "| tiny-broken | 0/1 | — |" in report
     assert "No reference: no config is MHA" in report  # neither config is MHA, and no --reference
+
+
+@pytest.mark.slow
+def test_a_rerun_with_quantized_caches_decodes_the_finished_checkpoints_and_trains_nothing(finished, env, tmp_path):
+    """--kv_cache_quantizations on a finished comparison: kv_quantization.json per run, what an independent cached
+    decode of final/ gives; MHA (litgpt's class) decodes through ours; a third invocation measures nothing."""
+    import dataclasses
+
+    from litgpt_mka.attention import registry
+    from litgpt_mka.compare.evaluate import PREFILL_TOKENS, cached_heldout_loss, heldout_data, load_model
+
+    out_dir = tmp_path / "out"
+    shutil.copytree(finished["out_dir"], out_dir)
+    args = [*finished["args"][: finished["args"].index("--out_dir") + 1], str(out_dir),
+            *finished["args"][finished["args"].index("--out_dir") + 2 :], "--kv_cache_quantizations", "int8", "int4"]
+
+    rerun = run(args, env, cwd=finished["folder"])
+
+    assert rerun.stdout.count("finished earlier, skipped") == 3 and "training (litgpt pretrain)" not in rerun.stdout
+    assert rerun.stdout.count("quantized KV caches int8, int4") == 3
+    for name in ("tiny-mha-seed1", "tiny-mka-seed1"):
+        saved = json.loads((out_dir / "runs" / name / "kv_quantization.json").read_text())
+        final = out_dir / "runs" / name / "checkpoints" / "final"
+        model, data = load_model(final, torch.device("cpu")), heldout_data(final, finished["vals"][0])
+        decoder = registry.quantizable_attention_class(model.config)
+        int4 = type(model)(dataclasses.replace(model.config, attention_class_name=decoder, kv_cache_quantization="int4"))
+        int4.load_state_dict(model.state_dict())
+        expected = cached_heldout_loss(int4.eval(), data, 32, PREFILL_TOKENS).loss
+        assert [q["quantization"] for q in saved["quantized"]] == ["int8", "int4"]
+        assert saved["quantized"][1]["loss"] == pytest.approx(expected, rel=1e-6)
+        assert saved["unquantized"]["loss"] == pytest.approx(saved["full_forward_loss"], abs=1e-5)
+        assert saved["unquantized"]["attention_class_name"] == decoder
+        # int8 stores 1 byte per number plus a float16 scale per group instead of 4 bytes
+        assert saved["quantized"][0]["kv_bytes_per_token"] < 0.3 * saved["unquantized"]["kv_bytes_per_token"]
+    assert json.loads((out_dir / "runs" / "tiny-mha-seed1" / "kv_quantization.json").read_text())[
+        "unquantized"]["attention_class_name"] == "GroupedQueryAttention"
+    summary = {s.variant: s for s in typed_results(out_dir).summary}
+    assert [c.quantization for c in summary["tiny-mqa"].quantized_caches] == ["int8", "int4"]
+    assert "## Quantized KV caches" in (out_dir / "report.md").read_text()
+    again = run(args, env, cwd=finished["folder"])
+    assert "quantized KV caches" not in again.stdout  # measured once: the next invocation finds the files
