@@ -4,8 +4,9 @@ Layout
 ------
 ``attention/``  the variants: the registry (one entry per variant), the KV-cache base, one module per
                 variant (equations, weights and cache layout in its docstring).
-``plugin/``     how litgpt is extended: activation at interpreter start, the one module that touches
-                litgpt's internals, and the checks of ``Config`` values.
+``plugin/``     how litgpt is extended: activation at interpreter start, the one package that touches
+                litgpt's internals (``litgpt_internals/``, a module per litgpt module), the checks of ``Config``
+                values.
 ``measure/``    KV-cache accounting and decode-speed measurement.
 ``compare/``    ``litgpt-mka compare`` (``cli.py`` is the console script).
 ``data.py``     the offline ``TextCorpus`` data module; ``presets.py`` reads ``config_hub`` YAMLs.

@@ -1,7 +1,7 @@
 """LoRA for every attention variant: what ``litgpt finetune_lora`` trains and ``litgpt merge_lora`` merges.
 
 ``litgpt.lora.Block`` builds the registry entry's ``lora_target`` for ``config.attention_class_name`` (see
-:func:`lora_attention_class` and ``extend_lora_module`` in :mod:`litgpt_mka.plugin.litgpt_internals`). Each LoRA class keeps the base
+:func:`lora_attention_class` and ``extend_lora_module`` in :mod:`litgpt_mka.plugin.litgpt_internals.finetune`). Each LoRA class keeps the base
 variant's parameter names with litgpt's ``.linear`` infix (``attn.kv_b_proj.weight`` is
 ``attn.kv_b_proj.linear.weight``), maps plain checkpoints on load, and merges through litgpt's
 ``merge_lora_weights`` (every LoRA layer is a litgpt ``LoRALinear``), so ``merge_lora`` writes a checkpoint

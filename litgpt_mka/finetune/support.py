@@ -13,7 +13,8 @@ command                                    MHA    GQA    MQA    MLA        MKA, 
 
 (1) litgpt writes GQA/MQA for architectures whose Hugging Face class has grouped key/value heads
 (Llama-style ``num_key_value_heads``); Hugging Face's GPT-NeoX (Pythia) has none, so a Pythia-shaped
-GQA or MQA checkpoint is refused. Refusals are ``ValueError``s raised before anything is built or written.
+GQA or MQA checkpoint is refused when litgpt's converter copies its weights to GPT-NeoX, and what litgpt had
+created by then is removed. Refusals are ``ValueError``s; none leaves anything built or written.
 
 Why adapters refuse: litgpt's adapter attention adds a learned prompt whose keys and values come from
 ``CausalSelfAttention``'s fused ``qkv``; MLA has no ``qkv`` (its keys and values come from a shared
@@ -60,31 +61,45 @@ def check_adapter_supports(config: Any, litgpt_module: str) -> None:
     )
 
 
-def check_hugging_face_counterpart(config: Any, litgpt_copy_function: str) -> None:
-    """Raises ValueError when `convert_from_litgpt` would write weights no Hugging Face model can hold.
+class HuggingFaceConversionRefused(ValueError):
+    """`convert_from_litgpt` refuses a checkpoint that no Hugging Face model can hold; nothing is left written."""
 
-    Args:
-        config: the checkpoint's ``Config``.
-        litgpt_copy_function: the name of the litgpt function that would copy the weights
-            (``copy_weights_gpt_neox``, ``copy_weights_llama``, ...).
+
+def check_hugging_face_counterpart(config: Any) -> None:
+    """Raises when no Hugging Face architecture that `convert_from_litgpt` converts to holds `config`'s variant.
+
+    Run before litgpt's converter starts (``convert_lit_checkpoint`` is wrapped), so nothing is written.
 
     Raises:
-        ValueError: MLA or MKA (no counterpart in any architecture litgpt converts to), or grouped
-            key/value heads (GQA, MQA) on the GPT-NeoX layout (Hugging Face GPT-NeoX has none).
+        HuggingFaceConversionRefused: (a ``ValueError``) MLA or MKA: litgpt's converter has no mapping for them.
     """
+    if registry.lookup(config.attention_class_name).litgpt_equivalent:
+        return
     label = variant_label(config)
-    if not registry.lookup(config.attention_class_name).litgpt_equivalent:
-        raise ValueError(
-            f"`litgpt convert_from_litgpt` cannot convert {describe(config)}: litgpt's converter has no mapping"
-            f" for it and no Hugging Face architecture it converts to holds {label} attention (the model is"
-            f" {config.name!r}). Nothing was written. The litgpt checkpoint itself works with `litgpt generate`,"
-            " `chat`, `serve` and the fine-tuning commands; only MHA converts to Hugging Face GPT-NeoX."
-        )
-    if litgpt_copy_function == "copy_weights_gpt_neox" and config.n_query_groups != config.n_head:
-        raise ValueError(
-            f"`litgpt convert_from_litgpt` cannot convert {describe(config)} with n_query_groups="
-            f"{config.n_query_groups} < n_head={config.n_head} to Hugging Face GPT-NeoX ({config.name!r}):"
-            " GPT-NeoX has no grouped key/value heads (every head has its own key and value), so the weights"
-            " would not fit. Nothing was written. Only n_query_groups == n_head (MHA) converts for this"
-            " architecture."
-        )
+    raise HuggingFaceConversionRefused(
+        f"`litgpt convert_from_litgpt` cannot convert {describe(config)}: litgpt's converter has no mapping"
+        f" for it and no Hugging Face architecture it converts to holds {label} attention (the model is"
+        f" {config.name!r}). Nothing was written. The litgpt checkpoint itself works with `litgpt generate`,"
+        " `chat`, `serve` and the fine-tuning commands; only MHA converts to Hugging Face GPT-NeoX."
+    )
+
+
+def check_gpt_neox_key_value_heads(config: Any) -> None:
+    """Raises when `config`'s grouped key/value heads (GQA, MQA) would be copied to the GPT-NeoX layout.
+
+    Run when litgpt's converter calls its ``copy_weights_gpt_neox`` (the copy function litgpt picks for
+    `config`); the converter's wrapper then removes what litgpt had created, so nothing is left written.
+
+    Raises:
+        HuggingFaceConversionRefused: (a ``ValueError``) ``n_query_groups != n_head``: Hugging Face GPT-NeoX
+            has no grouped key/value heads.
+    """
+    if config.n_query_groups == config.n_head:
+        return
+    raise HuggingFaceConversionRefused(
+        f"`litgpt convert_from_litgpt` cannot convert {describe(config)} with n_query_groups="
+        f"{config.n_query_groups} < n_head={config.n_head} to Hugging Face GPT-NeoX ({config.name!r}):"
+        " GPT-NeoX has no grouped key/value heads (every head has its own key and value), so the weights"
+        " would not fit. Nothing was written. Only n_query_groups == n_head (MHA) converts for this"
+        " architecture."
+    )

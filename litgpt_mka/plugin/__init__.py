@@ -1,2 +1,2 @@
-"""How litgpt is extended: activation (``activation.py``), the one module touching litgpt's internals
-(``litgpt_internals.py``) and the ``Config`` checks (``config_checks.py``)."""
+"""How litgpt is extended: activation (``activation.py``), the one package touching litgpt's internals
+(``litgpt_internals/``, a module per litgpt module it extends) and the ``Config`` checks (``config_checks.py``)."""

@@ -8,8 +8,10 @@ only appends a tiny finder to ``sys.meta_path`` (no torch, no litgpt import; see
 ``python -X importtime -c pass``). The first time ``litgpt.config``, ``litgpt.model``,
 ``litgpt.pretrain`` or another module of ``_EXTENSIONS`` (``litgpt.utils``, LoRA, adapters, the fine-tuning
 scripts, ``convert_from_litgpt``) is imported, by the ``litgpt`` console script, ``python -m litgpt`` or user
-code, the finder lets the module execute normally and then hands it to
-:mod:`litgpt_mka.plugin.litgpt_internals`, the only module that touches litgpt's internals.
+code, the finder lets the module execute normally and then hands it to the module of
+:mod:`litgpt_mka.plugin.litgpt_internals` that extends it (one per litgpt module: ``config``, ``model``,
+``utils``, ``pretrain``, ``finetune``, ``convert``), the only package that touches litgpt's internals; only
+that module of the package is imported.
 
 * ``import litgpt_mka`` activates the same way (and patches modules that were imported earlier).
 * Activation is idempotent: each litgpt module is extended once.
@@ -17,30 +19,34 @@ code, the finder lets the module execute normally and then hands it to
   behaves exactly as if the plugin were not installed. :func:`activate` still works explicitly.
 """
 
+import importlib
 import sys
 
 DISABLE_ENV_VAR = "LITGPT_MKA_DISABLE"
 
-# litgpt module name -> name of the function in `litgpt_mka.plugin.litgpt_internals` that extends it
+# litgpt module name -> (module of `litgpt_mka.plugin.litgpt_internals`, name of the function in it that extends it)
 _EXTENSIONS = {
     # the default precision (litgpt_mka/precision.py): before every module that imports it by name
-    "litgpt.utils": "extend_utils_module",
-    "litgpt.config": "extend_config_module",
-    "litgpt.model": "extend_model_module",
-    "litgpt.pretrain": "extend_pretrain_module",
+    "litgpt.utils": ("utils", "extend_utils_module"),
+    "litgpt.config": ("config", "extend_config_module"),
+    "litgpt.model": ("model", "extend_model_module"),
+    "litgpt.pretrain": ("pretrain", "extend_pretrain_module"),
     # fine-tuning and conversion (litgpt_mka/finetune/): each refuses or builds the configured variant
-    "litgpt.lora": "extend_lora_module",
-    "litgpt.adapter": "extend_adapter_module",
-    "litgpt.scripts.convert_lit_checkpoint": "extend_convert_lit_checkpoint_module",
+    "litgpt.lora": ("finetune", "extend_lora_module"),
+    "litgpt.adapter": ("finetune", "extend_adapter_module"),
+    "litgpt.scripts.convert_lit_checkpoint": ("convert", "extend_convert_lit_checkpoint_module"),
     # the training scripts: a warning for bf16 on a CPU that emulates it
-    **{f"litgpt.finetune.{name}": "extend_finetune_module" for name in ("full", "lora", "lora_legacy", "adapter", "adapter_v2")},
+    **{
+        f"litgpt.finetune.{name}": ("finetune", "extend_finetune_module")
+        for name in ("full", "lora", "lora_legacy", "adapter", "adapter_v2")
+    },
 }
 
 
 def _extend(module) -> None:
-    from litgpt_mka.plugin import litgpt_internals
-
-    getattr(litgpt_internals, _EXTENSIONS[module.__name__])(module)
+    extending_module, function = _EXTENSIONS[module.__name__]
+    extensions = importlib.import_module(f"litgpt_mka.plugin.litgpt_internals.{extending_module}")
+    getattr(extensions, function)(module)
 
 
 class _ExtendingLoader:

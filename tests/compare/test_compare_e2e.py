@@ -316,6 +316,7 @@ def test_a_rerun_with_quantized_caches_decodes_the_finished_checkpoints_and_trai
 
     from litgpt_mka.attention import registry
     from litgpt_mka.compare.evaluate import PREFILL_TOKENS, cached_heldout_loss, heldout_data, load_model
+    from litgpt_mka.measure.kv_cache_size import kv_cache_bytes
 
     out_dir = tmp_path / "out"
     shutil.copytree(finished["out_dir"], out_dir)
@@ -331,15 +332,17 @@ def test_a_rerun_with_quantized_caches_decodes_the_finished_checkpoints_and_trai
         final = out_dir / "runs" / name / "checkpoints" / "final"
         model, data = load_model(final, torch.device("cpu")), heldout_data(final, finished["vals"][0])
         decoder = registry.quantizable_attention_class(model.config)
-        int4 = type(model)(dataclasses.replace(model.config, attention_class_name=decoder, kv_cache_quantization="int4"))
+        int8, int4 = (type(model)(dataclasses.replace(model.config, attention_class_name=decoder, kv_cache_quantization=q))
+                      for q in ("int8", "int4"))
         int4.load_state_dict(model.state_dict())
         expected = cached_heldout_loss(int4.eval(), data, 32, PREFILL_TOKENS).loss
         assert [q["quantization"] for q in saved["quantized"]] == ["int8", "int4"]
         assert saved["quantized"][1]["loss"] == pytest.approx(expected, rel=1e-6)
         assert saved["unquantized"]["loss"] == pytest.approx(saved["full_forward_loss"], abs=1e-5)
         assert saved["unquantized"]["attention_class_name"] == decoder
-        # int8 stores 1 byte per number plus a float16 scale per group instead of 4 bytes
-        assert saved["quantized"][0]["kv_bytes_per_token"] < 0.3 * saved["unquantized"]["kv_bytes_per_token"]
+        for cache, config in (("int8", int8.config), ("int4", int4.config)):  # at --context_length 16, batch 1
+            bytes_per_token = next(q for q in saved["quantized"] if q["quantization"] == cache)["kv_bytes_per_token"]
+            assert bytes_per_token == kv_cache_bytes(config, 1, 16, torch.float32) / 16
     assert json.loads((out_dir / "runs" / "tiny-mha-seed1" / "kv_quantization.json").read_text())[
         "unquantized"]["attention_class_name"] == "GroupedQueryAttention"
     summary = {s.variant: s for s in typed_results(out_dir).summary}

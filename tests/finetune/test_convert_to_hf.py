@@ -1,4 +1,5 @@
-"""`litgpt convert_from_litgpt` refuses variants with no Hugging Face counterpart before writing anything."""
+"""`litgpt convert_from_litgpt` refuses what no Hugging Face model can hold, through litgpt's own converter, and
+leaves nothing written."""
 
 import pytest
 import torch
@@ -8,14 +9,19 @@ from litgpt.utils import save_config
 from tests.finetune.builders import variant_config
 from tests.helpers import random_gpt
 
-REFUSED = {
+# no Hugging Face architecture holds these: refused before litgpt's converter starts
+WITHOUT_COUNTERPART = {
     "mla": r"cannot convert attention_class_name='MultiheadLatentAttention' \(MLA\)",
     "mka": r"cannot convert attention_class_name='MemorizedKeyAttention' \(MKA\)",
     "fmka": r"cannot convert attention_class_name='MemorizedKeyAttention' \(FMKA\)",
     "stock-mla": r"cannot convert attention_class_name='LitgptMultiheadLatentAttention' \(litgpt's stock MLA\)",
+}
+# grouped key/value heads on the tiny configs' Pythia layout: refused when litgpt copies them to GPT-NeoX
+GROUPED_HEADS = {
     "gqa": r"n_query_groups=2 < n_head=4 to Hugging Face GPT-NeoX .* no grouped key/value heads",
     "mqa": r"n_query_groups=1 < n_head=4 to Hugging Face GPT-NeoX .* no grouped key/value heads",
 }
+LLAMA_LAYOUT = dict(mlp_class_name="LLaMAMLP", intermediate_size=128, bias=False, norm_class_name="RMSNorm")
 
 
 def checkpoint_dir(tmp_path, variant: str, **overrides):
@@ -27,13 +33,49 @@ def checkpoint_dir(tmp_path, variant: str, **overrides):
     return directory
 
 
-@pytest.mark.parametrize("variant", REFUSED)
-def test_refused_before_anything_is_written(variant, tmp_path):
+def raised_in_litgpts_converter(error: pytest.ExceptionInfo) -> bool:
+    """Whether litgpt's own `convert_lit_checkpoint` was running when `error` was raised."""
+    litgpt_file = convert_lit_checkpoint.__file__
+    return any(entry.name == "convert_lit_checkpoint" and str(entry.path) == litgpt_file for entry in error.traceback)
+
+
+@pytest.mark.parametrize("variant", WITHOUT_COUNTERPART)
+def test_variants_without_counterpart_are_refused_before_anything_is_written(variant, tmp_path, monkeypatch):
     source, output = checkpoint_dir(tmp_path, variant), tmp_path / "hf"
-    with pytest.raises(ValueError, match=REFUSED[variant]) as error:
+    opened, litgpt_incremental_save = [], convert_lit_checkpoint.incremental_save
+    monkeypatch.setattr(convert_lit_checkpoint, "incremental_save", lambda path: opened.append(path) or litgpt_incremental_save(path))
+    with pytest.raises(ValueError, match=WITHOUT_COUNTERPART[variant]) as error:
         convert_lit_checkpoint.convert_lit_checkpoint(source, output)
     assert "Nothing was written" in str(error.value)
-    assert not output.exists()
+    assert not raised_in_litgpts_converter(error)
+    assert opened == [] and not output.exists()
+
+
+@pytest.mark.parametrize("variant", GROUPED_HEADS)
+def test_grouped_heads_are_refused_for_gpt_neox_and_nothing_is_left(variant, tmp_path):
+    """litgpt's dispatch picks GPT-NeoX, creates the output directories and model.pth, then calls the copy function."""
+    source, output = checkpoint_dir(tmp_path, variant), tmp_path / "new" / "hf"
+    with pytest.raises(ValueError, match=GROUPED_HEADS[variant]) as error:
+        convert_lit_checkpoint.convert_lit_checkpoint(source, output)
+    assert "Nothing was written" in str(error.value)
+    assert raised_in_litgpts_converter(error)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("model_file_before", [False, True])
+def test_a_refusal_leaves_an_existing_output_directory_as_it_was(model_file_before, tmp_path):
+    """Only what the call created is removed: the directory and what was in it stay, an earlier model.pth with its
+    bytes (litgpt empties it on opening; the wrapper moved it aside and puts it back)."""
+    source, output = checkpoint_dir(tmp_path, "gqa"), tmp_path / "hf"
+    output.mkdir()
+    (output / "README.md").write_text("kept")
+    if model_file_before:
+        (output / "model.pth").write_bytes(b"an earlier conversion")
+    with pytest.raises(ValueError, match=GROUPED_HEADS["gqa"]):
+        convert_lit_checkpoint.convert_lit_checkpoint(source, output)
+    assert sorted(path.name for path in output.iterdir()) == ["README.md", "model.pth"][: 2 if model_file_before else 1]
+    if model_file_before:
+        assert (output / "model.pth").read_bytes() == b"an earlier conversion"
 
 
 def test_mha_converts_to_gpt_neox(tmp_path):
@@ -45,8 +87,7 @@ def test_mha_converts_to_gpt_neox(tmp_path):
 
 def test_gqa_converts_where_hugging_face_has_grouped_heads(tmp_path):
     """The Llama layout (LLaMAMLP) has num_key_value_heads: litgpt's GQA conversion is left alone."""
-    llama_layout = dict(mlp_class_name="LLaMAMLP", intermediate_size=128, bias=False, norm_class_name="RMSNorm")
-    source = checkpoint_dir(tmp_path, "gqa", **llama_layout)
+    source = checkpoint_dir(tmp_path, "gqa", **LLAMA_LAYOUT)
     output = tmp_path / "hf"
     convert_lit_checkpoint.convert_lit_checkpoint(source, output)
     converted = torch.load(output / "model.pth")
@@ -57,35 +98,3 @@ def test_the_cli_entry_point_is_the_checking_one():
     from litgpt.__main__ import PARSER_DATA
 
     assert PARSER_DATA["convert_from_litgpt"] is convert_lit_checkpoint.convert_lit_checkpoint
-
-
-COPY_FUNCTION_CASES = [
-    ("pythia-14m", "GptNeoxMLP"), ("falcon-7b", "GptNeoxMLP"), ("Gemma-2-2b", "GemmaMLP"), ("gemma-2-custom", "GemmaMLP"),
-    ("Gemma-3-1b-it", "GemmaMLP"), ("Phi-3-mini-4k-instruct", "LLaMAMLP"), ("phi-2", "GptNeoxMLP"),
-    ("Qwen2.5-0.5B", "LLaMAMLP"), ("QwQ-32B", "LLaMAMLP"), ("OLMo-2-1124-7B", "LLaMAMLP"), ("Qwen3-0.6B", "LLaMAMLP"),
-    ("Llama-3.2-1B", "LLaMAMLP"), ("my-llama-like", "LLaMAMoE"), ("my-neox-like", "GptNeoxMLP"),
-]
-
-
-@pytest.mark.parametrize("name, mlp_class_name", COPY_FUNCTION_CASES)
-def test_the_copy_function_is_the_one_litgpt_picks(name, mlp_class_name, monkeypatch, tmp_path):
-    """litgpt's own `convert_lit_checkpoint` (unwrapped) runs with its copy functions replaced by recorders."""
-    import contextlib
-    import types
-
-    from litgpt.scripts import convert_lit_checkpoint as module
-
-    from litgpt_mka.plugin.litgpt_internals import _litgpt_copy_function_name
-
-    config = types.SimpleNamespace(name=name, mlp_class_name=mlp_class_name)
-    picked = []
-    for function in [attr for attr in vars(module) if attr.startswith("copy_weights_")]:
-        monkeypatch.setattr(module, function, lambda *args, _function=function, **kwargs: picked.append(_function))
-    monkeypatch.setattr(module.Config, "from_file", classmethod(lambda cls, path: config))
-    monkeypatch.setattr(module, "lazy_load", lambda path: {})
-    monkeypatch.setattr(module, "check_conversion_supported", lambda weights: None)
-    monkeypatch.setattr(module, "incremental_save", lambda path: contextlib.nullcontext(types.SimpleNamespace(save=lambda sd: None)))
-    monkeypatch.setattr(module, "pprint", lambda *args: None)
-    monkeypatch.setattr(module, "save_config", lambda *args: None, raising=False)
-    module.convert_lit_checkpoint.__wrapped__(tmp_path, tmp_path / "out")
-    assert picked and picked[0] == _litgpt_copy_function_name(config)

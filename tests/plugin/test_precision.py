@@ -146,7 +146,7 @@ def fake_fabric(device: str, requested: str):
 def test_pretrain_main_runs_eagerly_on_the_cpu(monkeypatch, env, compiled):
     import torch._dynamo
 
-    from litgpt_mka.plugin.litgpt_internals import CPU_COMPILE_ENV_VAR, _run_on_the_machine
+    from litgpt_mka.plugin.litgpt_internals.pretrain import CPU_COMPILE_ENV_VAR, _run_on_the_machine
 
     if env is None:
         monkeypatch.delenv(CPU_COMPILE_ENV_VAR, raising=False)
@@ -166,7 +166,7 @@ def test_pretrain_main_runs_eagerly_on_the_cpu(monkeypatch, env, compiled):
 
 
 def test_pretrain_main_warns_for_explicit_bf16_on_an_emulating_cpu(monkeypatch):
-    from litgpt_mka.plugin.litgpt_internals import _run_on_the_machine
+    from litgpt_mka.plugin.litgpt_internals.pretrain import _run_on_the_machine
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: precision.parse_cpuinfo_flags(AMD_ZEN3_CPUINFO))
     main = _run_on_the_machine(lambda fabric: "trained", skip_cpu_compile=True)
