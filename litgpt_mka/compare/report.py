@@ -384,7 +384,8 @@ def quantized_cache_lines(results: Results) -> list[str]:
             lines.append(f"| {row.variant} | {cache.quantization} |"
                          f" {_cell(cache.kv_bytes_per_token, lambda v: f'{v:,.0f}', constant=True)} | {ratio} |"
                          f" {_cell(cache.loss, _loss)} | {_signed(cache.cost)} |")
-    return lines + ["", "The unquantized rows' loss is the full-forward validation loss of the Results table."]
+    return lines + ["", "The unquantized rows' loss is the full-forward validation loss of the Results table. In the"
+                        " Pareto plot the quantized caches are squares labelled `variant cache`."]
 
 
 def _load_text(load: PhaseLoad) -> str:
@@ -446,7 +447,7 @@ DEFINITIONS = [
 
 PLOT_TITLES = {
     "loss_vs_tokens.png": "Validation loss against training tokens",
-    "loss_vs_kv_cache.png": "Validation loss against KV-cache bytes per token (Pareto; quantized caches as squares)",
+    "loss_vs_kv_cache.png": "Validation loss against KV-cache bytes per token (Pareto)",
     "routing.png": "Learned routing weights of MKA/FMKA per layer",
     "throughput.png": "Training and decode throughput (quiet runs only)",
 }

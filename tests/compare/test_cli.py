@@ -21,7 +21,7 @@ def test_the_command_line_fills_the_options_dataclass(monkeypatch):
                                      val_path=[Path("in.txt"), Path("out.txt")], reference="a", max_tokens=1000,
                                      plots=False, lm_eval_tasks=["piqa", "sciq"])]
     assert cli.list_options(CompareOptions) == {"--configs": str, "--seeds": int, "--val_path": str, "--pretrain_args": str,
-                                                "--lm_eval_tasks": str}
+                                                "--lm_eval_tasks": str, "--kv_cache_quantizations": str}
 
 
 def test_list_options_take_several_values_after_one_flag():
