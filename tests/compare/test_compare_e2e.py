@@ -21,42 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from litgpt_mka.data import split_documents
-from tests.compare.helpers import (
-    ABSOLUTE_PATH, ITERATIONS, MICRO_BATCH, SEQ, TINY_MKA, VAL_STORIES, compare_args, tiny_yaml, typed_results,
-    write_stories,
-)
+from tests.compare.helpers import ABSOLUTE_PATH, ITERATIONS, MICRO_BATCH, SEQ, compare_args, tiny_yaml, typed_results
 from tests.conftest import run
-
-
-@pytest.fixture(scope="module")
-def env(subprocess_env) -> dict[str, str]:
-    # compile is a no-op: these tests check bookkeeping, not speed (see the module docstring)
-    return {**subprocess_env, "TORCHDYNAMO_DISABLE": "1"}
-
-
-@pytest.fixture(scope="module")
-def small_val(tmp_path_factory, shared_data) -> Path:
-    """The first VAL_STORIES stories of the shared validation text."""
-    return write_stories(tmp_path_factory.mktemp("val") / "val.txt", shared_data, 0, VAL_STORIES)
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, env, shared_data, tokenizer_dir) -> dict:
-    """A finished comparison of three tiny variants (MHA, MQA, MKA), seed 1, on two validation texts.
-
-    It runs in its own folder with paths relative to it (configs/, val/, out), as a user in a project would;
-    the training text and tokenizer are given as absolute paths.
-    """
-    folder = tmp_path_factory.mktemp("compare")
-    configs = [tiny_yaml(folder / "configs", "tiny-mha"), tiny_yaml(folder / "configs", "tiny-mqa", n_query_groups=1),
-               tiny_yaml(folder / "configs", "tiny-mka", **TINY_MKA)]
-    vals = [write_stories(folder / "val" / "val.txt", shared_data, 0, VAL_STORIES),
-            write_stories(folder / "val" / "other.txt", shared_data, VAL_STORIES, 2 * VAL_STORIES)]
-    args = compare_args([c.relative_to(folder) for c in configs], Path("out"), shared_data,
-                        [v.relative_to(folder) for v in vals], tokenizer_dir)
-    result = run(args, env, cwd=folder)
-    return {"folder": folder, "out_dir": folder / "out", "args": args, "stdout": result.stdout,
-            "stderr": result.stderr, "vals": vals}
 
 
 def independent_validation_loss(checkpoint_dir: Path, val_path: Path, tokenizer_dir: Path, seq: int) -> torch.Tensor:
@@ -310,26 +276,29 @@ def test_failing_config_is_recorded_and_the_other_runs_complete(env, shared_data
 
 @pytest.mark.slow
 def test_a_rerun_with_quantized_caches_decodes_the_finished_checkpoints_and_trains_nothing(finished, env, tmp_path):
-    """--kv_cache_quantizations on a finished comparison: kv_quantization.json per run, what an independent cached
-    decode of final/ gives; MHA (litgpt's class) decodes through ours; a third invocation measures nothing."""
+    """--kv_cache_quantizations on a finished comparison (MHA and MKA of it): kv_quantization.json per run, what an
+    independent cached decode of final/ gives; MHA (litgpt's class) decodes through ours."""
     import dataclasses
 
     from litgpt_mka.attention import registry
     from litgpt_mka.compare.evaluate import PREFILL_TOKENS, cached_heldout_loss, heldout_data, load_model
+    from litgpt_mka.compare.kv_quantization import read_kv_quantization
     from litgpt_mka.measure.kv_cache_size import kv_cache_bytes
 
     out_dir = tmp_path / "out"
     shutil.copytree(finished["out_dir"], out_dir)
-    args = [*finished["args"][: finished["args"].index("--out_dir") + 1], str(out_dir),
-            *finished["args"][finished["args"].index("--out_dir") + 2 :], "--kv_cache_quantizations", "int8", "int4"]
+    args = list(finished["args"])
+    args[args.index("--out_dir") + 1] = str(out_dir)
+    args[args.index("--configs") + 1 : args.index("--seeds")] = ["configs/tiny-mha.yaml", "configs/tiny-mka.yaml"]
 
-    rerun = run(args, env, cwd=finished["folder"])
+    rerun = run([*args, "--kv_cache_quantizations", "int8", "int4"], env, cwd=finished["folder"])
 
-    assert rerun.stdout.count("finished earlier, skipped") == 3 and "training (litgpt pretrain)" not in rerun.stdout
-    assert rerun.stdout.count("quantized KV caches int8, int4") == 3
+    assert rerun.stdout.count("finished earlier, skipped") == 2 and "training (litgpt pretrain)" not in rerun.stdout
+    assert rerun.stdout.count("quantized KV caches int8, int4") == 2
     for name in ("tiny-mha-seed1", "tiny-mka-seed1"):
-        saved = json.loads((out_dir / "runs" / name / "kv_quantization.json").read_text())
-        final = out_dir / "runs" / name / "checkpoints" / "final"
+        run_dir = out_dir / "runs" / name
+        saved = json.loads((run_dir / "kv_quantization.json").read_text())
+        final = run_dir / "checkpoints" / "final"
         model, data = load_model(final, torch.device("cpu")), heldout_data(final, finished["vals"][0])
         decoder = registry.quantizable_attention_class(model.config)
         int8, int4 = (type(model)(dataclasses.replace(model.config, attention_class_name=decoder, kv_cache_quantization=q))
@@ -343,10 +312,11 @@ def test_a_rerun_with_quantized_caches_decodes_the_finished_checkpoints_and_trai
         for cache, config in (("int8", int8.config), ("int4", int4.config)):  # at --context_length 16, batch 1
             bytes_per_token = next(q for q in saved["quantized"] if q["quantization"] == cache)["kv_bytes_per_token"]
             assert bytes_per_token == kv_cache_bytes(config, 1, 16, torch.float32) / 16
+        # a later invocation with the same caches finds the file; other caches measure again
+        assert read_kv_quantization(run_dir, ["int8", "int4"]) is not None
+        assert read_kv_quantization(run_dir, ["int8"]) is None
     assert json.loads((out_dir / "runs" / "tiny-mha-seed1" / "kv_quantization.json").read_text())[
         "unquantized"]["attention_class_name"] == "GroupedQueryAttention"
     summary = {s.variant: s for s in typed_results(out_dir).summary}
-    assert [c.quantization for c in summary["tiny-mqa"].quantized_caches] == ["int8", "int4"]
+    assert [c.quantization for c in summary["tiny-mka"].quantized_caches] == ["int8", "int4"]
     assert "## Quantized KV caches" in (out_dir / "report.md").read_text()
-    again = run(args, env, cwd=finished["folder"])
-    assert "quantized KV caches" not in again.stdout  # measured once: the next invocation finds the files

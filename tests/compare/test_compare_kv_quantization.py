@@ -43,7 +43,7 @@ def quantized(model, quantization: str | None):
 
 
 @pytest.mark.parametrize("variant", sorted(TINY_VARIANTS))
-@pytest.mark.parametrize("prefill", [1, 5, SEQ])
+@pytest.mark.parametrize("prefill", [1, SEQ - 3])
 def test_cached_loss_of_an_unquantized_cache_is_the_full_forward_loss(variant, prefill):
     model, data = random_gpt(tiny_config(variant)), heldout(5 * SEQ + 7)
     full = heldout_loss(model, data, batch_size=2)
