@@ -1,7 +1,7 @@
 """The main job, end to end, with litgpt's own commands: `litgpt pretrain` then `litgpt generate`, for every
 Pythia-14m preset of the config hub, on the offline TinyStories sample (the machine's default precision, which
-is float32 on CPUs that emulate bf16, and eager on the CPU: see docs/precision.md; a budget of two optimizer
-steps)."""
+is float32 on CPUs that emulate bf16, and eager on the CPU: see docs/precision.md; two optimizer steps
+of 2 x 128 tokens: the preset's model section, a tiny training budget)."""
 
 import pytest
 import yaml
@@ -20,7 +20,8 @@ def test_pretrain_then_generate(path, shared_data, tokenizer_dir, subprocess_env
             "--data.train_path", str(shared_data / "train.txt"),
             "--data.val_path", str(shared_data / "val.txt"),
             "--tokenizer_dir", str(tokenizer_dir),
-            "--train.max_tokens", "8192",
+            "--train.max_seq_length", "128", "--train.micro_batch_size", "2", "--train.global_batch_size", "2",
+            "--train.max_tokens", "512",
             "--eval.max_iters", "2",
             "--out_dir", str(out_dir),
         ],

@@ -1,5 +1,6 @@
-"""Fixtures of the compare tests: one finished tiny comparison per test session, shared by the end-to-end tests of
-test_compare_e2e.py and the reruns that add lm-eval scores or quantized caches to it (copied first)."""
+"""Fixtures of the compare tests: one finished tiny comparison per test session (per pytest-xdist worker), shared
+by the end-to-end tests of test_compare_e2e.py and its reruns that add lm-eval scores or quantized caches to it
+(copied first). Only that module uses it: under `--dist loadfile` it is built once."""
 
 from pathlib import Path
 

@@ -1,7 +1,8 @@
 """`litgpt-mka compare` end to end: the real console script on tiny overrides of the pythia-14m hub configs (1 layer,
 width 32, 8 iterations of 4 x 32 tokens; MHA, MQA and MKA) with the whole shared TinyStories training text and
 two validation texts cut from its validation sample (stories 0-11 and 12-23): the runner, the workers, the
-evaluation, the measurements and the report together, and the runner's resume and failure handling.
+evaluation, the measurements and the report together; the runner's resume and failure handling; reruns that add
+quantized caches or lm-eval tasks to the finished comparison.
 
 They set TORCHDYNAMO_DISABLE=1: litgpt pretrain's torch.compile becomes a no-op, which these tests of the
 bookkeeping do not need (the measured comparison keeps compilation), and precision 32-true, so that
@@ -19,10 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from litgpt_mka.data import split_documents
 from tests.compare.helpers import ABSOLUTE_PATH, ITERATIONS, MICRO_BATCH, SEQ, compare_args, tiny_yaml, typed_results
-from tests.conftest import run
+from tests.conftest import PROJECT_ROOT, run
+from tests.evaluate.checkpoints import TASKS_DIR
 
 
 def independent_validation_loss(checkpoint_dir: Path, val_path: Path, tokenizer_dir: Path, seq: int) -> torch.Tensor:
@@ -320,3 +323,45 @@ def test_a_rerun_with_quantized_caches_decodes_the_finished_checkpoints_and_trai
     summary = {s.variant: s for s in typed_results(out_dir).summary}
     assert [c.quantization for c in summary["tiny-mka"].quantized_caches] == ["int8", "int4"]
     assert "## Quantized KV caches" in (out_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_rerun_with_tasks_scores_the_finished_checkpoints_and_trains_nothing(finished, env, tmp_path):
+    """--lm_eval_tasks on a copy of the finished comparison (its MQA run): lm_eval.json holds what an independent
+    lm-eval of final/ gives, the report a task table, and nothing trains."""
+    pytest.importorskip("lm_eval")
+    from litgpt_mka.evaluate import evaluate_checkpoint
+    from litgpt_mka.evaluate.results import task_scores
+
+    out = tmp_path / "out"
+    shutil.copytree(finished["out_dir"], out)
+    args = list(finished["args"])
+    args[args.index("--out_dir") + 1] = str(out)
+    args[args.index("--configs") + 1 : args.index("--seeds")] = ["configs/tiny-mqa.yaml"]
+    include = tasks_with_absolute_data_files(tmp_path / "tasks")
+
+    rerun = run([*args, "--lm_eval_tasks", "tiny_story_choice", "tiny_story_perplexity", "--include_path",
+                 str(include)], env, cwd=finished["folder"])
+
+    assert rerun.stdout.count("finished earlier, skipped") == 1 and "training (litgpt pretrain)" not in rerun.stdout
+    saved = json.loads((out / "runs" / "tiny-mqa-seed1" / "lm_eval.json").read_text())
+    torch.manual_seed(0)
+    expected = evaluate_checkpoint(out / "runs" / "tiny-mqa-seed1" / "checkpoints" / "final",
+                                   "tiny_story_choice,tiny_story_perplexity", batch_size=4, include_path=include,
+                                   include_defaults=False, seed=1, log=lambda message: None)
+    assert {(s["task"], s["metric"]): s["value"] for s in saved["scores"]} == pytest.approx(
+        {(s.task, s.metric): s.value for s in task_scores(expected)}, rel=1e-6)
+    report = (out / "report.md").read_text()
+    assert "## lm-eval task scores" in report and "| variant | tiny_story_choice acc ↑ |" in report
+
+
+def tasks_with_absolute_data_files(folder: Path) -> Path:
+    """The tiny test tasks with their data files named by absolute path, so that lm-eval finds them from the
+    comparison's folder (the originals name them relative to the project root)."""
+    folder.mkdir()
+    for source in TASKS_DIR.glob("*.yaml"):
+        task = yaml.safe_load(source.read_text())
+        data_files = task["dataset_kwargs"]["data_files"]
+        data_files["test"] = str(PROJECT_ROOT / data_files["test"])
+        (folder / source.name).write_text(yaml.safe_dump(task, sort_keys=False))
+    return folder

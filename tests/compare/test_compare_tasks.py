@@ -9,9 +9,7 @@ import pytest
 
 from litgpt_mka.compare.records import LmEvalResult, TaskScore
 from litgpt_mka.compare.summary import summarize, task_difference
-from tests.compare.helpers import compare_args, synthetic_run, tiny_yaml, write_stories
-from tests.conftest import run
-from tests.evaluate.checkpoints import TASKS_DIR
+from tests.compare.helpers import synthetic_run, tiny_yaml
 
 
 def test_task_differences_add_lm_evals_standard_errors_and_follow_the_metrics_direction():
@@ -83,34 +81,3 @@ def test_tasks_without_lm_eval_are_refused_before_training(tmp_path, monkeypatch
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real_find_spec(name, *a))
     with pytest.raises(ValueError, match=r"lm_eval_tasks=\['piqa'\]: compare --lm_eval_tasks needs lm-evaluation-harness.*\.\[eval\]"):
         validate(CompareOptions(configs=[tiny_yaml(tmp_path, "tiny-mha")], lm_eval_tasks=["piqa"]))
-
-
-@pytest.mark.slow
-def test_a_rerun_with_tasks_scores_the_finished_checkpoints_and_trains_nothing(
-    subprocess_env, shared_data, tokenizer_dir, tmp_path
-):
-    pytest.importorskip("lm_eval")
-    import torch
-
-    from litgpt_mka.evaluate import evaluate_checkpoint
-    from litgpt_mka.evaluate.results import task_scores
-
-    env = {**subprocess_env, "TORCHDYNAMO_DISABLE": "1"}
-    configs = [tiny_yaml(tmp_path / "configs", "tiny-mqa", n_query_groups=1)]  # one run: training is the slow part
-    val = write_stories(tmp_path / "val" / "val.txt", shared_data, 0, 12)
-    out = tmp_path / "out"
-    args = compare_args(configs, out, shared_data, val, tokenizer_dir)
-    run(args, env)  # the tasks' JSON files are named relative to the project root, where `run` runs
-    tasks = ["--lm_eval_tasks", "tiny_story_choice", "tiny_story_perplexity", "--include_path", str(TASKS_DIR)]
-    rerun = run(args + tasks, env)
-    assert rerun.stdout.count("finished earlier, skipped") == 1 and "training (litgpt pretrain)" not in rerun.stdout
-
-    saved = json.loads((out / "runs" / "tiny-mqa-seed1" / "lm_eval.json").read_text())
-    torch.manual_seed(0)
-    expected = evaluate_checkpoint(out / "runs" / "tiny-mqa-seed1" / "checkpoints" / "final",
-                                   "tiny_story_choice,tiny_story_perplexity", batch_size=4, include_path=TASKS_DIR,
-                                   include_defaults=False, seed=1, log=lambda message: None)
-    assert {(s["task"], s["metric"]): s["value"] for s in saved["scores"]} == pytest.approx(
-        {(s.task, s.metric): s.value for s in task_scores(expected)}, rel=1e-6)
-    report = (out / "report.md").read_text()
-    assert "## lm-eval task scores" in report and "| variant | tiny_story_choice acc ↑ |" in report
