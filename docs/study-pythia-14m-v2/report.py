@@ -1,0 +1,213 @@
+"""Study v2's answers: each variant's verdict against MHA in study v1 (repeated data), in study v2 (unique data),
+at every variant's own best learning rate, and MLA's query ablation; the validation curves of v1 and v2 as
+differences to MHA, one panel per variant.
+
+    python docs/study-pythia-14m-v2/report.py        # from the project root: writes answers.md, curves-v1-v2.png
+
+It reads the records `litgpt-mka compare` wrote (``runs/<run>/result.json`` of every part's folder, finished runs
+only; study v1 from its ``results.json``), so it renders a study in progress: a part without enough runs says so
+instead of claiming. Every verdict is compare's (:func:`litgpt_mka.compare.summary.difference`)::
+
+    d  = mean(variant) - mean(MHA)          final validation loss on val.txt, nats/token, over seeds
+    SE = sqrt(s_v^2 / n_v + s_r^2 / n_r)    Welch; "worse" when d >= 2 SE, "better" when d <= -2 SE
+
+Learning rates: a variant's best is the peak learning rate with the lowest mean final loss over its seeds (1e-3
+from the main study, 5e-4 and 2e-3 from the sweep); MHA's best likewise. Choosing the lowest of three noisy
+means favours every side a little; both sides of a difference are chosen the same way.
+"""
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from litgpt_mka.compare.records import Difference, RunResult, read_run
+from litgpt_mka.compare.summary import difference
+
+STUDY = Path(__file__).resolve().parent
+V1_RESULTS = STUDY.parent / "study-pythia-14m" / "main" / "results.json"
+MAIN, ABLATION = STUDY / "main", STUDY / "ablation"
+MAIN_LEARNING_RATE = 1e-3
+SWEEP = {5e-4: STUDY / "lr-0.0005", 2e-3: STUDY / "lr-0.002"}  # MHA, MLA and FMKA at two more peak rates
+REFERENCE = "pythia-14m-mha"
+VARIANTS = ["pythia-14m-gqa", "pythia-14m-mqa", "pythia-14m-mla", "pythia-14m-mka", "pythia-14m-fmka"]
+FULL_QUERY = "pythia-14m-mla-fullq"
+# study v1 read 1,024,000 tokens of a 434K-token sample: its second pass starts here
+V1_ONE_PASS_TOKENS = 434_000
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def finished_runs(folder: Path) -> list[RunResult]:
+    """The finished runs of a comparison folder (``runs/*/result.json`` with status ok); none if it is absent."""
+    import json
+
+    records = [read_run(json.loads(path.read_text())) for path in sorted(folder.glob("runs/*/result.json"))]
+    return [run for run in records if run.ok]
+
+
+def v1_runs(path: Path = V1_RESULTS) -> list[RunResult]:
+    import json
+
+    return [run for run in map(read_run, json.loads(path.read_text())["runs"]) if run.ok]
+
+
+def final_losses(runs: list[RunResult]) -> dict[str, list[float]]:
+    """variant -> the final loss on the primary validation text of each finished seed."""
+    losses: dict[str, list[float]] = {}
+    for run in sorted(runs, key=lambda r: (r.variant, r.seed)):
+        losses.setdefault(run.variant, []).append(run.evaluation.validation[0].loss)
+    return losses
+
+
+# ----------------------------------------------------------------------------------------------- verdicts
+def verdict(losses: dict[str, list[float]], variant: str, reference: str = REFERENCE) -> Difference:
+    return difference(variant, losses.get(variant, []), reference, losses.get(reference, []))
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A variant at its best peak learning rate among those with finished runs."""
+
+    variant: str
+    learning_rate: float | None  # None: no learning rate has a finished run
+    losses: list[float]
+    means: dict[float, tuple[float, int]]  # learning rate -> (mean final loss, seeds)
+
+
+def tuned(variant: str, losses_by_rate: dict[float, dict[str, list[float]]]) -> Tuned:
+    means = {rate: (math.fsum(values) / len(values), len(values))
+             for rate, losses in sorted(losses_by_rate.items()) if (values := losses.get(variant))}
+    if not means:
+        return Tuned(variant, None, [], {})
+    best = min(means, key=lambda rate: means[rate][0])
+    return Tuned(variant, best, losses_by_rate[best][variant], means)
+
+
+def tuned_verdict(variant: Tuned, reference: Tuned) -> Difference:
+    return difference(f"{variant.variant} (lr {_rate(variant.learning_rate)})", variant.losses,
+                      f"{reference.variant} (lr {_rate(reference.learning_rate)})", reference.losses)
+
+
+# ------------------------------------------------------------------------------------------------- curves
+def difference_curve(runs: list[RunResult], variant: str, reference: str = REFERENCE
+                     ) -> list[tuple[int, float, float | None]]:
+    """(tokens, mean(variant) - mean(reference), its Welch SE or None) at every checkpoint both sides have."""
+    def by_tokens(name: str) -> dict[int, list[float]]:
+        points: dict[int, list[float]] = {}
+        for run in (r for r in runs if r.variant == name):
+            for point in run.evaluation.curve:
+                points.setdefault(point.tokens, []).append(point.val_loss)
+        return points
+
+    ours, theirs = by_tokens(variant), by_tokens(reference)
+    curve = []
+    for tokens in sorted(ours.keys() & theirs.keys()):
+        d = difference(variant, ours[tokens], reference, theirs[tokens])
+        curve.append((tokens, d.difference, d.se))
+    return curve
+
+
+def plot_curves(path: Path, v1: list[RunResult], v2: list[RunResult]) -> None:
+    """One panel per variant: its validation loss minus MHA's during training, v1 and v2 (band: +-2 SE)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 7), layout="constrained")
+    axes = figure.subplots(2, 3, sharex=True).flatten()
+    for ax, variant in zip(axes, VARIANTS):
+        for label, runs, colour in (("v1: 2.4 passes over 434K tokens", v1, "C0"),
+                                    ("v2: one pass over 909K unique tokens", v2, "C1")):
+            curve = difference_curve(runs, variant)
+            if not curve:
+                continue
+            tokens, d, se = zip(*curve)
+            ax.plot(tokens, d, marker="o", markersize=3, color=colour, label=label)
+            if all(s is not None for s in se):
+                ax.fill_between(tokens, [x - 2 * s for x, s in zip(d, se)], [x + 2 * s for x, s in zip(d, se)],
+                                color=colour, alpha=0.2, linewidth=0)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.axvline(V1_ONE_PASS_TOKENS, color="C0", linestyle=":", linewidth=1)
+        ax.set_title(f"{variant.removeprefix('pythia-14m-').upper()} - MHA")
+        ax.set_xlabel("training tokens")
+        ax.tick_params(labelbottom=True)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    axes[-1].axis("off")
+    axes[-1].text(0.0, 0.5, "validation loss difference to MHA (nats/token)\nagainst training tokens;\n"
+                  "band: +-2 SE over seeds (where both have 2+);\ndotted: v1's second pass begins",
+                  fontsize="small", va="center")
+    figure.savefig(path, format="png", dpi=110)
+
+
+# ------------------------------------------------------------------------------------------------- report
+def _rate(rate: float | None) -> str:
+    return "none" if rate is None else f"{rate:.0e}".replace("e-0", "e-")
+
+
+def _mean_cell(mean: float, seeds: int) -> str:
+    return f"{mean:.4f} ({seeds} seed{'s' if seeds > 1 else ''})"
+
+
+def _cell(d: Difference) -> str:
+    if d.difference is None:
+        return "no runs"
+    if d.se is None:
+        return f"{d.difference:+.4f} (1 seed: no claim)"
+    return f"{d.difference:+.4f} ± {d.se:.4f}: **{d.verdict}**"
+
+
+def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult],
+            sweep: dict[float, list[RunResult]]) -> str:
+    """answers.md: the verdict table and its sentences, the learning rates, the ablation, the curves."""
+    v1_losses, v2_losses = final_losses(v1), final_losses(main)
+    by_rate = {MAIN_LEARNING_RATE: main, **sweep}
+    losses_by_rate = {rate: final_losses(runs) for rate, runs in by_rate.items()}
+    reference = tuned(REFERENCE, losses_by_rate)
+    lines = [
+        "# Study v2: the answers", "",
+        "Written by `python docs/study-pythia-14m-v2/report.py` from the committed run records; every cell is the",
+        "difference of the final validation loss on `val.txt` to MHA (nats/token), ± its SE over seeds, and the",
+        "verdict by the 2-SE rule (the module docstring of `report.py` says how).", "",
+        f"Finished runs: v1 {len(v1)} of 18; v2 main {len(main)} of 18, ablation {len(ablation)} of 9 (6 copied from",
+        f"main), learning-rate sweep {sum(map(len, sweep.values()))} of 12.", "",
+        "## Verdicts against MHA", "",
+        "| variant | v1: repeated data, lr 1e-3 | v2: unique data, lr 1e-3 | v2: each at its best lr |",
+        "|---|---|---|---|",
+    ]
+    sentences = []
+    for variant in VARIANTS:
+        v1_d, v2_d = verdict(v1_losses, variant), verdict(v2_losses, variant)
+        best = tuned(variant, losses_by_rate)
+        swept = any(variant in final_losses(runs) for runs in sweep.values())
+        tuned_d = tuned_verdict(best, reference) if swept else None
+        lines.append(f"| {variant} | {_cell(v1_d)} | {_cell(v2_d)} | "
+                     f"{_cell(tuned_d) + f' (lr {_rate(best.learning_rate)})' if tuned_d else 'not swept'} |")
+        sentences += [f"- v1: {v1_d.sentence}", f"- v2: {v2_d.sentence}"]
+        if tuned_d:
+            sentences.append(f"- best learning rates: {tuned_d.sentence}")
+    lines += ["", *sentences, "", "## Learning rates (mean final loss over the finished seeds)", "",
+              "| variant | " + " | ".join(f"lr {_rate(rate)}" for rate in sorted(by_rate)) + " | best |",
+              "|---|" + "---:|" * len(by_rate) + "---|"]
+    for variant in (REFERENCE, "pythia-14m-mla", "pythia-14m-fmka"):
+        best = tuned(variant, losses_by_rate)
+        cells = [_mean_cell(*best.means[rate]) if rate in best.means else "—"
+                 for rate in sorted(by_rate)]
+        lines.append(f"| {variant} | {' | '.join(cells)} | {_rate(best.learning_rate)} |")
+    ablation_losses = final_losses(ablation)
+    lines += ["", "## MLA's query ablation (full-rank query, `q_lora_rank: null`)", "",
+              f"- full-rank query against MHA: {verdict(ablation_losses, FULL_QUERY).sentence}",
+              f"- the query bottleneck's cost: {verdict(ablation_losses, 'pythia-14m-mla', FULL_QUERY).sentence}",
+              "", "## Curves", "",
+              "![v1 and v2 loss differences to MHA during training](curves-v1-v2.png)", ""]
+    return "\n".join(lines)
+
+
+def main(out_dir: Path = STUDY) -> None:
+    v1, main_runs = v1_runs(), finished_runs(MAIN)
+    sweep = {rate: finished_runs(folder) for rate, folder in SWEEP.items()}
+    (out_dir / "answers.md").write_text(answers(v1, main_runs, finished_runs(ABLATION), sweep))
+    plot_curves(out_dir / "curves-v1-v2.png", v1, main_runs)
+    print(f"wrote {out_dir / 'answers.md'} and {out_dir / 'curves-v1-v2.png'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

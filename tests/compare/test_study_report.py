@@ -1,0 +1,84 @@
+"""docs/study-pythia-14m-v2/report.py: the verdicts across study v1, v2, the learning-rate sweep and the ablation,
+on chosen numbers, and on the committed records (study v1 must give the verdicts its own results.json holds)."""
+
+import dataclasses
+import importlib.util
+import json
+
+import pytest
+
+from litgpt_mka.compare.records import CurvePoint
+from tests.compare.helpers import synthetic_run
+from tests.conftest import PROJECT_ROOT
+
+SCRIPT = PROJECT_ROOT / "docs" / "study-pythia-14m-v2" / "report.py"
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("study_v2_report", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def runs(variant: str, losses: list[float]):
+    return [synthetic_run(variant, seed, loss) for seed, loss in enumerate(losses, start=1)]
+
+
+def test_each_variant_is_compared_at_its_own_best_learning_rate(report):
+    by_rate = {5e-4: {"mha": [4.30, 4.32], "mla": [4.20, 4.22]},
+               1e-3: {"mha": [4.10, 4.12, 4.11], "mla": [4.25, 4.27, 4.26]},
+               2e-3: {"mha": [4.15, 4.17], "mla": [4.40, 4.41]}}
+    mha, mla = report.tuned("mha", by_rate), report.tuned("mla", by_rate)
+    assert (mha.learning_rate, mla.learning_rate) == (1e-3, 5e-4)
+    assert mla.losses == [4.20, 4.22] and mla.means[2e-3] == (pytest.approx(4.405), 2)
+
+    d = report.tuned_verdict(mla, mha)
+    assert d.difference == pytest.approx(4.21 - 4.11)
+    assert d.verdict == "worse" and "mla (lr 5e-4)" in d.sentence and "mha (lr 1e-3)" in d.sentence
+    assert report.tuned("gqa", by_rate).learning_rate is None
+
+
+def test_difference_curve_pairs_checkpoints_by_tokens(report):
+    def with_curve(run, points):
+        curve = [CurvePoint(i, tokens, loss, 999, f"step-{i}") for i, (tokens, loss) in enumerate(points)]
+        return dataclasses.replace(run, evaluation=dataclasses.replace(run.evaluation, curve=curve))
+
+    v = [with_curve(synthetic_run("pythia-14m-mla", 1, 4.0), [(100, 5.0), (200, 4.5), (300, 4.0)]),
+         with_curve(synthetic_run("pythia-14m-mla", 2, 4.2), [(100, 5.2), (200, 4.7), (300, 4.2)])]
+    r = [with_curve(synthetic_run("pythia-14m-mha", 1, 3.9), [(100, 5.0), (200, 4.4)]),
+         with_curve(synthetic_run("pythia-14m-mha", 2, 3.9), [(100, 5.0), (200, 4.4)])]
+
+    curve = report.difference_curve(v + r, "pythia-14m-mla")
+
+    assert [tokens for tokens, _, _ in curve] == [100, 200]  # 300: MHA has no checkpoint there
+    assert [d for _, d, _ in curve] == pytest.approx([0.1, 0.2])
+    assert curve[0][2] == pytest.approx(0.1)  # sqrt(0.02 / 2 + 0 / 2): the variant's spread only
+
+
+def test_a_study_in_progress_claims_nothing_without_two_seeds(report):
+    v1 = runs("pythia-14m-mha", [4.10, 4.12, 4.11]) + runs("pythia-14m-mla", [4.16, 4.17, 4.15])
+    main = runs("pythia-14m-mha", [4.19]) + runs("pythia-14m-gqa", [4.18])
+
+    text = report.answers(v1, main, [], {5e-4: [], 2e-3: []})
+
+    assert "| pythia-14m-mla | +0.0500 ± 0.0082: **worse** | no runs | not swept |" in text
+    assert "| pythia-14m-gqa | no runs | -0.0100 (1 seed: no claim) | not swept |" in text
+    assert "Finished runs: v1 6 of 18; v2 main 2 of 18, ablation 0 of 9" in text
+
+
+def test_the_committed_v1_verdicts_are_those_of_v1s_own_results(report, tmp_path):
+    results = json.loads(report.V1_RESULTS.read_text())
+    committed = {row["variant"]: row["difference"] for row in results["summary"] if row.get("difference")}
+    losses = report.final_losses(report.v1_runs())
+
+    for variant in report.VARIANTS:
+        d = report.verdict(losses, variant)
+        assert (d.difference, d.se, d.verdict) == (
+            pytest.approx(committed[variant]["difference"]), pytest.approx(committed[variant]["se"]),
+            committed[variant]["verdict"])
+
+    report.main(tmp_path)  # the committed records of every part, finished or not, render
+    assert "## Verdicts against MHA" in (tmp_path / "answers.md").read_text()
+    assert (tmp_path / "curves-v1-v2.png").stat().st_size > 10_000
