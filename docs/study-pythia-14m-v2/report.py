@@ -2,7 +2,7 @@
 at every variant's own best learning rate, and MLA's query ablation; the validation curves of v1 and v2 as
 differences to MHA, one panel per variant.
 
-    python docs/study-pythia-14m-v2/report.py        # from the project root: writes answers.md, curves-v1-v2.png
+    python docs/study-pythia-14m-v2/report.py        # from the project root: writes answers.md and two plots
 
 It reads the records `litgpt-mka compare` wrote (``runs/<run>/result.json`` of every part's folder, finished runs
 only; study v1 from its ``results.json``), so it renders a study in progress: a part without enough runs says so
@@ -16,13 +16,15 @@ from the main study, 5e-4 and 2e-3 from the sweep); MHA's best likewise. Choosin
 means favours every side a little; both sides of a difference are chosen the same way.
 """
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from litgpt_mka.compare.records import Difference, RunResult, read_run
-from litgpt_mka.compare.summary import difference
+from litgpt_mka.compare.plots import loss_vs_kv_cache
+from litgpt_mka.compare.records import Difference, RunResult, VariantSummary, read_run
+from litgpt_mka.compare.summary import difference, summarize
 
 STUDY = Path(__file__).resolve().parent
 V1_RESULTS = STUDY.parent / "study-pythia-14m" / "main" / "results.json"
@@ -32,6 +34,7 @@ SWEEP = {5e-4: STUDY / "lr-0.0005", 2e-3: STUDY / "lr-0.002"}  # MHA, MLA and FM
 REFERENCE = "pythia-14m-mha"
 VARIANTS = ["pythia-14m-gqa", "pythia-14m-mqa", "pythia-14m-mla", "pythia-14m-mka", "pythia-14m-fmka"]
 FULL_QUERY = "pythia-14m-mla-fullq"
+PRIMARY = "val"  # the primary validation text's name: ../shared/data/tinystories/val.txt
 # study v1 read 1,024,000 tokens of a 434K-token sample: its second pass starts here
 V1_ONE_PASS_TOKENS = 434_000
 
@@ -138,6 +141,16 @@ def plot_curves(path: Path, v1: list[RunResult], v2: list[RunResult]) -> None:
     figure.savefig(path, format="png", dpi=110)
 
 
+def sweep_points(main: list[RunResult], ablation: list[RunResult], sweep: dict[float, list[RunResult]]
+                 ) -> list[VariantSummary]:
+    """Every configuration of v2 as a row of the loss-vs-KV-bytes plot: the main study's variants, each swept
+    variant at each other learning rate ("pythia-14m-mla (lr 5e-4)"), the full-query MLA of the ablation."""
+    rows = summarize(main, REFERENCE)
+    for rate, runs in sorted(sweep.items()):
+        rows += [dataclasses.replace(row, variant=f"{row.variant} (lr {_rate(rate)})") for row in summarize(runs, None)]
+    return rows + [row for row in summarize(ablation, None) if row.variant == FULL_QUERY]
+
+
 # ------------------------------------------------------------------------------------------------- report
 def _rate(rate: float | None) -> str:
     return "none" if rate is None else f"{rate:.0e}".replace("e-0", "e-")
@@ -197,16 +210,20 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
               f"- full-rank query against MHA: {verdict(ablation_losses, FULL_QUERY).sentence}",
               f"- the query bottleneck's cost: {verdict(ablation_losses, 'pythia-14m-mla', FULL_QUERY).sentence}",
               "", "## Curves", "",
-              "![v1 and v2 loss differences to MHA during training](curves-v1-v2.png)", ""]
+              "![v1 and v2 loss differences to MHA during training](curves-v1-v2.png)", "",
+              "## Loss against KV-cache bytes, every configuration of v2", "",
+              "![v2: final validation loss against KV-cache bytes per token](pareto-v2.png)", ""]
     return "\n".join(lines)
 
 
 def main(out_dir: Path = STUDY) -> None:
     v1, main_runs = v1_runs(), finished_runs(MAIN)
     sweep = {rate: finished_runs(folder) for rate, folder in SWEEP.items()}
-    (out_dir / "answers.md").write_text(answers(v1, main_runs, finished_runs(ABLATION), sweep))
+    ablation = finished_runs(ABLATION)
+    (out_dir / "answers.md").write_text(answers(v1, main_runs, ablation, sweep))
     plot_curves(out_dir / "curves-v1-v2.png", v1, main_runs)
-    print(f"wrote {out_dir / 'answers.md'} and {out_dir / 'curves-v1-v2.png'}", file=sys.stderr)
+    loss_vs_kv_cache(out_dir / "pareto-v2.png", sweep_points(main_runs, ablation, sweep), PRIMARY)
+    print(f"wrote answers.md, curves-v1-v2.png and pareto-v2.png in {out_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

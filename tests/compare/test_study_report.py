@@ -82,3 +82,15 @@ def test_the_committed_v1_verdicts_are_those_of_v1s_own_results(report, tmp_path
     report.main(tmp_path)  # the committed records of every part, finished or not, render
     assert "## Verdicts against MHA" in (tmp_path / "answers.md").read_text()
     assert (tmp_path / "curves-v1-v2.png").stat().st_size > 10_000
+
+
+def test_the_pareto_plot_has_every_configuration_of_v2_once(report, tmp_path):
+    main = runs("pythia-14m-mha", [4.11, 4.12]) + runs("pythia-14m-mla", [4.16, 4.17])
+    sweep = {5e-4: runs("pythia-14m-mla", [4.13, 4.14]), 2e-3: []}
+    ablation = runs("pythia-14m-mha", [4.11]) + runs("pythia-14m-mla-fullq", [4.14])  # MHA: the main run's copy
+
+    rows = report.sweep_points(main, ablation, sweep)
+
+    assert [row.variant for row in rows] == ["pythia-14m-mha", "pythia-14m-mla", "pythia-14m-mla (lr 5e-4)",
+                                             "pythia-14m-mla-fullq"]
+    assert rows[2].val_loss["val"].mean == pytest.approx(4.135)
