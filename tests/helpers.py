@@ -4,6 +4,7 @@ Every numerical helper runs in float32 on the CPU by default and compares whole 
 ``torch.testing.assert_close``; callers pass documented looser tolerances for half precision.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,6 +32,14 @@ TINY_VARIANTS: dict[str, dict[str, Any]] = {
     "mka": {"attention_class_name": "MemorizedKeyAttention", "memorized_key_attention": {"routing": "keys"}},
     "fmka": {"attention_class_name": "MemorizedKeyAttention", "memorized_key_attention": {"routing": "keys_values"}},
 }
+
+
+def load_script(path: Path, name: str) -> Any:
+    """A script outside the package (a benchmark, a study's report) imported as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(variant: str = "mha", **overrides: Any) -> Config:

@@ -1,6 +1,5 @@
 """benchmarks/decode.py: its rows, settings, cache filling and publishability rule (not its timings)."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -8,16 +7,14 @@ import pytest
 import torch
 
 import litgpt_mka  # noqa: F401  (activates the plugin)
+from tests.helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "decode.py"
 
 
 @pytest.fixture(scope="module")
 def decode():
-    spec = importlib.util.spec_from_file_location("decode_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "decode_benchmark")
 
 
 def test_rows_are_every_preset_with_litgpt_counterparts_on_shared_weights(decode):

@@ -2,7 +2,6 @@
 on chosen numbers, and on the committed records (study v1 must give the verdicts its own results.json holds)."""
 
 import dataclasses
-import importlib.util
 import json
 
 import pytest
@@ -10,16 +9,14 @@ import pytest
 from litgpt_mka.compare.records import CurvePoint
 from tests.compare.helpers import synthetic_run
 from tests.conftest import PROJECT_ROOT
+from tests.helpers import load_script
 
 SCRIPT = PROJECT_ROOT / "docs" / "study-pythia-14m-v2" / "report.py"
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("study_v2_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "study_v2_report")
 
 
 def runs(variant: str, losses: list[float]):
