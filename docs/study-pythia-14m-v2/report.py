@@ -17,6 +17,7 @@ means favours every side a little; both sides of a difference are chosen the sam
 """
 
 import dataclasses
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -42,15 +43,11 @@ V1_ONE_PASS_TOKENS = 434_000
 # ------------------------------------------------------------------------------------------------ reading
 def finished_runs(folder: Path) -> list[RunResult]:
     """The finished runs of a comparison folder (``runs/*/result.json`` with status ok); none if it is absent."""
-    import json
-
     records = [read_run(json.loads(path.read_text())) for path in sorted(folder.glob("runs/*/result.json"))]
     return [run for run in records if run.ok]
 
 
 def v1_runs(path: Path = V1_RESULTS) -> list[RunResult]:
-    import json
-
     return [run for run in map(read_run, json.loads(path.read_text())["runs"]) if run.ok]
 
 
