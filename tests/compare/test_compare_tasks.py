@@ -1,5 +1,6 @@
 """`litgpt-mka compare --lm_eval_tasks`: task scores per run, their mean ± std over seeds with lm-eval's standard
-errors, and the better / worse / tied rule of the loss; end to end, a rerun with tasks trains nothing."""
+errors, and the better / worse / tied rule of the loss. The end-to-end rerun with tasks, which trains nothing, is in
+test_compare_e2e.py (it reuses that module's finished comparison)."""
 
 import dataclasses
 import json
