@@ -17,14 +17,15 @@ means favours every side a little; both sides of a difference are chosen the sam
 """
 
 import dataclasses
-import json
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from litgpt_mka.compare.layout import RunFolder
 from litgpt_mka.compare.plots import loss_vs_kv_cache
-from litgpt_mka.compare.records import Difference, RunResult, VariantSummary, read_run
+from litgpt_mka.compare.records import Difference, RunResult, VariantSummary
+from litgpt_mka.compare.report import read_results
 from litgpt_mka.compare.summary import difference, summarize
 
 STUDY = Path(__file__).resolve().parent
@@ -43,12 +44,12 @@ V1_ONE_PASS_TOKENS = 434_000
 # ------------------------------------------------------------------------------------------------ reading
 def finished_runs(folder: Path) -> list[RunResult]:
     """The finished runs of a comparison folder (``runs/*/result.json`` with status ok); none if it is absent."""
-    records = [read_run(json.loads(path.read_text())) for path in sorted(folder.glob("runs/*/result.json"))]
+    records = [RunFolder(path.parent).read_result() for path in sorted(folder.glob("runs/*/result.json"))]
     return [run for run in records if run.ok]
 
 
 def v1_runs(path: Path = V1_RESULTS) -> list[RunResult]:
-    return [run for run in map(read_run, json.loads(path.read_text())["runs"]) if run.ok]
+    return [run for run in read_results(path).runs if run.ok]
 
 
 def final_losses(runs: list[RunResult]) -> dict[str, list[float]]:
@@ -187,7 +188,7 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
     for variant in VARIANTS:
         v1_d, v2_d = verdict(v1_losses, variant), verdict(v2_losses, variant)
         best = tuned(variant, losses_by_rate)
-        swept = any(variant in final_losses(runs) for runs in sweep.values())
+        swept = any(rate in best.means for rate in sweep)
         tuned_d = tuned_verdict(best, reference) if swept else None
         lines.append(f"| {variant} | {_cell(v1_d)} | {_cell(v2_d)} | "
                      f"{_cell(tuned_d) + f' (lr {_rate(best.learning_rate)})' if tuned_d else 'not swept'} |")
