@@ -10,8 +10,8 @@ FMKA) and, where our class has a litgpt counterpart, litgpt's class on the same 
 with litgpt's ``CausalSelfAttention`` and with ours (``GroupedQueryAttention``), MLA with litgpt's
 ``MultiheadLatentAttention`` (expanded per-head cache) and with ours (latent cache, absorbed decode).
 ``--kv-cache-quantizations int8 int4`` adds, per preset, our class with a quantized cache on the same
-weights (``kv_cache_quantization``; MHA through ``GroupedQueryAttention``) and a table of each against the
-same variant unquantized.
+weights (``kv_cache_quantization``; MHA through ``GroupedQueryAttention``, with one more unquantized MHA row
+of that class) and a table of each against the same class unquantized.
 Weights and prompts are random (speed does not depend on them); ``block_size`` is raised to fit the
 longest context (Pythia has no learned positions).
 
@@ -171,13 +171,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def quantized_rows(row: Row, model_config: dict, quantizations: list[str]) -> list[Row]:
     """One row per quantization of `row`'s preset, in the class that quantizes its cache with the same weights
-    (``registry.quantizable_attention_class``: litgpt's own caches are never quantized)."""
+    (``registry.quantizable_attention_class``: litgpt's own caches are never quantized), each against that
+    class unquantized: `row` itself, or (MHA, whose row is litgpt's class) one more row of our class."""
     name = registry.quantizable_attention_class(row.config)
-    rows = []
+    rows, unquantized = [], row
+    if quantizations and name != row.config.attention_class_name:
+        config = Config(**{**model_config, "attention_class_name": name})
+        unquantized = Row(f"{row.preset}-ours", f"{row.preset.upper()}, ours ({name})", config, preset=row.preset)
+        rows.append(unquantized)
     for quantization in quantizations:
         config = Config(**{**model_config, "attention_class_name": name, "kv_cache_quantization": quantization})
         rows.append(Row(f"{row.preset}-{quantization}", f"{row.preset.upper()}, {quantization} cache", config,
-                        preset=row.preset, unquantized=row.key))
+                        preset=row.preset, unquantized=unquantized.key))
     return rows
 
 
@@ -368,7 +373,7 @@ def report(args, device, dtype, rows, groups, samples, bandwidth, load_before, l
     quantized = [row for row in rows if row.unquantized]
     if quantized:
         by_key = {row.key: row for row in rows}
-        lines += ["", "### Quantized caches against the same variant unquantized (tokens/s ratio, KV bytes ratio)", ""]
+        lines += ["", "### Quantized caches against the same class unquantized (tokens/s ratio, KV bytes ratio)", ""]
         header = ["variant", "KV bytes / unquantized"] + [s.name for s in settings]
         lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         for row in quantized:

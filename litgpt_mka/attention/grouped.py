@@ -55,8 +55,9 @@ Cache: litgpt's ``KVCache``, per layer::
     (MHA: 2 nh_q hs x 4 = 4096)
 
 With ``kv_cache_quantization`` set, :class:`QuantizedKVCache` holds the same two sequences quantized per
-token (:mod:`litgpt_mka.attention.quantization`: codes, float16 scales, an optional exact residual window)
-and returns them dequantized, up to ``input_pos_maxp1`` positions.
+token (:mod:`litgpt_mka.attention.quantization`: codes, float16 scales, an optional exact residual window).
+A decode step that sees the whole cache attends to the codes block by block (:func:`grouped_decode`, the
+same query rows per group); other chunks read them dequantized, up to ``input_pos_maxp1`` positions.
 
 ``attention_logit_softcapping`` is supported (explicit softmax over the same query rows, masked
 positions set to -inf; litgpt's class adds its boolean cache mask to the scores instead, so its own
@@ -73,6 +74,8 @@ import torch.nn.functional as F
 from litgpt.model import CausalSelfAttention, KVCache, do_softcapping
 
 from litgpt_mka.attention.kv_cache import KVCacheBase, attends_to_whole_cache, causal_mask
+from litgpt_mka.attention.quantization import QuantizedSequence
+from litgpt_mka.attention.quantized_attention import decode_attention, reads_codes
 from litgpt_mka.attention.variant import CachedAttention, QuantizedRows, cache_quantization, rope_function
 
 
@@ -129,6 +132,31 @@ def grouped_attention(
         mask = mask.reshape(mb, 1, g * T, S)  # (mb, 1, g T, S): a view when T == 1
     y = _attention(q, k, v, scale, mask, False, softcapping)  # (B, nh_kv, g T, hs)
     return y.reshape(B, nh_q, T, hs).transpose(1, 2)  # (B, nh_kv, g T, hs) -> (B, nh_q, T, hs) -> (B, T, nh_q, hs)
+
+
+def grouped_decode(
+    q: torch.Tensor,
+    keys: QuantizedSequence,
+    values: QuantizedSequence,
+    upto: int,
+    *,
+    scale: float,
+    softcapping: float | None = None,
+) -> torch.Tensor:
+    """:func:`grouped_attention` of one decode step over quantized keys and values, from their codes.
+
+    Args:
+        q: (B, nh_q, 1, hs), the query at the last of the `upto` cached positions.
+        keys, values: quantized sequences (B', nh_kv, S, hs), B' >= B (nh_kv divides nh_q).
+
+    Returns:
+        (B, 1, nh_q, hs), the layout of :func:`grouped_attention`.
+    """
+    B, nh_q, T, hs = q.shape
+    nh_kv = keys.codes.size(1)
+    rows = q.reshape(B * nh_kv, nh_q // nh_kv * T, hs)  # (B, nh_q, 1, hs) -> (B nh_kv, g, hs): a group's heads as rows
+    y = decode_attention(rows, keys, values, upto, scale, softcapping=softcapping)  # (B nh_kv, g, hs)
+    return y.view(B, nh_q, T, hs).transpose(1, 2)  # (B nh_kv, g, hs) -> (B, nh_q, 1, hs) -> (B, 1, nh_q, hs)
 
 
 def _attention(
@@ -227,6 +255,12 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
         """litgpt's attention forward (see ``CachedAttention.forward``); x (B, T, C) -> (B, T, C)."""
         B, T, _ = x.shape
         q, k, v = self._project(x, cos, sin)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
+        softcapping = self.config.attention_logit_softcapping
+        codes = None if input_pos is None else reads_codes(self.kv_cache, ("k", "v"), T, input_pos, input_pos_maxp1)
+        if codes:  # a decode step over a quantized cache: attend to the codes
+            self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
+            y = grouped_decode(q, *codes, input_pos_maxp1, scale=self.scale, softcapping=softcapping)  # (B, 1, nh_q, hs)
+            return self.proj(y.reshape(B, T, -1))  # (B, T, C)
         if input_pos is not None:
             if isinstance(self.kv_cache, KVCache):  # litgpt's: returns all max_seq_length positions
                 k, v = self.kv_cache(input_pos, k, v)  # 2x (B, nh_kv, max_seq_length, hs)
@@ -244,7 +278,7 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
             scale=self.scale,
             mask=mask,
             is_causal=input_pos is None and mask is None,
-            softcapping=self.config.attention_logit_softcapping,
+            softcapping=softcapping,
         )  # (B, T, nh_q, hs)
         return self.proj(y.reshape(B, T, -1))  # (B, T, nh_q hs) -> (B, T, C)
 
@@ -268,4 +302,4 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
         return q, k, v
 
 
-__all__ = ["GroupedQueryAttention", "QuantizedKVCache", "attention_scale", "grouped_attention"]
+__all__ = ["GroupedQueryAttention", "QuantizedKVCache", "attention_scale", "grouped_attention", "grouped_decode"]

@@ -86,7 +86,8 @@ buffer           shape                     content                              
 
 With ``kv_cache_quantization`` set, ``k``, ``v`` (and ``k_session``, ``v_session``) are quantized sequences
 (:mod:`litgpt_mka.attention.quantization`); the ring of sums stays float32: it is per sequence, and a
-quantized running sum would carry its error into every later position.
+quantized running sum would carry its error into every later position. A decode step that sees the whole
+cache attends to the codes block by block (``grouped_decode``, :mod:`litgpt_mka.attention.quantized_attention`).
 
 The running sum of position t lives in ring slot ``t mod W``; W is ``sum_window`` (default 16, at most
 S). A chunk starting at position s continues the sum of position s - 1, so a chunk may start anywhere
@@ -131,8 +132,9 @@ import torch.nn.functional as F
 from litgpt.config import Config
 from litgpt.model import CausalSelfAttention
 
-from litgpt_mka.attention.grouped import attention_scale, grouped_attention
+from litgpt_mka.attention.grouped import attention_scale, grouped_attention, grouped_decode
 from litgpt_mka.attention.kv_cache import KVCacheBase, causal_mask, reads_positions, write_positions
+from litgpt_mka.attention.quantized_attention import reads_codes
 from litgpt_mka.attention.variant import (
     CachedAttention,
     QuantizedRows,
@@ -455,6 +457,11 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         v = (mixed if w == 2 * D else kv)[..., D:]  # (B, T, D)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+        codes = None if input_pos is None else reads_codes(self.kv_cache, ("k", "v"), T, input_pos, input_pos_maxp1)
+        if codes:  # a decode step over a quantized cache: attend to the codes
+            self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
+            y = self._decode(q, *codes, input_pos_maxp1)  # (B, 1, nh_q, hs)
+            return self.proj(y.reshape(B, T, -1))  # (B, T, C)
         if input_pos is not None:
             k, v = self.kv_cache(input_pos, k, v, input_pos_maxp1)  # 2x (B, nh_kv, S', hs)
             mask = causal_mask(input_pos, k.size(2)) if mask is None else mask  # (B|1, 1, T, S')
@@ -472,13 +479,21 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         v_local = self._heads(kv[..., D:])  # (B, nh_kv, T, hs)
         k_session = self._rope(self._heads(session[..., :D]), cos, sin)  # (B, nh_kv, T, hs)
         v_session = self._heads(session[..., D:])  # (B, nh_kv, T, hs)
-        if input_pos is not None:
-            k_local, v_local, k_session, v_session = self.kv_cache.branches(
-                input_pos, k_local, v_local, k_session, v_session, input_pos_maxp1
-            )  # 4x (B, nh_kv, S', hs)
-            mask = causal_mask(input_pos, k_local.size(2)) if mask is None else mask  # (B|1, 1, T, S')
-        y_local = self._attend(q, k_local, v_local, mask, input_pos)  # (B, T, nh_q, hs)
-        y_session = self._attend(q, k_session, v_session, mask, input_pos)  # (B, T, nh_q, hs)
+        names = ("k", "v", "k_session", "v_session")
+        codes = None if input_pos is None else reads_codes(self.kv_cache, names, T, input_pos, input_pos_maxp1)
+        if codes:  # a decode step over a quantized cache: attend to the codes
+            self.kv_cache.append(input_pos, input_pos_maxp1, k=k_local, v=v_local, k_session=k_session,
+                                 v_session=v_session)
+            y_local = self._decode(q, codes[0], codes[1], input_pos_maxp1)  # (B, 1, nh_q, hs)
+            y_session = self._decode(q, codes[2], codes[3], input_pos_maxp1)  # (B, 1, nh_q, hs)
+        else:
+            if input_pos is not None:
+                k_local, v_local, k_session, v_session = self.kv_cache.branches(
+                    input_pos, k_local, v_local, k_session, v_session, input_pos_maxp1
+                )  # 4x (B, nh_kv, S', hs)
+                mask = causal_mask(input_pos, k_local.size(2)) if mask is None else mask  # (B|1, 1, T, S')
+            y_local = self._attend(q, k_local, v_local, mask, input_pos)  # (B, T, nh_q, hs)
+            y_session = self._attend(q, k_session, v_session, mask, input_pos)  # (B, T, nh_q, hs)
         y_long_term = self._expand_groups(self._long_term_memory()[D:])  # (nh_q, hs): exactly v(p) per head
         y_local, y_session = y_local.reshape(B, T, -1), y_session.reshape(B, T, -1)  # 2x (B, T, nh_q hs)
         y = mix_memories(self.router(x), y_local, y_session, y_long_term.flatten())  # (B, T, nh_q hs)
@@ -549,6 +564,15 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             is_causal=input_pos is None and mask is None,
             softcapping=self.config.attention_logit_softcapping,
         )  # (B, T, nh_q, hs)
+
+
+    def _decode(self, q, keys, values, upto: int) -> torch.Tensor:
+        """``grouped_decode`` (grouped.py) of one decode step over quantized sequences: q (B, nh_q, 1, hs) ->
+        (B, 1, nh_q, hs), read from the codes."""
+        return grouped_decode(
+            q, keys, values, upto, scale=attention_scale(self.config, self.mscale),
+            softcapping=self.config.attention_logit_softcapping,
+        )
 
 
 # ---------------------------------------------------------------------------------------- inspection

@@ -83,7 +83,8 @@ Cache layout (:class:`LatentKVCache`), per layer::
 
 With ``kv_cache_quantization`` set, ``latent`` is a quantized sequence (per token, groups along L;
 :mod:`litgpt_mka.attention.quantization`) and ``k_rope`` stays in the cache dtype, as FlashMLA keeps its
-RoPE key in bf16: the latent's bytes drop, the R numbers of the RoPE key do not.
+RoPE key in bf16: the latent's bytes drop, the R numbers of the RoPE key do not. An absorbed decode step
+that sees the whole cache reads the latent block by block from its codes (:meth:`_absorbed_decode`).
 """
 
 import math
@@ -96,6 +97,8 @@ import torch.nn.functional as F
 from litgpt.model import RMSNorm, do_softcapping, yarn_get_mscale
 
 from litgpt_mka.attention.kv_cache import KVCacheBase, attends_to_whole_cache, causal_mask
+from litgpt_mka.attention.quantization import QuantizedSequence
+from litgpt_mka.attention.quantized_attention import decode_attention, reads_codes
 from litgpt_mka.attention.variant import (
     CachedAttention,
     QuantizedRows,
@@ -265,8 +268,13 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         B, T, _ = x.shape
         q_nope, q_rope = self._queries(x, cos, sin)  # (B, nh, T, P), (B, nh, T, R)
         latent, k_rope = self._latent_keys(x, cos, sin)  # (B, T, L), (B, T, R)
+        codes = None if input_pos is None else reads_codes(self.kv_cache, ("latent",), T, input_pos, input_pos_maxp1)
         if input_pos is None:  # training / no cache: causal SDPA over this chunk
             o = self._expanded_attention(q_nope, q_rope, latent, k_rope, mask=None)
+        elif codes and T <= self.absorb_max_queries:  # a decode step over a quantized latent: attend to its codes
+            self.kv_cache.append(input_pos, input_pos_maxp1, latent=latent, k_rope=k_rope)
+            k_rope = self.kv_cache.k_rope[:B, :input_pos_maxp1]  # (B, S, R)
+            o = self._absorbed_decode(q_nope, q_rope, codes[0], k_rope, input_pos_maxp1)  # (B, nh, 1, V)
         else:
             latent, k_rope = self.kv_cache(input_pos, latent, k_rope, input_pos_maxp1)  # (B, S, L), (B, S, R)
             if mask is None:
@@ -328,9 +336,7 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         w = self._absorbed_weights()
         B, nh, T, P = q_nope.shape
         S, L = latent.shape[1:]
-        # q_lat = q_nope W_UK, "bhtp,hpl->bhtl": one matmul batched over heads (cheaper than einsum's dispatch)
-        q_lat = torch.bmm(q_nope.transpose(0, 1).reshape(nh, B * T, P), w.w_uk)  # (nh, B T, P) @ (nh, P, L)
-        q_lat = q_lat.view(nh, B, T, L).transpose(0, 1)  # (nh, B T, L) -> (B, nh, T, L)
+        q_lat = self._latent_queries(q_nope, w)  # (B, nh, T, L)
         if self.config.attention_logit_softcapping is None:
             q_rope = (q_rope * self.scale).reshape(B, nh * T, -1)  # (B, nh, T, R) -> (B, nh T, R): heads as rows
             bias = torch.bmm(q_rope, k_rope.mT)  # (B, nh T, R) @ (B, R, S) -> (B, nh T, S), contiguous
@@ -348,7 +354,38 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
             if mask is None:
                 mask = torch.ones(1, 1, T, S, dtype=torch.bool, device=scores.device)  # every position visible
             o_lat = torch.einsum("bhts,bsl->bhtl", self._attention_weights(scores, mask), latent)  # (B, nh, T, L)
-        # o = o_lat W_UV^T + b_V, "bhtl,hvl->bhtv", batched over heads like q_lat
+        return self._latent_values(o_lat, w)  # (B, nh, T, V)
+
+    def _absorbed_decode(self, q_nope, q_rope, latent: QuantizedSequence, k_rope, upto: int) -> torch.Tensor:
+        """:meth:`_absorbed_attention` of one decode step whose query sees the whole cache, reading the quantized
+        latent block by block from its codes (``quantization.decode_attention``; the latent is key and value).
+
+        q_nope (B, nh, 1, P), q_rope (B, nh, 1, R), k_rope (B, S, R) of the `upto` cached positions -> (B, nh, 1, V).
+        """
+        w = self._absorbed_weights()
+        B, nh, T, P = q_nope.shape
+        q_lat = self._latent_queries(q_nope, w)  # (B, nh, T, L)
+        bias = torch.bmm((q_rope * self.scale).reshape(B, nh * T, -1), k_rope.mT)  # (B, nh T, R) @ (B, R, S)
+        softcapping = self.config.attention_logit_softcapping
+        if softcapping is not None and w.b_k is not None:  # softcapping is not shift-invariant: keep q_nope . b_K
+            bias += torch.einsum("bhtp,hp->bht", q_nope, w.b_k).reshape(B, nh * T, 1) * self.scale
+        o_lat = decode_attention(
+            q_lat.reshape(B, nh * T, -1), latent, latent, upto, self.scale, bias=bias, softcapping=softcapping
+        )  # (B, nh T, L): heads as query rows of the one shared latent
+        return self._latent_values(o_lat.view(B, nh, T, -1), w)  # (B, nh, T, V)
+
+    def _latent_queries(self, q_nope: torch.Tensor, w: AbsorbedWeights) -> torch.Tensor:
+        """q_lat = q_nope W_UK, "bhtp,hpl->bhtl": one matmul batched over heads (cheaper than einsum's dispatch).
+
+        q_nope (B, nh, T, P) -> (B, nh, T, L).
+        """
+        B, nh, T, P = q_nope.shape
+        q_lat = torch.bmm(q_nope.transpose(0, 1).reshape(nh, B * T, P), w.w_uk)  # (nh, B T, P) @ (nh, P, L)
+        return q_lat.view(nh, B, T, -1).transpose(0, 1)  # (nh, B T, L) -> (B, nh, T, L)
+
+    def _latent_values(self, o_lat: torch.Tensor, w: AbsorbedWeights) -> torch.Tensor:
+        """o = o_lat W_UV^T + b_V, "bhtl,hvl->bhtv", batched over heads like the queries: (B, nh, T, L) -> (B, nh, T, V)."""
+        B, nh, T, L = o_lat.shape
         o_lat = o_lat.transpose(0, 1).reshape(nh, B * T, L)  # (B, nh, T, L) -> (nh, B T, L)
         if w.b_v is None:
             o = torch.bmm(o_lat, w.w_uv_t)  # (nh, B T, L) @ (nh, L, V) -> (nh, B T, V)

@@ -39,8 +39,10 @@ other row dequantized. Appending (prefill, decoding) therefore keeps the newest 
 
 Layout of one quantized buffer (:class:`QuantizedSequence`; shape ``(*lead, S, F)``, time at dim -2)::
 
-    codes     (*lead, S, F b / 8)   int8 | uint8 (int4: two per byte, low nibble first; float8_e4m3fn:
-                                    its bytes, since torch's CPU scatter has no float8 kernel)
+    codes     (*lead, S, F b / 8)   int8 | uint8 (int4: two per byte, number i in the low nibble of byte i
+                                    and number i + F/2 in its high nibble, so each half unpacks into one
+                                    contiguous half of the row; float8_e4m3fn: its bytes, since torch's CPU
+                                    scatter has no float8 kernel)
     scales    (*lead, S, F / G)     float16
     offsets   (*lead, S, F / G)     float16, int4 only
     recent    (*lead, R, F)         cache dtype (follows the activation dtype), only when R > 0
@@ -49,12 +51,17 @@ Layout of one quantized buffer (:class:`QuantizedSequence`; shape ``(*lead, S, F
     bytes per token per row = F b / 8 + 2 F / G (x 2 with offsets)     hs 64, G 64: int8 66 B, int4 36 B
     (fp32 256 B, bf16 128 B); bytes per sequence = R (F x dtype size) per row + 8 R per buffer
 
+A decode step whose one query sees every cached position attends to the codes block by block, never
+materialising the dequantized cache (:mod:`litgpt_mka.attention.quantized_attention`); other chunks read
+the dequantized rows of :meth:`QuantizedSequence.update`.
+
 Which buffers are quantized (each variant lists its cached rows, :meth:`AttentionVariant.kv_cache_rows`):
 GQA/MQA/MHA (``GroupedQueryAttention``) keys and values; MLA the latent, its RoPE key stays in the cache
 dtype (as FlashMLA keeps it in bf16); MKA/FMKA keys and values (and the ``outputs`` session branch), the
 ring of running sums stays float32. litgpt's own classes keep litgpt's cache and refuse the key.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +78,10 @@ KEYS = ("dtype", "group_size", "residual")
 SCALE_DTYPE = torch.float16
 _SCALE_MIN, _SCALE_MAX = 2.0**-24, 65504.0  # float16's smallest subnormal and largest number
 _FLOAT8_MAX = 448.0
+# converted numbers of one block of quantized_attention.decode_attention on a CPU: a few MiB stay in the cache between their
+# conversion and the two matrix products that read them (pythia-70m MHA, batch 16 x 4096, fp32: blocks of 1 to
+# 32 key/value rows measured on a 2-core AMD EPYC, 8 MiB about the fastest; 16 times that, 2.4x slower)
+BLOCK_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -164,7 +175,7 @@ def quantize(x: torch.Tensor, quantization: KVQuantization) -> tuple[torch.Tenso
         scales, offsets = _rounded_scale((high - low) / 15), low.to(SCALE_DTYPE)
         q = ((groups - offsets.float()) / scales.float()).round_().clamp_(0, 15).to(torch.uint8)  # (..., F/G, G)
         q = q.flatten(-2)  # (..., F)
-        codes = q[..., 0::2] | (q[..., 1::2] << 4)  # (..., F/2): low nibble = even index
+        codes = q[..., : F // 2] | (q[..., F // 2 :] << 4)  # (..., F/2): number i low, i + F/2 high
         return codes, scales.squeeze(-1), offsets.squeeze(-1)
     limit = 127.0 if quantization.dtype == "int8" else _FLOAT8_MAX
     scales = _rounded_scale(groups.abs().amax(-1, keepdim=True) / limit)  # (..., F/G, 1)
@@ -177,49 +188,64 @@ def quantize(x: torch.Tensor, quantization: KVQuantization) -> tuple[torch.Tenso
     return codes.flatten(-2), scales.squeeze(-1), None
 
 
+def convert_codes(codes: torch.Tensor, quantization: KVQuantization, out: torch.Tensor) -> torch.Tensor:
+    """codes (..., F b/8) -> their numbers q (..., F) written into `out` (exact: small integers or float8 numbers)."""
+    if quantization.dtype == "int4":
+        half = out.size(-1) // 2
+        out[..., :half].copy_(codes & 0xF)  # numbers 0 .. F/2 - 1
+        out[..., half:].copy_(codes >> 4)  # numbers F/2 .. F - 1
+    elif quantization.dtype == "float8_e4m3fn":
+        out.copy_(codes.view(torch.float8_e4m3fn))  # the bytes back as float8
+    else:
+        out.copy_(codes)
+    return out
+
+
+def apply_scales(x: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    """x (..., F) <- s x + z per group, in place; scales and offsets (..., F/G)."""
+    groups = x.unflatten(-1, (scales.size(-1), -1))  # (..., F/G, G), a view
+    groups.mul_(scales.to(x.dtype).unsqueeze(-1))
+    if offsets is not None:
+        groups.add_(offsets.to(x.dtype).unsqueeze(-1))
+    return x
+
+
 def dequantize(
     codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, quantization: KVQuantization,
     dtype: torch.dtype, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """codes (..., F b/8), scales and offsets (..., F/G) -> rows (..., F) in `dtype`.
 
-    Two passes over the output (convert, then scale in place; int4 a third for the offsets): this, not the
-    bytes read, is what a dequantized cache costs per decode step (docs/kv-quantization.md). `out`: a
-    tensor of the rows' shape and `dtype` to write into (a reused workspace) instead of a new one.
+    Two passes over the output (convert, then scale in place; int4 a third for the offsets). `out`: a tensor
+    of the rows' shape and `dtype` to write into (a reused workspace) instead of a new one.
     """
-    if quantization.dtype == "int4":
-        q = torch.stack((codes & 0xF, codes >> 4), dim=-1).flatten(-2)  # (..., F/2, 2) -> (..., F)
-    elif quantization.dtype == "float8_e4m3fn":
-        q = codes.view(torch.float8_e4m3fn)  # the bytes back as float8
-    else:
-        q = codes
-    x = q.to(dtype) if out is None else out.copy_(q)  # (..., F), exact: small integers or float8 numbers
-    groups = x.unflatten(-1, (scales.size(-1), -1))  # (..., F/G, G), a view
-    groups.mul_(scales.to(dtype).unsqueeze(-1))
-    if offsets is not None:
-        groups.add_(offsets.to(dtype).unsqueeze(-1))
-    return x
+    if out is None:
+        width = codes.size(-1) * 8 // quantization.bits  # F
+        out = torch.empty(*codes.shape[:-1], width, dtype=dtype, device=codes.device)
+    return apply_scales(convert_codes(codes, quantization, out), scales, offsets)
 
 
 # ------------------------------------------------------------------------------------------------ store
 _WORKSPACES: dict[tuple, torch.Tensor] = {}
 
 
-def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The dequantization workspace of the sequences called `name` ("k", "v", "latent", ...): one tensor of
-    `shape`, shared by every layer (a layer's attention consumes its dequantized rows before the next layer
-    writes them), kept between decode steps (a fresh allocation per step costs page faults on the CPU).
-    Holds at most one layer's rows per name: 1 / n_layer of the unquantized cache, in `dtype`."""
+def workspace(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat workspace of at least `numel` numbers for the sequences called `name` ("k", "v", "latent", ...,
+    and their "/block"s), shared by every layer (a layer's attention consumes its rows before the next layer
+    writes them) and kept between decode steps (a fresh allocation per step costs page faults on the CPU); it
+    only grows. The dequantized rows of :meth:`QuantizedSequence.update` hold at most one layer's rows per
+    name (1 / n_layer of the unquantized cache); a :meth:`QuantizedSequence.block`, ``BLOCK_BYTES``."""
     key = (name, device, dtype)
     held = _WORKSPACES.get(key)
-    if held is None or held.shape != shape:
-        held = _WORKSPACES[key] = torch.empty(shape, dtype=dtype, device=device)
-    return held
+    if held is None or held.numel() < numel:
+        held = _WORKSPACES[key] = torch.empty(numel, dtype=dtype, device=device)
+    return held[:numel]
 
 
 def release_workspaces() -> None:
     """Frees the dequantization workspaces (the next quantized decode step allocates them again)."""
     _WORKSPACES.clear()
+
 
 def _write(buffer: torch.Tensor, input_pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """``buffer[b, ..., input_pos[b, t], :] = new[b, ..., t, :]`` (time at dim -2), in place."""
@@ -229,8 +255,10 @@ def _write(buffer: torch.Tensor, input_pos: torch.Tensor, new: torch.Tensor) -> 
 class QuantizedSequence(nn.Module):
     """One quantized cache buffer of shape ``(B, *heads, S, F)``, time at dim -2; layout in the module docstring.
 
-    :meth:`update` writes a chunk at its positions and returns the first ``upto`` positions dequantized
-    (the rows of the residual window exact), in the chunk's dtype.
+    :meth:`write` stores a chunk at its positions; :meth:`update` writes and returns the first ``upto``
+    positions dequantized (the rows of the residual window exact), in the chunk's dtype; :meth:`block` gives
+    a decode step (``quantized_attention.decode_attention``) a block of rows as converted codes and the scales
+    still to apply.
     """
 
     def __init__(
@@ -261,30 +289,62 @@ class QuantizedSequence(nn.Module):
         if self.recent_positions is not None:
             self.recent_positions.fill_(-1)
 
-    def update(self, input_pos: torch.Tensor, new: torch.Tensor, upto: int | None) -> torch.Tensor:
-        """Writes `new` (bs, *heads, T, F) at `input_pos` ((T,) or (bs, T)); returns (bs, *heads, upto, F)."""
+    def write(self, input_pos: torch.Tensor, new: torch.Tensor) -> None:
+        """Quantizes `new` (bs, *heads, T, F) and stores it at `input_pos` ((T,) or (bs, T)); the chunk's last
+        R rows also go exactly into the residual window."""
         bs = new.size(0)
         codes, scales, offsets = quantize(new, self.quantization)
         _write(self.codes[:bs], input_pos, codes)
         _write(self.scales[:bs], input_pos, scales)
         if offsets is not None:
             _write(self.offsets[:bs], input_pos, offsets)
+        if self.residual:
+            self._remember_recent(input_pos, new)
+
+    def update(self, input_pos: torch.Tensor, new: torch.Tensor, upto: int | None) -> torch.Tensor:
+        """Writes `new` (bs, *heads, T, F) at `input_pos` ((T,) or (bs, T)); returns (bs, *heads, upto, F)."""
+        self.write(input_pos, new)
+        bs = new.size(0)
         upto = self.codes.size(-2) if upto is None else upto
-        *lead, S, F = self.codes.shape[:-1] + (self.width,)
-        # one spare row at `upto` takes the residual window's writes of empty slots (_exact_recent)
-        rows = workspace(self.name, (bs, *lead[1:], S + 1, F), new.dtype, new.device)[..., : upto + 1, :]
+        lead = self.codes.shape[1:-2]
+        # one spare position at `upto` takes the residual window's writes of empty slots (_exact_recent)
+        shape = (bs, *lead, upto + 1, self.width)
+        rows = workspace(self.name, math.prod(shape), new.dtype, new.device).view(shape)
         dequantize(
             self.codes[:bs, ..., :upto, :], self.scales[:bs, ..., :upto, :],
             None if self.offsets is None else self.offsets[:bs, ..., :upto, :], self.quantization, new.dtype,
             out=rows[..., :upto, :],
         )  # (bs, *heads, upto, F)
         if self.residual:
-            self._exact_recent(rows, input_pos, new, upto)
+            self._exact_recent(rows, upto)
         return rows[..., :upto, :]
 
-    def _exact_recent(self, rows: torch.Tensor, input_pos: torch.Tensor, new: torch.Tensor, upto: int) -> None:
-        """Keeps the chunk's last R rows in the ring, then puts every ring row below `upto` back into `rows`
-        ((bs, *heads, upto + 1, F); empty and out-of-range slots write the spare last row)."""
+    def row_scales(self, n_rows: int, upto: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """With one group per row: the scales and offsets (or None) of the first `n_rows` rows of the flattened
+        ``(B * heads, S, F)`` view, first `upto` positions, (n_rows, upto) in `dtype`, for a decode step to fold
+        into its attention (``quantized_attention.decode_attention``). None with several groups per row:
+        :meth:`block` then returns the rows dequantized."""
+        if self.scales.size(-1) > 1:
+            return None
+        scales = self.scales.flatten(0, -3)[:n_rows, :upto, 0].to(dtype)  # (n_rows, upto)
+        offsets = None if self.offsets is None else self.offsets.flatten(0, -3)[:n_rows, :upto, 0].to(dtype)
+        return scales, offsets
+
+    def block(self, rows: slice, upto: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows `rows` of the flattened ``(B * heads, S, F)`` view, first `upto` positions, as (r, upto, F) in
+        `dtype` (a reused workspace; no residual window): the codes as numbers when :meth:`row_scales` gives
+        the scales to fold, the dequantized rows otherwise."""
+        codes = self.codes.flatten(0, -3)[rows, :upto]  # (r, upto, F b/8)
+        shape = (codes.size(0), upto, self.width)
+        x = workspace(self.name + "/block", math.prod(shape), dtype, codes.device).view(shape)
+        convert_codes(codes, self.quantization, out=x)  # (r, upto, F)
+        if self.scales.size(-1) == 1:
+            return x
+        offsets = None if self.offsets is None else self.offsets.flatten(0, -3)[rows, :upto]  # (r, upto, F/G)
+        return apply_scales(x, self.scales.flatten(0, -3)[rows, :upto], offsets)
+
+    def _remember_recent(self, input_pos: torch.Tensor, new: torch.Tensor) -> None:
+        """Keeps the chunk's last R rows (bs, *heads, T, F) in the ring, slot ``position mod R``."""
         bs, T, R = new.size(0), new.size(-2), self.residual
         if self.recent.dtype != new.dtype:
             self.recent = self.recent.to(new.dtype)
@@ -293,6 +353,11 @@ class QuantizedSequence(nn.Module):
         slots = positions.remainder(R)
         _write(self.recent[:bs], slots, new[..., T - kept:, :])
         self.recent_positions[:bs].scatter_(1, slots, positions)
+
+    def _exact_recent(self, rows: torch.Tensor, upto: int) -> None:
+        """Puts every ring row below `upto` back into `rows` ((bs, *heads, upto + 1, F); empty and
+        out-of-range slots write the spare last row)."""
+        bs, R = rows.size(0), self.residual
         held_positions = self.recent_positions[:bs]  # (bs, R)
         index = torch.where((held_positions >= 0) & (held_positions < upto), held_positions, upto)  # (bs, R)
         shape = [bs] + [1] * (rows.dim() - 3) + [R, 1]
@@ -301,11 +366,14 @@ class QuantizedSequence(nn.Module):
 
 
 __all__ = [
+    "BLOCK_BYTES",
     "DTYPES",
     "FIELD",
     "KVQuantization",
     "QuantizedSequence",
+    "apply_scales",
     "check_row_width",
+    "convert_codes",
     "dequantize",
     "parse_quantization",
     "quantize",

@@ -216,15 +216,43 @@ def decode_with(model: GPT, idx: torch.Tensor, prompt: int, reference: bool) -> 
     return torch.cat(logits, dim=1)
 
 
+def count_blocks(monkeypatch) -> list[int]:
+    """Counts the blocks that decode steps read from the codes (``QuantizedSequence.block``)."""
+    calls, block = [], QuantizedSequence.block
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return block(self, *args, **kwargs)
+
+    monkeypatch.setattr(QuantizedSequence, "block", counted)
+    return calls
+
+
+# group 8: several groups per cached row (hs 16, latent 32), scaled in place, one cached row per block;
+# group 64 (capped at the row): one group per row, the scales folded into scores and weights, default blocks
+LAYOUTS = {"groups-of-8-row-blocks": (8, 1), "row-groups-default-blocks": (64, None)}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", (*VARIANTS, "outputs"))
 @torch.no_grad()
-def test_cached_decoding_equals_decoding_through_the_reference_quantizer(variant, dtype):
-    """The model reads exactly the round-tripped keys/values (MLA: the latent; its RoPE key, MKA's sums exact)."""
-    model = random_gpt(quantized_config(variant, {"dtype": dtype, "group_size": 8}))
+def test_cached_decoding_equals_decoding_through_the_reference_quantizer(variant, dtype, layout, monkeypatch):
+    """The model reads exactly the round-tripped keys/values (MLA: the latent; its RoPE key, MKA's sums exact):
+    prefill through the dequantized rows, decode steps through the codes (quantized_attention), against
+    dequantized reference rows for both."""
+    group, block_bytes = LAYOUTS[layout]
+    if block_bytes is not None:
+        monkeypatch.setattr("litgpt_mka.attention.quantized_attention.BLOCK_BYTES", block_bytes)
+    routing = {"memorized_key_attention": {"routing": "outputs"}} if variant == "outputs" else {}
+    config = quantized_config("mka" if variant == "outputs" else variant, {"dtype": dtype, "group_size": group},
+                              **routing)
+    model = random_gpt(config)
     idx = tokens(2, 14)
-    torch.testing.assert_close(decode_with(model, idx, 6, False), decode_with(model, idx, 6, True),
-                               rtol=1e-5, atol=1e-5)
+    reference = decode_with(model, idx, 6, True)
+    blocks = count_blocks(monkeypatch)
+    torch.testing.assert_close(decode_with(model, idx, 6, False), reference, rtol=1e-5, atol=1e-5)
+    assert blocks, "the decode steps did not read the codes"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

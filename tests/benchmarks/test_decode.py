@@ -102,13 +102,15 @@ def test_quantized_rows_follow_their_preset_on_its_weights_and_get_their_own_tab
     assert [(row.key, row.config.attention_class_name, row.config.kv_cache_quantization, row.unquantized)
             for row in rows] == [
         ("mha", "CausalSelfAttention", None, None),
-        ("mha-int8", "GroupedQueryAttention", "int8", "mha"),  # MHA's weights in the class that quantizes
+        ("mha-ours", "GroupedQueryAttention", None, None),  # kept: MHA's weights in the class that quantizes
+        ("mha-int8", "GroupedQueryAttention", "int8", "mha-ours"),  # against that class unquantized
         ("mla", "MultiheadLatentAttention", None, None),  # kept: the quantized row's reference
         ("mla-int4", "MultiheadLatentAttention", "int4", "mla"),
     ]
-    decode.build_models(rows[:2], torch.device("cpu"), torch.float32, seed=0)
-    mha, int8 = rows[0].model.state_dict(), rows[1].model.state_dict()
-    assert mha.keys() == int8.keys() and all(torch.equal(mha[name], int8[name]) for name in mha)
+    decode.build_models(rows[:3], torch.device("cpu"), torch.float32, seed=0)
+    mha, ours, int8 = (row.model.state_dict() for row in rows[:3])
+    assert mha.keys() == ours.keys() == int8.keys()
+    assert all(torch.equal(mha[name], ours[name]) and torch.equal(mha[name], int8[name]) for name in mha)
 
     monkeypatch.setattr(decode, "load_average", lambda: (0.0, 0.0, 0.0))
     out = tmp_path / "decode.md"
@@ -116,5 +118,5 @@ def test_quantized_rows_follow_their_preset_on_its_weights_and_get_their_own_tab
             "--warmup-tokens", "0", "--new-tokens", "2", "--variants", "mqa-int4", "--copy-mib", "8",
             "--kv-cache-quantizations", "int4", "--out", str(out)]
     decode.main(argv)
-    table = out.read_text().split("### Quantized caches against the same variant unquantized")[1]
+    table = out.read_text().split("### Quantized caches against the same class unquantized")[1]
     assert "| MQA, int4 cache | 0.156 |" in table  # a row of hs 32: 16 B of codes + float16 scale and offset, of 128
