@@ -78,9 +78,10 @@ KEYS = ("dtype", "group_size", "residual")
 SCALE_DTYPE = torch.float16
 _SCALE_MIN, _SCALE_MAX = 2.0**-24, 65504.0  # float16's smallest subnormal and largest number
 _FLOAT8_MAX = 448.0
-# converted numbers of one block of quantized_attention.decode_attention on a CPU: a few MiB stay in the cache between their
-# conversion and the two matrix products that read them (pythia-70m MHA, batch 16 x 4096, fp32: blocks of 1 to
-# 32 key/value rows measured on a 2-core AMD EPYC, 8 MiB about the fastest; 16 times that, 2.4x slower)
+# converted numbers of one block of quantized_attention.decode_attention on a CPU: few enough to stay in the
+# cache between their conversion and the two matrix products that read them. Measured for one layer of
+# pythia-70m MHA int8 at batch 16 x 4096 (2-core AMD EPYC, 32 MiB L3): 8 and 16 MiB the fastest; 2 MiB 2.2x
+# slower (per-block overhead), 32 and 64 MiB 2.3-2.5x slower (out of the cache)
 BLOCK_BYTES = 8 * 2**20
 
 
