@@ -40,6 +40,17 @@ def reads_codes(cache: nn.Module, names: tuple[str, ...], T: int, input_pos: tor
     return None
 
 
+def _rows_per_block(row_bytes: int, N: int, device: torch.device) -> int:
+    """Cached rows per block: about as many as fit ``BLOCK_BYTES`` on a CPU (at least one), rounded to a multiple
+    of the torch threads, over which the matrix products split their batch (one layer of pythia-70m MHA at batch
+    16 x 4096 on 2 threads: blocks of 3 rows 2.1x slower than of 4, of 2 rows 1.3x); one block of all N rows
+    elsewhere."""
+    if device.type != "cpu":
+        return N
+    per_block, threads = max(1, BLOCK_BYTES // row_bytes), torch.get_num_threads()
+    return threads * round(per_block / threads) if per_block > threads else per_block
+
+
 def decode_attention(
     q: torch.Tensor, keys: QuantizedSequence, values: QuantizedSequence, upto: int, scale: float,
     bias: torch.Tensor | None = None, softcapping: float | None = None,
@@ -67,8 +78,7 @@ def decode_attention(
     value_scales = key_scales if shared else values.row_scales(N, upto, q.dtype)
     q_sums = q.sum(-1, keepdim=True) if key_scales is not None and key_scales[1] is not None else None  # (N, Q, 1)
     out = q.new_empty(N, Q, values.width)
-    row_bytes = upto * (keys.width + (0 if shared else values.width)) * q.element_size()
-    per_block = max(1, BLOCK_BYTES // row_bytes) if q.device.type == "cpu" else N  # cached rows per block
+    per_block = _rows_per_block(upto * (keys.width + (0 if shared else values.width)) * q.element_size(), N, q.device)
     for start in range(0, N, per_block):
         rows = slice(start, min(start + per_block, N))
         k = keys.block(rows, upto, q.dtype)  # (r, upto, Fk)

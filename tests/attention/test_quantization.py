@@ -255,6 +255,17 @@ def test_cached_decoding_equals_decoding_through_the_reference_quantizer(variant
     assert blocks, "the decode steps did not read the codes"
 
 
+def test_a_cpu_block_holds_whole_rows_per_thread(monkeypatch):
+    """Blocks of about BLOCK_BYTES, a multiple of the threads over which bmm splits its batch; elsewhere one block."""
+    from litgpt_mka.attention import quantized_attention as qa
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    cpu, budget = torch.device("cpu"), qa.BLOCK_BYTES
+    assert [qa._rows_per_block(budget // n, 128, cpu) for n in (1, 2, 3, 5, 7, 8)] == [1, 2, 4, 4, 8, 8]
+    assert qa._rows_per_block(4 * budget, 128, cpu) == 1  # a row larger than the budget is a block of its own
+    assert qa._rows_per_block(1, 128, torch.device("meta")) == 128
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @torch.no_grad()
 def test_quantized_decoding_stays_close_to_the_full_forward(variant):
