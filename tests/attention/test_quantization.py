@@ -255,6 +255,29 @@ def test_cached_decoding_equals_decoding_through_the_reference_quantizer(variant
     assert blocks, "the decode steps did not read the codes"
 
 
+@pytest.mark.parametrize("variant", ("mha", "mla", "fmka"))
+@torch.no_grad()
+def test_litgpt_generate_loop_decodes_from_the_codes_and_greedily_as_the_reference(variant, monkeypatch):
+    """litgpt's own generate loop (prompt prefill, then one query per step with input_pos_maxp1) reads its decode
+    steps from the codes and picks the tokens that the dequantized reference cache picks."""
+    from litgpt.generate.base import generate
+
+    overrides = {"attention_class_name": "GroupedQueryAttention"} if variant == "mha" else {}
+    model = random_gpt(quantized_config(variant, "int8", **overrides))
+    prompt = tokens(1, 6)[0]
+
+    def greedy(reference: bool) -> torch.Tensor:
+        model.set_kv_cache(batch_size=1, max_seq_length=16)
+        if reference:
+            with_reference_sequences(model)
+        return generate(model, prompt, max_returned_tokens=14, temperature=0.0)
+
+    expected = greedy(reference=True)
+    blocks = count_blocks(monkeypatch)
+    assert torch.equal(greedy(reference=False), expected)
+    assert blocks, "litgpt generate's decode steps did not read the codes"
+
+
 def test_a_cpu_block_holds_whole_rows_per_thread(monkeypatch):
     """Blocks of about BLOCK_BYTES, a multiple of the threads over which bmm splits its batch; elsewhere one block."""
     from litgpt_mka.attention import quantized_attention as qa
