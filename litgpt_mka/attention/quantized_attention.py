@@ -82,27 +82,47 @@ def decode_attention(
     for start in range(0, N, per_block):
         rows = slice(start, min(start + per_block, N))
         k = keys.block(rows, upto, q.dtype)  # (r, upto, Fk)
-        scores = torch.bmm(q[rows], k.mT)  # (r, Q, Fk) @ (r, Fk, upto) -> (r, Q, upto)
-        if key_scales is not None:
-            scales, offsets = key_scales
-            scores.mul_(scales[rows].unsqueeze(1))  # s_t (scale q . c_t)
-            if offsets is not None:
-                scores.addcmul_(q_sums[rows], offsets[rows].unsqueeze(1))  # + z_t (scale sum(q))
+        scores = _scores(q[rows], k, _rows_of(key_scales, rows), None if q_sums is None else q_sums[rows])
         if bias is not None:
             scores.add_(bias[rows])
         if softcapping is not None:
             scores = do_softcapping(scores, softcapping)
         p = scores.softmax(dim=-1) if q.dtype == torch.float32 else scores.softmax(-1, torch.float32).to(q.dtype)
         v = k if shared else values.block(rows, upto, q.dtype)  # (r, upto, Fv)
-        if value_scales is None:
-            torch.bmm(p, v, out=out[rows])  # (r, Q, upto) @ (r, upto, Fv) -> (r, Q, Fv)
-            continue
-        scales, offsets = value_scales
-        offset_sums = None if offsets is None else torch.bmm(p, offsets[rows].unsqueeze(-1))  # sum_t p_t z_t, (r, Q, 1)
-        torch.bmm(p.mul_(scales[rows].unsqueeze(1)), v, out=out[rows])  # sum_t (p_t s_t) c_t
-        if offset_sums is not None:
-            out[rows] += offset_sums
+        _weighted_values(p, v, _rows_of(value_scales, rows), out=out[rows])
     return out
+
+
+def _rows_of(scales: tuple[torch.Tensor, torch.Tensor | None] | None, rows: slice):
+    """A block's rows of (scales, offsets) (N, upto), or None."""
+    if scales is None:
+        return None
+    return scales[0][rows], None if scales[1] is None else scales[1][rows]
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, scales, q_sums: torch.Tensor | None) -> torch.Tensor:
+    """scale q . x^_t of a block: q (r, Q, Fk) scaled, k (r, upto, Fk) codes as numbers (or dequantized rows when
+    `scales` is None), scales and offsets (r, upto), q_sums (r, Q, 1) for the offsets -> (r, Q, upto)."""
+    scores = torch.bmm(q, k.mT)  # (r, Q, Fk) @ (r, Fk, upto) -> (r, Q, upto)
+    if scales is not None:
+        s, z = scales
+        scores.mul_(s.unsqueeze(1))  # s_t (scale q . c_t)
+        if z is not None:
+            scores.addcmul_(q_sums, z.unsqueeze(1))  # + z_t (scale sum(q))
+    return scores
+
+
+def _weighted_values(p: torch.Tensor, v: torch.Tensor, scales, out: torch.Tensor) -> None:
+    """out <- sum_t p_t x^_t of a block: p (r, Q, upto) (scaled in place), v (r, upto, Fv) codes as numbers (or
+    dequantized rows when `scales` is None), scales and offsets (r, upto); out (r, Q, Fv)."""
+    if scales is None:
+        torch.bmm(p, v, out=out)  # (r, Q, upto) @ (r, upto, Fv) -> (r, Q, Fv)
+        return
+    s, z = scales
+    offset_sums = None if z is None else torch.bmm(p, z.unsqueeze(-1))  # sum_t p_t z_t, (r, Q, 1)
+    torch.bmm(p.mul_(s.unsqueeze(1)), v, out=out)  # sum_t (p_t s_t) c_t
+    if offset_sums is not None:
+        out += offset_sums
 
 
 __all__ = ["decode_attention", "reads_codes"]
