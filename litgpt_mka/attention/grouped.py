@@ -256,7 +256,7 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
         B, T, _ = x.shape
         q, k, v = self._project(x, cos, sin)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
         softcapping = self.config.attention_logit_softcapping
-        codes = None if input_pos is None else reads_codes(self.kv_cache, ("k", "v"), T, input_pos, input_pos_maxp1)
+        codes = reads_codes(self.kv_cache, ("k", "v"), T, input_pos, input_pos_maxp1)
         if codes:  # a decode step over a quantized cache: attend to the codes
             self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
             y = grouped_decode(q, *codes, input_pos_maxp1, scale=self.scale, softcapping=softcapping)  # (B, 1, nh_q, hs)

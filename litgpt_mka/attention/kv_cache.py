@@ -105,7 +105,8 @@ class KVCacheBase(nn.Module):
         store = getattr(self, name)
         if isinstance(store, nn.Module):
             return store.update(input_pos, new, input_pos_maxp1)
-        return write_positions(store[: new.size(0)], new.dim() - 2, input_pos, new)[..., :input_pos_maxp1, :]
+        self._write(name, input_pos, new)
+        return store[: new.size(0), ..., :input_pos_maxp1, :]
 
     def append(self, input_pos: torch.Tensor, input_pos_maxp1: int | None, **chunks: torch.Tensor) -> None:
         """Checks the chunk and writes each sequence's rows (bs, ..., T, F) at `input_pos`, reading nothing back:
@@ -114,11 +115,15 @@ class KVCacheBase(nn.Module):
         self.check_chunk(input_pos, first.size(0), first.size(-2), input_pos_maxp1)
         self.follow_dtype(first.dtype)
         for name, new in chunks.items():
-            store = getattr(self, name)
-            if isinstance(store, nn.Module):
-                store.write(input_pos, new)
-            else:
-                write_positions(store[: new.size(0)], new.dim() - 2, input_pos, new)
+            self._write(name, input_pos, new)
+
+    def _write(self, name: str, input_pos: torch.Tensor, new: torch.Tensor) -> None:
+        """Writes `new` (bs, ..., T, F) into the sequence `name` (a buffer or a quantized sequence) at `input_pos`."""
+        store = getattr(self, name)
+        if isinstance(store, nn.Module):
+            store.write(input_pos, new)
+        else:
+            write_positions(store[: new.size(0)], new.dim() - 2, input_pos, new)
 
     def check_chunk(self, input_pos: torch.Tensor, bs: int, T: int, input_pos_maxp1: int | None) -> None:
         if bs > self.batch_size:

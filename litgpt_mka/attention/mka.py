@@ -457,7 +457,7 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         v = (mixed if w == 2 * D else kv)[..., D:]  # (B, T, D)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-        codes = None if input_pos is None else reads_codes(self.kv_cache, ("k", "v"), T, input_pos, input_pos_maxp1)
+        codes = reads_codes(self.kv_cache, ("k", "v"), T, input_pos, input_pos_maxp1)
         if codes:  # a decode step over a quantized cache: attend to the codes
             self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
             y = self._decode(q, *codes, input_pos_maxp1)  # (B, 1, nh_q, hs)
@@ -480,7 +480,7 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         k_session = self._rope(self._heads(session[..., :D]), cos, sin)  # (B, nh_kv, T, hs)
         v_session = self._heads(session[..., D:])  # (B, nh_kv, T, hs)
         names = ("k", "v", "k_session", "v_session")
-        codes = None if input_pos is None else reads_codes(self.kv_cache, names, T, input_pos, input_pos_maxp1)
+        codes = reads_codes(self.kv_cache, names, T, input_pos, input_pos_maxp1)
         if codes:  # a decode step over a quantized cache: attend to the codes
             self.kv_cache.append(input_pos, input_pos_maxp1, k=k_local, v=v_local, k_session=k_session,
                                  v_session=v_session)
@@ -564,7 +564,6 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             is_causal=input_pos is None and mask is None,
             softcapping=self.config.attention_logit_softcapping,
         )  # (B, T, nh_q, hs)
-
 
     def _decode(self, q, keys, values, upto: int) -> torch.Tensor:
         """``grouped_decode`` (grouped.py) of one decode step over quantized sequences: q (B, nh_q, 1, hs) ->

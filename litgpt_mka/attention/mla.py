@@ -268,7 +268,7 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         B, T, _ = x.shape
         q_nope, q_rope = self._queries(x, cos, sin)  # (B, nh, T, P), (B, nh, T, R)
         latent, k_rope = self._latent_keys(x, cos, sin)  # (B, T, L), (B, T, R)
-        codes = None if input_pos is None else reads_codes(self.kv_cache, ("latent",), T, input_pos, input_pos_maxp1)
+        codes = reads_codes(self.kv_cache, ("latent",), T, input_pos, input_pos_maxp1)
         if input_pos is None:  # training / no cache: causal SDPA over this chunk
             o = self._expanded_attention(q_nope, q_rope, latent, k_rope, mask=None)
         elif codes and T <= self.absorb_max_queries:  # a decode step over a quantized latent: attend to its codes

@@ -27,12 +27,13 @@ from litgpt_mka.attention.kv_cache import attends_to_whole_cache
 from litgpt_mka.attention.quantization import BLOCK_BYTES, QuantizedSequence
 
 
-def reads_codes(cache: nn.Module, names: tuple[str, ...], T: int, input_pos: torch.Tensor,
+def reads_codes(cache: nn.Module, names: tuple[str, ...], T: int, input_pos: torch.Tensor | None,
                 input_pos_maxp1: int | None) -> tuple[QuantizedSequence, ...] | None:
     """The quantized sequences `names` of `cache` when this chunk attends to their codes (:func:`decode_attention`):
     one query that sees every cached position (``attends_to_whole_cache``) and sequences without a residual
-    window. None: the chunk reads the dequantized rows (``KVCacheBase.update``)."""
-    if not attends_to_whole_cache(T, input_pos, input_pos_maxp1):
+    window. None: the chunk reads the dequantized rows (``KVCacheBase.update``) or uses no cache (``input_pos``
+    None)."""
+    if input_pos is None or not attends_to_whole_cache(T, input_pos, input_pos_maxp1):
         return None
     sequences = tuple(getattr(cache, name, None) for name in names)
     if all(isinstance(sequence, QuantizedSequence) and not sequence.residual for sequence in sequences):
