@@ -12,7 +12,7 @@ log="$study/study-v2.log"
 start_study() { (cd "$study" && source .venv/bin/activate && setsid nohup docs/study-pythia-14m-v2/run.sh >> "$log" 2>&1 < /dev/null &); }
 study_running() { pgrep -f "$study/.venv/bin/litgpt-mka compare" > /dev/null || pgrep -f "study-pythia-14m-v2/run.sh" > /dev/null; }
 pending() {
-  for run in "$study"/docs/study-pythia-14m-v2/*/runs/*/; do
+  for run in "$study"/docs/study-pythia-14m-v2/{main,ablation}/runs/*/; do  # as kv_quantization.sh
     [ -f "$run/result.json" ] && [ ! -f "$run/kv_quantization.json" ] && return 0
   done
   return 1
