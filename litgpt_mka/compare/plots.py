@@ -6,8 +6,9 @@
   = sample std over seeds) against KV-cache bytes per token (log scale), every variant a point; the
   frontier (:func:`litgpt_mka.compare.summary.pareto_front` of the means: no other point has both a smaller
   cache and a lower loss) is ringed and joined by a dashed staircase. With ``--kv_cache_quantizations``, each
-  variant's quantized caches are points too (squares, in the variant's colour, labelled ``variant int8``; loss
-  = cached decoding through that cache), on the same frontier.
+  variant's quantized caches are points too (hollow, in the variant's colour, one marker per quantization, joined
+  to the variant's own point by a thin line; loss = cached decoding through that cache), on the same frontier;
+  only the variants' own points carry a name, and a legend beside the axes names the markers.
 * ``routing.png`` (MKA/FMKA variants only): one panel per variant, layers on x, one bar per memory (local,
   session, long-term): mean routing weight over seeds, error bar = std.
 * ``throughput.png``: training and decode tokens/s per variant (mean, error bar = std over seeds); a variant
@@ -17,6 +18,7 @@ Without matplotlib, :func:`write_plots` warns and writes nothing; the tables are
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot state) and saved atomically.
 """
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,24 +86,52 @@ def pareto_points(summary: list[VariantSummary], primary: str) -> list[ParetoPoi
     return points
 
 
+_CACHE_MARKERS = {"int8": "s", "int4": "v", "float8_e4m3fn": "D"}  # others: "P"
+
+
 def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str) -> None:
-    figure, colours = _figure(8.0, 5.0), _colours(summary)
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    figure, colours = _figure(9.0, 5.0), _colours(summary)
     ax = figure.add_subplot()
     points = pareto_points(summary, primary)
+    min_bytes = min((p.kv_bytes_per_token for p in points), default=1.0)
+    max_bytes = max((p.kv_bytes_per_token for p in points), default=1.0)
+    for variant in dict.fromkeys(p.variant for p in points):  # a thin line through each variant's caches
+        own = sorted((p for p in points if p.variant == variant), key=lambda p: p.kv_bytes_per_token)
+        if len(own) > 1:
+            ax.plot([p.kv_bytes_per_token for p in own], [p.loss.mean for p in own], color=colours[variant],
+                    linewidth=0.8, alpha=0.4, zorder=1)
     for point in points:
         x, y, std = point.kv_bytes_per_token, point.loss.mean, point.loss.std
-        ax.errorbar([x], [y], yerr=None if std is None else [std], fmt="o" if point.cache is None else "s",
-                    capsize=3, color=colours[point.variant], markerfacecolor=None if point.cache is None else "none")
-        ax.annotate(point.label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize="small")
+        marker = "o" if point.cache is None else _CACHE_MARKERS.get(point.cache, "P")
+        ax.errorbar([x], [y], yerr=None if std is None else [std], fmt=marker, capsize=3, zorder=2,
+                    color=colours[point.variant], markerfacecolor=None if point.cache is None else "none")
+        if point.cache is None:  # its name above it, on the side away from the plot's edge
+            left = math.log(x / min_bytes) > 0.2 * math.log(max_bytes / min_bytes)  # not at the left edge
+            ax.annotate(point.variant, (x, y), textcoords="offset points", xytext=(-4 if left else 4, 6),
+                        ha="right" if left else "left", fontsize="small")
+    handles = []
     front = pareto_front([(p.kv_bytes_per_token, p.loss.mean) for p in points])
     if front:
         xs, ys = [points[i].kv_bytes_per_token for i in front], [points[i].loss.mean for i in front]
         # the staircase: each frontier point holds its loss until a larger cache buys a lower one
         ax.plot(xs, ys, drawstyle="steps-post", color="black", alpha=0.5, linestyle="--", zorder=0)
-        ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=1.0,
-                   label="Pareto frontier: no other config has a smaller cache and a lower loss")
-        ax.legend(fontsize="small")
+        handles.append(ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=1.0,
+                                  label="Pareto frontier: no other\nconfig has a smaller cache\nand a lower loss"))
+    caches = list(dict.fromkeys(p.cache for p in points if p.cache is not None))
+    if caches:
+        handles += [Line2D([], [], linestyle="none", marker="o", color="grey", label="own cache (unquantized)")]
+        handles += [Line2D([], [], linestyle="none", marker=_CACHE_MARKERS.get(cache, "P"), color="grey",
+                           markerfacecolor="none", label=f"{cache} cache") for cache in caches]
+    if handles:
+        ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 100, 200, 500, 1,000, ... written out
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.05, y=0.08)  # room above the top names
     ax.set_xlabel("KV-cache bytes per token (all layers, log scale)")
     ax.set_ylabel(f"final validation loss on {primary} (nats/token)")
     ax.set_title("Quality against KV-cache memory (mean ± std over seeds)")
