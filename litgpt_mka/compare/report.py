@@ -385,7 +385,8 @@ def quantized_cache_lines(results: Results) -> list[str]:
                          f" {_cell(cache.kv_bytes_per_token, lambda v: f'{v:,.0f}', constant=True)} | {ratio} |"
                          f" {_cell(cache.loss, _loss)} | {_signed(cache.cost)} |")
     return lines + ["", "The unquantized rows' loss is the full-forward validation loss of the Results table. In the"
-                        " Pareto plot the quantized caches are squares labelled `variant cache`."]
+                        " Pareto plot the quantized caches are hollow markers in their variant's colour, one marker per"
+                        " cache (its legend), joined to the variant's own point."]
 
 
 def _load_text(load: PhaseLoad) -> str:
