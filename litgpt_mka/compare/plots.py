@@ -69,10 +69,6 @@ class ParetoPoint:
     kv_bytes_per_token: float
     loss: Stat
 
-    @property
-    def label(self) -> str:
-        return self.variant if self.cache is None else f"{self.variant} {self.cache}"
-
 
 def pareto_points(summary: list[VariantSummary], primary: str) -> list[ParetoPoint]:
     """Every variant that has a loss and cache bytes, then its quantized caches (cached decoding's loss)."""
@@ -86,7 +82,12 @@ def pareto_points(summary: list[VariantSummary], primary: str) -> list[ParetoPoi
     return points
 
 
-_CACHE_MARKERS = {"int8": "s", "int4": "v", "float8_e4m3fn": "D"}  # others: "P"
+_CACHE_MARKERS = {"int8": "s", "int4": "v", "float8_e4m3fn": "D"}
+
+
+def _marker(cache: str | None) -> str:
+    """A point's marker: a disc for the variant's own cache, one shape per quantization ("P" for others)."""
+    return "o" if cache is None else _CACHE_MARKERS.get(cache, "P")
 
 
 def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str) -> None:
@@ -105,8 +106,7 @@ def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str) ->
                     linewidth=0.8, alpha=0.4, zorder=1)
     for point in points:
         x, y, std = point.kv_bytes_per_token, point.loss.mean, point.loss.std
-        marker = "o" if point.cache is None else _CACHE_MARKERS.get(point.cache, "P")
-        ax.errorbar([x], [y], yerr=None if std is None else [std], fmt=marker, capsize=3, zorder=2,
+        ax.errorbar([x], [y], yerr=None if std is None else [std], fmt=_marker(point.cache), capsize=3, zorder=2,
                     color=colours[point.variant], markerfacecolor=None if point.cache is None else "none")
         if point.cache is None:  # its name above it, on the side away from the plot's edge
             left = math.log(x / min_bytes) > 0.2 * math.log(max_bytes / min_bytes)  # not at the left edge
@@ -122,9 +122,10 @@ def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str) ->
                                   label="Pareto frontier: no other\nconfig has a smaller cache\nand a lower loss"))
     caches = list(dict.fromkeys(p.cache for p in points if p.cache is not None))
     if caches:
-        handles += [Line2D([], [], linestyle="none", marker="o", color="grey", label="own cache (unquantized)")]
-        handles += [Line2D([], [], linestyle="none", marker=_CACHE_MARKERS.get(cache, "P"), color="grey",
-                           markerfacecolor="none", label=f"{cache} cache") for cache in caches]
+        handles += [Line2D([], [], linestyle="none", marker=_marker(None), color="grey",
+                           label="own cache (unquantized)")]
+        handles += [Line2D([], [], linestyle="none", marker=_marker(cache), color="grey", markerfacecolor="none",
+                           label=f"{cache} cache") for cache in caches]
     if handles:
         ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xscale("log")

@@ -139,6 +139,6 @@ def test_report_csv_and_pareto_points_show_the_quantized_caches(tmp_path):
     assert float(rows[0]["cached_val_loss_int4"]) == 2.03 and float(rows[1]["kv_bytes_per_token_int8"]) == 30.0
     assert rows[2]["cached_val_loss_int8"] == ""  # mqa measured no cache
 
-    points = {p.label: (p.kv_bytes_per_token, p.loss.mean) for p in pareto_points(summary, "val")}
-    assert points == {"mha": (100.0, pytest.approx(2.1)), "mha int8": (30.0, pytest.approx(2.102)),
-                      "mha int4": (16.0, pytest.approx(2.12)), "mqa": (25.0, pytest.approx(2.1))}
+    points = {(p.variant, p.cache): (p.kv_bytes_per_token, p.loss.mean) for p in pareto_points(summary, "val")}
+    assert points == {("mha", None): (100.0, pytest.approx(2.1)), ("mha", "int8"): (30.0, pytest.approx(2.102)),
+                      ("mha", "int4"): (16.0, pytest.approx(2.12)), ("mqa", None): (25.0, pytest.approx(2.1))}
