@@ -170,6 +170,7 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
             sweep: dict[float, list[RunResult]]) -> str:
     """answers.md: the verdict table and its sentences, the learning rates, the ablation, the curves."""
     v1_losses, v2_losses = final_losses(v1), final_losses(main)
+    full_query = [run for run in ablation if run.variant == FULL_QUERY]
     by_rate = {MAIN_LEARNING_RATE: main, **sweep}
     losses_by_rate = {rate: final_losses(runs) for rate, runs in by_rate.items()}
     reference = tuned(REFERENCE, losses_by_rate)
@@ -178,8 +179,8 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
         "Written by `python docs/study-pythia-14m-v2/report.py` from the committed run records; every cell is the",
         "difference of the final validation loss on `val.txt` to MHA (nats/token), ± its SE over seeds, and the",
         "verdict by the 2-SE rule (the module docstring of `report.py` says how).", "",
-        f"Finished runs: v1 {len(v1)} of 18; v2 main {len(main)} of 18, ablation {len(ablation)} of 9 (6 copied from",
-        f"main), learning-rate sweep {sum(map(len, sweep.values()))} of 12.", "",
+        f"Finished runs: v1 {len(v1)} of 18; v2 main {len(main)} of 18, ablation {len(full_query)} of 3 (its MHA and",
+        f"MLA runs are the main study's), learning-rate sweep {sum(map(len, sweep.values()))} of 12.", "",
         "## Verdicts against MHA", "",
         "| variant | v1: repeated data, lr 1e-3 | v2: unique data, lr 1e-3 | v2: each at its best lr |",
         "|---|---|---|---|",
@@ -203,7 +204,9 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
         cells = [_mean_cell(*best.means[rate]) if rate in best.means else "—"
                  for rate in sorted(by_rate)]
         lines.append(f"| {variant} | {' | '.join(cells)} | {_rate(best.learning_rate)} |")
-    ablation_losses = final_losses(ablation)
+    # the ablation's MHA and MLA runs are the main study's: run.sh copies them instead of retraining, and only the
+    # new runs' records are committed in the ablation's folder
+    ablation_losses = final_losses(main + full_query)
     lines += ["", "## MLA's query ablation (full-rank query, `q_lora_rank: null`)", "",
               f"- full-rank query against MHA: {verdict(ablation_losses, FULL_QUERY).sentence}",
               f"- the query bottleneck's cost: {verdict(ablation_losses, 'pythia-14m-mla', FULL_QUERY).sentence}",

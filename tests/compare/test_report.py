@@ -14,13 +14,15 @@ from litgpt_mka.compare.report import PLOT_TITLES, markdown, read_results, setup
 from litgpt_mka.compare.summary import summarize
 from tests.compare.helpers import synthetic_run
 
-STUDY = Path(__file__).resolve().parents[2] / "docs" / "study-pythia-14m"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+STUDY = DOCS / "study-pythia-14m"
 
 
-@pytest.mark.parametrize("part", ["main", "sweeps"])
+@pytest.mark.parametrize("part", ["study-pythia-14m/main", "study-pythia-14m/sweeps", "study-pythia-14m-v2/main"])
 def test_committed_study_reports_render_again_byte_for_byte(part, tmp_path):
-    """`python -m litgpt_mka.compare.report docs/study-pythia-14m/<part>/results.json` rewrites the same files."""
-    committed = STUDY / part
+    """`python -m litgpt_mka.compare.report docs/<study>/<part>/results.json` rewrites the same files (v2's main
+    report with its quantized-cache table)."""
+    committed = DOCS / part
     results = read_results(committed / RESULTS_JSON)
     write_json(tmp_path / RESULTS_JSON, to_json(results))
     write_csv(tmp_path / RESULTS_CSV, results)

@@ -62,7 +62,20 @@ def test_a_study_in_progress_claims_nothing_without_two_seeds(report):
 
     assert "| pythia-14m-mla | +0.0500 ± 0.0082: **worse** | no runs | not swept |" in text
     assert "| pythia-14m-gqa | no runs | -0.0100 (1 seed: no claim) | not swept |" in text
-    assert "Finished runs: v1 6 of 18; v2 main 2 of 18, ablation 0 of 9" in text
+    assert "Finished runs: v1 6 of 18; v2 main 2 of 18, ablation 0 of 3" in text
+
+
+def test_the_ablation_sets_its_full_query_runs_against_the_main_studys_mha_and_mla(report):
+    main = runs("pythia-14m-mha", [4.10, 4.12, 4.11]) + runs("pythia-14m-mla", [4.16, 4.17, 4.15])
+    ablation = runs("pythia-14m-mla-fullq", [4.12, 4.13, 4.11])  # only the new runs: MHA and MLA are main's
+
+    text = report.answers([], main, ablation, {5e-4: [], 2e-3: []})
+
+    assert "ablation 3 of 3" in text
+    assert ("- full-rank query against MHA: pythia-14m-mla-fullq: validation loss +0.0100 nats/token against "
+            "pythia-14m-mha (SE 0.0082; 3 and 3 seeds): tied within noise") in text
+    assert ("- the query bottleneck's cost: pythia-14m-mla: validation loss +0.0400 nats/token against "
+            "pythia-14m-mla-fullq (SE 0.0082; 3 and 3 seeds): worse") in text
 
 
 def test_the_committed_v1_verdicts_are_those_of_v1s_own_results(report, tmp_path):
