@@ -8,7 +8,8 @@
   cache and a lower loss) is ringed and joined by a dashed staircase. With ``--kv_cache_quantizations``, each
   variant's quantized caches are points too (hollow, in the variant's colour, one marker per quantization, joined
   to the variant's own point by a thin line; loss = cached decoding through that cache), on the same frontier;
-  only the variants' own points carry a name, and a legend beside the axes names the markers.
+  only the variants' own points carry a name (moved down where names would overlap: configurations with the
+  same cache bytes and close losses), and a legend beside the axes names the markers.
 * ``routing.png`` (MKA/FMKA variants only): one panel per variant, layers on x, one bar per memory (local,
   session, long-term): mean routing weight over seeds, error bar = std.
 * ``throughput.png``: training and decode tokens/s per variant (mean, error bar = std over seeds); a variant
@@ -104,14 +105,15 @@ def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str) ->
         if len(own) > 1:
             ax.plot([p.kv_bytes_per_token for p in own], [p.loss.mean for p in own], color=colours[variant],
                     linewidth=0.8, alpha=0.4, zorder=1)
+    names = []
     for point in points:
         x, y, std = point.kv_bytes_per_token, point.loss.mean, point.loss.std
         ax.errorbar([x], [y], yerr=None if std is None else [std], fmt=_marker(point.cache), capsize=3, zorder=2,
                     color=colours[point.variant], markerfacecolor=None if point.cache is None else "none")
         if point.cache is None:  # its name above it, on the side away from the plot's edge
             left = math.log(x / min_bytes) > 0.2 * math.log(max_bytes / min_bytes)  # not at the left edge
-            ax.annotate(point.variant, (x, y), textcoords="offset points", xytext=(-4 if left else 4, 6),
-                        ha="right" if left else "left", fontsize="small")
+            names.append(ax.annotate(point.variant, (x, y), textcoords="offset points", ha="right" if left else "left",
+                                     xytext=(-4 if left else 4, 6), fontsize="small", color=colours[point.variant]))
     handles = []
     front = pareto_front([(p.kv_bytes_per_token, p.loss.mean) for p in points])
     if front:
@@ -137,7 +139,25 @@ def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str) ->
     ax.set_ylabel(f"final validation loss on {primary} (nats/token)")
     ax.set_title("Quality against KV-cache memory (mean ± std over seeds)")
     ax.grid(alpha=0.3, which="both")
+    _separate(figure, names)
     _save(figure, path)
+
+
+def _separate(figure, names) -> None:
+    """Moves each name that overlaps one above it down, just below it, top to bottom, so that no two overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)  # the constrained layout places the axes, and with them the names
+    pixels_per_point = figure.dpi / 72
+    placed = []
+    for name in sorted(names, key=lambda n: -n.get_window_extent(renderer).y1):
+        box = name.get_window_extent(renderer)
+        while above := next((other for other in placed if box.overlaps(other)), None):
+            dx, dy = name.xyann
+            name.xyann = (dx, dy - (box.y1 - above.y0) / pixels_per_point - 1)  # 1 point of space
+            box = name.get_window_extent(renderer)
+        placed.append(box)
 
 
 def routing(path: Path, summary: list[VariantSummary], sources: list[str]) -> None:
