@@ -18,10 +18,11 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 STUDY = DOCS / "study-pythia-14m"
 
 
-@pytest.mark.parametrize("part", ["study-pythia-14m/main", "study-pythia-14m/sweeps", "study-pythia-14m-v2/main"])
+@pytest.mark.parametrize("part", ["study-pythia-14m/main", "study-pythia-14m/sweeps", "study-pythia-14m-v2/main",
+                                  "study-pythia-14m-v2/ablation"])
 def test_committed_study_reports_render_again_byte_for_byte(part, tmp_path):
     """`python -m litgpt_mka.compare.report docs/<study>/<part>/results.json` rewrites the same files (v2's main
-    report with its quantized-cache table)."""
+    and ablation reports with their quantized-cache tables)."""
     committed = DOCS / part
     results = read_results(committed / RESULTS_JSON)
     write_json(tmp_path / RESULTS_JSON, to_json(results))
