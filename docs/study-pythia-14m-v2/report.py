@@ -1,8 +1,8 @@
 """Study v2's answers: each variant's verdict against MHA in study v1 (repeated data), in study v2 (unique data),
 at every variant's own best learning rate, and MLA's query ablation; the validation curves of v1 and v2 as
-differences to MHA, one panel per variant.
+differences to MHA, one panel per variant; final loss against peak learning rate; loss against KV-cache bytes.
 
-    python docs/study-pythia-14m-v2/report.py        # from the project root: writes answers.md and two plots
+    python docs/study-pythia-14m-v2/report.py        # from the project root: writes answers.md and three plots
 
 It reads the records `litgpt-mka compare` wrote (``runs/<run>/result.json`` of every part's folder, finished runs
 only; study v1 from its ``results.json``), so it renders a study in progress: a part without enough runs says so
@@ -13,11 +13,14 @@ instead of claiming. Every verdict is compare's (:func:`litgpt_mka.compare.summa
 
 Learning rates: a variant's best is the peak learning rate with the lowest mean final loss over its seeds (1e-3
 from the main study, 5e-4 and 2e-3 from the sweep); MHA's best likewise. Choosing the lowest of three noisy
-means favours every side a little; both sides of a difference are chosen the same way.
+means favours every side a little; both sides of a difference are chosen the same way. A best at the lowest or
+highest swept rate is marked: the variant's optimum may lie outside the sweep, and its tuned loss is then an
+upper bound.
 """
 
 import dataclasses
 import math
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,8 @@ MAIN, ABLATION = STUDY / "main", STUDY / "ablation"
 MAIN_LEARNING_RATE = 1e-3
 SWEEP = {5e-4: STUDY / "lr-0.0005", 2e-3: STUDY / "lr-0.002"}  # MHA, MLA and FMKA at two more peak rates
 REFERENCE = "pythia-14m-mha"
+SWEPT = [REFERENCE, "pythia-14m-mla", "pythia-14m-fmka"]
+SWEPT_COLOURS = {REFERENCE: "C2", "pythia-14m-mla": "C4", "pythia-14m-fmka": "C0"}  # theirs on pareto-v2.png
 VARIANTS = ["pythia-14m-gqa", "pythia-14m-mqa", "pythia-14m-mla", "pythia-14m-mka", "pythia-14m-fmka"]
 FULL_QUERY = "pythia-14m-mla-fullq"
 PRIMARY = "val"  # the primary validation text's name: ../shared/data/tinystories/val.txt
@@ -58,6 +63,12 @@ def final_losses(runs: list[RunResult]) -> dict[str, list[float]]:
     for run in sorted(runs, key=lambda r: (r.variant, r.seed)):
         losses.setdefault(run.variant, []).append(run.evaluation.validation[0].loss)
     return losses
+
+
+def losses_by_learning_rate(main: list[RunResult], sweep: dict[float, list[RunResult]]
+                            ) -> dict[float, dict[str, list[float]]]:
+    """peak learning rate -> variant -> final losses: the main study's 1e-3 and the sweep's rates."""
+    return {rate: final_losses(runs) for rate, runs in {MAIN_LEARNING_RATE: main, **sweep}.items()}
 
 
 # ----------------------------------------------------------------------------------------------- verdicts
@@ -87,6 +98,11 @@ def tuned(variant: str, losses_by_rate: dict[float, dict[str, list[float]]]) -> 
 def tuned_verdict(variant: Tuned, reference: Tuned) -> Difference:
     return difference(f"{variant.variant} (lr {_rate(variant.learning_rate)})", variant.losses,
                       f"{reference.variant} (lr {_rate(reference.learning_rate)})", reference.losses)
+
+
+def at_edge(variant: Tuned, rates: list[float]) -> bool:
+    """Whether the variant's best rate is the lowest or highest of the swept ``rates``: not bracketed."""
+    return variant.learning_rate in (min(rates), max(rates))
 
 
 # ------------------------------------------------------------------------------------------------- curves
@@ -139,6 +155,32 @@ def plot_curves(path: Path, v1: list[RunResult], v2: list[RunResult]) -> None:
     figure.savefig(path, format="png", dpi=110)
 
 
+def plot_learning_rates(path: Path, losses_by_rate: dict[float, dict[str, list[float]]]) -> None:
+    """Final validation loss against peak learning rate of each swept variant: mean over seeds, bar +-1 std."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.subplots()
+    for variant in SWEPT:
+        points = [(rate, losses[variant]) for rate, losses in sorted(losses_by_rate.items()) if losses.get(variant)]
+        if not points:
+            continue
+        rates = [rate for rate, _ in points]
+        means = [math.fsum(values) / len(values) for _, values in points]
+        stds = [statistics.stdev(values) if len(values) > 1 else 0.0 for _, values in points]
+        ax.errorbar(rates, means, yerr=stds, marker="o", capsize=3, color=SWEPT_COLOURS[variant],
+                    label=variant.removeprefix("pythia-14m-").upper())
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(losses_by_rate), [_rate(rate) for rate in sorted(losses_by_rate)])
+    ax.minorticks_off()
+    ax.set_xlabel("peak learning rate (warm-up and cosine decay to 1e-4 unchanged)")
+    ax.set_ylabel("final validation loss on val (nats/token)")
+    ax.set_title("Study v2: final loss against peak learning rate (mean +- std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    figure.savefig(path, format="png", dpi=110)
+
+
 def sweep_points(main: list[RunResult], ablation: list[RunResult], sweep: dict[float, list[RunResult]]
                  ) -> list[VariantSummary]:
     """Every configuration of v2 as a row of the loss-vs-KV-bytes plot: the main study's variants, each swept
@@ -171,8 +213,8 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
     """answers.md: the verdict table and its sentences, the learning rates, the ablation, the curves."""
     v1_losses, v2_losses = final_losses(v1), final_losses(main)
     full_query = [run for run in ablation if run.variant == FULL_QUERY]
-    by_rate = {MAIN_LEARNING_RATE: main, **sweep}
-    losses_by_rate = {rate: final_losses(runs) for rate, runs in by_rate.items()}
+    losses_by_rate = losses_by_learning_rate(main, sweep)
+    rates = sorted(losses_by_rate)
     reference = tuned(REFERENCE, losses_by_rate)
     lines = [
         "# Study v2: the answers", "",
@@ -197,13 +239,14 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
         if tuned_d:
             sentences.append(f"- best learning rates: {tuned_d.sentence}")
     lines += ["", *sentences, "", "## Learning rates (mean final loss over the finished seeds)", "",
-              "| variant | " + " | ".join(f"lr {_rate(rate)}" for rate in sorted(by_rate)) + " | best |",
-              "|---|" + "---:|" * len(by_rate) + "---|"]
-    for variant in (REFERENCE, "pythia-14m-mla", "pythia-14m-fmka"):
+              "| variant | " + " | ".join(f"lr {_rate(rate)}" for rate in rates) + " | best |",
+              "|---|" + "---:|" * len(rates) + "---|"]
+    for variant in SWEPT:
         best = tuned(variant, losses_by_rate)
-        cells = [_mean_cell(*best.means[rate]) if rate in best.means else "—"
-                 for rate in sorted(by_rate)]
-        lines.append(f"| {variant} | {' | '.join(cells)} | {_rate(best.learning_rate)} |")
+        cells = [_mean_cell(*best.means[rate]) if rate in best.means else "—" for rate in rates]
+        edge = " (edge of the sweep: the optimum may lie beyond)" if at_edge(best, rates) else ""
+        lines.append(f"| {variant} | {' | '.join(cells)} | {_rate(best.learning_rate)}{edge} |")
+    lines += ["", "![final validation loss against peak learning rate](learning-rates.png)"]
     # the ablation's MHA and MLA runs are the main study's: run.sh copies them instead of retraining, and only the
     # new runs' records are committed in the ablation's folder
     ablation_losses = final_losses(main + full_query)
@@ -223,8 +266,9 @@ def main(out_dir: Path = STUDY) -> None:
     ablation = finished_runs(ABLATION)
     (out_dir / "answers.md").write_text(answers(v1, main_runs, ablation, sweep))
     plot_curves(out_dir / "curves-v1-v2.png", v1, main_runs)
+    plot_learning_rates(out_dir / "learning-rates.png", losses_by_learning_rate(main_runs, sweep))
     loss_vs_kv_cache(out_dir / "pareto-v2.png", sweep_points(main_runs, ablation, sweep), PRIMARY)
-    print(f"wrote answers.md, curves-v1-v2.png and pareto-v2.png in {out_dir}", file=sys.stderr)
+    print(f"wrote answers.md, curves-v1-v2.png, learning-rates.png and pareto-v2.png in {out_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,20 @@ def test_each_variant_is_compared_at_its_own_best_learning_rate(report):
     assert report.tuned("gqa", by_rate).learning_rate is None
 
 
+def test_a_best_learning_rate_at_the_edge_of_the_sweep_is_marked(report):
+    main = runs("pythia-14m-mha", [4.10, 4.12, 4.11]) + runs("pythia-14m-mla", [4.16, 4.17, 4.15])
+    sweep = {5e-4: runs("pythia-14m-mha", [4.20, 4.21]) + runs("pythia-14m-mla", [4.25, 4.26]),
+             2e-3: runs("pythia-14m-mha", [4.13, 4.14]) + runs("pythia-14m-mla", [4.12, 4.13])}
+
+    text = report.answers([], main, [], sweep)
+
+    assert ("| pythia-14m-mha | 4.2050 (2 seeds) | 4.1100 (3 seeds) | 4.1350 (2 seeds) | 1e-3 |") in text
+    assert ("| pythia-14m-mla | 4.2550 (2 seeds) | 4.1600 (3 seeds) | 4.1250 (2 seeds) | 2e-3 (edge of the sweep: "
+            "the optimum may lie beyond) |") in text
+    assert "| pythia-14m-fmka | — | — | — | none |" in text  # no runs: no best, no edge
+    assert "| pythia-14m-mla | no runs | +0.0500 ± 0.0082: **worse** | +0.0150 ± 0.0076: **tied within noise** (lr 2e-3) |" in text
+
+
 def test_difference_curve_pairs_checkpoints_by_tokens(report):
     def with_curve(run, points):
         curve = [CurvePoint(i, tokens, loss, 999, f"step-{i}") for i, (tokens, loss) in enumerate(points)]
@@ -91,7 +105,8 @@ def test_the_committed_v1_verdicts_are_those_of_v1s_own_results(report, tmp_path
 
     report.main(tmp_path)  # the committed records of every part, finished or not, render
     assert "## Verdicts against MHA" in (tmp_path / "answers.md").read_text()
-    assert (tmp_path / "curves-v1-v2.png").stat().st_size > 10_000
+    for plot in ("curves-v1-v2.png", "learning-rates.png", "pareto-v2.png"):
+        assert (tmp_path / plot).stat().st_size > 10_000, plot
 
 
 def test_the_pareto_plot_has_every_configuration_of_v2_once(report, tmp_path):
