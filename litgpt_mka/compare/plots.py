@@ -91,7 +91,10 @@ def _marker(cache: str | None) -> str:
     return "o" if cache is None else _CACHE_MARKERS.get(cache, "P")
 
 
-def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str) -> None:
+def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str, max_loss: float | None = None) -> None:
+    """Final loss against KV-cache bytes per token, with the Pareto frontier. ``max_loss`` tops the loss axis: a
+    point above it (a badly tuned configuration, say) is drawn at that edge as a triangle, its loss in its name, so
+    that it does not squeeze the others into a sliver of the plot."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -100,24 +103,33 @@ def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str) ->
     points = pareto_points(summary, primary)
     min_bytes = min((p.kv_bytes_per_token for p in points), default=1.0)
     max_bytes = max((p.kv_bytes_per_token for p in points), default=1.0)
+
+    def off_scale(point: ParetoPoint) -> bool:
+        return max_loss is not None and point.loss.mean > max_loss
+
+    def drawn_loss(point: ParetoPoint) -> float:
+        return max_loss if off_scale(point) else point.loss.mean
+
     for variant in dict.fromkeys(p.variant for p in points):  # a thin line through each variant's caches
         own = sorted((p for p in points if p.variant == variant), key=lambda p: p.kv_bytes_per_token)
         if len(own) > 1:
-            ax.plot([p.kv_bytes_per_token for p in own], [p.loss.mean for p in own], color=colours[variant],
+            ax.plot([p.kv_bytes_per_token for p in own], [drawn_loss(p) for p in own], color=colours[variant],
                     linewidth=0.8, alpha=0.4, zorder=1)
     names = []
     for point in points:
-        x, y, std = point.kv_bytes_per_token, point.loss.mean, point.loss.std
-        ax.errorbar([x], [y], yerr=None if std is None else [std], fmt=_marker(point.cache), capsize=3, zorder=2,
-                    color=colours[point.variant], markerfacecolor=None if point.cache is None else "none")
+        x, y, std = point.kv_bytes_per_token, drawn_loss(point), point.loss.std
+        ax.errorbar([x], [y], yerr=None if std is None or off_scale(point) else [std], capsize=3, zorder=2,
+                    fmt="^" if off_scale(point) else _marker(point.cache), color=colours[point.variant],
+                    markerfacecolor=None if point.cache is None else "none")
         if point.cache is None:  # its name above it, on the side away from the plot's edge
             left = math.log(x / min_bytes) > 0.2 * math.log(max_bytes / min_bytes)  # not at the left edge
-            names.append(ax.annotate(point.variant, (x, y), textcoords="offset points", ha="right" if left else "left",
+            name = f"{point.variant}: {point.loss.mean:.3f}, off the scale" if off_scale(point) else point.variant
+            names.append(ax.annotate(name, (x, y), textcoords="offset points", ha="right" if left else "left",
                                      xytext=(-4 if left else 4, 6), fontsize="small", color=colours[point.variant]))
     handles = []
     front = pareto_front([(p.kv_bytes_per_token, p.loss.mean) for p in points])
     if front:
-        xs, ys = [points[i].kv_bytes_per_token for i in front], [points[i].loss.mean for i in front]
+        xs, ys = [points[i].kv_bytes_per_token for i in front], [drawn_loss(points[i]) for i in front]
         # the staircase: each frontier point holds its loss until a larger cache buys a lower one
         ax.plot(xs, ys, drawstyle="steps-post", color="black", alpha=0.5, linestyle="--", zorder=0)
         handles.append(ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=1.0,

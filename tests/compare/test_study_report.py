@@ -51,6 +51,12 @@ def test_a_best_learning_rate_at_the_edge_of_the_sweep_is_marked(report):
     assert "| pythia-14m-mla | no runs | +0.0500 ± 0.0082: **worse** | +0.0150 ± 0.0076: **tied within noise** (lr 2e-3) |" in text
 
 
+def test_the_pareto_plots_loss_axis_ends_a_little_above_the_main_studys_worst_variant(report):
+    main = runs("pythia-14m-mha", [4.10, 4.12]) + runs("pythia-14m-fmka", [4.20, 4.24])
+    assert report.pareto_max_loss(main) == pytest.approx(4.22 + report.PARETO_HEADROOM)
+    assert report.pareto_max_loss([]) is None
+
+
 def test_difference_curve_pairs_checkpoints_by_tokens(report):
     def with_curve(run, points):
         curve = [CurvePoint(i, tokens, loss, 999, f"step-{i}") for i, (tokens, loss) in enumerate(points)]
