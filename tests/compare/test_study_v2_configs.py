@@ -1,6 +1,9 @@
-"""Study v2's ablation config is its preset with only the ablated attention key changed."""
+"""Study v2's ablation config is its preset with only the ablated attention key changed; each learning-rate
+config is the presets' optimizer with only the peak rate changed."""
 
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import CONFIG_HUB
 
@@ -17,3 +20,16 @@ def test_query_ablation_changes_only_q_lora_rank():
     assert ablation == preset
     header = " ".join((STUDY_V2 / "configs" / "pythia-14m-mla-fullq.yaml").read_text().replace("#", " ").split()[:30])
     assert "a copy of config_hub/pretrain/pythia-14m-mla.yaml with only the attention keys changed" in header
+
+
+@pytest.mark.parametrize("rate", ["0.0005", "0.002", "0.004"])
+def test_each_learning_rate_config_is_the_presets_optimizer_with_only_its_peak_rate_changed(rate):
+    from litgpt_mka.presets import load_pretrain_yaml
+
+    swept = load_pretrain_yaml(STUDY_V2 / "configs" / f"optimizer-lr-{rate}.yaml")
+    mha, mla, fmka = (load_pretrain_yaml(CONFIG_HUB / f"pythia-14m-{variant}.yaml")["optimizer"]
+                      for variant in ("mha", "mla", "fmka"))
+    assert mha == mla == fmka  # one optimizer config serves the three swept presets
+    preset = mha
+    assert preset["init_args"]["lr"] == 1e-3
+    assert swept == {"optimizer": {**preset, "init_args": {**preset["init_args"], "lr": float(rate)}}}
