@@ -19,14 +19,13 @@ upper bound.
 """
 
 import dataclasses
-import math
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from litgpt_mka.compare.layout import RunFolder
-from litgpt_mka.compare.plots import loss_vs_kv_cache
+from litgpt_mka.compare.plots import loss_vs_kv_cache, variant_colours
 from litgpt_mka.compare.records import Difference, RunResult, VariantSummary
 from litgpt_mka.compare.report import read_results
 from litgpt_mka.compare.summary import difference, summarize
@@ -39,7 +38,6 @@ SWEEP = {5e-4: STUDY / "lr-0.0005", 2e-3: STUDY / "lr-0.002", 4e-3: STUDY / "lr-
 SWEEP_SEEDS = 2  # seeds of each swept variant (SWEPT) at each rate
 REFERENCE = "pythia-14m-mha"
 SWEPT = [REFERENCE, "pythia-14m-mla", "pythia-14m-fmka"]
-SWEPT_COLOURS = {REFERENCE: "C2", "pythia-14m-mla": "C4", "pythia-14m-fmka": "C0"}  # theirs on pareto-v2.png
 VARIANTS = ["pythia-14m-gqa", "pythia-14m-mqa", "pythia-14m-mla", "pythia-14m-mka", "pythia-14m-fmka"]
 FULL_QUERY = "pythia-14m-mla-fullq"
 PRIMARY = "val"  # the primary validation text's name: ../shared/data/tinystories/val.txt
@@ -91,7 +89,7 @@ class Tuned:
 
 
 def tuned(variant: str, losses_by_rate: dict[float, dict[str, list[float]]]) -> Tuned:
-    means = {rate: (math.fsum(values) / len(values), len(values))
+    means = {rate: (statistics.fmean(values), len(values))
              for rate, losses in sorted(losses_by_rate.items()) if (values := losses.get(variant))}
     if not means:
         return Tuned(variant, None, [], {})
@@ -159,8 +157,10 @@ def plot_curves(path: Path, v1: list[RunResult], v2: list[RunResult]) -> None:
     figure.savefig(path, format="png", dpi=110)
 
 
-def plot_learning_rates(path: Path, losses_by_rate: dict[float, dict[str, list[float]]]) -> None:
-    """Final validation loss against peak learning rate of each swept variant: mean over seeds, bar +-1 std."""
+def plot_learning_rates(path: Path, losses_by_rate: dict[float, dict[str, list[float]]],
+                        colours: dict[str, str]) -> None:
+    """Final validation loss against peak learning rate of each swept variant: mean over seeds, bar +-1 std; each
+    variant in its ``colours`` entry (pareto-v2.png's), matplotlib's next colour where it has none."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4.5), layout="constrained")
@@ -170,9 +170,9 @@ def plot_learning_rates(path: Path, losses_by_rate: dict[float, dict[str, list[f
         if not points:
             continue
         rates = [rate for rate, _ in points]
-        means = [math.fsum(values) / len(values) for _, values in points]
+        means = [statistics.fmean(values) for _, values in points]
         stds = [statistics.stdev(values) if len(values) > 1 else 0.0 for _, values in points]
-        ax.errorbar(rates, means, yerr=stds, marker="o", capsize=3, color=SWEPT_COLOURS[variant],
+        ax.errorbar(rates, means, yerr=stds, marker="o", capsize=3, color=colours.get(variant),
                     label=variant.removeprefix("pythia-14m-").upper())
     ax.set_xscale("log")
     ax.set_xticks(sorted(losses_by_rate), [_rate(rate) for rate in sorted(losses_by_rate)])
@@ -197,7 +197,7 @@ def sweep_points(main: list[RunResult], ablation: list[RunResult], sweep: dict[f
 
 def pareto_max_loss(main: list[RunResult]) -> float | None:
     """The top of pareto-v2.png's loss axis: the main study's worst variant (mean over seeds) + PARETO_HEADROOM."""
-    means = [math.fsum(values) / len(values) for values in final_losses(main).values()]
+    means = [statistics.fmean(values) for values in final_losses(main).values()]
     return max(means) + PARETO_HEADROOM if means else None
 
 
@@ -277,9 +277,10 @@ def main(out_dir: Path = STUDY) -> None:
     ablation = finished_runs(ABLATION)
     (out_dir / "answers.md").write_text(answers(v1, main_runs, ablation, sweep))
     plot_curves(out_dir / "curves-v1-v2.png", v1, main_runs)
-    plot_learning_rates(out_dir / "learning-rates.png", losses_by_learning_rate(main_runs, sweep))
-    loss_vs_kv_cache(out_dir / "pareto-v2.png", sweep_points(main_runs, ablation, sweep), PRIMARY,
-                     max_loss=pareto_max_loss(main_runs))
+    configurations = sweep_points(main_runs, ablation, sweep)
+    plot_learning_rates(out_dir / "learning-rates.png", losses_by_learning_rate(main_runs, sweep),
+                        variant_colours(configurations))
+    loss_vs_kv_cache(out_dir / "pareto-v2.png", configurations, PRIMARY, max_loss=pareto_max_loss(main_runs))
     print(f"wrote answers.md, curves-v1-v2.png, learning-rates.png and pareto-v2.png in {out_dir}", file=sys.stderr)
 
 

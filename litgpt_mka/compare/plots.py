@@ -39,12 +39,13 @@ def _save(figure, path: Path) -> None:
     write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
 
 
-def _colours(summary: list[VariantSummary]) -> dict[str, str]:
+def variant_colours(summary: list[VariantSummary]) -> dict[str, str]:
+    """Each row's colour, by its place in ``summary``: the colours of every plot drawn from that summary."""
     return {row.variant: f"C{i % 10}" for i, row in enumerate(summary)}
 
 
 def loss_vs_tokens(path: Path, results: Results, primary: str) -> None:
-    figure, colours = _figure(), _colours(results.summary)
+    figure, colours = _figure(), variant_colours(results.summary)
     ax = figure.add_subplot()
     labelled = set()
     for run in (r for r in results.runs if r.ok):
@@ -98,7 +99,7 @@ def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str, ma
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    figure, colours = _figure(9.0, 5.0), _colours(summary)
+    figure, colours = _figure(9.0, 5.0), variant_colours(summary)
     ax = figure.add_subplot()
     points = pareto_points(summary, primary)
     min_bytes = min((p.kv_bytes_per_token for p in points), default=1.0)
@@ -198,7 +199,7 @@ def routing(path: Path, summary: list[VariantSummary], sources: list[str]) -> No
 
 
 def throughput(path: Path, summary: list[VariantSummary]) -> None:
-    figure, colours = _figure(9.0, 4.0), _colours(summary)
+    figure, colours = _figure(9.0, 4.0), variant_colours(summary)
     for position, (key, busy_key, title) in enumerate((("train_tokens_per_s", "train_busy", "training tokens/s"),
                                                        ("decode_tokens_per_s", "decode_busy", "decode tokens/s")),
                                                       start=1):
