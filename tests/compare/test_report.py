@@ -19,10 +19,10 @@ STUDY = DOCS / "study-pythia-14m"
 
 
 @pytest.mark.parametrize("part", ["study-pythia-14m/main", "study-pythia-14m/sweeps", "study-pythia-14m-v2/main",
-                                  "study-pythia-14m-v2/ablation"])
+                                  "study-pythia-14m-v2/ablation", "study-pythia-14m-v2/lr-0.002"])
 def test_committed_study_reports_render_again_byte_for_byte(part, tmp_path):
     """`python -m litgpt_mka.compare.report docs/<study>/<part>/results.json` rewrites the same files (v2's main
-    and ablation reports with their quantized-cache tables)."""
+    and ablation reports with their quantized-cache tables; each learning rate's as run.sh rendered it)."""
     committed = DOCS / part
     results = read_results(committed / RESULTS_JSON)
     write_json(tmp_path / RESULTS_JSON, to_json(results))
