@@ -12,7 +12,7 @@ instead of claiming. Every verdict is compare's (:func:`litgpt_mka.compare.summa
     SE = sqrt(s_v^2 / n_v + s_r^2 / n_r)    Welch; "worse" when d >= 2 SE, "better" when d <= -2 SE
 
 Learning rates: a variant's best is the peak learning rate with the lowest mean final loss over its seeds (1e-3
-from the main study, 5e-4, 2e-3 and 4e-3 from the sweep); MHA's best likewise. Choosing the lowest of four noisy
+from the main study, 5e-4, 2e-3, 4e-3 and 8e-3 from the sweep); MHA's best likewise. Choosing the lowest of five noisy
 means favours every side a little; both sides of a difference are chosen the same way. A best at the lowest or
 highest swept rate is marked: the variant's optimum may lie outside the sweep, and its tuned loss is then an
 upper bound.
@@ -34,7 +34,7 @@ STUDY = Path(__file__).resolve().parent
 V1_RESULTS = STUDY.parent / "study-pythia-14m" / "main" / "results.json"
 MAIN, ABLATION = STUDY / "main", STUDY / "ablation"
 MAIN_LEARNING_RATE = 1e-3
-SWEEP = {5e-4: STUDY / "lr-0.0005", 2e-3: STUDY / "lr-0.002", 4e-3: STUDY / "lr-0.004"}  # more peak rates
+SWEEP = {rate: STUDY / f"lr-{rate:g}" for rate in (0.0005, 0.002, 0.004, 0.008)}  # the sweep: rate -> run.sh's --out_dir
 SWEEP_SEEDS = 2  # seeds of each swept variant (SWEPT) at each rate
 REFERENCE = "pythia-14m-mha"
 SWEPT = [REFERENCE, "pythia-14m-mla", "pythia-14m-fmka"]

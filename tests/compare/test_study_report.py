@@ -3,6 +3,7 @@ on chosen numbers, and on the committed records (study v1 must give the verdicts
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -35,6 +36,18 @@ def test_each_variant_is_compared_at_its_own_best_learning_rate(report):
     assert d.difference == pytest.approx(4.21 - 4.11)
     assert d.verdict == "worse" and "mla (lr 5e-4)" in d.sentence and "mha (lr 1e-3)" in d.sentence
     assert report.tuned("gqa", by_rate).learning_rate is None
+
+
+def test_the_sweep_is_the_same_in_run_sh_its_configs_and_the_report(report):
+    """run.sh trains, configs/ holds and report.py reads the same peak rates, each in run.sh's ``lr-<rate>``."""
+    loop = re.search(r"^for lr in ([\d. ]+); do$", (report.STUDY / "run.sh").read_text(), re.MULTILINE)
+    trained = sorted(float(rate) for rate in loop.group(1).split())
+    configs = sorted(float(path.stem.removeprefix("optimizer-lr-"))
+                     for path in (report.STUDY / "configs").glob("optimizer-lr-*.yaml"))
+    assert trained == configs == sorted(report.SWEEP)
+    for rate in trained:
+        assert report.SWEEP[rate] == report.STUDY / f"lr-{rate:g}"
+    assert "--out_dir $S/lr-$lr" in (report.STUDY / "run.sh").read_text()
 
 
 def test_a_best_learning_rate_at_the_edge_of_the_sweep_is_marked(report):

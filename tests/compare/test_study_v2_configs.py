@@ -22,7 +22,8 @@ def test_query_ablation_changes_only_q_lora_rank():
     assert "a copy of config_hub/pretrain/pythia-14m-mla.yaml with only the attention keys changed" in header
 
 
-@pytest.mark.parametrize("rate", ["0.0005", "0.002", "0.004"])
+@pytest.mark.parametrize("rate", sorted(path.stem.removeprefix("optimizer-lr-")
+                                        for path in (STUDY_V2 / "configs").glob("optimizer-lr-*.yaml")))
 def test_each_learning_rate_config_is_the_presets_optimizer_with_only_its_peak_rate_changed(rate):
     from litgpt_mka.presets import load_pretrain_yaml
 
