@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from litgpt_mka.compare.layout import RunFolder
-from litgpt_mka.compare.plots import loss_vs_kv_cache, variant_colours
+from litgpt_mka.compare.plots import loss_vs_kv_cache
 from litgpt_mka.compare.records import Difference, RunResult, VariantSummary
 from litgpt_mka.compare.report import read_results
 from litgpt_mka.compare.summary import difference, summarize
@@ -41,6 +41,7 @@ SWEPT = [REFERENCE, "pythia-14m-mla", "pythia-14m-fmka"]
 VARIANTS = ["pythia-14m-gqa", "pythia-14m-mqa", "pythia-14m-mla", "pythia-14m-mka", "pythia-14m-fmka"]
 FULL_QUERY = "pythia-14m-mla-fullq"
 PRIMARY = "val"  # the primary validation text's name: ../shared/data/tinystories/val.txt
+_AT_RATE = " (lr "  # a swept configuration's name is "<variant> (lr 5e-4)": _swept
 # pareto-v2.png's loss axis ends this far above the main study's worst mean loss; a configuration above that (MHA at
 # 5e-4 ends 0.38 nats above the rest) is drawn at the edge with its loss, instead of squeezing the others together
 PARETO_HEADROOM = 0.05
@@ -98,8 +99,8 @@ def tuned(variant: str, losses_by_rate: dict[float, dict[str, list[float]]]) -> 
 
 
 def tuned_verdict(variant: Tuned, reference: Tuned) -> Difference:
-    return difference(f"{variant.variant} (lr {_rate(variant.learning_rate)})", variant.losses,
-                      f"{reference.variant} (lr {_rate(reference.learning_rate)})", reference.losses)
+    return difference(_swept(variant.variant, variant.learning_rate), variant.losses,
+                      _swept(reference.variant, reference.learning_rate), reference.losses)
 
 
 def at_edge(variant: Tuned, rates: list[float]) -> bool:
@@ -191,8 +192,15 @@ def sweep_points(main: list[RunResult], ablation: list[RunResult], sweep: dict[f
     variant at each other learning rate ("pythia-14m-mla (lr 5e-4)"), the full-query MLA of the ablation."""
     rows = summarize(main, REFERENCE)
     for rate, runs in sorted(sweep.items()):
-        rows += [dataclasses.replace(row, variant=f"{row.variant} (lr {_rate(rate)})") for row in summarize(runs, None)]
+        rows += [dataclasses.replace(row, variant=_swept(row.variant, rate)) for row in summarize(runs, None)]
     return rows + [row for row in summarize(ablation, None) if row.variant == FULL_QUERY]
+
+
+def configuration_colours(configurations: list[VariantSummary]) -> dict[str, str]:
+    """The plots' colours: a swept configuration ("pythia-14m-mla (lr 5e-4)") in its variant's, so that a variant's
+    learning rates read as one family (their names tell them apart); every other variant its own."""
+    variants = list(dict.fromkeys(row.variant.partition(_AT_RATE)[0] for row in configurations))
+    return {row.variant: f"C{variants.index(row.variant.partition(_AT_RATE)[0]) % 10}" for row in configurations}
 
 
 def pareto_max_loss(main: list[RunResult]) -> float | None:
@@ -204,6 +212,11 @@ def pareto_max_loss(main: list[RunResult]) -> float | None:
 # ------------------------------------------------------------------------------------------------- report
 def _rate(rate: float | None) -> str:
     return "none" if rate is None else f"{rate:.0e}".replace("e-0", "e-")
+
+
+def _swept(variant: str, rate: float | None) -> str:
+    """A configuration's name: the variant at a learning rate, "pythia-14m-mla (lr 5e-4)"."""
+    return f"{variant}{_AT_RATE}{_rate(rate)})"
 
 
 def _mean_cell(mean: float, seeds: int) -> str:
@@ -278,9 +291,10 @@ def main(out_dir: Path = STUDY) -> None:
     (out_dir / "answers.md").write_text(answers(v1, main_runs, ablation, sweep))
     plot_curves(out_dir / "curves-v1-v2.png", v1, main_runs)
     configurations = sweep_points(main_runs, ablation, sweep)
-    plot_learning_rates(out_dir / "learning-rates.png", losses_by_learning_rate(main_runs, sweep),
-                        variant_colours(configurations))
-    loss_vs_kv_cache(out_dir / "pareto-v2.png", configurations, PRIMARY, max_loss=pareto_max_loss(main_runs))
+    colours = configuration_colours(configurations)
+    plot_learning_rates(out_dir / "learning-rates.png", losses_by_learning_rate(main_runs, sweep), colours)
+    loss_vs_kv_cache(out_dir / "pareto-v2.png", configurations, PRIMARY, max_loss=pareto_max_loss(main_runs),
+                     colours=colours)
     print(f"wrote answers.md, curves-v1-v2.png, learning-rates.png and pareto-v2.png in {out_dir}", file=sys.stderr)
 
 

@@ -92,14 +92,16 @@ def _marker(cache: str | None) -> str:
     return "o" if cache is None else _CACHE_MARKERS.get(cache, "P")
 
 
-def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str, max_loss: float | None = None) -> None:
+def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str, max_loss: float | None = None,
+                     colours: dict[str, str] | None = None) -> None:
     """Final loss against KV-cache bytes per token, with the Pareto frontier. ``max_loss`` tops the loss axis: a
     point above it (a badly tuned configuration, say) is drawn at that edge as a triangle, its loss in its name, so
-    that it does not squeeze the others into a sliver of the plot."""
+    that it does not squeeze the others into a sliver of the plot. ``colours``: each row's colour (default: one per
+    row, :func:`variant_colours`)."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    figure, colours = _figure(9.0, 5.0), variant_colours(summary)
+    figure, colours = _figure(9.0, 5.0), colours or variant_colours(summary)
     ax = figure.add_subplot()
     points = pareto_points(summary, primary)
     min_bytes = min((p.kv_bytes_per_token for p in points), default=1.0)

@@ -138,3 +138,5 @@ def test_the_pareto_plot_has_every_configuration_of_v2_once(report, tmp_path):
     assert [row.variant for row in rows] == ["pythia-14m-mha", "pythia-14m-mla", "pythia-14m-mla (lr 5e-4)",
                                              "pythia-14m-mla-fullq"]
     assert rows[2].val_loss["val"].mean == pytest.approx(4.135)
+    assert report.configuration_colours(rows) == {  # a variant's learning rates in its colour; the ablation its own
+        "pythia-14m-mha": "C0", "pythia-14m-mla": "C1", "pythia-14m-mla (lr 5e-4)": "C1", "pythia-14m-mla-fullq": "C2"}
