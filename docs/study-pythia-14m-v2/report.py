@@ -14,8 +14,8 @@ instead of claiming. Every verdict is compare's (:func:`litgpt_mka.compare.summa
 Learning rates: a variant's best is the peak learning rate with the lowest mean final loss over its seeds (1e-3
 from the main study, 5e-4, 2e-3, 4e-3 and 8e-3 from the sweep); MHA's best likewise. Choosing the lowest of five noisy
 means favours every side a little; both sides of a difference are chosen the same way. A best at the lowest or
-highest swept rate is marked: the variant's optimum may lie outside the sweep, and its tuned loss is then an
-upper bound.
+highest rate the variant has finished runs at is marked: its optimum may lie beyond, and its tuned loss is then
+an upper bound.
 """
 
 import dataclasses
@@ -103,9 +103,10 @@ def tuned_verdict(variant: Tuned, reference: Tuned) -> Difference:
                       _swept(reference.variant, reference.learning_rate), reference.losses)
 
 
-def at_edge(variant: Tuned, rates: list[float]) -> bool:
-    """Whether the variant's best rate is the lowest or highest of the swept ``rates``: not bracketed."""
-    return variant.learning_rate in (min(rates), max(rates))
+def at_edge(variant: Tuned) -> bool:
+    """Whether the variant's best rate is the lowest or highest of the rates it has finished runs at: not bracketed
+    (a rate without runs yet brackets nothing)."""
+    return bool(variant.means) and variant.learning_rate in (min(variant.means), max(variant.means))
 
 
 # ------------------------------------------------------------------------------------------------- curves
@@ -268,7 +269,7 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
     for variant in SWEPT:
         best = tuned(variant, losses_by_rate)
         cells = [_mean_cell(*best.means[rate]) if rate in best.means else "—" for rate in rates]
-        edge = " (edge of the sweep: the optimum may lie beyond)" if at_edge(best, rates) else ""
+        edge = " (edge of the sweep: the optimum may lie beyond)" if at_edge(best) else ""
         lines.append(f"| {variant} | {' | '.join(cells)} | {_rate(best.learning_rate)}{edge} |")
     lines += ["", "![final validation loss against peak learning rate](learning-rates.png)"]
     # the ablation's MHA and MLA runs are the main study's: run.sh copies them instead of retraining, and only the
