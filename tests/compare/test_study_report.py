@@ -38,6 +38,11 @@ def test_each_variant_is_compared_at_its_own_best_learning_rate(report):
     assert report.tuned("gqa", by_rate).learning_rate is None
 
 
+def test_learning_rates_are_written_with_their_significant_digits(report):
+    rates = (5e-4, 1e-3, 0.008, 0.016, None)
+    assert [report._rate(rate) for rate in rates] == ["5e-4", "1e-3", "8e-3", "1.6e-2", "none"]
+
+
 def test_the_sweep_is_the_same_in_run_sh_its_configs_and_the_report(report):
     """run.sh trains, configs/ holds and report.py reads the same peak rates, each in run.sh's ``lr-<rate>``."""
     loop = re.search(r"^for lr in ([\d. ]+); do$", (report.STUDY / "run.sh").read_text(), re.MULTILINE)
