@@ -1,5 +1,5 @@
 """Study v2's answers: each variant's verdict against MHA in study v1 (repeated data), in study v2 (unique data),
-at every variant's own best learning rate, and MLA's query ablation; the validation curves of v1 and v2 as
+at every variant's own best learning rate and at each shared one, and MLA's query ablation; the validation curves of v1 and v2 as
 differences to MHA, one panel per variant; final loss against peak learning rate; loss against KV-cache bytes.
 
     python docs/study-pythia-14m-v2/report.py        # from the project root: writes answers.md and three plots
@@ -276,7 +276,15 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
         cells = [_mean_cell(*best.means[rate]) if rate in best.means else "—" for rate in rates]
         edge = " (edge of the sweep: the optimum may lie beyond)" if at_edge(best) else ""
         lines.append(f"| {variant} | {' | '.join(cells)} | {_rate(best.learning_rate)}{edge} |")
-    lines += ["", "![final validation loss against peak learning rate](learning-rates.png)"]
+    lines += ["", "![final validation loss against peak learning rate](learning-rates.png)", "",
+              "## Verdicts at each shared learning rate", "",
+              "| variant | " + " | ".join(f"lr {_rate(rate)}" for rate in rates) + " |",
+              "|---|" + "---|" * len(rates)]
+    for variant in SWEPT[1:]:
+        cells = [_cell(verdict(losses_by_rate[rate], variant)) for rate in rates]
+        lines.append(f"| {variant} | {' | '.join(cells)} |")
+    lines += ["", "Where the variants' optima differ, the verdict at one shared rate depends on which rate: hence the",
+              "verdict at each one's own best (above)."]
     # the ablation's MHA and MLA runs are the main study's: run.sh copies them instead of retraining, and only the
     # new runs' records are committed in the ablation's folder
     ablation_losses = final_losses(main + full_query)

@@ -219,6 +219,14 @@ def _unique(values: list[Any]) -> str:
     return ", ".join(str(v) for v in distinct) if distinct else NO_VALUE
 
 
+def _machine_lines(runs: list[RunResult]) -> list[str]:
+    """"- Machine: <summary>", or one sub-item per machine when the runs ran on several (a summary holds commas)."""
+    machines = list(dict.fromkeys(run.environment.summary() for run in runs))
+    if len(machines) <= 1:
+        return [f"- Machine: {machines[0] if machines else NO_VALUE}"]
+    return ["- Machines:", *(f"  - {machine}" for machine in machines)]
+
+
 def setup_lines(results: Results) -> list[str]:
     ok = [r for r in results.runs if r.ok]
     settings, measure = results.settings, results.settings.measure
@@ -232,7 +240,7 @@ def setup_lines(results: Results) -> list[str]:
     lines = [
         "Paths are relative to the directory the command ran in.",
         "",
-        f"- Machine: {_unique([r.environment.summary() for r in ok])}",
+        *_machine_lines(ok),
         f"- Data: `{settings.train_path}` for training; validation, each text whole: {'; '.join(texts)};"
         f" tokenizer `{settings.tokenizer_dir}`; data-order seed {settings.data_seed} (the same for every run)",
         f"- Training (litgpt pretrain): {_unique([r.evaluation.curve[-1].tokens for r in ok])} tokens per run"

@@ -21,7 +21,7 @@ STUDY = DOCS / "study-pythia-14m"
 @pytest.mark.parametrize("part", ["study-pythia-14m/main", "study-pythia-14m/sweeps", "study-pythia-14m-v2/main",
                                   "study-pythia-14m-v2/ablation", "study-pythia-14m-v2/lr-0.002",
                                   "study-pythia-14m-v2/lr-0.004", "study-pythia-14m-v2/lr-0.008",
-                                  "study-pythia-14m-v2/lr-0.016"])
+                                  "study-pythia-14m-v2/lr-0.016", "study-pythia-14m-v2/lr-0.0005"])
 def test_committed_study_reports_render_again_byte_for_byte(part, tmp_path):
     """`python -m litgpt_mka.compare.report docs/<study>/<part>/results.json` rewrites the same files (v2's main
     and ablation reports with their quantized-cache tables; each learning rate's as run.sh rendered it)."""
@@ -71,6 +71,11 @@ def test_runs_from_different_machines_are_named_in_the_setup():
     assert not any("different machines" in line for line in setup_lines(synthetic_results(runs)))
     moved = [replace(run, environment=replace(run.environment, cpu="Another CPU")) if run.variant == "mqa" else run
              for run in runs]
-    line = next(line for line in setup_lines(synthetic_results(moved)) if "different machines" in line)
+    lines = setup_lines(synthetic_results(moved))
+    line = next(line for line in lines if "different machines" in line)
     assert line.endswith("cpu (2 CPUs, 2 torch threads), no GPU: mha-seed1, mha-seed2;"
                          " Another CPU (2 CPUs, 2 torch threads), no GPU: mqa-seed1")
+    machines = lines.index("- Machines:")  # one sub-item each: a machine's summary holds commas and semicolons
+    assert lines[machines + 1].startswith("  - cpu (2 CPUs, 2 torch threads), no GPU; ")
+    assert lines[machines + 2].startswith("  - Another CPU (2 CPUs, 2 torch threads), no GPU; ")
+    assert lines[machines + 3].startswith("- Data: ")

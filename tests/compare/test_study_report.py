@@ -70,6 +70,20 @@ def test_a_best_learning_rate_at_the_edge_of_the_sweep_is_marked(report):
     assert "| pythia-14m-mla | no runs | +0.0500 ± 0.0082: **worse** | +0.0150 ± 0.0076: **tied within noise** (lr 2e-3) |" in text
 
 
+def test_each_shared_learning_rate_has_its_own_verdict(report):
+    """The verdict at each rate, both sides trained at it; a rate without two seeds on a side claims nothing."""
+    main = runs("pythia-14m-mha", [4.10, 4.12, 4.11]) + runs("pythia-14m-mla", [4.16, 4.17, 4.15])
+    sweep = {2e-3: runs("pythia-14m-mha", [4.20, 4.22]) + runs("pythia-14m-mla", [4.10, 4.11]),
+             4e-3: runs("pythia-14m-mha", [4.30])}
+
+    text = report.answers([], main, [], sweep)
+
+    table = text.split("## Verdicts at each shared learning rate")[1]
+    assert "| variant | lr 1e-3 | lr 2e-3 | lr 4e-3 |" in table
+    assert ("| pythia-14m-mla | +0.0500 ± 0.0082: **worse** | -0.1050 ± 0.0112: **better** | no runs |") in table
+    assert "| pythia-14m-fmka | no runs | no runs | no runs |" in table
+
+
 def test_the_pareto_plots_loss_axis_ends_a_little_above_the_main_studys_worst_variant(report):
     main = runs("pythia-14m-mha", [4.10, 4.12]) + runs("pythia-14m-fmka", [4.20, 4.24])
     assert report.pareto_max_loss(main) == pytest.approx(4.22 + report.PARETO_HEADROOM)
