@@ -33,4 +33,8 @@ for lr in 0.002 0.004 0.008 0.016 0.0005; do
       --pretrain_args "[\"--config=$S/configs/optimizer-lr-$lr.yaml\"]" --out_dir $S/lr-$lr || exit 1
   done
 done
+# 4. a third seed at every swept variant's best rate, 8e-3 (added 2026-12-06, after the sweep): two seeds a side
+# spread 0.04 to 0.06 apart there, too much to see a gap of the size 1e-3 showed
+litgpt-mka compare --configs config_hub/pretrain/pythia-14m-{mha,mla,fmka}.yaml --seeds 1 2 3 "${common[@]}" \
+  --pretrain_args "[\"--config=$S/configs/optimizer-lr-0.008.yaml\"]" --out_dir $S/lr-0.008 || exit 1
 echo "study v2 complete"

@@ -55,6 +55,15 @@ def test_the_sweep_is_the_same_in_run_sh_its_configs_and_the_report(report):
     assert "--out_dir $S/lr-$lr" in (report.STUDY / "run.sh").read_text()
 
 
+def test_the_sweeps_third_seeds_are_where_run_sh_trains_them(report):
+    """run.sh's loop trains 2 seeds at every rate; its later --seeds 1 2 3 invocations are SWEEP_SEEDS's 3s."""
+    script = (report.STUDY / "run.sh").read_text()
+    assert re.search(r'^  for seeds in "1" "1 2"; do$', script, re.MULTILINE)
+    three = re.findall(r"--seeds 1 2 3 [^\n]*\\\n[^\n]*--out_dir \$S/lr-([\d.]+)", script)
+    assert sorted(float(rate) for rate in three) == sorted(r for r, n in report.SWEEP_SEEDS.items() if n == 3)
+    assert set(report.SWEEP_SEEDS.values()) == {2, 3}
+
+
 def test_a_best_learning_rate_at_the_edge_of_the_sweep_is_marked(report):
     main = runs("pythia-14m-mha", [4.10, 4.12, 4.11]) + runs("pythia-14m-mla", [4.16, 4.17, 4.15])
     sweep = {5e-4: runs("pythia-14m-mha", [4.20, 4.21]) + runs("pythia-14m-mla", [4.25, 4.26]),
