@@ -1,6 +1,7 @@
 """Study v2's answers: each variant's verdict against MHA in study v1 (repeated data), in study v2 (unique data),
-at every variant's own best learning rate and at each shared one, and MLA's query ablation; the validation curves of v1 and v2 as
-differences to MHA, one panel per variant; final loss against peak learning rate; loss against KV-cache bytes.
+at every variant's own best learning rate and at each shared one, and MLA's query ablation; the validation curves
+of v1 and v2 as differences to MHA, one panel per variant; final loss against peak learning rate; loss against
+KV-cache bytes.
 
     python docs/study-pythia-14m-v2/report.py        # from the project root: writes answers.md and three plots
 

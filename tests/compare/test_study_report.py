@@ -80,16 +80,16 @@ def test_a_best_learning_rate_at_the_edge_of_the_sweep_is_marked(report):
 
 
 def test_each_shared_learning_rate_has_its_own_verdict(report):
-    """The verdict at each rate, both sides trained at it; a rate without two seeds on a side claims nothing."""
+    """The verdict at each rate, both sides trained at it; one seed on a side claims nothing, no runs say so."""
     main = runs("pythia-14m-mha", [4.10, 4.12, 4.11]) + runs("pythia-14m-mla", [4.16, 4.17, 4.15])
     sweep = {2e-3: runs("pythia-14m-mha", [4.20, 4.22]) + runs("pythia-14m-mla", [4.10, 4.11]),
-             4e-3: runs("pythia-14m-mha", [4.30])}
+             4e-3: runs("pythia-14m-mha", [4.30]) + runs("pythia-14m-mla", [4.25])}
 
     text = report.answers([], main, [], sweep)
 
     table = text.split("## Verdicts at each shared learning rate")[1]
     assert "| variant | lr 1e-3 | lr 2e-3 | lr 4e-3 |" in table
-    assert ("| pythia-14m-mla | +0.0500 ± 0.0082: **worse** | -0.1050 ± 0.0112: **better** | no runs |") in table
+    assert ("| pythia-14m-mla | +0.0500 ± 0.0082: **worse** | -0.1050 ± 0.0112: **better** | -0.0500 (1 seed: no claim) |") in table
     assert "| pythia-14m-fmka | no runs | no runs | no runs |" in table
 
 
