@@ -247,7 +247,7 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
     losses_by_rate = losses_by_learning_rate(main, sweep)
     rates = sorted(losses_by_rate)
     reference = tuned(REFERENCE, losses_by_rate)
-    sweep_runs = len(SWEPT) * sum(SWEEP_SEEDS.get(rate, 2) for rate in sweep)
+    sweep_runs = len(SWEPT) * sum(SWEEP_SEEDS[rate] for rate in sweep)
     lines = [
         "# Study v2: the answers", "",
         "Written by `python docs/study-pythia-14m-v2/report.py` from the committed run records; every cell is the",
@@ -282,7 +282,7 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
               "## Verdicts at each shared learning rate", "",
               "| variant | " + " | ".join(f"lr {_rate(rate)}" for rate in rates) + " |",
               "|---|" + "---|" * len(rates)]
-    for variant in SWEPT[1:]:
+    for variant in (v for v in SWEPT if v != REFERENCE):
         cells = [_cell(verdict(losses_by_rate[rate], variant)) for rate in rates]
         lines.append(f"| {variant} | {' | '.join(cells)} |")
     lines += ["", "Where the variants' optima differ, the verdict at one shared rate depends on which rate: hence the",
