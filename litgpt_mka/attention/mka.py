@@ -61,9 +61,10 @@ the projections: ``k(m2_t) = 1/(t+1) sum_{s<=t} k(x_s)`` and ``k(sum_i lam_i m_i
 k(m_i)``. The module therefore runs litgpt's one fused ``qkv`` call on ``x``, projects ``p`` once
 (``(W_K p + b_K, W_V p + b_V)``, 2D numbers), takes a float32 ``cumsum`` over time of the w projected
 columns that need a running mean, and mixes in key space: ``keys`` and ``keys_values`` then run one
-SDPA call per layer with equal q/k/v widths in training (GQA/MQA heads repeated as litgpt does), so the
-FlashAttention kernel is dispatched; cached decoding runs the grouped path of ``grouped.py`` (a group's
-query heads as rows against its one key/value head, the cache never repeated). ``outputs`` runs two
+SDPA call per layer with equal q/k/v widths in training (GQA/MQA heads read shared through SDPA's
+``enable_gqa``), so a fused kernel serves it; cached decoding runs the grouped path of ``grouped.py`` (a
+group's query heads as rows against its one key/value head, the cache never repeated), without a mask at
+the last cached position (call sites and kernels: :mod:`litgpt_mka.attention.dispatch`). ``outputs`` runs two
 SDPA calls: the long-term branch attends to one key/value pair repeated at every position, so its output
 is exactly ``v(p)`` whatever the attention weights are; the module uses that closed form (the reference
 implementation in the tests runs the third branch naively and agrees).
@@ -132,8 +133,9 @@ import torch.nn.functional as F
 from litgpt.config import Config
 from litgpt.model import CausalSelfAttention
 
+from litgpt_mka.attention.dispatch import Site, cached_site_and_mask, uncached_site
 from litgpt_mka.attention.grouped import attention_scale, grouped_attention, grouped_decode
-from litgpt_mka.attention.kv_cache import KVCacheBase, causal_mask, reads_positions, write_positions
+from litgpt_mka.attention.kv_cache import KVCacheBase, reads_positions, write_positions
 from litgpt_mka.attention.quantized_attention import reads_codes
 from litgpt_mka.attention.variant import (
     CachedAttention,
@@ -462,10 +464,11 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
             y = self._decode(q, *codes, input_pos_maxp1)  # (B, 1, nh_q, hs)
             return self.proj(y.reshape(B, T, -1))  # (B, T, C)
+        site = uncached_site(mask)
         if input_pos is not None:
             k, v = self.kv_cache(input_pos, k, v, input_pos_maxp1)  # 2x (B, nh_kv, S', hs)
-            mask = causal_mask(input_pos, k.size(2)) if mask is None else mask  # (B|1, 1, T, S')
-        y = self._attend(q, k, v, mask, input_pos)  # (B, T, nh_q, hs)
+            site, mask = cached_site_and_mask(T, input_pos, input_pos_maxp1, mask, k.size(2))
+        y = self._attend(q, k, v, site, mask)  # (B, T, nh_q, hs)
         return self.proj(y.reshape(B, T, -1))  # (B, T, nh_q hs) -> (B, T, C)
 
     def _forward_branches(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
@@ -487,13 +490,14 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             y_local = self._decode(q, codes[0], codes[1], input_pos_maxp1)  # (B, 1, nh_q, hs)
             y_session = self._decode(q, codes[2], codes[3], input_pos_maxp1)  # (B, 1, nh_q, hs)
         else:
+            site = uncached_site(mask)
             if input_pos is not None:
                 k_local, v_local, k_session, v_session = self.kv_cache.branches(
                     input_pos, k_local, v_local, k_session, v_session, input_pos_maxp1
                 )  # 4x (B, nh_kv, S', hs)
-                mask = causal_mask(input_pos, k_local.size(2)) if mask is None else mask  # (B|1, 1, T, S')
-            y_local = self._attend(q, k_local, v_local, mask, input_pos)  # (B, T, nh_q, hs)
-            y_session = self._attend(q, k_session, v_session, mask, input_pos)  # (B, T, nh_q, hs)
+                site, mask = cached_site_and_mask(T, input_pos, input_pos_maxp1, mask, k_local.size(2))
+            y_local = self._attend(q, k_local, v_local, site, mask)  # (B, T, nh_q, hs)
+            y_session = self._attend(q, k_session, v_session, site, mask)  # (B, T, nh_q, hs)
         y_long_term = self._expand_groups(self._long_term_memory()[D:])  # (nh_q, hs): exactly v(p) per head
         y_local, y_session = y_local.reshape(B, T, -1), y_session.reshape(B, T, -1)  # 2x (B, T, nh_q hs)
         y = mix_memories(self.router(x), y_local, y_session, y_long_term.flatten())  # (B, T, nh_q hs)
@@ -549,19 +553,19 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         q_per_kv = self.config.n_head // self.config.n_query_groups
         return t.view(self.config.n_query_groups, -1).repeat_interleave(q_per_kv, dim=0)  # (nh_kv, hs) -> (nh_q, hs)
 
-    def _attend(self, q, k, v, mask, input_pos) -> torch.Tensor:
-        """``grouped_attention`` (grouped.py): q (B, nh_q, T, hs), k/v (B, nh_kv, S, hs) -> (B, T, nh_q, hs).
+    def _attend(self, q, k, v, site: Site, mask) -> torch.Tensor:
+        """``grouped_attention`` (grouped.py) at `site`: q (B, nh_q, T, hs), k/v (B, nh_kv, S, hs) -> (B, T, nh_q, hs).
 
-        Training (no cache, no mask) is causal with the heads repeated (FlashAttention); a cached chunk runs the
-        query heads of a group as query rows against their one key/value head, never repeating the cache.
+        Training is causal with SDPA's GQA (k and v read shared); a cached chunk runs the query heads of a group as
+        query rows against their one key/value head, never repeating the cache.
         """
         return grouped_attention(
             q,
             k,
             v,
             scale=attention_scale(self.config, self.mscale),
+            site=site,
             mask=mask,
-            is_causal=input_pos is None and mask is None,
             softcapping=self.config.attention_logit_softcapping,
         )  # (B, T, nh_q, hs)
 
