@@ -95,7 +95,9 @@ S). A chunk starting at position s continues the sum of position s - 1, so a chu
 the ring still holds: appending (every decode step, chunked prefill) and rewriting any of the last
 W - 1 positions written (litgpt's speculative decoding rewrites up to ``speculative_k``, so it needs
 W > speculative_k) are exact. Starting a chunk further back raises ``ValueError`` naming
-``memorized_key_attention.sum_window``.
+``memorized_key_attention.sum_window``, checked without a host-device synchronisation wherever the host knows
+the positions (``input_pos_maxp1`` given, as ``litgpt generate`` does: :class:`HostRing`); on an accelerator
+without it, the chunk's outputs become NaN instead (:meth:`MemorizedKeyCache.running_sums`).
 
 Bytes per token per layer with a cache dtype of ``b`` bytes (``kv_cache_bytes_per_token``), plus a
 constant per sequence and layer (``kv_cache_bytes_per_sequence``, the ring); litgpt's MHA/GQA cache is
@@ -135,7 +137,7 @@ from litgpt.model import CausalSelfAttention
 
 from litgpt_mka.attention.dispatch import Site, cached_site_and_mask, uncached_site
 from litgpt_mka.attention.grouped import attention_scale, grouped_attention, grouped_decode
-from litgpt_mka.attention.kv_cache import KVCacheBase, reads_positions, write_positions
+from litgpt_mka.attention.kv_cache import KVCacheBase, host_reads_are_free, write_positions
 from litgpt_mka.attention.quantized_attention import reads_codes
 from litgpt_mka.attention.variant import (
     CachedAttention,
@@ -265,10 +267,12 @@ class MemorizedKeyCache(KVCacheBase):
         self.sum_window = min(sum_window, max_seq_length)  # W
         self.add_buffer("sums", batch_size, self.sum_window, sum_width, dtype=_sum_dtype(placement.get("dtype")))
         self.add_buffer("sum_positions", batch_size, self.sum_window, dtype=torch.int64, fill=-1)  # (B, W)
+        self.host_ring = HostRing(self.sum_window, batch_size)  # sum_positions as the host knows it
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         self.sum_positions.fill_(-1)
+        self.host_ring.reset(self.batch_size)
 
     def forward(
         self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos_maxp1: int | None = None
@@ -302,11 +306,18 @@ class MemorizedKeyCache(KVCacheBase):
     ) -> torch.Tensor:
         """Running sums (bs, T, w) of ``src`` (bs, T, w) at ``input_pos``, continuing the sum of the position
         before the chunk (none at position 0), which the ring must still hold; the chunk's last W sums are
-        written to the ring."""
+        written to the ring.
+
+        Whether the ring holds it is decided without reading a tensor where the host knows the positions
+        (``input_pos`` (T,) with ``input_pos_maxp1``: the chunk is ``input_pos_maxp1 - T`` onwards, and
+        :class:`HostRing` mirrors the ring), by reading the ring where that is free (the CPU), and otherwise
+        (an accelerator without ``input_pos_maxp1``) not at all: a sum the ring no longer holds then turns the
+        chunk's outputs into NaN instead of synchronising or killing the device with an assert.
+        """
         bs, T, width = src.shape
         self.check_chunk(input_pos, bs, T, input_pos_maxp1)
-        check_values = reads_positions(input_pos, input_pos_maxp1)
-        if T > 1 and check_values and bool((input_pos.diff(dim=-1) != 1).any()):
+        reads = host_reads_are_free(input_pos)
+        if T > 1 and reads and bool((input_pos.diff(dim=-1) != 1).any()):
             raise ValueError(
                 "input_pos must hold consecutive positions within a forward"
                 " (input_pos[..., j+1] = input_pos[..., j] + 1):"
@@ -317,31 +328,67 @@ class MemorizedKeyCache(KVCacheBase):
         previous = input_pos[..., :1].expand(bs, 1) - 1  # (T,) | (bs, T) -> (bs, 1)
         slot = previous.remainder(W)  # (bs, 1)
         found = (previous < 0) | (held.gather(1, slot) == previous)  # (bs, 1)
-        self._check_found(found, previous, check_values)
+        first = input_pos_maxp1 - T if input_pos.dim() == 1 and input_pos_maxp1 is not None else None
+        holds = None if first is None else self.host_ring.holds(first - 1, bs)
+        if holds is None and reads:
+            holds = bool(found.all())
+            if not holds:
+                row = int((~found).nonzero()[0, 0])
+                raise ValueError(self._window_error(row, int(previous[row, 0]) + 1))
+        if holds is False:
+            raise ValueError(self._window_error(0, first))
         prefix = sums.gather(1, slot.unsqueeze(-1).expand(bs, 1, width))  # (bs, 1, w)
         prefix = torch.where((previous >= 0).unsqueeze(-1), prefix, 0.0)  # nothing before position 0
+        if holds is None:  # unchecked (see the docstring): a sum the ring lost poisons the chunk
+            prefix = torch.where(found.unsqueeze(-1), prefix, float("nan"))
         chunk = running_sums(src, prefix)  # (bs, T, w)
         kept = min(T, W)  # a chunk longer than the ring keeps its last W sums
         kept_pos = input_pos[..., T - kept :].expand(bs, kept)  # (bs, kept)
         write_positions(sums, 1, kept_pos.remainder(W), chunk[:, T - kept :])
         held.scatter_(1, kept_pos.remainder(W), kept_pos)
+        self.host_ring.record(first, T, bs)
         return chunk
 
-    def _check_found(self, found: torch.Tensor, previous: torch.Tensor, check_values: bool) -> None:
-        if torch.compiler.is_compiling():
+    def _window_error(self, row: int, position: int) -> str:
+        return (
+            f"batch row {row} writes position {position}, but the running sum of position {position - 1} is"
+            f" no longer cached: the cache keeps the sums of the last memorized_key_attention.sum_window="
+            f"{self.sum_window} positions written. Set memorized_key_attention.sum_window larger to rewrite"
+            " further back (litgpt's speculative decoding needs speculative_k + 1)"
+        )
+
+
+class HostRing:
+    """The positions the ring's W slots hold, as the host knows them without reading a tensor.
+
+    Known while every write's positions were known on the host (``first`` .. ``first + T - 1``, the same for
+    each batch row), for the first ``rows`` batch rows; ``rows`` None: unknown. An empty cache is known.
+    """
+
+    def __init__(self, window: int, rows: int) -> None:
+        self.window = window
+        self.reset(rows)
+
+    def reset(self, rows: int) -> None:
+        self.held, self.rows = [-1] * self.window, rows
+
+    def record(self, first: int | None, T: int, bs: int) -> None:
+        """A write of T positions from `first` (None: not known on the host) to the first `bs` rows."""
+        covers_ring = T >= self.window  # every slot rewritten: the other rows' history no longer matters
+        if first is None or (not covers_ring and (self.rows is None or bs > self.rows)):
+            self.rows = None
             return
-        if not check_values:  # on an accelerator with input_pos_maxp1: no host synchronisation
-            torch._assert_async(found.all(), "MKA: a chunk starts beyond memorized_key_attention.sum_window")
-            return
-        if not bool(found.all()):
-            row = int((~found).nonzero()[0, 0])
-            position = int(previous[row, 0]) + 1
-            raise ValueError(
-                f"batch row {row} writes position {position}, but the running sum of position {position - 1} is"
-                f" no longer cached: the cache keeps the sums of the last memorized_key_attention.sum_window="
-                f"{self.sum_window} positions written. Set memorized_key_attention.sum_window larger to rewrite"
-                " further back (litgpt's speculative decoding needs speculative_k + 1)"
-            )
+        for position in range(first + T - min(T, self.window), first + T):
+            self.held[position % self.window] = position
+        self.rows = bs
+
+    def holds(self, position: int, bs: int) -> bool | None:
+        """Whether the first `bs` rows' ring holds the sum of `position` (always before position 0); None: unknown."""
+        if position < 0:
+            return True
+        if self.rows is None or bs > self.rows:
+            return None
+        return self.held[position % self.window] == position
 
 
 # ------------------------------------------------------------------------------------------- attention
