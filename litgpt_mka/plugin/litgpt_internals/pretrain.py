@@ -69,6 +69,8 @@ def _every_attention_class_scaled(module: ModuleType, litgpt_initialize_weights)
         litgpt_class, litgpt_reset = module.CausalSelfAttention, module.reset_parameters
         module.CausalSelfAttention = _attention_classes()
         if os.environ.get(PAIRED_INIT_ENV_VAR) == "1":
+            fabric.print(f"litgpt-mka: paired initialisation ({PAIRED_INIT_ENV_VAR}=1): each module draws from a"
+                         f" stream of its own, seeded from (seed {torch.initial_seed()}, its name, its shapes)")
             # litgpt assigns the init functions, then calls reset_parameters(model) (not under FSDP): the streams
             # are bound between the two, and again after it returns, for FSDP's later materialisation
             seed = torch.initial_seed()
