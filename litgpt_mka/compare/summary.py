@@ -111,14 +111,18 @@ def _difference(
         return _screened(variant, label, unit, values, reference, reference_values, higher_is_better, lm_eval_errors)
     e_v, e_r = lm_eval_errors or (0.0, 0.0)
     test = t_test(values, reference_values, seeds, e_v ** 2 + e_r ** 2)
-    d = test.difference if test is not None else math.fsum(values) / n - math.fsum(reference_values) / n_ref
+    matched = list(_pairs(values, reference_values, seeds).values()) if seeds is not None else []
+    if test is not None:
+        d = test.difference
+    else:  # a single pair's difference, else the difference of the means
+        d = matched[0] if matched else math.fsum(values) / n - math.fsum(reference_values) / n_ref
     head = f"{variant}: {label} {d:+.4f}{unit} against {reference}"
     if test is None:
         return Difference(reference, d, None, n, n_ref, "SE unknown",
                           f"{head}; {_too_few(variant, values, reference, reference_values, seeds)}, so the SE is"
                           " unknown and no claim is made.")
     p_holm, comparisons = holm if holm is not None else (test.p, 1)
-    pairs = None if seeds is None else len(_pairs(values, reference_values, seeds))
+    pairs = None if seeds is None else len(matched)
     record = dict(t_test=test.design, t_df=test.df, ci95_low=test.low, ci95_high=test.high, p_value=test.p,
                   p_holm=p_holm, holm_comparisons=comparisons, pairs=pairs)
     lm_eval_part = f", lm-eval's part of the SE {math.hypot(e_v, e_r):.4f}" if lm_eval_errors else ""
