@@ -157,3 +157,13 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[index]))
         adjusted[index] = running
     return adjusted
+
+
+def seeds_for_half_width(spread: float, half_width: float, level: float = LEVEL, most: int = 10_000) -> int | None:
+    """The fewest seeds (pairs) k >= 2 whose interval half-width ``t_{(1 + level) / 2, k - 1} spread / sqrt(k)``
+    is at most `half_width`, for a per-seed spread `spread` (paired: s_d, the std of the per-seed differences);
+    None beyond `most`. Plans a study from a pilot's s_d (itself an estimate: with 2 pilot seeds, a rough one)."""
+    for k in range(2, most + 1):
+        if t_quantile(level, k - 1) * spread / math.sqrt(k) <= half_width:
+            return k
+    return None

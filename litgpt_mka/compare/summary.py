@@ -239,8 +239,10 @@ def _task_scores(runs: list[RunResult]) -> dict[str, list[tuple[int, TaskScore]]
     return found
 
 
-def _against_reference(samples: dict[str, tuple[list[float], list[int]]], reference: str, paired: bool, rule: str,
-                       known_variance: Callable[[str], float], decide: Callable[..., Difference]) -> dict[str, Difference]:
+def _against_reference(
+    samples: dict[str, tuple[list[float], list[int]]], reference: str, paired: bool, rule: str,
+    known_variance: Callable[[str], float], decide: Callable[..., Difference],
+) -> dict[str, Difference]:
     """Every variant of `samples` (values, seeds) but `reference` against it, as one Holm family.
 
     ``decide(variant, seeds=..., rule=..., holm=...)`` makes the variant's :class:`Difference`; `known_variance`:
@@ -318,7 +320,8 @@ def summarize(results: list[RunResult], reference: str | None, paired: bool = Fa
     finished = {variant: [r for r in runs if r.ok] for variant, runs in by_variant.items()}
     task_scores = {variant: _task_scores(ok) for variant, ok in finished.items()}
     compared = reference is not None and reference in by_variant
-    losses = {variant: ([r.evaluation.primary.loss for r in ok], [r.seed for r in ok]) for variant, ok in finished.items()}
+    losses = {variant: ([r.evaluation.primary.loss for r in ok], [r.seed for r in ok])
+              for variant, ok in finished.items()}
     differences = _loss_differences(losses, reference, paired, rule) if compared else {}
     task_differences = _task_differences(task_scores, reference, paired, rule) if compared else {}
     rows = []

@@ -71,3 +71,12 @@ def test_holm_adjusts_in_the_order_given():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.05, 0.04, 0.03, 0.02, 0.01]) == pytest.approx([0.09, 0.09, 0.09, 0.08, 0.05])
     assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9]) and holm([0.7]) == [0.7] and holm([]) == []
+
+
+def test_seeds_for_a_half_width_plan_a_study_from_a_pilots_spread():
+    from litgpt_mka.compare.statistics import seeds_for_half_width
+
+    # s_d = 0.02: k = 3 gives 4.303 x 0.02 / sqrt(3) = 0.0497; k = 4: 3.182 x 0.02 / 2 = 0.0318; k = 5: 0.0248; 6: 0.0210
+    assert seeds_for_half_width(0.02, 0.05) == 3 and seeds_for_half_width(0.02, 0.03) == 5
+    assert seeds_for_half_width(0.02, 0.02) == 7  # 2.447 x 0.02 / sqrt(7) = 0.0185
+    assert seeds_for_half_width(0.0, 0.01) == 2 and seeds_for_half_width(1.0, 1e-3, most=100) is None

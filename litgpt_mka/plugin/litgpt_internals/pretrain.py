@@ -67,20 +67,20 @@ def _every_attention_class_scaled(module: ModuleType, litgpt_initialize_weights)
     @functools.wraps(litgpt_initialize_weights)
     def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
         litgpt_class, litgpt_reset = module.CausalSelfAttention, module.reset_parameters
+        paired, seed = os.environ.get(PAIRED_INIT_ENV_VAR) == "1", torch.initial_seed()
         module.CausalSelfAttention = _attention_classes()
-        if os.environ.get(PAIRED_INIT_ENV_VAR) == "1":
+        if paired:
             fabric.print(f"litgpt-mka: paired initialisation ({PAIRED_INIT_ENV_VAR}=1): each module draws from a"
-                         f" stream of its own, seeded from (seed {torch.initial_seed()}, its name, its shapes)")
+                         f" stream of its own, seeded from (seed {seed}, its name, its parameters' shapes)")
             # litgpt assigns the init functions, then calls reset_parameters(model) (not under FSDP): the streams
-            # are bound between the two, and again after it returns, for FSDP's later materialisation
-            seed = torch.initial_seed()
+            # are bound in between, and again after it returns, for FSDP's later materialisation
             module.reset_parameters = lambda model_: litgpt_reset(pair_initialisations(model_, seed))
         try:
             litgpt_initialize_weights(fabric, model, n_layer, n_embd)
         finally:
             module.CausalSelfAttention, module.reset_parameters = litgpt_class, litgpt_reset
-        if os.environ.get(PAIRED_INIT_ENV_VAR) == "1":
-            pair_initialisations(model, torch.initial_seed())
+        if paired:
+            pair_initialisations(model, seed)
 
     return initialize_weights
 
@@ -95,14 +95,14 @@ def stream_seed(seed: int, module_name: str, own_parameters: list[tuple[str, tor
 def pair_initialisations(model: nn.Module, seed: int) -> nn.Module:
     """Binds each module's ``reset_parameters`` (those that own parameters) to a random stream of its own.
 
-    The bound function runs the module's current ``reset_parameters`` with torch's generators (the CPU's and those
-    of the CUDA devices holding the module) seeded by :func:`stream_seed`, and restores their state afterwards. Binding twice is
-    a no-op. Returns `model`.
+    The bound function runs the module's current ``reset_parameters`` with torch's generators (the CPU's and
+    those of the CUDA devices holding the module) seeded by :func:`stream_seed`, and restores their state
+    afterwards. Binding twice is a no-op. Returns `model`.
     """
     for name, mod in model.named_modules():
         own = [(param_name, param.shape) for param_name, param in mod.named_parameters(recurse=False)]
         reset = getattr(mod, "reset_parameters", None)
-        if own and callable(reset) and not getattr(reset, "paired_stream", None):
+        if own and callable(reset) and not hasattr(reset, "paired_stream"):
             mod.reset_parameters = _on_own_stream(mod, reset, stream_seed(seed, name, own))
     return model
 
