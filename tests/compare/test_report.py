@@ -108,3 +108,13 @@ def test_old_results_keep_the_rule_they_were_written_with_and_can_be_decided_aga
     assert to_json(again)["settings"]["verdict_rule"] == "t-test" and "verdict_rule" not in to_json(written)["settings"]
     with pytest.raises(ValueError, match=r"rule='3 SE' is not one of \('t-test', '2-SE screening'\)"):
         read_results(STUDY / "main" / RESULTS_JSON, rule="3 SE")
+
+
+def test_the_report_command_decides_saved_results_again_by_the_rule_asked_for(tmp_path):
+    from litgpt_mka.compare.report import main
+
+    (tmp_path / RESULTS_JSON).write_bytes((STUDY / "main" / RESULTS_JSON).read_bytes())
+    main([str(tmp_path / RESULTS_JSON), "--verdict_rule", "t-test", "--no_plots"])
+    report = (tmp_path / REPORT_MD).read_text()
+    assert "**Unpaired design**" in report and "| pythia-14m-mka | +0.0070 | [-0.0010, +0.0150] | Welch (2.9) |" in report
+    assert json.loads((tmp_path / RESULTS_JSON).read_text())["settings"]["verdict_rule"] == "t-test"
