@@ -1,8 +1,7 @@
-"""What a preset costs before it runs: parameters, KV-cache bytes per token, training memory per GPU.
+"""What a model costs to train before it runs: parameters and training memory per GPU, from its config.
 
-    python -m litgpt_mka.measure.training_memory config_hub/pretrain/pythia-410m-*.yaml
-
-prints one markdown table per model size (docs/pythia-scale/costs.md holds the output for 410m, 1b and 1.4b).
+``benchmarks/preset_costs.py`` prints them with the KV-cache bytes per token for the presets
+(docs/pythia-scale/costs.md holds its output for 410m, 1b and 1.4b).
 
 Notation: ``P`` parameters, ``C`` = n_embd, ``V`` = padded vocabulary, ``n`` = n_layer, ``b`` = micro batch,
 ``s`` = train.max_seq_length, ``N`` GPUs. Parameters are counted on the meta device (no memory, no weights).
@@ -28,15 +27,10 @@ buffers, the optimizer step's temporaries. litgpt pretrain checkpoints no activa
 or memory-efficient kernel, so no ``s x s`` score matrix is stored.
 """
 
-import argparse
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-
-from litgpt_mka.measure.kv_cache_size import kv_cache_bytes_per_token
 
 # Bytes per token and layer that one block saves for the backward under bf16 autocast, in multiples of n_embd,
 # by attention family and key/value layout ("mha": one key/value head per query head, "grouped": fewer).
@@ -123,75 +117,3 @@ def training_bytes_per_gpu(
         gathered = counts.root + 2 * counts.per_block
         fixed = MIXED_PRECISION_STATE_BYTES * counts.total / devices + 4 * gathered
     return fixed + activation_bytes(config, micro_batch_size, seq_length)
-
-
-# ------------------------------------------------------------------------------------------------ table
-@dataclass(frozen=True)
-class PresetCost:
-    name: str
-    parameters: int
-    cache_bytes: dict[str, int]  # per token over all layers, by cache format
-    gib_per_gpu: dict[int, float]  # by number of GPUs
-
-
-CACHE_FORMATS = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None), "int8": (torch.bfloat16, "int8"), "int4": (torch.bfloat16, "int4")}
-DEVICES = (1, 8)
-
-
-def preset_cost(path: Path) -> PresetCost:
-    """Parameters, cache bytes per token and GiB per GPU of one pretraining YAML at its own micro batch."""
-    from litgpt_mka.presets import load_pretrain_yaml, model_config_from_yaml
-
-    train = load_pretrain_yaml(path)["train"]
-    config = model_config_from_yaml(path)
-    b, s = train["micro_batch_size"], train["max_seq_length"]
-    counts = parameter_counts(config)
-    return PresetCost(
-        name=Path(path).stem,
-        parameters=counts.total,
-        cache_bytes={name: _cache_bytes(path, dtype, q) for name, (dtype, q) in CACHE_FORMATS.items()},
-        gib_per_gpu={n: training_bytes_per_gpu(config, b, s, n, counts) / GIB for n in DEVICES},
-    )
-
-
-def _cache_bytes(path: Path, dtype: torch.dtype, quantization: str | None) -> int:
-    """Bytes per token over all layers; a quantized cache is held by the class that quantizes this variant's cache
-    with the same weights (MHA: GroupedQueryAttention in place of litgpt's CausalSelfAttention)."""
-    from litgpt_mka.attention import registry
-    from litgpt_mka.presets import model_config_from_yaml
-
-    config = model_config_from_yaml(path)
-    if quantization is not None:
-        attention_class_name = registry.quantizable_attention_class(config)
-        config = model_config_from_yaml(path, attention_class_name=attention_class_name, kv_cache_quantization=quantization)
-    return kv_cache_bytes_per_token(config, dtype)
-
-
-def markdown_table(costs: list[PresetCost], micro_batch: str) -> str:
-    header = ["preset", "parameters"] + [f"KV cache B/token {name}" for name in CACHE_FORMATS]
-    header += [f"GiB/GPU, {n} GPU{'s' if n > 1 else ''} ({micro_batch})" for n in DEVICES]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for cost in costs:
-        cells = [f"`{cost.name}`", f"{cost.parameters:,}"] + [f"{cost.cache_bytes[name]:,}" for name in CACHE_FORMATS]
-        cells += [f"{cost.gib_per_gpu[n]:.1f}" for n in DEVICES]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", type=Path, help="pretraining YAMLs (config_hub/pretrain/*.yaml)")
-    args = parser.parse_args(argv)
-    by_size: dict[str, list[Path]] = {}
-    for path in args.paths:
-        by_size.setdefault(path.stem.rsplit("-", 1)[0], []).append(path)
-    for size, paths in by_size.items():
-        from litgpt_mka.presets import load_pretrain_yaml
-
-        train = load_pretrain_yaml(paths[0])["train"]
-        micro_batch = f"{train['micro_batch_size']} x {train['max_seq_length']} tokens"
-        print(f"### {size}\n\n{markdown_table([preset_cost(p) for p in paths], micro_batch)}\n")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

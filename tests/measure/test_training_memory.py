@@ -10,12 +10,11 @@ from litgpt_mka.measure.training_memory import (
     ADAMW_STATE_BYTES,
     BLOCK_ACTIVATION_WIDTHS,
     block_activation_width,
-    main,
     parameter_counts,
     training_bytes_per_gpu,
 )
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import preset_config
+from tests.helpers import load_script, preset_config
 
 # Pythia's published parameter counts (Biderman et al. 2023, arXiv:2304.01373, Table 1, "Total Params")
 PYTHIA_PARAMETERS = {
@@ -143,5 +142,6 @@ def test_every_counted_family_is_a_registered_attention_class():
 
 def test_docs_table_is_the_generators_output(capsys):
     """docs/pythia-scale/costs.md holds what its stated command prints (checked for the 410m presets, to stay cheap)."""
-    main([str(PROJECT_ROOT / f"config_hub/pretrain/pythia-410m-{variant}.yaml") for variant in VARIANTS])
+    script = load_script(PROJECT_ROOT / "benchmarks" / "preset_costs.py", "preset_costs")
+    script.main([str(PROJECT_ROOT / f"config_hub/pretrain/pythia-410m-{variant}.yaml") for variant in VARIANTS])
     assert capsys.readouterr().out.strip() in (PROJECT_ROOT / "docs" / "pythia-scale" / "costs.md").read_text()
