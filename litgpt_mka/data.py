@@ -224,7 +224,7 @@ def tokenize(files: list[Path], tokenizer: Tokenizer, destination: Path) -> int:
     progress bar over the input bytes. Returns the number of tokens (0: nothing was written)."""
     total_bytes = sum(file.stat().st_size for file in files)
     with (
-        tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"Tokenizing {files[0].parent}") as progress,
+        tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"Tokenizing {_describe(files)}") as progress,
         TokenFileWriter(destination, token_dtype(tokenizer)) as writer,
     ):
         batch: list[str] = []
@@ -238,6 +238,10 @@ def tokenize(files: list[Path], tokenizer: Tokenizer, destination: Path) -> int:
     return writer.count
 
 
+def _describe(files: list[Path]) -> str:
+    return str(files[0]) if len(files) == 1 else f"{len(files)} files in {files[0].parent}"
+
+
 def _write_batch(writer: TokenFileWriter, documents: list[str], tokenizer: Tokenizer) -> None:
     if documents:
         writer.write(np.fromiter(chain.from_iterable(encode_documents(documents, tokenizer)), dtype=np.int64))
@@ -249,6 +253,9 @@ def token_file(path: Path, tokenizer: Tokenizer, cache_dir: Path | None = None, 
     Its name hashes the cache format, the tokenizer (:func:`tokenizer_fingerprint`) and every input file's
     name and content (SHA-256, read in blocks). Its folder: `cache_dir` when given; else the one of
     :func:`cache_dirs` that already holds it, or else the first writable one.
+
+    Raises:
+        ValueError: no `cache_dir` is given and no folder of :func:`cache_dirs` can be written.
     """
     files = text_files(Path(path), field_name)
     key = hashlib.sha256(_CACHE_FORMAT.encode())
@@ -260,7 +267,15 @@ def token_file(path: Path, tokenizer: Tokenizer, cache_dir: Path | None = None, 
         return Path(cache_dir) / name
     folders = cache_dirs(Path(path))
     existing = [folder / name for folder in folders if (folder / name).exists()]
-    return existing[0] if existing else next(folder for folder in folders if _writable(folder)) / name
+    if existing:
+        return existing[0]
+    writable = next((folder for folder in folders if _writable(folder)), None)  # creates the first that can be
+    if writable is None:
+        raise ValueError(
+            f"{field_name}={str(path)!r}: none of the token-cache folders {[str(f) for f in folders]} can be written;"
+            " set data.cache_dir to a writable folder"
+        )
+    return writable / name
 
 
 def cache_dirs(path: Path) -> list[Path]:

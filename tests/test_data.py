@@ -309,3 +309,10 @@ def test_a_50m_token_corpus_streams_in_bounded_memory(tmp_path, tokenizer):
     assert report["batches"] == windows // 8 + math.ceil(val_windows / 8)
     assert report["anon_growth_kb"] < 0.10 * int64_kb, report
     assert report["rss_peak_growth_kb"] < report["file_bytes"] / 1024 + 0.10 * int64_kb, report
+
+
+def test_no_writable_cache_folder_raises_naming_the_field(tmp_path, tokenizer, monkeypatch):
+    train = write(tmp_path / "data" / "train.txt", STORIES)
+    monkeypatch.setattr(data_module, "_writable", lambda folder: False)
+    with pytest.raises(ValueError, match=r"data.train_path='.*train.txt': none of the token-cache folders .* can be written; set data.cache_dir"):
+        data_module.load_or_tokenize(train, tokenizer, field_name="data.train_path")
