@@ -67,7 +67,7 @@ def saved_bytes(model: GPT, batch_size: int, seq_length: int) -> int:
     return sum(t.untyped_storage().nbytes() for t in saved_tensors(model, batch_size, seq_length).values())
 
 
-def per_token_saved_bytes(config: Config, seq_length: int = 32) -> int:
+def per_token_saved_bytes(config: Config, seq_length: int = 16) -> int:
     """Saved bytes per token: the difference between batch sizes 2 and 1 (the weights' copies cancel)."""
     model = GPT(config)
     return (saved_bytes(model, 2, seq_length) - saved_bytes(model, 1, seq_length)) / seq_length
