@@ -149,7 +149,7 @@ def _file_lines(file: Path, progress: tqdm) -> Iterator[str]:
     with open(file, "rb") as f:
         for raw in f:
             progress.update(len(raw))
-            yield from raw.decode("utf-8").splitlines() or [""]  # b"\n" is one empty line
+            yield from raw.decode("utf-8").splitlines()  # a raw line ends at b"\n"; \r, \x0c, \u2028... split it further
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> bytes:
