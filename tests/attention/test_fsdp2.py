@@ -38,6 +38,7 @@ def unsharded_gpt(variant: str, weights: dict[str, torch.Tensor]) -> GPT:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_sharded_model_matches_the_unsharded_one(variant, sharded_results):
     sharded = torch.load(sharded_results / f"{variant}.pt")

@@ -87,12 +87,14 @@ def final_state(out_dir: Path) -> dict:
     return torch.load(out_dir / "final" / "lit_model.pth", weights_only=False)
 
 
+@pytest.mark.slow
 def test_the_run_says_it_replaced_fsdp_with_ddp(runs):
     first_lines = runs["output"]["two"].splitlines()[:5]
     assert any("2 processes train with DDP over gloo in place of litgpt's FSDP" in line for line in first_lines)
     assert "DDP over gloo" not in runs["output"]["one"]
 
 
+@pytest.mark.slow
 def test_two_processes_read_the_global_batches_of_one_and_take_its_steps(runs):
     tmp = runs["tmp"]
     one = torch.tensor(recorded_losses(tmp / "losses-one", rank=0))  # (iterations,)
@@ -107,6 +109,7 @@ def test_two_processes_read_the_global_batches_of_one_and_take_its_steps(runs):
     torch.testing.assert_close(got["model"], expected["model"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resumed_two_process_run_ends_with_the_uninterrupted_weights(runs):
     assert "Resuming training from" in runs["output"]["resumed"]
     expected, got = final_state(runs["two"]), final_state(runs["resumed"])
@@ -125,6 +128,7 @@ def greedy_text(checkpoint_dir: Path, env: dict[str, str]) -> str:
     return stdout[stdout.rindex(f"\n{PROMPT}") + 1 :].strip()
 
 
+@pytest.mark.slow
 def test_two_process_checkpoint_generates_the_text_of_one_process(runs, subprocess_env):
     text = greedy_text(runs["two"] / "final", subprocess_env)
     assert text.startswith(PROMPT) and len(text) > len(PROMPT)
