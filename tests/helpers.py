@@ -140,6 +140,18 @@ for name in ("tokenizer.json", "tokenizer_config.json"):
 """
 
 
+def run_worker(worker: Path, out_dir: Path, *args: str) -> None:
+    """Runs ``python WORKER OUT_DIR ARGS...`` from the project root (one thread per process, a bare environment),
+    for workers that start processes of their own; on failure the assertion message holds its output."""
+    root = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, str(worker), str(out_dir), *args], cwd=root, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+
+
 def run_with_plugin(args: list[str], plugin: bool) -> "subprocess.CompletedProcess":
     """Runs a command with the plugin switched on or off (LITGPT_MKA_DISABLE); raises on a non-zero exit."""
     env = {**os.environ, "LITGPT_MKA_DISABLE": "0" if plugin else "1"}

@@ -65,8 +65,9 @@ into W_O, would need nh·Lq·L and nh·L·C numbers instead of nh·P·(Lq+L) and
 preset here (and for DeepSeek-V2's own sizes), so it is not done. The derived weights (W_UK, W_UV, b_V
 as contiguous per-head tensors) are computed in one method, :meth:`MultiheadLatentAttention.absorb_weights`,
 and recomputed when ``kv_b_proj`` changes (data pointer, dtype, device or in-place version; loading a
-state dict always), never stored in the state dict. An in-place edit through ``.data`` bumps no version:
-after one, call :meth:`MultiheadLatentAttention.clear_absorbed_weights` (litgpt's LoRA merge needs nothing:
+state dict always; every call in a distributed process, where FSDP re-gathers weights: see
+``variant.may_be_regathered``), never stored in the state dict. An in-place edit through ``.data`` bumps no
+version: after one, call :meth:`MultiheadLatentAttention.clear_absorbed_weights` (litgpt's LoRA merge needs nothing:
 the LoRA form reads the effective weight, see ``litgpt_mka.finetune.lora``).
 
 Which path a cached chunk takes: absorbed iff ``T <= absorb_max_queries``. Per batch row and layer the
@@ -475,7 +476,8 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
     def _absorbed_weights(self) -> AbsorbedWeights:
         """`absorb_weights()`, cached until ``kv_b_proj``'s tensors change (data_ptr, dtype, device, version).
 
-        Uncached while autograd records (gradients flow into ``kv_b_proj``) and inside torch.compile.
+        Uncached while autograd records (gradients flow into ``kv_b_proj``), inside torch.compile, and in a process
+        of a distributed job, where FSDP re-gathers ``kv_b_proj`` without a new pointer or version.
         """
         return self._absorbed.get(self.absorb_weights, self.kv_b_proj.weight, self.kv_b_proj.bias)
 

@@ -184,11 +184,22 @@ def tensor_state(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), t.dtype, t.device, None if t.is_inference() else t._version)
 
 
+def may_be_regathered() -> bool:
+    """True in a process of a distributed job (a process group is initialised), where FSDP may own the weights.
+
+    FSDP gathers a sharded weight into storage that it frees after the forward and allocates again for the next
+    one, often at the same address, and copies into it with the version counter preserved
+    (``torch.autograd._unsafe_preserve_version_counter``; FSDP2's ``foreach_all_gather_copy_out``): after an
+    optimizer step on the shards, neither the data pointer nor the version tells the new values from the old.
+    """
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 class WeightDerived:
     """A value computed from weights once and reused until a weight changes (data pointer, dtype, device or
     in-place version: a load, an optimizer step, ``.to()``). Computed afresh, not cached, while autograd records
-    gradients into the weights and inside ``torch.compile``. An edit through ``.data`` bumps no version: call
-    :meth:`clear` after one."""
+    gradients into the weights, inside ``torch.compile``, and in a process of a distributed job
+    (:func:`may_be_regathered`). An edit through ``.data`` bumps no version: call :meth:`clear` after one."""
 
     def __init__(self) -> None:
         self.clear()
@@ -198,7 +209,8 @@ class WeightDerived:
 
     def get(self, compute: Any, *weights: torch.Tensor | None) -> Any:
         weights = tuple(w for w in weights if w is not None)
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
+        recorded = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+        if torch.compiler.is_compiling() or recorded or may_be_regathered():
             return compute()
         key = tuple(tensor_state(w) for w in weights)
         if self._value is None or key != self._key:

@@ -13,8 +13,10 @@ Modules (one concern each)
   (:class:`~.layout.RunPlan`), reading a run's files back.
 * :mod:`.plan`: the runs (config x seed), their ``litgpt pretrain`` arguments, the check that every
   setting except the model is identical across configs, the reference variant, the curve-length warning.
-* :mod:`.runner`: runs every run in its own worker processes, in order, with resume, progress and
-  failure records; after every run, reads the results back and has the report rewritten.
+* :mod:`.runner`: runs every run in its own worker processes, with resume, progress and failure records; after
+  every run, reads the results back and has the report rewritten.
+* :mod:`.launch`: who starts the runs (``--launcher``): in order here (the default), several at once here with
+  one GPU each, or one SLURM job per run through submitit.
 * :mod:`.worker`: ``python -m litgpt_mka.compare.worker {train,evaluate} RUN_DIR``: the per-run processes.
 * :mod:`.evaluate`: the exact held-out evaluation of a checkpoint.
 * :mod:`.measure`: parameters, training throughput, peak memory, KV cache, decode speed.
@@ -27,8 +29,8 @@ Modules (one concern each)
   a typed :class:`~.records.Results` (they import neither the runner nor the plan).
 * :mod:`.environment`, :mod:`.atomic`: versions/machine, and atomic file writes.
 
-Imports run one way: options, records <- layout <- plan <- runner -> report -> summary -> statistics, plots; the
-workers import layout, records and measure (and tasks, kv_quantization). The busy rule and the decode measurement are
+Imports run one way: launch <- options, records <- layout <- plan <- runner -> report -> summary -> statistics,
+plots; the workers import layout, records and measure (and tasks, kv_quantization). The busy rule and the decode measurement are
 :mod:`litgpt_mka.measure`'s; what a variant is (its label, whether it is MHA or routes memories) the registry's.
 
 Output folder (:mod:`.layout`)

@@ -10,6 +10,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from litgpt_mka.compare.launch import check_launcher
 from litgpt_mka.evaluate import lm_eval_missing_message
 
 # what `litgpt pretrain --precision` accepts (litgpt.pretrain.setup's annotation)
@@ -99,6 +100,15 @@ class CompareOptions:
     loss of cached decoding (teacher-forced, as `litgpt generate` feeds tokens) with and without each, and the
     cache bytes; report.md adds their table and the Pareto plot their points. Adding them on a rerun trains
     nothing (litgpt_mka/compare/kv_quantization.py)."""
+    launcher: str = "sequential"
+    """Who starts the runs (litgpt_mka/compare/launch.py): sequential (one after another, here), parallel
+    (parallel_runs at once here, one GPU each) or slurm (one SLURM job per run, one job array, through submitit).
+    The run folders, resume and report are the same with each."""
+    parallel_runs: int = 2
+    """Runs at once with --launcher parallel; each sees one GPU (CUDA_VISIBLE_DEVICES), so give at most the GPUs."""
+    slurm: dict | None = None
+    """submitit's parameters for --launcher slurm, e.g. '{"slurm_partition": "gpu", "timeout_min": 240,
+    "gpus_per_node": 1, "cpus_per_task": 8}'; '{"cluster": "local"}' runs the jobs on this machine."""
 
 
 def val_paths(options: CompareOptions) -> list[Path]:
@@ -121,8 +131,9 @@ def validate(options: CompareOptions) -> None:
     if len(set(options.seeds)) != len(options.seeds):
         raise ValueError(f"seeds={options.seeds} repeat a seed")
     for name in ("max_tokens", "max_seq_length", "eval_interval", "context_length", "decode_batch_size",
-                 "decode_new_tokens", "eval_batch_size"):
+                 "decode_new_tokens", "eval_batch_size", "parallel_runs"):
         _require_positive(name, getattr(options, name))
+    check_launcher(options.launcher, options.slurm)
     if options.throughput_skip_iters < 0:
         raise ValueError(f"throughput_skip_iters={options.throughput_skip_iters} must be >= 0")
     if options.precision is not None and options.precision not in PRECISIONS:

@@ -1,4 +1,5 @@
-"""Runs a comparison: every run in its own worker processes, one after the other, resumable.
+"""Runs a comparison: every run in its own worker processes, resumable; one after the other by default, or handed
+to another launcher (``--launcher parallel`` or ``slurm``: :mod:`litgpt_mka.compare.launch`).
 
 For run ``i`` of ``n`` (configs outermost, seeds inner):
 
@@ -25,6 +26,7 @@ Before any run, both data files are tokenized into the shared token cache, so th
 time includes tokenization. Exit status: 0 when every run finished, 1 when any failed, 130 on Ctrl-C.
 """
 
+import functools
 import os
 import re
 import shlex
@@ -40,6 +42,7 @@ from litgpt_mka.compare import report
 from litgpt_mka.compare.atomic import read_json, write_json
 from litgpt_mka.compare.environment import command_line, environment, utc_now
 from litgpt_mka.compare.kv_quantization import read_kv_quantization
+from litgpt_mka.compare.launch import launcher_of
 from litgpt_mka.compare.layout import REPORT_MD, RunPlan
 from litgpt_mka.compare.options import CompareOptions
 from litgpt_mka.compare.plan import SharedSettings, plan_runs
@@ -315,6 +318,19 @@ def write_report(comparison: Comparison) -> None:
     report.write_outputs(comparison.out_dir, results, comparison.options.plots)
 
 
+def finish_run(comparison: Comparison, plan: RunPlan) -> list[str]:
+    """Brings one run to its result, then its extra phases; the labels of what failed (a launcher's task)."""
+    options, total = comparison.options, len(comparison.runs)
+    if not execute(plan, total, options.keep_step_checkpoints):
+        return [plan.name]
+    failed = []
+    if not score_tasks(plan, total, options.lm_eval_tasks, options.include_path):
+        failed.append(f"{plan.name} (lm-eval)")
+    if not measure_quantized_caches(plan, total, options.kv_cache_quantizations):
+        failed.append(f"{plan.name} (quantized KV caches)")
+    return failed
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -324,20 +340,13 @@ def run_comparison(comparison: Comparison) -> int:
 
     SIGTERM (a job scheduler, ``kill``) is handled like Ctrl-C: the worker is stopped, the report rewritten.
     """
-    total, failed = len(comparison.runs), []
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         prepare_data(comparison.shared)
         options = comparison.options
-        for plan in comparison.runs:
-            if not execute(plan, total, options.keep_step_checkpoints):
-                failed.append(plan.name)
-            else:
-                if not score_tasks(plan, total, options.lm_eval_tasks, options.include_path):
-                    failed.append(f"{plan.name} (lm-eval)")
-                if not measure_quantized_caches(plan, total, options.kv_cache_quantizations):
-                    failed.append(f"{plan.name} (quantized KV caches)")
-            write_report(comparison)
+        tasks = [(plan.name, functools.partial(finish_run, comparison, plan)) for plan in comparison.runs]
+        launcher = launcher_of(options.launcher, options.parallel_runs, options.slurm, comparison.out_dir)
+        failed = launcher.run(tasks, functools.partial(write_report, comparison))
     except KeyboardInterrupt:
         write_report(comparison)
         print(f"interrupted: finished runs are kept in {comparison.out_dir}; run the same command again to resume",

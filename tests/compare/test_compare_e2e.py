@@ -370,3 +370,31 @@ def tasks_with_absolute_data_files(folder: Path) -> Path:
         data_files["test"] = str(PROJECT_ROOT / data_files["test"])
         (folder / source.name).write_text(yaml.safe_dump(task, sort_keys=False))
     return folder
+
+
+@pytest.mark.slow
+def test_slurm_launcher_finishes_a_run_in_a_job_with_the_same_records(finished, env, tmp_path):
+    """--launcher slurm through submitit's local executor on a copy of the finished comparison whose MQA run was
+    trained but not evaluated: one job per run (the finished ones skip), the MQA run evaluated in its job to the
+    same validation losses, the others' records untouched, the report rewritten."""
+    pytest.importorskip("submitit")
+    out = tmp_path / "out"
+    shutil.copytree(finished["out_dir"], out)
+    (out / "runs" / "tiny-mqa-seed1" / "result.json").unlink()
+    args = list(finished["args"])
+    args[args.index("--out_dir") + 1] = str(out)
+
+    rerun = run([*args, "--launcher", "slurm", "--slurm", '{"cluster": "local", "timeout_min": 10}'], env,
+                cwd=finished["folder"])
+
+    job_logs = "".join(path.read_text() for path in (out / "slurm").glob("*_log.out"))
+    assert job_logs.count("finished earlier, skipped") == 2 and "tiny-mqa-seed1: evaluating and measuring" in job_logs
+    assert "training (litgpt pretrain)" not in job_logs and "failed runs" not in rerun.stdout
+    original = {r.name: r for r in typed_results(finished["out_dir"]).runs}
+    again = {r.name: r for r in typed_results(out).runs}
+    assert {name: r.status for name, r in again.items()} == {name: "ok" for name in original}
+    assert again["tiny-mha-seed1"] == original["tiny-mha-seed1"] and again["tiny-mka-seed1"] == original["tiny-mka-seed1"]
+    torch.testing.assert_close(
+        torch.tensor([v.loss for v in again["tiny-mqa-seed1"].evaluation.validation]),
+        torch.tensor([v.loss for v in original["tiny-mqa-seed1"].evaluation.validation]), rtol=0, atol=0,
+    )  # fmt: skip

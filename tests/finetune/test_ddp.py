@@ -1,11 +1,9 @@
 """Scale-out mechanics on CPU: a 2-process Fabric DDP run (gloo) of every variant keeps both ranks' weights
 identical and has the loss (and weights) of one process with the same global batch.
 
-litgpt's own multi-device path is FSDP and needs GPUs; the meta-device half of it is in test_initialization.py.
+litgpt pretrain's own multi-process path (DDP over gloo on the CPU) is in tests/plugin/test_pretrain_processes.py,
+FSDP2 sharding of every variant in tests/attention/test_fsdp2.py, meta-device initialisation in test_initialization.py.
 """
-
-import subprocess
-import sys
 
 import lightning as L
 import pytest
@@ -14,18 +12,13 @@ import torch
 from tests.conftest import PROJECT_ROOT
 from tests.finetune.builders import VARIANTS
 from tests.finetune.ddp_worker import train
+from tests.helpers import run_worker
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    env = {"PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    worker = PROJECT_ROOT / "tests" / "finetune" / "ddp_worker.py"
-    result = subprocess.run(
-        [sys.executable, str(worker), str(out), *VARIANTS], cwd=PROJECT_ROOT, env=env, capture_output=True,
-        text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    run_worker(PROJECT_ROOT / "tests" / "finetune" / "ddp_worker.py", out, *VARIANTS)
     return out
 
 

@@ -49,7 +49,8 @@ holds it.
     ``LITGPT_MKA_PAIRED_INIT=1`` (``compare --paired``) every module draws from a stream of its own, so that the
     parameters variants share start equal for a seed. ``main`` is wrapped:
     the bf16 warning on a CPU that emulates it, and no ``torch.compile`` on the CPU
-    (``LITGPT_MKA_CPU_COMPILE=1`` keeps it).
+    (``LITGPT_MKA_CPU_COMPILE=1`` keeps it). ``setup`` is wrapped: without CUDA, ``--devices`` x ``--num_nodes``
+    > 1 trains with DDP over gloo in place of litgpt's FSDP (which Lightning refuses on a CPU), and says so.
 
 ``finetune.py``: ``litgpt.finetune.{full,lora,lora_legacy,adapter,adapter_v2}``  -- ``extend_finetune_module``;
 ``litgpt.lora`` -- ``extend_lora_module``; ``litgpt.adapter`` -- ``extend_adapter_module``

@@ -9,6 +9,12 @@
     litgpt's code path. The fine-tuning scripts' ``main`` get the same wrapper, without the compile part
     (``finetune.py`` here).
 
+    ``setup`` is wrapped (:func:`_data_parallel_without_a_gpu`): with ``--devices`` x ``--num_nodes`` > 1 litgpt
+    builds an ``FSDPStrategy``, which Lightning refuses without CUDA; on a machine without CUDA the Fabric that
+    ``setup`` creates gets ``DDPStrategy(process_group_backend="gloo")`` in its place, and says so in the run's
+    first lines. Everything after (``fabric.launch``, the data split across ranks, checkpoints, ``--resume``) is
+    litgpt's multi-process code path unchanged.
+
 Paired initialisation (``LITGPT_MKA_PAIRED_INIT=1``; ``litgpt-mka compare --paired`` sets it for its runs)
     litgpt draws every initial value from one global random stream, in module order, so the same ``--seed`` gives
     two architectures different values even for the parameters they share (embeddings, MLPs, norms, head): one
@@ -27,7 +33,11 @@ Paired initialisation (``LITGPT_MKA_PAIRED_INIT=1``; ``litgpt-mka compare --pair
 import functools
 import hashlib
 import os
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+
+import lightning as L
+import torch
+from lightning.fabric.strategies import DDPStrategy, FSDPStrategy
 
 import torch
 from torch import nn
@@ -46,6 +56,7 @@ def extend_pretrain_module(module: ModuleType) -> None:
         return
     module.initialize_weights = _every_attention_class_scaled(module, module.initialize_weights)
     module.main = _run_on_the_machine(module.main, skip_cpu_compile=True)
+    module.setup = _data_parallel_without_a_gpu(module, module.setup)
 
 
 def _attention_classes() -> tuple[type, ...]:
@@ -153,3 +164,46 @@ def _run_on_the_machine(litgpt_main, skip_cpu_compile: bool = False):
             return litgpt_main(fabric, *args, **kwargs)
 
     return main
+
+
+def _data_parallel_without_a_gpu(module: ModuleType, litgpt_setup):
+    """litgpt pretrain's ``setup``; without CUDA, several processes train with DDP over gloo instead of FSDP.
+
+    litgpt 0.5.13's ``setup`` passes ``FSDPStrategy(auto_wrap_policy={Block}, ...)`` to ``L.Fabric`` whenever
+    ``devices * num_nodes > 1``, and Lightning refuses FSDP on a CPU. While litgpt's own ``setup`` runs on a
+    machine without CUDA, the ``L`` it reads is bound to a namespace whose ``Fabric`` is
+    :func:`_fabric_without_fsdp`; ``L`` appears nowhere else in litgpt's pretrain code but in type hints. With
+    CUDA, nothing changes. ``pretrain.initialize_weights`` still tests the real ``FSDPStrategy`` class, so under
+    DDP it initialises the weights itself, as it does on one device.
+    """
+
+    @functools.wraps(litgpt_setup)
+    def setup(*args, **kwargs):
+        if torch.cuda.is_available():
+            return litgpt_setup(*args, **kwargs)
+        lightning = module.L
+        module.L = SimpleNamespace(Fabric=_fabric_without_fsdp)
+        try:
+            return litgpt_setup(*args, **kwargs)
+        finally:
+            module.L = lightning
+
+    return setup
+
+
+def _fabric_without_fsdp(*args, strategy="auto", **kwargs):
+    """``L.Fabric(...)``, with an ``FSDPStrategy`` replaced by ``DDPStrategy`` over gloo (the run prints it).
+
+    DDP keeps the whole model on every process and averages gradients; each rank reads an equal, disjoint share
+    of every global batch (``litgpt_mka.data.TextCorpus``: windows ``rank::world_size``), so a run on N processes
+    takes the steps of one process whose micro-batch is N times larger. Checkpoints are full, saved by rank 0.
+    """
+    if not isinstance(strategy, FSDPStrategy):
+        return L.Fabric(*args, strategy=strategy, **kwargs)
+    fabric = L.Fabric(*args, strategy=DDPStrategy(process_group_backend="gloo"), **kwargs)
+    fabric.print(
+        f"litgpt-mka: no CUDA device, so {fabric.world_size} processes train with DDP over gloo in place of"
+        " litgpt's FSDP (which needs GPUs): every process holds the whole model and reads a disjoint share of each"
+        " global batch; checkpoints are litgpt's full ones."
+    )
+    return fabric
