@@ -40,11 +40,11 @@ never copied::
 
 The mask of the T queries is tiled g times (a broadcast view when T = 1). litgpt instead
 ``repeat_interleave``s K and V to nh_q heads on every step (g copies of the whole cache; MQA broadcasts
-and falls to a slow kernel). The rows cannot share one causal diagonal, so training (no cache, T == S,
-``is_causal``) keeps litgpt's repeated heads, which is what lets PyTorch's FlashAttention kernel run.
-A decode step whose one query sits at the last cached position (T = 1, ``input_pos`` (1,) and
-``input_pos_maxp1`` given, as in ``litgpt generate``) sees every cached position and runs without a
-mask (:func:`attends_to_whole_cache`).
+and falls to a slow kernel). The rows cannot share one causal diagonal, so a chunk causal over itself
+(training, and a prefill from position 0) runs one SDPA call with ``enable_gqa``: the fused kernels read
+each key/value head for its g query heads without a copy. Which site a call is, its arguments and its
+kernels: :mod:`litgpt_mka.attention.dispatch` (a decode step at the last cached position, as in ``litgpt
+generate``, needs no mask; any other cached chunk attends with a finite additive mask).
 
 Cache: litgpt's ``KVCache``, per layer::
 
@@ -70,10 +70,10 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from litgpt.model import CausalSelfAttention, KVCache, do_softcapping
+from litgpt.model import CausalSelfAttention, KVCache
 
-from litgpt_mka.attention.kv_cache import KVCacheBase, attends_to_whole_cache, causal_mask
+from litgpt_mka.attention.dispatch import Site, cached_site_and_mask, explicit_attention, sdpa, uncached_site
+from litgpt_mka.attention.kv_cache import KVCacheBase
 from litgpt_mka.attention.quantization import QuantizedSequence
 from litgpt_mka.attention.quantized_attention import decode_attention, reads_codes
 from litgpt_mka.attention.variant import CachedAttention, QuantizedRows, cache_quantization, rope_function
@@ -90,47 +90,50 @@ def grouped_attention(
     v: torch.Tensor,
     *,
     scale: float,
+    site: Site,
     mask: torch.Tensor | None = None,
-    is_causal: bool = False,
     softcapping: float | None = None,
 ) -> torch.Tensor:
-    """Attention of nh_q query heads over nh_kv shared key/value heads, without repeating k or v.
+    """Attention of nh_q query heads over nh_kv shared key/value heads, never copying k or v.
 
     Args:
         q: (B, nh_q, T, hs) queries; head h uses key/value head h // (nh_q / nh_kv).
         k, v: (B, nh_kv, S, hs) keys and values (nh_kv divides nh_q).
         scale: the softmax scale.
-        mask: boolean (1 or B, 1, T, S), True where a query sees a key; None: see `is_causal`.
-        is_causal: with ``mask=None``, causal attention of a chunk over itself (T == S; training);
-            otherwise ``mask=None`` lets every query see every key.
+        site: the call site (:mod:`~litgpt_mka.attention.dispatch`): TRAINING and PREFILL are causal over the
+            chunk itself (T == S), DECODE sees every key, MASKED takes `mask`.
+        mask: boolean (1 or B, 1, T, S), True where a query sees a key; MASKED only.
         softcapping: litgpt's ``attention_logit_softcapping`` (explicit softmax in float32), or None.
 
     Returns:
         (B, T, nh_q, hs), the layout of litgpt's ``CausalSelfAttention.scaled_dot_product_attention``.
 
     Raises:
-        ValueError: nh_kv does not divide nh_q, or a mask together with ``is_causal``.
+        ValueError: nh_kv does not divide nh_q; a mask at a site that takes none, or none at MASKED.
     """
     B, nh_q, T, hs = q.shape
     nh_kv = k.size(1)
     if nh_q % nh_kv:
         raise ValueError(f"key/value heads ({nh_kv}) must divide query heads ({nh_q})")
-    if is_causal and mask is not None:
-        raise ValueError("pass either a mask or is_causal=True, not both")
     g = nh_q // nh_kv
-    if is_causal:
-        # one causal diagonal per head: repeat k, v to nh_q heads (litgpt's way; FlashAttention runs)
-        if g > 1:
-            k = k.repeat_interleave(g, dim=1)  # (B, nh_kv, T, hs) -> (B, nh_q, T, hs)
-            v = v.repeat_interleave(g, dim=1)  # (B, nh_kv, T, hs) -> (B, nh_q, T, hs)
-        y = _attention(q, k, v, scale, None, True, softcapping)  # (B, nh_q, T, hs)
+    causal = site in (Site.TRAINING, Site.PREFILL)
+    if causal and softcapping is None:  # one causal diagonal per head: SDPA's GQA reads k, v shared
+        y = sdpa(q, k, v, site=site, scale=scale, enable_gqa=g > 1)  # (B, nh_q, T, hs)
+        return y.transpose(1, 2)  # (B, T, nh_q, hs)
+    if causal:  # explicit softmax: the rows of a group cannot share one diagonal, so repeat (a fallback path)
+        k = k.repeat_interleave(g, dim=1)  # (B, nh_kv, T, hs) -> (B, nh_q, T, hs)
+        v = v.repeat_interleave(g, dim=1)  # (B, nh_kv, T, hs) -> (B, nh_q, T, hs)
+        y = explicit_attention(q, k, v, scale=scale, softcapping=softcapping, causal=True)  # (B, nh_q, T, hs)
         return y.transpose(1, 2)  # (B, T, nh_q, hs)
     q = q.reshape(B, nh_kv, g * T, hs)  # (B, nh_q, T, hs) -> (B, nh_kv, g T, hs): a group's heads as query rows
     if mask is not None and g > 1:
         mb, _, _, S = mask.shape
         mask = mask.unsqueeze(2).expand(mb, 1, g, T, S)  # (mb, 1, T, S) -> (mb, 1, g, T, S)
         mask = mask.reshape(mb, 1, g * T, S)  # (mb, 1, g T, S): a view when T == 1
-    y = _attention(q, k, v, scale, mask, False, softcapping)  # (B, nh_kv, g T, hs)
+    if softcapping is None:
+        y = sdpa(q, k, v, site=site, scale=scale, mask=mask)  # (B, nh_kv, g T, hs)
+    else:
+        y = explicit_attention(q, k, v, scale=scale, softcapping=softcapping, mask=mask)  # (B, nh_kv, g T, hs)
     return y.reshape(B, nh_q, T, hs).transpose(1, 2)  # (B, nh_kv, g T, hs) -> (B, nh_q, T, hs) -> (B, T, nh_q, hs)
 
 
@@ -157,27 +160,6 @@ def grouped_decode(
     rows = q.reshape(B * nh_kv, nh_q // nh_kv * T, hs)  # (B, nh_q, 1, hs) -> (B nh_kv, g, hs): a group's heads as rows
     y = decode_attention(rows, keys, values, upto, scale, softcapping=softcapping)  # (B nh_kv, g, hs)
     return y.view(B, nh_q, T, hs).transpose(1, 2)  # (B nh_kv, g, hs) -> (B, nh_q, 1, hs) -> (B, 1, nh_q, hs)
-
-
-def _attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float,
-    mask: torch.Tensor | None,
-    is_causal: bool,
-    softcapping: float | None,
-) -> torch.Tensor:
-    """SDPA over equal head counts (B, n, R, hs) x (B, n, S, hs) -> (B, n, R, hs); explicit under softcapping."""
-    if softcapping is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=is_causal)
-    scores = do_softcapping(q @ k.mT * scale, softcapping)  # (B, n, R, S)
-    if is_causal:
-        R, S = scores.shape[-2:]
-        mask = torch.ones(R, S, dtype=torch.bool, device=q.device).tril()  # (R, S), R == S
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype) @ v  # (B, n, R, hs)
 
 
 class QuantizedKVCache(KVCacheBase):
@@ -261,25 +243,15 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
             self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
             y = grouped_decode(q, *codes, input_pos_maxp1, scale=self.scale, softcapping=softcapping)  # (B, 1, nh_q, hs)
             return self.proj(y.reshape(B, T, -1))  # (B, T, C)
+        site = uncached_site(mask)
         if input_pos is not None:
             if isinstance(self.kv_cache, KVCache):  # litgpt's: returns all max_seq_length positions
                 k, v = self.kv_cache(input_pos, k, v)  # 2x (B, nh_kv, max_seq_length, hs)
                 k, v = k[:, :, :input_pos_maxp1], v[:, :, :input_pos_maxp1]  # 2x (B, nh_kv, S, hs)
             else:  # quantized: dequantizes only the S positions attended to
                 k, v = self.kv_cache(input_pos, k, v, input_pos_maxp1)  # 2x (B, nh_kv, S, hs)
-            if attends_to_whole_cache(T, input_pos, input_pos_maxp1):
-                mask = None
-            elif mask is None:
-                mask = causal_mask(input_pos, k.size(2))  # (1 or B, 1, T, S)
-        y = grouped_attention(
-            q,
-            k,
-            v,
-            scale=self.scale,
-            mask=mask,
-            is_causal=input_pos is None and mask is None,
-            softcapping=softcapping,
-        )  # (B, T, nh_q, hs)
+            site, mask = cached_site_and_mask(T, input_pos, input_pos_maxp1, mask, k.size(2))
+        y = grouped_attention(q, k, v, scale=self.scale, site=site, mask=mask, softcapping=softcapping)  # (B, T, nh_q, hs)
         return self.proj(y.reshape(B, T, -1))  # (B, T, nh_q hs) -> (B, T, C)
 
     def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -11,8 +11,8 @@ litgpt's attention modules call their cache as ``cache(input_pos, *new, input_po
 * ``reset_parameters()`` clears the cache (``litgpt generate`` calls it between samples).
 
 :class:`KVCacheBase` implements these rules once, with one set of error messages:
-:meth:`~KVCacheBase.check_chunk` (batch, chunk length, positions; it reads ``input_pos`` on the
-host only when ``input_pos_maxp1`` is missing), :meth:`~KVCacheBase.follow_dtype`,
+:meth:`~KVCacheBase.check_chunk` (batch, chunk length, positions; from ``input_pos_maxp1`` when given, else
+by reading ``input_pos`` where that costs no synchronisation, :func:`host_reads_are_free`), :meth:`~KVCacheBase.follow_dtype`,
 :meth:`~KVCacheBase.reset_parameters`, :func:`write_positions` (the in-place write along the time
 dimension for both ``input_pos`` layouts) and :func:`causal_mask` (the mask a module uses when its
 caller passes none, right at any offset).
@@ -50,12 +50,14 @@ def write_positions(buffer: torch.Tensor, dim: int, input_pos: torch.Tensor, new
     return buffer.scatter_(dim, index, new.to(buffer.dtype))
 
 
-def reads_positions(input_pos: torch.Tensor, input_pos_maxp1: int | None) -> bool:
-    """Whether a check may read ``input_pos``'s values: not while compiling, and on an accelerator only
-    when the caller gave no ``input_pos_maxp1`` (reading would synchronise the host with the device)."""
-    if torch.compiler.is_compiling():
-        return False
-    return input_pos_maxp1 is None or input_pos.device.type == "cpu"
+def host_reads_are_free(t: torch.Tensor) -> bool:
+    """Whether reading `t`'s values on the host costs no synchronisation: a CPU tensor, outside ``torch.compile``.
+
+    Checks that need the values of ``input_pos`` read them only then; on an accelerator the host decides from
+    shapes and ``input_pos_maxp1`` alone (a read would wait for every queued kernel). Tests replace this function
+    to make a CPU run take the accelerator's decisions.
+    """
+    return not torch.compiler.is_compiling() and t.device.type == "cpu"
 
 
 class KVCacheBase(nn.Module):
@@ -135,12 +137,12 @@ class KVCacheBase(nn.Module):
             raise ValueError(f"input_pos has {input_pos.size(0)} rows, the chunk has batch size {bs}; they must match")
         if T > self.max_seq_length:
             raise ValueError(f"a chunk of {T} positions does not fit a KV cache of {self.max_seq_length} positions")
-        if input_pos_maxp1 is not None:
+        if input_pos_maxp1 is not None:  # host-side: the caller's integer, no read
             first, last = 0, input_pos_maxp1 - 1
-        elif reads_positions(input_pos, input_pos_maxp1) and input_pos.numel():
+        elif host_reads_are_free(input_pos) and input_pos.numel():
             first, last = int(input_pos.min()), int(input_pos.max())
         else:
-            return  # index writes still bounds-check
+            return  # an accelerator without input_pos_maxp1: the index kernels bound-check (litgpt's mask lookup first)
         if first < 0 or last >= self.max_seq_length:
             raise ValueError(
                 f"positions {first} to {last} are outside the KV cache's [0, {self.max_seq_length});"
@@ -182,7 +184,7 @@ __all__ = [
     "attends_to_whole_cache",
     "causal_mask",
     "check_rope_cache_length",
-    "reads_positions",
+    "host_reads_are_free",
     "require_cache",
     "write_positions",
 ]

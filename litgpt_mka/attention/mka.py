@@ -61,9 +61,10 @@ the projections: ``k(m2_t) = 1/(t+1) sum_{s<=t} k(x_s)`` and ``k(sum_i lam_i m_i
 k(m_i)``. The module therefore runs litgpt's one fused ``qkv`` call on ``x``, projects ``p`` once
 (``(W_K p + b_K, W_V p + b_V)``, 2D numbers), takes a float32 ``cumsum`` over time of the w projected
 columns that need a running mean, and mixes in key space: ``keys`` and ``keys_values`` then run one
-SDPA call per layer with equal q/k/v widths in training (GQA/MQA heads repeated as litgpt does), so the
-FlashAttention kernel is dispatched; cached decoding runs the grouped path of ``grouped.py`` (a group's
-query heads as rows against its one key/value head, the cache never repeated). ``outputs`` runs two
+SDPA call per layer with equal q/k/v widths in training (GQA/MQA heads read shared through SDPA's
+``enable_gqa``), so a fused kernel serves it; cached decoding runs the grouped path of ``grouped.py`` (a
+group's query heads as rows against its one key/value head, the cache never repeated), without a mask at
+the last cached position (call sites and kernels: :mod:`litgpt_mka.attention.dispatch`). ``outputs`` runs two
 SDPA calls: the long-term branch attends to one key/value pair repeated at every position, so its output
 is exactly ``v(p)`` whatever the attention weights are; the module uses that closed form (the reference
 implementation in the tests runs the third branch naively and agrees).
@@ -94,7 +95,9 @@ S). A chunk starting at position s continues the sum of position s - 1, so a chu
 the ring still holds: appending (every decode step, chunked prefill) and rewriting any of the last
 W - 1 positions written (litgpt's speculative decoding rewrites up to ``speculative_k``, so it needs
 W > speculative_k) are exact. Starting a chunk further back raises ``ValueError`` naming
-``memorized_key_attention.sum_window``.
+``memorized_key_attention.sum_window``, checked without a host-device synchronisation wherever the host knows
+the positions (``input_pos_maxp1`` given, as ``litgpt generate`` does: :class:`HostRing`); on an accelerator
+without it, the chunk's outputs become NaN instead (:meth:`MemorizedKeyCache.running_sums`).
 
 Bytes per token per layer with a cache dtype of ``b`` bytes (``kv_cache_bytes_per_token``), plus a
 constant per sequence and layer (``kv_cache_bytes_per_sequence``, the ring); litgpt's MHA/GQA cache is
@@ -132,8 +135,9 @@ import torch.nn.functional as F
 from litgpt.config import Config
 from litgpt.model import CausalSelfAttention
 
+from litgpt_mka.attention.dispatch import Site, cached_site_and_mask, uncached_site
 from litgpt_mka.attention.grouped import attention_scale, grouped_attention, grouped_decode
-from litgpt_mka.attention.kv_cache import KVCacheBase, causal_mask, reads_positions, write_positions
+from litgpt_mka.attention.kv_cache import KVCacheBase, host_reads_are_free, write_positions
 from litgpt_mka.attention.quantized_attention import reads_codes
 from litgpt_mka.attention.variant import (
     CachedAttention,
@@ -263,10 +267,12 @@ class MemorizedKeyCache(KVCacheBase):
         self.sum_window = min(sum_window, max_seq_length)  # W
         self.add_buffer("sums", batch_size, self.sum_window, sum_width, dtype=_sum_dtype(placement.get("dtype")))
         self.add_buffer("sum_positions", batch_size, self.sum_window, dtype=torch.int64, fill=-1)  # (B, W)
+        self.host_ring = HostRing(self.sum_window, batch_size)  # sum_positions as the host knows it
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         self.sum_positions.fill_(-1)
+        self.host_ring.reset(self.batch_size)
 
     def forward(
         self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos_maxp1: int | None = None
@@ -300,11 +306,18 @@ class MemorizedKeyCache(KVCacheBase):
     ) -> torch.Tensor:
         """Running sums (bs, T, w) of ``src`` (bs, T, w) at ``input_pos``, continuing the sum of the position
         before the chunk (none at position 0), which the ring must still hold; the chunk's last W sums are
-        written to the ring."""
+        written to the ring.
+
+        Whether the ring holds it is decided without reading a tensor where the host knows the positions
+        (``input_pos`` (T,) with ``input_pos_maxp1``: the chunk is ``input_pos_maxp1 - T`` onwards, and
+        :class:`HostRing` mirrors the ring), by reading the ring where that is free (the CPU), and otherwise
+        (an accelerator without ``input_pos_maxp1``) not at all: a sum the ring no longer holds then turns the
+        chunk's outputs into NaN instead of synchronising or killing the device with an assert.
+        """
         bs, T, width = src.shape
         self.check_chunk(input_pos, bs, T, input_pos_maxp1)
-        check_values = reads_positions(input_pos, input_pos_maxp1)
-        if T > 1 and check_values and bool((input_pos.diff(dim=-1) != 1).any()):
+        reads = host_reads_are_free(input_pos)
+        if T > 1 and reads and bool((input_pos.diff(dim=-1) != 1).any()):
             raise ValueError(
                 "input_pos must hold consecutive positions within a forward"
                 " (input_pos[..., j+1] = input_pos[..., j] + 1):"
@@ -315,31 +328,67 @@ class MemorizedKeyCache(KVCacheBase):
         previous = input_pos[..., :1].expand(bs, 1) - 1  # (T,) | (bs, T) -> (bs, 1)
         slot = previous.remainder(W)  # (bs, 1)
         found = (previous < 0) | (held.gather(1, slot) == previous)  # (bs, 1)
-        self._check_found(found, previous, check_values)
+        first = input_pos_maxp1 - T if input_pos.dim() == 1 and input_pos_maxp1 is not None else None
+        holds = None if first is None else self.host_ring.holds(first - 1, bs)
+        if holds is None and reads:
+            holds = bool(found.all())
+            if not holds:
+                row = int((~found).nonzero()[0, 0])
+                raise ValueError(self._window_error(row, int(previous[row, 0]) + 1))
+        if holds is False:
+            raise ValueError(self._window_error(0, first))
         prefix = sums.gather(1, slot.unsqueeze(-1).expand(bs, 1, width))  # (bs, 1, w)
         prefix = torch.where((previous >= 0).unsqueeze(-1), prefix, 0.0)  # nothing before position 0
+        if holds is None:  # unchecked (see the docstring): a sum the ring lost poisons the chunk
+            prefix = torch.where(found.unsqueeze(-1), prefix, float("nan"))
         chunk = running_sums(src, prefix)  # (bs, T, w)
         kept = min(T, W)  # a chunk longer than the ring keeps its last W sums
         kept_pos = input_pos[..., T - kept :].expand(bs, kept)  # (bs, kept)
         write_positions(sums, 1, kept_pos.remainder(W), chunk[:, T - kept :])
         held.scatter_(1, kept_pos.remainder(W), kept_pos)
+        self.host_ring.record(first, T, bs)
         return chunk
 
-    def _check_found(self, found: torch.Tensor, previous: torch.Tensor, check_values: bool) -> None:
-        if torch.compiler.is_compiling():
+    def _window_error(self, row: int, position: int) -> str:
+        return (
+            f"batch row {row} writes position {position}, but the running sum of position {position - 1} is"
+            f" no longer cached: the cache keeps the sums of the last memorized_key_attention.sum_window="
+            f"{self.sum_window} positions written. Set memorized_key_attention.sum_window larger to rewrite"
+            " further back (litgpt's speculative decoding needs speculative_k + 1)"
+        )
+
+
+class HostRing:
+    """The positions the ring's W slots hold, as the host knows them without reading a tensor.
+
+    Known while every write's positions were known on the host (``first`` .. ``first + T - 1``, the same for
+    each batch row), for the first ``rows`` batch rows; ``rows`` None: unknown. An empty cache is known.
+    """
+
+    def __init__(self, window: int, rows: int) -> None:
+        self.window = window
+        self.reset(rows)
+
+    def reset(self, rows: int) -> None:
+        self.held, self.rows = [-1] * self.window, rows
+
+    def record(self, first: int | None, T: int, bs: int) -> None:
+        """A write of T positions from `first` (None: not known on the host) to the first `bs` rows."""
+        covers_ring = T >= self.window  # every slot rewritten: the other rows' history no longer matters
+        if first is None or (not covers_ring and (self.rows is None or bs > self.rows)):
+            self.rows = None
             return
-        if not check_values:  # on an accelerator with input_pos_maxp1: no host synchronisation
-            torch._assert_async(found.all(), "MKA: a chunk starts beyond memorized_key_attention.sum_window")
-            return
-        if not bool(found.all()):
-            row = int((~found).nonzero()[0, 0])
-            position = int(previous[row, 0]) + 1
-            raise ValueError(
-                f"batch row {row} writes position {position}, but the running sum of position {position - 1} is"
-                f" no longer cached: the cache keeps the sums of the last memorized_key_attention.sum_window="
-                f"{self.sum_window} positions written. Set memorized_key_attention.sum_window larger to rewrite"
-                " further back (litgpt's speculative decoding needs speculative_k + 1)"
-            )
+        for position in range(first + T - min(T, self.window), first + T):
+            self.held[position % self.window] = position
+        self.rows = bs
+
+    def holds(self, position: int, bs: int) -> bool | None:
+        """Whether the first `bs` rows' ring holds the sum of `position` (always before position 0); None: unknown."""
+        if position < 0:
+            return True
+        if self.rows is None or bs > self.rows:
+            return None
+        return self.held[position % self.window] == position
 
 
 # ------------------------------------------------------------------------------------------- attention
@@ -462,10 +511,11 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
             y = self._decode(q, *codes, input_pos_maxp1)  # (B, 1, nh_q, hs)
             return self.proj(y.reshape(B, T, -1))  # (B, T, C)
+        site = uncached_site(mask)
         if input_pos is not None:
             k, v = self.kv_cache(input_pos, k, v, input_pos_maxp1)  # 2x (B, nh_kv, S', hs)
-            mask = causal_mask(input_pos, k.size(2)) if mask is None else mask  # (B|1, 1, T, S')
-        y = self._attend(q, k, v, mask, input_pos)  # (B, T, nh_q, hs)
+            site, mask = cached_site_and_mask(T, input_pos, input_pos_maxp1, mask, k.size(2))
+        y = self._attend(q, k, v, site, mask)  # (B, T, nh_q, hs)
         return self.proj(y.reshape(B, T, -1))  # (B, T, nh_q hs) -> (B, T, C)
 
     def _forward_branches(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
@@ -487,13 +537,14 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             y_local = self._decode(q, codes[0], codes[1], input_pos_maxp1)  # (B, 1, nh_q, hs)
             y_session = self._decode(q, codes[2], codes[3], input_pos_maxp1)  # (B, 1, nh_q, hs)
         else:
+            site = uncached_site(mask)
             if input_pos is not None:
                 k_local, v_local, k_session, v_session = self.kv_cache.branches(
                     input_pos, k_local, v_local, k_session, v_session, input_pos_maxp1
                 )  # 4x (B, nh_kv, S', hs)
-                mask = causal_mask(input_pos, k_local.size(2)) if mask is None else mask  # (B|1, 1, T, S')
-            y_local = self._attend(q, k_local, v_local, mask, input_pos)  # (B, T, nh_q, hs)
-            y_session = self._attend(q, k_session, v_session, mask, input_pos)  # (B, T, nh_q, hs)
+                site, mask = cached_site_and_mask(T, input_pos, input_pos_maxp1, mask, k_local.size(2))
+            y_local = self._attend(q, k_local, v_local, site, mask)  # (B, T, nh_q, hs)
+            y_session = self._attend(q, k_session, v_session, site, mask)  # (B, T, nh_q, hs)
         y_long_term = self._expand_groups(self._long_term_memory()[D:])  # (nh_q, hs): exactly v(p) per head
         y_local, y_session = y_local.reshape(B, T, -1), y_session.reshape(B, T, -1)  # 2x (B, T, nh_q hs)
         y = mix_memories(self.router(x), y_local, y_session, y_long_term.flatten())  # (B, T, nh_q hs)
@@ -549,19 +600,19 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         q_per_kv = self.config.n_head // self.config.n_query_groups
         return t.view(self.config.n_query_groups, -1).repeat_interleave(q_per_kv, dim=0)  # (nh_kv, hs) -> (nh_q, hs)
 
-    def _attend(self, q, k, v, mask, input_pos) -> torch.Tensor:
-        """``grouped_attention`` (grouped.py): q (B, nh_q, T, hs), k/v (B, nh_kv, S, hs) -> (B, T, nh_q, hs).
+    def _attend(self, q, k, v, site: Site, mask) -> torch.Tensor:
+        """``grouped_attention`` (grouped.py) at `site`: q (B, nh_q, T, hs), k/v (B, nh_kv, S, hs) -> (B, T, nh_q, hs).
 
-        Training (no cache, no mask) is causal with the heads repeated (FlashAttention); a cached chunk runs the
-        query heads of a group as query rows against their one key/value head, never repeating the cache.
+        Training is causal with SDPA's GQA (k and v read shared); a cached chunk runs the query heads of a group as
+        query rows against their one key/value head, never repeating the cache.
         """
         return grouped_attention(
             q,
             k,
             v,
             scale=attention_scale(self.config, self.mscale),
+            site=site,
             mask=mask,
-            is_causal=input_pos is None and mask is None,
             softcapping=self.config.attention_logit_softcapping,
         )  # (B, T, nh_q, hs)
 

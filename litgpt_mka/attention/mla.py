@@ -51,9 +51,12 @@ shared key ``[c ; k_r]`` (width L+R) and one shared value ``c`` (width L)::
     o = o_lat W_UV^T + b_V                                 "bhtl,hvl->bhtv"  (B, nh, T, V)
     y = W_O o
 
-The middle two lines run as one SDPA call over the nh T query rows of a single MQA head: q_lat against
-key = value = c (all L wide, so the flash kernel is eligible and each latent is read once), with
-``scale q_rope k_r^T`` and the mask entering as an additive bias (explicit softmax under softcapping).
+The middle two lines run as one SDPA call (:mod:`litgpt_mka.attention.dispatch`): the nh T query rows
+``[q_lat ; q_rope]`` of all heads against one MQA head whose key and value are both the cached rows
+``[c ; k_r]`` (width L+R): the scores are exactly ``scale (q_lat c^T + q_rope k_r^T)``, and the first L
+columns of ``p [c ; k_r]`` are ``o_lat`` (FlashMLA's layout: K and V share the cache). At a decode step that
+sees the whole cache no mask is passed, and q, k, v are all L+R wide, so the flash kernel is eligible; each
+cached row is read once for scores and values. Under softcapping the softmax is explicit, in float32.
 
 The key bias b_K adds ``q_nope . b_K`` to every score of a query row, which softmax ignores, so it is
 dropped (kept only under ``attention_logit_softcapping``, which is not shift-invariant); the value bias
@@ -75,16 +78,16 @@ module attribute of the same name. Both paths give the same outputs (tested to 1
 
 Cache layout (:class:`LatentKVCache`), per layer::
 
-    latent  (B, S, L)   c after kv_a_norm
-    k_rope  (B, S, R)   k_r after RoPE (at its own position: relative positions stay exact)
+    rows    (B, S, L+R)  [c ; k_r]: c after kv_a_norm, k_r after RoPE (at its own position: relative
+                         positions stay exact); ``latent`` and ``k_rope`` are its two views
 
     bytes per token per layer = (L + R) x dtype size     e.g. 70m fp32: (128 + 16) x 4 = 576
     (litgpt's stock MLA caches nh (P+R+V) = 1024 numbers, plain MHA 2 nh hs = 1024)
 
-With ``kv_cache_quantization`` set, ``latent`` is a quantized sequence (per token, groups along L;
-:mod:`litgpt_mka.attention.quantization`) and ``k_rope`` stays in the cache dtype, as FlashMLA keeps its
-RoPE key in bf16: the latent's bytes drop, the R numbers of the RoPE key do not. An absorbed decode step
-that sees the whole cache reads the latent block by block from its codes (:meth:`_absorbed_decode`).
+With ``kv_cache_quantization`` set, ``latent`` (B, S, L) is a quantized sequence (per token, groups along L;
+:mod:`litgpt_mka.attention.quantization`) and ``k_rope`` (B, S, R) a buffer in the cache dtype, as FlashMLA
+keeps its RoPE key in bf16: the latent's bytes drop, the R numbers of the RoPE key do not. An absorbed decode
+step reads the latent block by block from its codes (:meth:`_absorbed_decode`).
 """
 
 import math
@@ -93,10 +96,17 @@ from typing import Any, NamedTuple
 import litgpt.model
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from litgpt.model import RMSNorm, do_softcapping, yarn_get_mscale
+from litgpt.model import RMSNorm, yarn_get_mscale
 
-from litgpt_mka.attention.kv_cache import KVCacheBase, attends_to_whole_cache, causal_mask
+from litgpt_mka.attention.dispatch import (
+    Site,
+    attention_probabilities,
+    cached_site_and_mask,
+    explicit_attention,
+    sdpa,
+    uncached_site,
+)
+from litgpt_mka.attention.kv_cache import KVCacheBase, causal_mask
 from litgpt_mka.attention.quantization import QuantizedSequence
 from litgpt_mka.attention.quantized_attention import decode_attention, reads_codes
 from litgpt_mka.attention.variant import (
@@ -175,14 +185,16 @@ class AbsorbedWeights(NamedTuple):
 
 
 class LatentKVCache(KVCacheBase):
-    """The compressed MLA cache: ``latent`` (B, S, L) and ``k_rope`` (B, S, R), nothing else.
+    """The compressed MLA cache: the latent (B, S, L) and the shared RoPE key (B, S, R), nothing else.
+
+    Unquantized, both live in one buffer ``rows`` (B, S, L+R) = ``[c ; k_r]`` (FlashMLA's layout: the absorbed
+    decode attends with key = value = these rows, no copy), and ``latent``, ``k_rope`` are its views. With a
+    ``KVQuantization`` the latent is a quantized sequence and ``k_rope`` a buffer of its own.
 
     litgpt's KV-cache contract through :class:`~litgpt_mka.attention.kv_cache.KVCacheBase`: writes at
-    ``input_pos`` ((T,) or (B, T)), returns the first ``bs`` rows, sliced to ``input_pos_maxp1``
-    positions when given; both buffers follow the activation dtype.
+    ``input_pos`` ((T,) or (B, T)), returns the first ``bs`` rows, sliced to ``input_pos_maxp1`` positions when
+    given; the buffers follow the activation dtype.
     """
-
-    activation_buffers = ("latent", "k_rope")
 
     def __init__(
         self, batch_size: int, max_seq_length: int, kv_lora_rank: int, qk_rope_head_dim: int, quantization=None,
@@ -190,8 +202,25 @@ class LatentKVCache(KVCacheBase):
     ):
         """`quantization`: a ``KVQuantization`` of the latent, or None; `placement`: ``device`` and ``dtype``."""
         super().__init__(batch_size, max_seq_length, **placement)
-        self.add_sequence("latent", batch_size, max_seq_length, kv_lora_rank, quantization=quantization)  # (B, S, L)
-        self.add_buffer("k_rope", batch_size, max_seq_length, qk_rope_head_dim)  # (B, S, R)
+        self.kv_lora_rank = kv_lora_rank
+        if quantization is None:
+            self.add_buffer("rows", batch_size, max_seq_length, kv_lora_rank + qk_rope_head_dim)  # (B, S, L+R)
+            self.activation_buffers = ("rows",)
+        else:
+            self.add_sequence("latent", batch_size, max_seq_length, kv_lora_rank, quantization=quantization)  # (B, S, L)
+            self.add_buffer("k_rope", batch_size, max_seq_length, qk_rope_head_dim)  # (B, S, R)
+            self.activation_buffers = ("k_rope",)
+
+    @property
+    def joined(self) -> bool:
+        """Whether latent and RoPE key share the buffer ``rows`` (unquantized)."""
+        return "rows" in self._buffers
+
+    def __getattr__(self, name: str):
+        if name in ("latent", "k_rope") and "rows" in self._buffers:  # views of the joined rows
+            rows = self._buffers["rows"]
+            return rows[..., : self.kv_lora_rank] if name == "latent" else rows[..., self.kv_lora_rank :]
+        return super().__getattr__(name)
 
     def forward(
         self,
@@ -204,9 +233,18 @@ class LatentKVCache(KVCacheBase):
         bs, T = latent.shape[:2]
         self.check_chunk(input_pos, bs, T, input_pos_maxp1)
         self.follow_dtype(latent.dtype)
+        if self.joined:
+            rows = self.update("rows", input_pos, torch.cat((latent, k_rope), dim=-1), input_pos_maxp1)  # (bs, S, L+R)
+            return rows[..., : self.kv_lora_rank], rows[..., self.kv_lora_rank :]
         latent_all = self.update("latent", input_pos, latent, input_pos_maxp1)  # (bs, S, L)
         k_rope_all = self.update("k_rope", input_pos, k_rope, input_pos_maxp1)  # (bs, S, R)
         return latent_all, k_rope_all
+
+    def append(self, input_pos: torch.Tensor, input_pos_maxp1: int | None, **chunks: torch.Tensor) -> None:
+        """Writes ``latent`` (bs, T, L) and ``k_rope`` (bs, T, R) without reading back (quantized decode)."""
+        if self.joined:
+            chunks = {"rows": torch.cat((chunks["latent"], chunks["k_rope"]), dim=-1)}  # (bs, T, L+R)
+        super().append(input_pos, input_pos_maxp1, **chunks)
 
 
 class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAttention):
@@ -269,21 +307,22 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         q_nope, q_rope = self._queries(x, cos, sin)  # (B, nh, T, P), (B, nh, T, R)
         latent, k_rope = self._latent_keys(x, cos, sin)  # (B, T, L), (B, T, R)
         codes = reads_codes(self.kv_cache, ("latent",), T, input_pos, input_pos_maxp1)
-        if input_pos is None:  # training / no cache: causal SDPA over this chunk
-            o = self._expanded_attention(q_nope, q_rope, latent, k_rope, mask=None)
+        if input_pos is None:  # training / no cache: causal over this chunk
+            o = self._expanded_attention(q_nope, q_rope, latent, k_rope, uncached_site(mask), mask)
         elif codes and T <= self.absorb_max_queries:  # a decode step over a quantized latent: attend to its codes
             self.kv_cache.append(input_pos, input_pos_maxp1, latent=latent, k_rope=k_rope)
             k_rope = self.kv_cache.k_rope[:B, :input_pos_maxp1]  # (B, S, R)
             o = self._absorbed_decode(q_nope, q_rope, codes[0], k_rope, input_pos_maxp1)  # (B, nh, 1, V)
         else:
             latent, k_rope = self.kv_cache(input_pos, latent, k_rope, input_pos_maxp1)  # (B, S, L), (B, S, R)
-            if mask is None:
-                mask = causal_mask(input_pos, latent.size(1))  # (B|1, 1, T, S)
+            S = latent.size(1)
+            site, mask = cached_site_and_mask(T, input_pos, input_pos_maxp1, mask, S)
             if T > self.absorb_max_queries:
-                o = self._expanded_attention(q_nope, q_rope, latent, k_rope, mask)
-            else:  # a decode step that sees the whole cache needs no mask
-                whole_cache = attends_to_whole_cache(T, input_pos, input_pos_maxp1)
-                o = self._absorbed_attention(q_nope, q_rope, latent, k_rope, None if whole_cache else mask)
+                o = self._expanded_attention(q_nope, q_rope, latent, k_rope, site, mask)
+            else:
+                if site is Site.PREFILL:  # the heads are rows of one shared key: no common causal diagonal
+                    site, mask = Site.MASKED, causal_mask(input_pos, S)  # (1, 1, T, S)
+                o = self._absorbed_attention(q_nope, q_rope, self._cached_rows(latent, k_rope), site, mask)
         o = o.transpose(1, 2).reshape(B, T, -1)  # (B, nh, T, V) -> (B, T, nh V)
         return self.proj(o)  # (B, T, C)
 
@@ -304,8 +343,9 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         )  # (B, T, L+R) -> (B, T, L), (B, T, R)
         return self.kv_a_norm(latent), self._rope(k_rope, cos, sin)
 
-    def _expanded_attention(self, q_nope, q_rope, latent, k_rope, mask: torch.Tensor | None) -> torch.Tensor:
-        """Materialises per-head keys and values from the S latents; SDPA (flash when P+R == V, no mask).
+    def _expanded_attention(self, q_nope, q_rope, latent, k_rope, site: Site, mask) -> torch.Tensor:
+        """Materialises per-head keys and values from the S latents, then attends at `site` (flash-eligible
+        when P+R == V and no mask).
 
         q_nope (B, nh, T, P), q_rope (B, nh, T, R), latent (B, S, L), k_rope (B, S, R) -> (B, nh, T, V).
         """
@@ -316,44 +356,53 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         k_rope = k_rope.unsqueeze(1).expand(B, nh, S, -1)  # (B, S, R) -> (B, nh, S, R)
         q = torch.cat((q_nope, q_rope), dim=-1)  # (B, nh, T, P+R)
         k = torch.cat((k_nope, k_rope), dim=-1)  # (B, nh, S, P+R)
-        if self.config.attention_logit_softcapping is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, is_causal=mask is None)
-        scores = torch.einsum("bhtd,bhsd->bhts", q, k) * self.scale  # (B, nh, T, S)
-        return torch.einsum("bhts,bhsv->bhtv", self._attention_weights(scores, mask), v)  # (B, nh, T, V)
+        softcapping = self.config.attention_logit_softcapping
+        if softcapping is None:
+            return sdpa(q, k, v, site=site, scale=self.scale, mask=mask)  # (B, nh, T, V)
+        causal = site in (Site.TRAINING, Site.PREFILL)
+        return explicit_attention(q, k, v, scale=self.scale, softcapping=softcapping, mask=mask, causal=causal)
 
-    def _absorbed_attention(self, q_nope, q_rope, latent, k_rope, mask: torch.Tensor | None) -> torch.Tensor:
-        """MQA over the cache itself: shared key [c ; k_r] (L+R), shared value c (L).
+    def _cached_rows(self, latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
+        """``[c ; k_r]`` (B, S, L+R) of the cached positions: a view of the cache's joined rows (unquantized),
+        else joined here from the dequantized latent (B, S, L) and k_rope (B, S, R)."""
+        if self.kv_cache.joined:
+            B, S, _ = latent.shape
+            return self.kv_cache.rows[:B, :S]  # (B, S, L+R), no copy
+        return torch.cat((latent, k_rope), dim=-1)  # (B, S, L+R)
 
-        q_nope (B, nh, T, P), q_rope (B, nh, T, R), latent (B, S, L), k_rope (B, S, R) -> (B, nh, T, V).
+    def _absorbed_attention(self, q_nope, q_rope, rows, site: Site, mask) -> torch.Tensor:
+        """MQA over the cached rows themselves: one key = value head ``[c ; k_r]`` (L+R) for all heads.
 
-        Without softcapping, the latent part runs in SDPA (q, k and v all L wide, so the flash kernel is
-        eligible and the latent is read once for scores and values) and the RoPE part enters as an
-        additive bias, together with the mask: scale (q_lat c^T + q_rope k_r^T) = scale q_lat c^T + bias.
-        The bias is computed directly in the (B, nh T, S) layout SDPA reads, with the scale folded into the
-        nh T R query numbers rather than the nh T S scores, and masked in place; ``mask=None`` means every
-        cached position is visible (nothing to fill).
+        q_nope (B, nh, T, P), q_rope (B, nh, T, R), rows (B, S, L+R) -> (B, nh, T, V).
+
+        Without softcapping: one SDPA call, the nh T query rows ``[q_lat ; q_rope]`` of all heads against key =
+        value = rows (q, k, v all L+R wide: flash-eligible without a mask, at DECODE). The scores are
+        ``scale (q_lat c^T + q_rope k_r^T)``, exactly MLA's; of the output ``p [c ; k_r]`` the first L columns
+        are ``o_lat = p c`` (FlashMLA's layout: K and V share the cache, V is K's first L columns). A mask
+        (1 or B, 1, T, S) is tiled over the heads' rows.
         """
         w = self._absorbed_weights()
         B, nh, T, P = q_nope.shape
-        S, L = latent.shape[1:]
+        S = rows.size(1)
+        L, R = self.config.kv_lora_rank, self.config.qk_rope_head_dim
         q_lat = self._latent_queries(q_nope, w)  # (B, nh, T, L)
-        if self.config.attention_logit_softcapping is None:
-            q_rope = (q_rope * self.scale).reshape(B, nh * T, -1)  # (B, nh, T, R) -> (B, nh T, R): heads as rows
-            bias = torch.bmm(q_rope, k_rope.mT)  # (B, nh T, R) @ (B, R, S) -> (B, nh T, S), contiguous
+        softcapping = self.config.attention_logit_softcapping
+        if softcapping is None:
+            q = torch.cat((q_lat, q_rope), dim=-1).reshape(B, 1, nh * T, L + R)  # heads as rows of one MQA head
             if mask is not None:
-                bias.view(B, nh, T, S).masked_fill_(~mask, float("-inf"))  # mask (1 or B, 1, T, S)
-            latent = latent.unsqueeze(1)  # (B, S, L) -> (B, 1, S, L): one key/value head shared by all heads
-            o_lat = F.scaled_dot_product_attention(
-                q_lat.reshape(B, 1, nh * T, L), latent, latent, attn_mask=bias.unsqueeze(1), scale=self.scale
-            ).reshape(B, nh, T, L)  # (B, 1, nh T, L) -> (B, nh, T, L)
+                mb = mask.size(0)
+                mask = mask.unsqueeze(2).expand(mb, 1, nh, T, S).reshape(mb, 1, nh * T, S)  # (mb, 1, nh T, S)
+            shared = rows.unsqueeze(1)  # (B, S, L+R) -> (B, 1, S, L+R): key and value
+            o = sdpa(q, shared, shared, site=site, scale=self.scale, mask=mask)  # (B, 1, nh T, L+R)
+            o_lat = o[..., :L].reshape(B, nh, T, L)  # p c: the latent columns
         else:
-            rope_scores = torch.einsum("bhtr,bsr->bhts", q_rope, k_rope) * self.scale  # (B, nh, T, S)
-            scores = torch.einsum("bhtl,bsl->bhts", q_lat, latent) * self.scale + rope_scores  # (B, nh, T, S)
+            latent, k_rope = rows.split((L, R), dim=-1)  # (B, S, L), (B, S, R)
+            scores = torch.einsum("bhtl,bsl->bhts", q_lat.float(), latent.float())  # (B, nh, T, S)
+            scores += torch.einsum("bhtr,bsr->bhts", q_rope.float(), k_rope.float())
             if w.b_k is not None:  # softcapping is not shift-invariant: keep q_nope . b_K
-                scores = scores + torch.einsum("bhtp,hp->bht", q_nope, w.b_k).unsqueeze(-1) * self.scale
-            if mask is None:
-                mask = torch.ones(1, 1, T, S, dtype=torch.bool, device=scores.device)  # every position visible
-            o_lat = torch.einsum("bhts,bsl->bhtl", self._attention_weights(scores, mask), latent)  # (B, nh, T, L)
+                scores += torch.einsum("bhtp,hp->bht", q_nope.float(), w.b_k.float()).unsqueeze(-1)
+            p = attention_probabilities(scores * self.scale, mask, softcapping)  # (B, nh, T, S) float32
+            o_lat = torch.einsum("bhts,bsl->bhtl", p.to(latent.dtype), latent)  # (B, nh, T, L)
         return self._latent_values(o_lat, w)  # (B, nh, T, V)
 
     def _absorbed_decode(self, q_nope, q_rope, latent: QuantizedSequence, k_rope, upto: int) -> torch.Tensor:
@@ -392,16 +441,6 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         else:
             o = torch.baddbmm(w.b_v, o_lat, w.w_uv_t)  # b_V (nh, 1, V) + (nh, B T, V)
         return o.view(nh, B, T, -1).transpose(0, 1)  # (nh, B T, V) -> (B, nh, T, V)
-
-    def _attention_weights(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Softcapping (if configured), boolean mask (None: causal), softmax in fp32. (B, nh, T, S)."""
-        if self.config.attention_logit_softcapping is not None:
-            scores = do_softcapping(scores, self.config.attention_logit_softcapping)
-        if mask is None:
-            T = scores.size(-2)
-            mask = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()  # (T, T)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        return scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
 
     # ------------------------------------------------------------------------------- derived weights
     def absorb_weights(self) -> AbsorbedWeights:

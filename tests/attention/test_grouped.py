@@ -19,6 +19,7 @@ import litgpt_mka  # noqa: F401  (activates the plugin for litgpt modules import
 from litgpt.generate.base import generate
 from litgpt.model import GPT, CausalSelfAttention
 
+from litgpt_mka.attention.dispatch import Site
 from litgpt_mka.attention.grouped import GroupedQueryAttention, grouped_attention
 from litgpt_mka.attention.kv_cache import attends_to_whole_cache
 from litgpt_mka.attention.registry import build_gpt
@@ -210,17 +211,19 @@ def test_grouped_attention_equals_repeated_heads(nh_kv, T):
     mask[..., 0] = True  # every query sees a key
     for m in (mask, mask[:1], None):
         expected = repeated_reference(q, k, v, 0.3, m)
-        torch.testing.assert_close(grouped_attention(q, k, v, scale=0.3, mask=m), expected)
+        site = Site.DECODE if m is None else Site.MASKED  # no mask: every query sees every key
+        torch.testing.assert_close(grouped_attention(q, k, v, scale=0.3, site=site, mask=m), expected)
 
 
+@pytest.mark.parametrize("site", [Site.TRAINING, Site.PREFILL])
 @pytest.mark.parametrize("softcapping", [None, 2.0])
 @pytest.mark.parametrize("nh_kv", [4, 2, 1])
-def test_grouped_attention_causal_equals_repeated_heads(nh_kv, softcapping):
-    """Training: a chunk over itself (T == S), causal; softcapping against litgpt's own method."""
+def test_grouped_attention_causal_equals_repeated_heads(nh_kv, softcapping, site):
+    """Training and a prefill from 0: a chunk over itself (T == S), causal; softcapping against litgpt's method."""
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(3, 4, 9, 16, generator=generator)  # (B, nh_q, T, hs)
     k, v = torch.randn(2, 3, nh_kv, 9, 16, generator=generator)  # (B, nh_kv, T, hs)
-    ours = grouped_attention(q, k, v, scale=0.25, is_causal=True, softcapping=softcapping)
+    ours = grouped_attention(q, k, v, scale=0.25, site=site, softcapping=softcapping)
     if softcapping is None:
         expected = repeated_reference(q, k, v, 0.25, is_causal=True)
     else:
@@ -233,9 +236,12 @@ def test_grouped_attention_causal_equals_repeated_heads(nh_kv, softcapping):
 def test_grouped_attention_errors():
     q, k = torch.zeros(1, 4, 2, 8), torch.zeros(1, 3, 2, 8)
     with pytest.raises(ValueError, match=r"key/value heads \(3\) must divide query heads \(4\)"):
-        grouped_attention(q, k, k, scale=1.0)
-    with pytest.raises(ValueError, match="either a mask or is_causal=True"):
-        grouped_attention(q, q, q, scale=1.0, mask=torch.ones(1, 1, 2, 2, dtype=torch.bool), is_causal=True)
+        grouped_attention(q, k, k, scale=1.0, site=Site.DECODE)
+    mask = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="attention at site 'decode' takes no mask"):
+        grouped_attention(q, q, q, scale=1.0, site=Site.DECODE, mask=mask)
+    with pytest.raises(ValueError, match="attention at site 'masked' needs mask"):
+        grouped_attention(q, q, q, scale=1.0, site=Site.MASKED)
 
 
 def test_whole_cache_rule_reads_shapes_only():
@@ -280,8 +286,7 @@ def test_cached_step_reads_each_key_value_head_once(overrides):
     for q_shape, k_shape, v_shape, mask_shape, *_ in shapes:
         assert q_shape == [2, nh_kv, g, 16]  # (B, nh_kv, g T, hs), T = 1
         assert k_shape == v_shape == [2, nh_kv, 9, 16]  # (B, nh_kv, S, hs)
-        # ours needs no mask at the last position; MKA gets GPT's mask, tiled over the rows as a view
-        assert mask_shape == ([] if config.attention_class_name == "GroupedQueryAttention" else [1, 1, g, 9])
+        assert mask_shape == []  # a decode step at the last cached position needs no mask (flash-eligible)
 
 
 # ------------------------------------------------------------------------------------------ FlashAttention

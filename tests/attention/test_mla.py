@@ -14,6 +14,7 @@ import torch
 from litgpt.config import Config
 from litgpt.model import GPT, apply_rope
 
+from litgpt_mka.attention.dispatch import Site
 from litgpt_mka.attention.mla import LatentKVCache, MultiheadLatentAttention, default_absorb_max_queries
 from litgpt_mka.attention.registry import attention_class, build_gpt
 from tests.helpers import (
@@ -208,7 +209,7 @@ def test_cache_holds_normed_latent_and_roped_key_only():
     model.set_kv_cache(batch_size=3, max_seq_length=20)
     cache = model.transformer.h[0].attn.kv_cache
     assert isinstance(cache, LatentKVCache)
-    assert {name: tuple(b.shape) for name, b in cache.named_buffers()} == {"latent": (3, 20, 32), "k_rope": (3, 20, 8)}
+    assert {name: tuple(b.shape) for name, b in cache.named_buffers()} == {"rows": (3, 20, 32 + 8)}  # [c ; k_r]
     idx = tokens(2, 6)  # fewer rows than allocated
     with torch.no_grad():
         model(idx, torch.arange(6), 6)
@@ -411,7 +412,7 @@ def test_litgpt_generate_greedy_same_tokens_with_and_without_plugin(tmp_path):
 
 @pytest.mark.parametrize("softcapping", [None, 2.0], ids=["sdpa", "softcapping"])
 def test_absorbed_step_without_mask_sees_every_cached_position(softcapping):
-    """``_absorbed_attention(..., mask=None)`` (a step at the last cached position) equals the masked call and the
+    """``_absorbed_attention`` at DECODE, without a mask (a step at the last cached position), equals the masked call and the
     expanded path, for one query and for a batch of queries each seeing every position."""
     attn = tiny_gpt(tiny_config(attention_logit_softcapping=softcapping)).transformer.h[0].attn
     generator = torch.Generator().manual_seed(5)
@@ -421,6 +422,9 @@ def test_absorbed_step_without_mask_sees_every_cached_position(softcapping):
         latent, k_rope = torch.randn(B, S, 32, generator=generator), torch.randn(B, S, 8, generator=generator)
         every = torch.ones(1, 1, T, S, dtype=torch.bool)
         with torch.no_grad():
-            unmasked = attn._absorbed_attention(q_nope, q_rope, latent, k_rope, None)
-            torch.testing.assert_close(unmasked, attn._absorbed_attention(q_nope, q_rope, latent, k_rope, every), **TOL)
-            torch.testing.assert_close(unmasked, attn._expanded_attention(q_nope, q_rope, latent, k_rope, every), **TOL)
+            rows = torch.cat((latent, k_rope), dim=-1)  # (B, S, L+R), the cache's layout
+            unmasked = attn._absorbed_attention(q_nope, q_rope, rows, Site.DECODE, None)
+            masked = attn._absorbed_attention(q_nope, q_rope, rows, Site.MASKED, every)
+            expanded = attn._expanded_attention(q_nope, q_rope, latent, k_rope, Site.MASKED, every)
+            torch.testing.assert_close(unmasked, masked, **TOL)
+            torch.testing.assert_close(unmasked, expanded, **TOL)
