@@ -13,8 +13,8 @@
 #        generate's), decode with rows at different positions ((B, 1) input_pos), decode without input_pos_maxp1
 #        (litgpt batched_generate_fn's), int8-cache decode; read from torch.profiler op names
 #        (benchmarks/gpu_checks.py backends)
-#      - correctness: pytest TESTS (tests/attention/test_bf16_decode.py: bf16 and quantized cached decode of
-#        every variant, on the GPU where CUDA is present)
+#      - correctness: pytest TESTS (tests/attention/test_bf16_decode.py: bf16 cached decode of every variant
+#        against the full forward, with the quantized caches it covers; its CUDA cases run on the GPU)
 #      - fsdp: torch FSDP2 fully_shard per Block on one GPU (world size 1, NCCL), a few AdamW steps of every
 #        preset in DTYPE, the losses against the unsharded model (gpu_checks.py fsdp)
 #   2  decode speed:
@@ -26,7 +26,7 @@
 #   3  litgpt's own commands: `litgpt pretrain` of PRETRAIN_PRESET, half of PRETRAIN_TOKENS, then `--resume auto`
 #      to all of them, then `litgpt generate` from final/ (bf16-mixed; 32-true on the CPU)
 #
-# Writes into OUT_DIR (7 files at most, under the device machine's limit of 8 returned files): stageN.md, the
+# Writes into OUT_DIR (6 files, under the device machine's limit of 8 returned files): stageN.md, the
 # tables of stage N (with a line per step: its seconds, and why it stopped if it did), and stageN.log, the full
 # output of its steps. A step that would start after its stage's STAGE_SECONDS is skipped, one still running
 # then is stopped (`timeout`); both are noted in stageN.md, and the next stage runs. A failed step does not stop
@@ -38,7 +38,7 @@
 #   SIZE [70m]; DTYPE [bfloat16]: the presets and dtype of stages 1 and 2
 #   TESTS           pytest selection [tests/attention/test_bf16_decode.py -n 0]
 #   BACKENDS_ARGS, FSDP_ARGS, SPEED_ARGS, GROWTH_ARGS: more options of those gpu_checks.py subcommands [none]
-#   BENCH_ARGS      decode.py options ["--contexts 1024 --batch-sizes 1 8 --cache-dominated 16x4096
+#   BENCH_ARGS      decode.py options ["--contexts 1024 --batch-sizes 1 --cache-dominated 16x4096
 #                   --kv-cache-quantizations int8 float8_e4m3fn"]; "skip" leaves decode.py out
 #   PRETRAIN_PRESET [pythia-$SIZE-mla]; PRETRAIN_TOKENS [204800: 50 steps of the presets' 8 x 512 tokens];
 #   PRETRAIN_ARGS   more `litgpt pretrain` options [none]
@@ -51,27 +51,32 @@
 # ".gpu-data"] and timeout_s 600, writing straight into $OUT (so a cut-off run still returns its tables):
 #   WHEELS=.whl DATA_DIR=.gpu-data/tinystories TOKENIZER_DIR=.gpu-data/pythia benchmarks/gpu.sh $OUT
 #
-# Time per stage. Measured here: DEVICE=cpu SIZE=14m on the 2-core CPU with the reduced settings of the last
-# line (`benchmarks/gpu.sh` run by hand, idle machine). On one H100/H200, 70m, defaults: an ESTIMATE, not
-# measured (no GPU has run this script yet), reasoned from FLOPs, bytes and per-call overheads:
-#   stage 1: CPU 14m __S1__ s. GPU estimate about 75 s: 5 Python starts with torch + litgpt imports (about 5 s
-#            each); backends: 36 model builds (6 variants x 6 call sites; 70M bf16 parameters, about 0.2 s each
-#            with initialisation) and 36 profiled calls of at most 2 x 512 tokens (under 10 ms of compute each),
-#            about 15 s; pytest on the GPU: about 130 tiny-model cases, CUDA start and the cuDNN/flash first calls,
-#            about 30 s; fsdp: 6 presets x (2 models + 2 x 3 AdamW steps of 4 x 512 tokens: 6 x 70M x 2048 x 3
-#            = 2.6 TFLOP in all, milliseconds at bf16 rates) plus the NCCL start, about 15 s.
-#   stage 2: CPU 14m __S2__ s. GPU estimate about 150 s: decode-speed 12 rows x 5 policies x (a prefill of 8
-#            x 1024 tokens, a few ms, + 68 steps); a 70m decode step at batch 8 is bound by launches (6 layers x
-#            ~15 kernels, about 1-3 ms; MKA's ring and int8's dequantisation more), so about 4000 steps x 3 ms =
-#            12 s; decode-growth 6 variants x 2 policies x 512 steps x 3 ms = 20 s, at most 6 x 20 s more where a
-#            cuDNN plan per length makes steps slow (each run stops after 20 s); decode.py's reduced grid (16
-#            rows x 6 settings x 5 rounds x 18 steps = 8640 steps, about 30-60 s; its 16 x 4096 caches are 1.6
-#            GiB); 3 Python starts, 15 s.
-#   stage 3: CPU 14m __S3__ s. GPU estimate about 90 s: 3 litgpt starts (about 10 s each) and 50 steps of 8 x
-#            512 tokens of a 70m model (6 x 70M x 4096 = 1.7 TFLOP a step: under 10 ms at bf16 rates, so the
-#            25-step evaluations and checkpoint saves dominate), about 60 s in all.
-#   Whole run: about 5-6 minutes by the estimates, 9 at most by the stage limits.
-#   CPU settings: __CPU_SETTINGS__
+# Time per stage. CPU: measured, `DEVICE=cpu` with the tiny settings of tests/benchmarks/test_gpu_sh.py (14m
+# presets, fp32, a few tokens per step, decode.py skipped) on this project's 2-core CPU while 4 other sessions
+# shared it (1-minute load 6-13): nearly all of it is Python starting (torch + litgpt imports, about 28 s each
+# under that load), so these bound the script's own overhead, not the GPU's work. GPU: an ESTIMATE for one
+# H100/H200 at the defaults (70m, bf16), not measured (no GPU has run this script yet), reasoned from FLOPs,
+# bytes and per-call overheads:
+#   stage 1: CPU 165 s (versions check 28, backends 56, correctness 31, fsdp 50 with 1 preset). GPU estimate
+#            about 80 s: 4 Python starts with torch + litgpt + CUDA (about 8 s each); backends: 12 model builds
+#            (6 presets, unquantized and int8; 70M bf16 parameters initialised on the GPU, well under 1 s each)
+#            and 36 profiled calls of at most 2 x 512 tokens (milliseconds of compute; the profiler's start and
+#            each first kernel load dominate), about 15 s; pytest of test_bf16_decode.py on CPU and GPU: tiny
+#            models, about 20 s; fsdp: the NCCL start and 6 presets x 2 x 3 AdamW steps of 4 x 512 tokens
+#            (6 x 70M x 2048 x 3 = 2.6 TFLOP a preset: milliseconds at bf16 rates), about 15 s.
+#   stage 2: CPU 82 s (decode-speed 38, decode-growth 44; decode.py skipped). GPU estimate about 140 s:
+#            decode-speed 12 rows (6 presets, unquantized and int8) x 5 policies x (a one-row prefill of 1024
+#            tokens + 68 steps at batch 8): a 70m decode step is bound by kernel launches and Python (6 layers x
+#            20-50 ops at 20-50 us: 3-10 ms), about 4100 steps x 5 ms = 20 s; decode-growth 6 presets x 2
+#            policies x 513 steps x 5 ms = 30 s, more where a cuDNN plan per length makes steps slow (each run
+#            stops after 20 s: at most 6 x 20 s for cuDNN); decode.py's grid (22 rows x 4 settings x 5 rounds x
+#            18 steps = 7920 steps x 5 ms, about 40 s; its batch 16 x 4096 caches, 22 rows, hold 3.4 GiB at
+#            most); 3 Python starts, 25 s.
+#   stage 3: CPU 178 s (pretrain 65, resume 60, generate 53, a few steps of 2 x 32 tokens each). GPU estimate
+#            about 80 s: 3 litgpt starts (about 10-15 s each), 50 steps of 8 x 512 tokens of a 70m model (6 x
+#            70M x 4096 = 1.7 TFLOP a step: about 5-10 ms at bf16 rates), 2 validations of 100 batches, and 3
+#            checkpoint saves (weights + AdamW state, about 0.8 GiB each).
+#   Whole run: about 5 minutes by the estimates; 9 at most, since each stage stops at STAGE_SECONDS.
 set -uo pipefail
 
 out=${1:?usage: benchmarks/gpu.sh OUT_DIR}
@@ -81,7 +86,7 @@ device=${DEVICE:-cuda}
 size=${SIZE:-70m}
 dtype=${DTYPE:-bfloat16}
 tests=${TESTS:-"tests/attention/test_bf16_decode.py -n 0"}
-bench_args=${BENCH_ARGS:-"--contexts 1024 --batch-sizes 1 8 --cache-dominated 16x4096 --kv-cache-quantizations int8 float8_e4m3fn"}
+bench_args=${BENCH_ARGS:-"--contexts 1024 --batch-sizes 1 --cache-dominated 16x4096 --kv-cache-quantizations int8 float8_e4m3fn"}
 python=${PYTHON:-python3}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$out"

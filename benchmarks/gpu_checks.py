@@ -24,8 +24,9 @@ under the public ``aten::scaled_dot_product_attention``). Call sites, on a batch
     decode, no maxp1   model(tok, tensor([P]))                         litgpt batched_generate_fn's step
     int8-cache decode  as decode, kv_cache_quantization: int8           (MHA through our grouped class)
 
-A cell names each kernel and how many calls reached it (``flash x6``: six calls, one per layer); ``no SDPA``
-means the call site computed its attention without ``scaled_dot_product_attention``.
+A cell names each kernel and how many calls reached it (``flash x6``: six calls, one per layer), and in brackets
+the site :mod:`litgpt_mka.attention.dispatch` named for each call (``outside dispatch``: an SDPA call it did not
+make); ``no SDPA`` means the call site computed its attention without ``scaled_dot_product_attention``.
 
 ``fsdp``: torch FSDP2 (``fully_shard`` per ``Block``, then the whole model) on one process (world size 1:
 NCCL on CUDA, gloo on the CPU), a few AdamW steps of each preset on one fixed random batch, against the same
@@ -33,8 +34,10 @@ model unsharded from the same weights; the losses (cross-entropy in float32 of t
 
 ``decode-speed``: tokens/s of greedy cached decode (batch x context, ``litgpt generate``'s step) with the
 package's default SDPA policy (:mod:`litgpt_mka.attention.dispatch`) and with each backend forced on every
-call site through ``litgpt_mka.attention.dispatch.override_backends`` (a checkout without it gets the default
-column only, and the section says so). A forced backend that cannot run a call site reads ``no kernel``.
+call site through ``litgpt_mka.attention.dispatch.override_backends``. A forced backend that cannot run a call
+site reads ``no kernel``. Forcing also opens torch's ``sdpa_kernel`` around the step, so that SDPA calls outside
+the dispatch module (MHA's preset is litgpt's own ``CausalSelfAttention``) are forced too; their "default" is
+PyTorch's own choice.
 
 ``decode-growth``: ``--steps`` decode steps in one run, key length growing by one each step, with the default
 policy and with cuDNN forced: step time percentiles and memory before and after (``memory_allocated``,
@@ -63,6 +66,7 @@ from torch.nn.attention import SDPBackend
 
 import litgpt_mka  # noqa: F401  (activates the plugin)
 from litgpt_mka.attention import registry
+from litgpt_mka.attention.dispatch import override_backends, record_calls
 from litgpt_mka.measure.decode_speed import prefill_random_prompt, time_decode_steps
 from litgpt_mka.presets import load_pretrain_yaml
 
@@ -178,20 +182,31 @@ def versions(args: argparse.Namespace, section: Section) -> None:
 
 
 # -------------------------------------------------------------------------------------------- backends
-def sdpa_kernels(call: Callable[[], object], grad: bool = False) -> Counter:
-    """Runs `call` once under the profiler (with autograd recording where `grad`); how many SDPA calls reached
-    each kernel (short names), and under ``"?"`` the SDPA calls that reached none of :data:`KERNELS`."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+def sdpa_kernels(call: Callable[[], object], grad: bool = False) -> str:
+    """Runs `call` once under the profiler (with autograd recording where `grad`) and under
+    :func:`litgpt_mka.attention.dispatch.record_calls`; a table cell: how many SDPA calls reached each kernel
+    (short names; ``?`` for none of :data:`KERNELS`) and, in brackets, the dispatch site of each call (``outside
+    dispatch``: an SDPA call the dispatch module did not make, e.g. litgpt's own ``CausalSelfAttention``)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler, record_calls() as calls:
         with torch.set_grad_enabled(grad):
             call()
-    counts = Counter()
+    kernels, sdpa_calls = Counter(), 0
     for event in profiler.key_averages():
         if event.key in KERNELS:
-            counts[KERNELS[event.key]] += event.count
+            kernels[KERNELS[event.key]] += event.count
         elif event.key == SDPA_OP:
-            counts["?"] += event.count
-    counts["?"] -= sum(count for name, count in counts.items() if name != "?")
-    return +counts  # drops a zero "?"
+            sdpa_calls += event.count
+    kernels["?"] = sdpa_calls - sum(kernels.values())
+    sites = Counter(recorded.site.value for recorded in calls)
+    sites["outside dispatch"] = sdpa_calls - sum(sites.values())
+    if not sdpa_calls:
+        return "no SDPA"
+    return f"{counted(kernels)} [{counted(sites)}]"
+
+
+def counted(counts: Counter) -> str:
+    """``name xN`` for every positive count, by name."""
+    return ", ".join(f"{name} x{count}" for name, count in sorted(counts.items()) if count > 0)
 
 
 def call_sites(args: argparse.Namespace, device: torch.device) -> dict[str, tuple[Callable, str | None]]:
@@ -241,7 +256,8 @@ def backends(args: argparse.Namespace, section: Section) -> None:
     section.write(
         f"## SDPA kernel per call site: pythia-{args.size} presets, {args.dtype}, {describe_device(device)}", "",
         f"torch.profiler op names; B = 2, training T = {args.train_length} (train mode, autograd on), prompt P ="
-        f" {args.prompt}; `kernel xN`: N SDPA calls reached it, `no SDPA`: attention without"
+        f" {args.prompt}; `kernel xN`: N SDPA calls reached it; [site xN]: litgpt_mka.attention.dispatch's site of"
+        " those calls (`outside dispatch`: not made by it); `no SDPA`: attention without"
         " scaled_dot_product_attention.", "",
     )
     section.table(["variant"] + list(sites))
@@ -251,8 +267,7 @@ def backends(args: argparse.Namespace, section: Section) -> None:
             try:
                 if quantization not in models:
                     models[quantization] = build_model(model_config(args.size, variant, quantization), device, dtype)
-                counts = sdpa_kernels(prepare(models[quantization]), grad=name == "training")
-                cells.append(", ".join(f"{kernel} x{count}" for kernel, count in sorted(counts.items())) or "no SDPA")
+                cells.append(sdpa_kernels(prepare(models[quantization]), grad=name == "training"))
             except Exception as error:  # noqa: BLE001  (the table reports it; the other cells still run)
                 cells.append(f"error: {short_error(error)}")
         section.row(cells)
@@ -329,24 +344,21 @@ def fsdp(args: argparse.Namespace, section: Section) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- decode
-def forcing() -> tuple[Callable | None, str]:
-    """``litgpt_mka.attention.dispatch.override_backends``, the context manager that makes every call site use
-    given backends, and how the tables name it; None and the reason where this checkout lacks it."""
-    try:
-        from litgpt_mka.attention.dispatch import override_backends
-    except ImportError:
-        return None, "nothing: forced backends skipped, litgpt_mka.attention.dispatch.override_backends is missing"
-    return override_backends, "litgpt_mka.attention.dispatch.override_backends"
-
-
-def policies(names: list[str]) -> tuple[dict[str, Callable[[], contextlib.AbstractContextManager]], str]:
-    """Per policy name ("default" or a key of :data:`FORCED`): a function returning its context manager."""
-    force, how = forcing()
+def policies(names: list[str]) -> dict[str, Callable[[], contextlib.AbstractContextManager]]:
+    """Per policy name, a function returning its context manager: "default" first (the dispatch module's own
+    choice, whether named or not), then each key of :data:`FORCED` in `names`, forced on every call site."""
     chosen = {"default": contextlib.nullcontext}
     for name in names:
-        if name != "default" and force is not None:
-            chosen[name] = lambda backend=FORCED[name]: force([backend])
-    return chosen, how
+        if name != "default":
+            chosen[name] = lambda backend=FORCED[name]: forced(backend)
+    return chosen
+
+
+@contextlib.contextmanager
+def forced(backend: SDPBackend) -> Iterator[None]:
+    """`backend` on every SDPA call: the dispatch module's sites, and (torch's ``sdpa_kernel``) any other."""
+    with override_backends([backend]), torch.nn.attention.sdpa_kernel([backend]):
+        yield
 
 
 def timed_decode(
@@ -375,12 +387,12 @@ def decode_rows_of(args: argparse.Namespace) -> list[tuple[str, str | None]]:
 
 def decode_speed(args: argparse.Namespace, section: Section) -> None:
     device, dtype = resolve(args)
-    chosen, how = policies(args.policies)
+    chosen = policies(args.policies)
     section.write(
         f"## Decode tokens/s, default policy against forced backends: pythia-{args.size} presets, {args.dtype},"
         f" {describe_device(device)}", "",
         f"batch {args.batch}, context {args.context}, {args.warmup} untimed + {args.steps} timed greedy steps"
-        f" (litgpt generate's step); tokens/s = batch / median step (ratio to the default policy). Forced with {how}.",
+        f" (litgpt generate's step); tokens/s = batch / median step (ratio to the default policy). Forced with dispatch.override_backends and torch's sdpa_kernel.",
         "",
     )
     section.table(["variant", *chosen])
@@ -419,26 +431,28 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def decode_growth(args: argparse.Namespace, section: Section) -> None:
     device, dtype = resolve(args)
-    chosen, how = policies(args.policies)
+    chosen = policies(args.policies)
     section.write(
         f"## Decode over {args.steps} steps, memory and step times: pythia-{args.size} presets, {args.dtype},"
         f" {describe_device(device)}", "",
-        f"batch {args.batch}, prompt {args.context}, then {args.steps} greedy steps in one run (key length"
-        f" {args.context + 1} to {args.context + args.steps}); each run stops after {args.seconds:g} s."
-        f" Memory growth in MiB from before the first step to after the last: torch allocated / torch reserved /"
-        f" device used (mem_get_info; not on the CPU). Forced with {how}.", "",
+        f"batch {args.batch}, prompt {args.context}, one untimed step, then {args.steps} timed greedy steps in one"
+        f" run (key length {args.context + 2} to {args.context + args.steps + 1}); each run stops after"
+        f" {args.seconds:g} s. Memory growth in MiB from after the untimed step to after the last: torch allocated /"
+        " torch reserved /"
+        f" device used (mem_get_info; not on the CPU). Forced with dispatch.override_backends and torch's sdpa_kernel.", "",
     )
     section.table(["variant", "policy", "steps", "ms p50", "p90", "p99", "max", "first 32 / last 32 mean ms",
                    "memory growth MiB"])
     for variant in args.variants:
-        config = model_config(args.size, variant, block_size=args.context + args.steps + 1)
+        config = model_config(args.size, variant, block_size=args.context + args.steps + 2)
         model = build_model(config, device, dtype)
         for name, policy in chosen.items():
             cells = [variant, name]
             try:
                 token = prefill_random_prompt(model, args.batch, args.context, config.block_size, copy_one_row=True)
+                timed_decode(model, token, args.context, 1, 0, policy)  # one step: the policy's first allocations
                 before = memory_now(device)
-                step_seconds = timed_decode(model, token, args.context, 1, args.steps, policy, args.seconds)
+                step_seconds = timed_decode(model, token, args.context + 1, 0, args.steps, policy, args.seconds)
                 after = memory_now(device)
                 model.clear_kv_cache()
                 ms = [s * 1e3 for s in step_seconds]

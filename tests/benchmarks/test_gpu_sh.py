@@ -25,7 +25,9 @@ TINY = {
     "PRETRAIN_ARGS": "--train.max_seq_length 32 --train.micro_batch_size 2 --train.global_batch_size 2"
                      " --train.save_interval 1 --eval.max_iters 1",
 }
-KERNEL_CELL = re.compile(r"(no SDPA|((flash \(cpu\)|math) x\d+(, )?)+)")
+KERNEL_CELL = re.compile(
+    r"no SDPA|((flash \(cpu\)|math) x\d+(, )?)+ \[((training|prefill|decode|masked|outside dispatch) x\d+(, )?)+\]"
+)
 
 
 def run_gpu_sh(out: Path, env: dict[str, str], **settings: str) -> subprocess.CompletedProcess:
