@@ -166,3 +166,20 @@ def assert_rows_at_different_positions_match_full_forward(model: GPT, **toleranc
             idx = torch.stack((first[0, 6 + i], rolled_back[0, 3 + i])).view(2, 1)
             steps.append(model(idx, torch.tensor([[6 + i], [3 + i]]), input_pos_maxp1=7 + i))  # (B, 1) input_pos
     torch.testing.assert_close(torch.cat(steps, dim=1), expected, **tolerance)
+
+
+# the SDPA kernels a GPU may run, by the profiler's op name (the CPU's: "..._flash_attention_for_cpu", math)
+FUSED_CUDA_OPS = {
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_cudnn_attention": "cuDNN",
+    "aten::_scaled_dot_product_efficient_attention": "efficient",
+}
+MATH_OP = "aten::_scaled_dot_product_attention_math"
+
+
+def attention_kernels_run(model: GPT, *args: Any, **kwargs: Any) -> list[str]:
+    """The SDPA kernels ("flash", "cuDNN", "efficient", "math") one forward of `model` runs, in order."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile, torch.no_grad():
+        model(*args, **kwargs)
+    names = {**FUSED_CUDA_OPS, MATH_OP: "math"}
+    return [names[event.name] for event in profile.events() if event.name in names]

@@ -73,9 +73,9 @@ import torch
 from litgpt.model import CausalSelfAttention, KVCache
 
 from litgpt_mka.attention.dispatch import Site, cached_site_and_mask, explicit_attention, sdpa, uncached_site
-from litgpt_mka.attention.kv_cache import KVCacheBase
+from litgpt_mka.attention.kv_cache import KVCacheBase, decode_length
 from litgpt_mka.attention.quantization import QuantizedSequence
-from litgpt_mka.attention.quantized_attention import decode_attention, reads_codes
+from litgpt_mka.attention.quantized_attention import decode_attention, mask_bias, reads_codes
 from litgpt_mka.attention.variant import CachedAttention, QuantizedRows, cache_quantization, rope_function
 
 
@@ -145,20 +145,24 @@ def grouped_decode(
     *,
     scale: float,
     softcapping: float | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`grouped_attention` of one decode step over quantized keys and values, from their codes.
 
     Args:
-        q: (B, nh_q, 1, hs), the query at the last of the `upto` cached positions.
+        q: (B, nh_q, 1, hs), one query per sequence, over the first `upto` cached positions.
         keys, values: quantized sequences (B', nh_kv, S, hs), B' >= B (nh_kv divides nh_q).
+        mask: boolean (1 or B, 1, 1, upto), True where visible; None: the query sees every position.
 
     Returns:
         (B, 1, nh_q, hs), the layout of :func:`grouped_attention`.
     """
     B, nh_q, T, hs = q.shape
     nh_kv = keys.codes.size(1)
-    rows = q.reshape(B * nh_kv, nh_q // nh_kv * T, hs)  # (B, nh_q, 1, hs) -> (B nh_kv, g, hs): a group's heads as rows
-    y = decode_attention(rows, keys, values, upto, scale, softcapping=softcapping)  # (B nh_kv, g, hs)
+    g = nh_q // nh_kv
+    rows = q.reshape(B * nh_kv, g * T, hs)  # (B, nh_q, 1, hs) -> (B nh_kv, g, hs): a group's heads as rows
+    bias = mask_bias(mask, B, nh_kv, g * T)  # (B nh_kv, g, upto) or None
+    y = decode_attention(rows, keys, values, upto, scale, bias=bias, softcapping=softcapping)  # (B nh_kv, g, hs)
     return y.view(B, nh_q, T, hs).transpose(1, 2)  # (B nh_kv, g, hs) -> (B, nh_q, 1, hs) -> (B, 1, nh_q, hs)
 
 
@@ -238,10 +242,12 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
         B, T, _ = x.shape
         q, k, v = self._project(x, cos, sin)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
         softcapping = self.config.attention_logit_softcapping
-        codes = reads_codes(self.kv_cache, ("k", "v"), T, input_pos, input_pos_maxp1)
+        codes = reads_codes(self.kv_cache, ("k", "v"), T, input_pos)
         if codes:  # a decode step over a quantized cache: attend to the codes
             self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
-            y = grouped_decode(q, *codes, input_pos_maxp1, scale=self.scale, softcapping=softcapping)  # (B, 1, nh_q, hs)
+            upto = decode_length(self.kv_cache, input_pos_maxp1)
+            _, mask = cached_site_and_mask(T, input_pos, input_pos_maxp1, mask, upto)
+            y = grouped_decode(q, *codes, upto, scale=self.scale, softcapping=softcapping, mask=mask)  # (B, 1, nh_q, hs)
             return self.proj(y.reshape(B, T, -1))  # (B, T, C)
         site = uncached_site(mask)
         if input_pos is not None:
@@ -274,4 +280,10 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
         return q, k, v
 
 
-__all__ = ["GroupedQueryAttention", "QuantizedKVCache", "attention_scale", "grouped_attention", "grouped_decode"]
+__all__ = [
+    "GroupedQueryAttention",
+    "QuantizedKVCache",
+    "attention_scale",
+    "grouped_attention",
+    "grouped_decode",
+]

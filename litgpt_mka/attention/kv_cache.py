@@ -28,15 +28,9 @@ def causal_mask(input_pos: torch.Tensor, S: int) -> torch.Tensor:
     return mask.unsqueeze(-3) if mask.dim() == 3 else mask[None, None]  # (B, 1, T, S) or (1, 1, T, S)
 
 
-def attends_to_whole_cache(T: int, input_pos: torch.Tensor, input_pos_maxp1: int | None) -> bool:
-    """Whether a cached chunk's queries see every one of the ``input_pos_maxp1`` positions the cache returns.
-
-    True for one query (T = 1) at a position shared by the batch (``input_pos`` of shape (1,)) when
-    ``input_pos_maxp1`` is given: by litgpt's contract it is ``max(input_pos) + 1``, so the query sits at
-    the last returned position and the causal mask has no False entry. Decided from shapes alone (no
-    read of ``input_pos``, so no host-device synchronisation).
-    """
-    return T == 1 and input_pos.dim() == 1 and input_pos_maxp1 is not None
+def decode_length(cache: "KVCacheBase", input_pos_maxp1: int | None) -> int:
+    """Positions a cached chunk reads: ``input_pos_maxp1``, or the whole cache (litgpt's rule without it)."""
+    return cache.max_seq_length if input_pos_maxp1 is None else input_pos_maxp1
 
 
 def write_positions(buffer: torch.Tensor, dim: int, input_pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -181,8 +175,8 @@ def require_cache(module: nn.Module, cache_class: type) -> KVCacheBase:
 
 __all__ = [
     "KVCacheBase",
-    "attends_to_whole_cache",
     "causal_mask",
+    "decode_length",
     "check_rope_cache_length",
     "host_reads_are_free",
     "require_cache",

@@ -137,7 +137,7 @@ from litgpt.model import CausalSelfAttention
 
 from litgpt_mka.attention.dispatch import Site, cached_site_and_mask, uncached_site
 from litgpt_mka.attention.grouped import attention_scale, grouped_attention, grouped_decode
-from litgpt_mka.attention.kv_cache import KVCacheBase, host_reads_are_free, write_positions
+from litgpt_mka.attention.kv_cache import KVCacheBase, decode_length, host_reads_are_free, write_positions
 from litgpt_mka.attention.quantized_attention import reads_codes
 from litgpt_mka.attention.variant import (
     CachedAttention,
@@ -506,10 +506,10 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         v = (mixed if w == 2 * D else kv)[..., D:]  # (B, T, D)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-        codes = reads_codes(self.kv_cache, ("k", "v"), T, input_pos, input_pos_maxp1)
+        codes = reads_codes(self.kv_cache, ("k", "v"), T, input_pos)
         if codes:  # a decode step over a quantized cache: attend to the codes
             self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
-            y = self._decode(q, *codes, input_pos_maxp1)  # (B, 1, nh_q, hs)
+            y = self._decode(q, codes, input_pos, input_pos_maxp1, mask)  # (B, 1, nh_q, hs)
             return self.proj(y.reshape(B, T, -1))  # (B, T, C)
         site = uncached_site(mask)
         if input_pos is not None:
@@ -530,12 +530,12 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         k_session = self._rope(self._heads(session[..., :D]), cos, sin)  # (B, nh_kv, T, hs)
         v_session = self._heads(session[..., D:])  # (B, nh_kv, T, hs)
         names = ("k", "v", "k_session", "v_session")
-        codes = reads_codes(self.kv_cache, names, T, input_pos, input_pos_maxp1)
+        codes = reads_codes(self.kv_cache, names, T, input_pos)
         if codes:  # a decode step over a quantized cache: attend to the codes
             self.kv_cache.append(input_pos, input_pos_maxp1, k=k_local, v=v_local, k_session=k_session,
                                  v_session=v_session)
-            y_local = self._decode(q, codes[0], codes[1], input_pos_maxp1)  # (B, 1, nh_q, hs)
-            y_session = self._decode(q, codes[2], codes[3], input_pos_maxp1)  # (B, 1, nh_q, hs)
+            y_local = self._decode(q, codes[:2], input_pos, input_pos_maxp1, mask)  # (B, 1, nh_q, hs)
+            y_session = self._decode(q, codes[2:], input_pos, input_pos_maxp1, mask)  # (B, 1, nh_q, hs)
         else:
             site = uncached_site(mask)
             if input_pos is not None:
@@ -616,12 +616,14 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             softcapping=self.config.attention_logit_softcapping,
         )  # (B, T, nh_q, hs)
 
-    def _decode(self, q, keys, values, upto: int) -> torch.Tensor:
-        """``grouped_decode`` (grouped.py) of one decode step over quantized sequences: q (B, nh_q, 1, hs) ->
-        (B, 1, nh_q, hs), read from the codes."""
+    def _decode(self, q, codes, input_pos, input_pos_maxp1, mask) -> torch.Tensor:
+        """``grouped_decode`` (grouped.py) of one decode step over quantized (keys, values) `codes`: q (B, nh_q, 1,
+        hs) -> (B, 1, nh_q, hs), read from the codes (masked unless the step sees the whole cache)."""
+        upto = decode_length(self.kv_cache, input_pos_maxp1)
+        _, mask = cached_site_and_mask(1, input_pos, input_pos_maxp1, mask, upto)
         return grouped_decode(
-            q, keys, values, upto, scale=attention_scale(self.config, self.mscale),
-            softcapping=self.config.attention_logit_softcapping,
+            q, *codes, upto, scale=attention_scale(self.config, self.mscale),
+            softcapping=self.config.attention_logit_softcapping, mask=mask,
         )
 
 

@@ -106,9 +106,9 @@ from litgpt_mka.attention.dispatch import (
     sdpa,
     uncached_site,
 )
-from litgpt_mka.attention.kv_cache import KVCacheBase, causal_mask
+from litgpt_mka.attention.kv_cache import KVCacheBase, decode_length
 from litgpt_mka.attention.quantization import QuantizedSequence
-from litgpt_mka.attention.quantized_attention import decode_attention, reads_codes
+from litgpt_mka.attention.quantized_attention import decode_attention, mask_bias, reads_codes
 from litgpt_mka.attention.variant import (
     CachedAttention,
     QuantizedRows,
@@ -306,13 +306,15 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         B, T, _ = x.shape
         q_nope, q_rope = self._queries(x, cos, sin)  # (B, nh, T, P), (B, nh, T, R)
         latent, k_rope = self._latent_keys(x, cos, sin)  # (B, T, L), (B, T, R)
-        codes = reads_codes(self.kv_cache, ("latent",), T, input_pos, input_pos_maxp1)
+        codes = reads_codes(self.kv_cache, ("latent",), T, input_pos)
         if input_pos is None:  # training / no cache: causal over this chunk
             o = self._expanded_attention(q_nope, q_rope, latent, k_rope, uncached_site(mask), mask)
         elif codes and T <= self.absorb_max_queries:  # a decode step over a quantized latent: attend to its codes
             self.kv_cache.append(input_pos, input_pos_maxp1, latent=latent, k_rope=k_rope)
-            k_rope = self.kv_cache.k_rope[:B, :input_pos_maxp1]  # (B, S, R)
-            o = self._absorbed_decode(q_nope, q_rope, codes[0], k_rope, input_pos_maxp1)  # (B, nh, 1, V)
+            upto = decode_length(self.kv_cache, input_pos_maxp1)
+            _, mask = cached_site_and_mask(T, input_pos, input_pos_maxp1, mask, upto)
+            k_rope = self.kv_cache.k_rope[:B, :upto]  # (B, S, R)
+            o = self._absorbed_decode(q_nope, q_rope, codes[0], k_rope, upto, mask)  # (B, nh, 1, V)
         else:
             latent, k_rope = self.kv_cache(input_pos, latent, k_rope, input_pos_maxp1)  # (B, S, L), (B, S, R)
             S = latent.size(1)
@@ -320,8 +322,6 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
             if T > self.absorb_max_queries:
                 o = self._expanded_attention(q_nope, q_rope, latent, k_rope, site, mask)
             else:
-                if site is Site.PREFILL:  # the heads are rows of one shared key: no common causal diagonal
-                    site, mask = Site.MASKED, causal_mask(input_pos, S)  # (1, 1, T, S)
                 o = self._absorbed_attention(q_nope, q_rope, self._cached_rows(latent, k_rope), site, mask)
         o = o.transpose(1, 2).reshape(B, T, -1)  # (B, nh, T, V) -> (B, T, nh V)
         return self.proj(o)  # (B, T, C)
@@ -379,7 +379,8 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         value = rows (q, k, v all L+R wide: flash-eligible without a mask, at DECODE). The scores are
         ``scale (q_lat c^T + q_rope k_r^T)``, exactly MLA's; of the output ``p [c ; k_r]`` the first L columns
         are ``o_lat = p c`` (FlashMLA's layout: K and V share the cache, V is K's first L columns). A mask
-        (1 or B, 1, T, S) is tiled over the heads' rows.
+        (1 or B, 1, T, S) is tiled over the heads' rows; a prefill from position 0 (PREFILL) keeps the heads
+        apart instead, each causal over the chunk, against the one shared head (SDPA's ``enable_gqa``).
         """
         w = self._absorbed_weights()
         B, nh, T, P = q_nope.shape
@@ -388,12 +389,16 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         q_lat = self._latent_queries(q_nope, w)  # (B, nh, T, L)
         softcapping = self.config.attention_logit_softcapping
         if softcapping is None:
-            q = torch.cat((q_lat, q_rope), dim=-1).reshape(B, 1, nh * T, L + R)  # heads as rows of one MQA head
-            if mask is not None:
-                mb = mask.size(0)
-                mask = mask.unsqueeze(2).expand(mb, 1, nh, T, S).reshape(mb, 1, nh * T, S)  # (mb, 1, nh T, S)
-            shared = rows.unsqueeze(1)  # (B, S, L+R) -> (B, 1, S, L+R): key and value
-            o = sdpa(q, shared, shared, site=site, scale=self.scale, mask=mask)  # (B, 1, nh T, L+R)
+            q = torch.cat((q_lat, q_rope), dim=-1)  # (B, nh, T, L+R)
+            shared = rows.unsqueeze(1)  # (B, S, L+R) -> (B, 1, S, L+R): key and value of one MQA head
+            if site is Site.PREFILL:  # causal over the chunk: one diagonal per head, the head shared (no copy)
+                o = sdpa(q, shared, shared, site=site, scale=self.scale, enable_gqa=True)  # (B, nh, T, L+R)
+            else:  # the heads as rows of the one head; a mask (mb, 1, T, S) tiled over them
+                q = q.reshape(B, 1, nh * T, L + R)  # (B, nh, T, L+R) -> (B, 1, nh T, L+R)
+                if mask is not None:
+                    mb = mask.size(0)
+                    mask = mask.unsqueeze(2).expand(mb, 1, nh, T, S).reshape(mb, 1, nh * T, S)  # (mb, 1, nh T, S)
+                o = sdpa(q, shared, shared, site=site, scale=self.scale, mask=mask)  # (B, 1, nh T, L+R)
             o_lat = o[..., :L].reshape(B, nh, T, L)  # p c: the latent columns
         else:
             latent, k_rope = rows.split((L, R), dim=-1)  # (B, S, L), (B, S, R)
@@ -401,23 +406,28 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
             scores += torch.einsum("bhtr,bsr->bhts", q_rope.float(), k_rope.float())
             if w.b_k is not None:  # softcapping is not shift-invariant: keep q_nope . b_K
                 scores += torch.einsum("bhtp,hp->bht", q_nope.float(), w.b_k.float()).unsqueeze(-1)
-            p = attention_probabilities(scores * self.scale, mask, softcapping)  # (B, nh, T, S) float32
+            causal = site is Site.PREFILL
+            p = attention_probabilities(scores * self.scale, mask, softcapping, causal)  # (B, nh, T, S) float32
             o_lat = torch.einsum("bhts,bsl->bhtl", p.to(latent.dtype), latent)  # (B, nh, T, L)
         return self._latent_values(o_lat, w)  # (B, nh, T, V)
 
-    def _absorbed_decode(self, q_nope, q_rope, latent: QuantizedSequence, k_rope, upto: int) -> torch.Tensor:
-        """:meth:`_absorbed_attention` of one decode step whose query sees the whole cache, reading the quantized
-        latent block by block from its codes (``quantization.decode_attention``; the latent is key and value).
+    def _absorbed_decode(self, q_nope, q_rope, latent: QuantizedSequence, k_rope, upto: int, mask) -> torch.Tensor:
+        """:meth:`_absorbed_attention` of one decode step, reading the quantized latent block by block from its codes
+        (``quantization.decode_attention``; the latent is key and value), in float32.
 
-        q_nope (B, nh, 1, P), q_rope (B, nh, 1, R), k_rope (B, S, R) of the `upto` cached positions -> (B, nh, 1, V).
+        q_nope (B, nh, 1, P), q_rope (B, nh, 1, R), k_rope (B, S, R) of the `upto` cached positions, mask (1 or B,
+        1, 1, S) or None (every position visible) -> (B, nh, 1, V).
         """
         w = self._absorbed_weights()
         B, nh, T, P = q_nope.shape
         q_lat = self._latent_queries(q_nope, w)  # (B, nh, T, L)
-        bias = torch.bmm((q_rope * self.scale).reshape(B, nh * T, -1), k_rope.mT)  # (B, nh T, R) @ (B, R, S)
+        q_rope = (q_rope.float() * self.scale).reshape(B, nh * T, -1)  # (B, nh T, R): heads as rows
+        bias = torch.bmm(q_rope, k_rope.float().mT)  # (B, nh T, R) @ (B, R, S) -> (B, nh T, S) float32
         softcapping = self.config.attention_logit_softcapping
         if softcapping is not None and w.b_k is not None:  # softcapping is not shift-invariant: keep q_nope . b_K
-            bias += torch.einsum("bhtp,hp->bht", q_nope, w.b_k).reshape(B, nh * T, 1) * self.scale
+            bias += torch.einsum("bhtp,hp->bht", q_nope.float(), w.b_k.float()).reshape(B, nh * T, 1) * self.scale
+        if mask is not None:
+            bias += mask_bias(mask, B, 1, nh * T)  # (B, nh T, S)
         o_lat = decode_attention(
             q_lat.reshape(B, nh * T, -1), latent, latent, upto, self.scale, bias=bias, softcapping=softcapping
         )  # (B, nh T, L): heads as query rows of the one shared latent

@@ -55,7 +55,7 @@ A decode step whose one query sees every cached position attends to the codes bl
 materialising the dequantized cache (:mod:`litgpt_mka.attention.quantized_attention`); other chunks read
 the dequantized rows of :meth:`QuantizedSequence.update`.
 
-Which buffers are quantized (each variant lists its cached rows, :meth:`AttentionVariant.kv_cache_rows`):
+Which buffers are quantized (each variant lists its cached rows, :meth:`AttentionVariant.kv_cache_quantized_rows`):
 GQA/MQA/MHA (``GroupedQueryAttention``) keys and values; MLA the latent, its RoPE key stays in the cache
 dtype (as FlashMLA keeps it in bf16); MKA/FMKA keys and values (and the ``outputs`` session branch), the
 ring of running sums stays float32. litgpt's own classes keep litgpt's cache and refuse the key.
@@ -78,13 +78,6 @@ KEYS = ("dtype", "group_size", "residual")
 SCALE_DTYPE = torch.float16
 _SCALE_MIN, _SCALE_MAX = 2.0**-24, 65504.0  # float16's smallest subnormal and largest number
 _FLOAT8_MAX = 448.0
-# converted numbers of one block of quantized_attention.decode_attention on a CPU: few enough to stay in the
-# cache between their conversion and the two matrix products that read them. Measured for one layer of
-# pythia-70m MHA int8 at batch 16 x 4096 (2-core AMD EPYC, 32 MiB L3): 8 and 16 MiB the fastest; 2 MiB 2.2x
-# slower (per-block overhead), 32 and 64 MiB 2.3-2.5x slower (out of the cache)
-BLOCK_BYTES = 8 * 2**20
-
-
 @dataclass(frozen=True)
 class KVQuantization:
     """A parsed ``kv_cache_quantization``: the stored dtype, the group size (capped at a row's width), the
@@ -227,25 +220,45 @@ def dequantize(
 
 
 # ------------------------------------------------------------------------------------------------ store
-_WORKSPACES: dict[tuple, torch.Tensor] = {}
+class Workspace:
+    """Scratch memory for reading quantized sequences, owned by the caches that read through it.
+
+    One per cache, and one for all the caches of a model once ``GPT.set_kv_cache`` has built them (the plugin
+    links them: :func:`share_workspace`), since a layer's attention consumes its rows before the next layer
+    reads: then it costs one layer's scratch, not ``n_layer``. Each role (a sequence's name: "k", "v",
+    "latent", ...; "/block" for a decode step's block) holds one flat tensor, allocated once at the largest size
+    the role asks for (its `capacity`: a whole sequence's rows, or a decode block's byte budget), so decode
+    steps never allocate; a new dtype or device allocates again.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, torch.Tensor] = {}
+
+    def get(self, role: str, numel: int, dtype: torch.dtype, device: torch.device, capacity: int) -> torch.Tensor:
+        """A flat tensor of `numel` numbers for `role` (at least `capacity` allocated, once)."""
+        held = self._held.get(role)
+        if held is None or held.numel() < numel or held.dtype != dtype or held.device != device:
+            held = self._held[role] = torch.empty(max(numel, capacity), dtype=dtype, device=device)
+        return held[:numel]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now (every role)."""
+        return sum(t.numel() * t.element_size() for t in self._held.values())
+
+    def release(self) -> None:
+        """Frees the scratch memory (the next read allocates it again)."""
+        self._held.clear()
 
 
-def workspace(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A flat workspace of at least `numel` numbers for the sequences called `name` ("k", "v", "latent", ...,
-    and their "/block"s), shared by every layer (a layer's attention consumes its rows before the next layer
-    writes them) and kept between decode steps (a fresh allocation per step costs page faults on the CPU); it
-    only grows. The dequantized rows of :meth:`QuantizedSequence.update` hold at most one layer's rows per
-    name (1 / n_layer of the unquantized cache); a :meth:`QuantizedSequence.block`, ``BLOCK_BYTES``."""
-    key = (name, device, dtype)
-    held = _WORKSPACES.get(key)
-    if held is None or held.numel() < numel:
-        held = _WORKSPACES[key] = torch.empty(numel, dtype=dtype, device=device)
-    return held[:numel]
-
-
-def release_workspaces() -> None:
-    """Frees the dequantization workspaces (the next quantized decode step allocates them again)."""
-    _WORKSPACES.clear()
+def share_workspace(model: nn.Module) -> Workspace:
+    """Gives every quantized sequence of `model`'s caches one :class:`Workspace` (``GPT.set_kv_cache`` calls this
+    through the plugin) and returns it."""
+    shared = Workspace()
+    for module in model.modules():
+        if isinstance(module, QuantizedSequence):
+            module.workspace = shared
+    return shared
 
 
 def _write(buffer: torch.Tensor, input_pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -282,6 +295,7 @@ class QuantizedSequence(nn.Module):
         positions = torch.full((lead[0], R), -1, device=device, dtype=torch.int64) if R else None
         self.register_buffer("recent", recent, persistent=False)  # (B, *heads, R, F)
         self.register_buffer("recent_positions", positions, persistent=False)  # (B, R)
+        self.workspace = Workspace()  # replaced by the model's shared one (share_workspace)
 
     def reset(self) -> None:
         for buffer in (self.codes, self.scales, self.offsets, self.recent):
@@ -310,7 +324,8 @@ class QuantizedSequence(nn.Module):
         lead = self.codes.shape[1:-2]
         # one spare position at `upto` takes the residual window's writes of empty slots (_exact_recent)
         shape = (bs, *lead, upto + 1, self.width)
-        rows = workspace(self.name, math.prod(shape), new.dtype, new.device).view(shape)
+        capacity = math.prod((self.codes.size(0), *lead, self.codes.size(-2) + 1, self.width))  # the whole sequence
+        rows = self.workspace.get(self.name, math.prod(shape), new.dtype, new.device, capacity).view(shape)
         dequantize(
             self.codes[:bs, ..., :upto, :], self.scales[:bs, ..., :upto, :],
             None if self.offsets is None else self.offsets[:bs, ..., :upto, :], self.quantization, new.dtype,
@@ -331,13 +346,13 @@ class QuantizedSequence(nn.Module):
         offsets = None if self.offsets is None else self.offsets.flatten(0, -3)[:n_rows, :upto, 0].to(dtype)
         return scales, offsets
 
-    def block(self, rows: slice, upto: int, dtype: torch.dtype) -> torch.Tensor:
+    def block(self, rows: slice, upto: int, dtype: torch.dtype, capacity: int) -> torch.Tensor:
         """Rows `rows` of the flattened ``(B * heads, S, F)`` view, first `upto` positions, as (r, upto, F) in
-        `dtype` (a reused workspace; no residual window): the codes as numbers when :meth:`row_scales` gives
-        the scales to fold, the dequantized rows otherwise."""
+        `dtype` (the workspace's "/block" role, `capacity` numbers; no residual window): the codes as numbers
+        when :meth:`row_scales` gives the scales to fold, the dequantized rows otherwise."""
         codes = self.codes.flatten(0, -3)[rows, :upto]  # (r, upto, F b/8)
         shape = (codes.size(0), upto, self.width)
-        x = workspace(self.name + "/block", math.prod(shape), dtype, codes.device).view(shape)
+        x = self.workspace.get(self.name + "/block", math.prod(shape), dtype, codes.device, capacity).view(shape)
         convert_codes(codes, self.quantization, out=x)  # (r, upto, F)
         if self.scales.size(-1) == 1:
             return x
@@ -367,16 +382,16 @@ class QuantizedSequence(nn.Module):
 
 
 __all__ = [
-    "BLOCK_BYTES",
     "DTYPES",
     "FIELD",
     "KVQuantization",
     "QuantizedSequence",
+    "Workspace",
     "apply_scales",
     "check_row_width",
     "convert_codes",
     "dequantize",
     "parse_quantization",
     "quantize",
-    "release_workspaces",
+    "share_workspace",
 ]

@@ -1,39 +1,56 @@
 """Attention of a decode step over a quantized KV cache, read from its codes (``kv_cache_quantization``).
 
-A decode step whose one query sees every cached position (``litgpt generate``'s loop; :func:`reads_codes`
-says when) never materialises the dequantized cache. The cached rows (batch x key/value heads, or MLA's batch
-rows) are read in blocks of at most ``quantization.BLOCK_BYTES`` of converted numbers, few enough to stay in
-a CPU's cache between their conversion and the two matrix products that read them, and with one group per row
-the scales act on the scores and on the attention weights instead of on the rows.
+A decode step (one query per sequence; :func:`reads_codes` says when) never materialises the dequantized cache.
+The cached rows (batch x key/value heads, or MLA's batch rows) are read in blocks of at most
+:func:`block_budget` bytes of converted numbers, few enough to stay in a cache of the processor between their
+conversion and the two matrix products that read them (a CPU's L2/L3, a GPU's L2), and with one group per row
+the scales act on the scores and on the attention weights instead of on the rows. Scores, softmax and the
+weighted sum run in float32 whatever the compute dtype (a bf16 model included); the result is cast back.
 
 Notation: ``q`` a query row, ``c_t`` the codes of position t as numbers, ``s_t``, ``z_t`` the float16 scale
 and offset of its one group (``z_t = 0`` but for int4; :mod:`litgpt_mka.attention.quantization`), so the
-dequantized row is ``x^_t = s_t c_t + z_t``; ``p_t`` the attention weights::
+dequantized row is ``x^_t = s_t c_t + z_t``; ``p_t`` the attention weights; ``m_t`` an additive mask (0, or
+float32's finite minimum where position t is not visible: rows at different positions, or no
+``input_pos_maxp1``)::
 
-    scores_t = scale q . x^_t = s_t (scale q . c_t) + z_t (scale sum(q))        keys
-    o        = sum_t p_t x^_t = sum_t (p_t s_t) c_t + sum_t p_t z_t              values
+    scores_t = scale q . x^_t + m_t = s_t (scale q . c_t) + z_t (scale sum(q)) + m_t       keys
+    o        = sum_t p_t x^_t = sum_t (p_t s_t) c_t + sum_t p_t z_t                         values
 
 A block costs one conversion of its codes (int4: two half-row unpacks) and two matrix products; with several
-groups per row the block is scaled in place first. Other chunks (prefill, batched positions, a residual
-window) read the dequantized rows of ``QuantizedSequence.update``; both give the same outputs to float error
-(tested per variant, with blocks of one row and more).
+groups per row the block is scaled in place first. Chunks of more than one query (prefill) and caches with a
+residual window read the dequantized rows of ``QuantizedSequence.update``; both give the same outputs to float
+error (tested per variant, with blocks of one row and more).
+
+Bytes per decode step and layer, against an unquantized cache of ``b`` bytes per number: the codes and scales
+(int8: ``1 + 2/G`` bytes per number) are read once from memory; the converted block is written and read twice
+in float32, in the processor's cache when the block fits :func:`block_budget`. On a CPU that is a win where the
+cache dominates (measured: ``docs/benchmarks/``). On a GPU the memory traffic is ``(1 + 2/G) / b`` of the
+unquantized cache's (0.52x of bf16 at int8, G = 64), but this is a dozen PyTorch kernels per block, not one
+fused kernel: at the sizes of the presets the launches (microseconds each) can outweigh the bytes saved
+(tens of microseconds per layer at a batch of 16 x 4096 on an H100's bandwidth), so on a GPU the quantized
+cache buys capacity (more sequences in the same memory) before speed; ``benchmarks/gpu.sh`` measures it.
 """
 
 import torch
 import torch.nn as nn
 from litgpt.model import do_softcapping
 
-from litgpt_mka.attention.kv_cache import attends_to_whole_cache
-from litgpt_mka.attention.quantization import BLOCK_BYTES, QuantizedSequence
+from litgpt_mka.attention.dispatch import additive_mask
+from litgpt_mka.attention.quantization import QuantizedSequence
+
+# converted bytes of one block on a CPU: measured for one layer of pythia-70m MHA int8 at batch 16 x 4096
+# (2-core AMD EPYC, 32 MiB L3): 8 and 16 MiB the fastest; 2 MiB 2.2x slower (per-block overhead), 32 and
+# 64 MiB 2.3-2.5x slower (out of the cache)
+BLOCK_BYTES = 8 * 2**20
 
 
-def reads_codes(cache: nn.Module, names: tuple[str, ...], T: int, input_pos: torch.Tensor | None,
-                input_pos_maxp1: int | None) -> tuple[QuantizedSequence, ...] | None:
+def reads_codes(cache: nn.Module, names: tuple[str, ...], T: int,
+                input_pos: torch.Tensor | None) -> tuple[QuantizedSequence, ...] | None:
     """The quantized sequences `names` of `cache` when this chunk attends to their codes (:func:`decode_attention`):
-    one query that sees every cached position (``attends_to_whole_cache``) and sequences without a residual
-    window. None: the chunk reads the dequantized rows (``KVCacheBase.update``) or uses no cache (``input_pos``
-    None)."""
-    if input_pos is None or not attends_to_whole_cache(T, input_pos, input_pos_maxp1):
+    one query per sequence (T = 1, at any positions, with or without ``input_pos_maxp1``) and sequences without a
+    residual window. None: the chunk reads the dequantized rows (``KVCacheBase.update``) or uses no cache
+    (``input_pos`` None)."""
+    if input_pos is None or T != 1:
         return None
     sequences = tuple(getattr(cache, name, None) for name in names)
     if all(isinstance(sequence, QuantizedSequence) and not sequence.residual for sequence in sequences):
@@ -41,15 +58,33 @@ def reads_codes(cache: nn.Module, names: tuple[str, ...], T: int, input_pos: tor
     return None
 
 
+def mask_bias(mask: torch.Tensor | None, B: int, n: int, Q: int) -> torch.Tensor | None:
+    """A decode step's boolean mask (1 or B, 1, 1, S) -> the additive float32 bias (B n, Q, S) of
+    :func:`decode_attention`'s rows (n cached rows per sequence, Q query rows each); None stays None."""
+    if mask is None:
+        return None
+    mb, _, _, S = mask.shape
+    bias = additive_mask(mask, torch.float32).view(mb, 1, 1, S)  # (mb, 1, 1, S)
+    return bias.expand(B, n, Q, S).reshape(B * n, Q, S)  # (B n, Q, S)
+
+
+def block_budget(device: torch.device) -> int:
+    """Converted bytes per block: ``BLOCK_BYTES`` on a CPU (measured), half the L2 cache on a CUDA GPU (a design
+    choice, not yet measured: the block is written and read back while the codes stream past it)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).L2_cache_size // 2
+    return BLOCK_BYTES
+
+
 def _rows_per_block(row_bytes: int, N: int, device: torch.device) -> int:
-    """Cached rows per block: about as many as fit ``BLOCK_BYTES`` on a CPU (at least one), rounded to a multiple
-    of the torch threads, over which the matrix products split their batch (one layer of pythia-70m MHA at batch
-    16 x 4096 on 2 threads: blocks of 3 rows 2.1x slower than of 4, of 2 rows 1.3x); one block of all N rows
-    elsewhere."""
-    if device.type != "cpu":
-        return N
-    per_block, threads = max(1, BLOCK_BYTES // row_bytes), torch.get_num_threads()
-    return threads * round(per_block / threads) if per_block > threads else per_block
+    """Cached rows per block: as many as fit :func:`block_budget` (at least one, at most N); on a CPU rounded to a
+    multiple of the torch threads, over which the matrix products split their batch (one layer of pythia-70m MHA
+    at batch 16 x 4096 on 2 threads: blocks of 3 rows 2.1x slower than of 4, of 2 rows 1.3x)."""
+    per_block = max(1, block_budget(device) // row_bytes)
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        per_block = threads * round(per_block / threads) if per_block > threads else per_block
+    return min(per_block, N)
 
 
 def decode_attention(
@@ -57,41 +92,44 @@ def decode_attention(
     bias: torch.Tensor | None = None, softcapping: float | None = None,
 ) -> torch.Tensor:
     """Softmax attention over the first `upto` positions of quantized sequences, read block by block from their
-    codes (the equations in the module docstring).
+    codes (the equations in the module docstring), in float32.
 
     Args:
         q: (N, Q, Fk): Q query rows for each of the N cached rows (the sequences' leading dimensions flattened:
             batch x key/value heads, whose group of query heads are the Q rows; MLA: batch, its heads).
         keys, values: sequences of rows (N, S, Fk) and (N, S, Fv); `values` may be `keys` (MLA's latent is
             both), then each block is converted once.
-        upto: positions attended to (``input_pos_maxp1``).
+        upto: positions attended to (``input_pos_maxp1``, or the cache's length).
         scale: the softmax scale.
-        bias: (N, Q, upto) added to the scaled scores (MLA's RoPE part), or None.
+        bias: (N, Q, upto) float32 added to the scaled scores (MLA's RoPE part, an additive mask), or None.
         softcapping: litgpt's ``attention_logit_softcapping`` of the scores, or None.
 
     Returns:
         (N, Q, Fv) in q's dtype.
     """
     N, Q, _ = q.shape
-    q = q * scale  # (N, Q, Fk)
+    compute = torch.float32
+    q32 = q.to(compute) * scale  # (N, Q, Fk)
     shared = values is keys
-    key_scales = keys.row_scales(N, upto, q.dtype)  # 2x (N, upto) (offsets: int4), or None: blocks dequantized
-    value_scales = key_scales if shared else values.row_scales(N, upto, q.dtype)
-    q_sums = q.sum(-1, keepdim=True) if key_scales is not None and key_scales[1] is not None else None  # (N, Q, 1)
-    out = q.new_empty(N, Q, values.width)
-    per_block = _rows_per_block(upto * (keys.width + (0 if shared else values.width)) * q.element_size(), N, q.device)
+    key_scales = keys.row_scales(N, upto, compute)  # 2x (N, upto) (offsets: int4), or None: blocks dequantized
+    value_scales = key_scales if shared else values.row_scales(N, upto, compute)
+    q_sums = q32.sum(-1, keepdim=True) if key_scales is not None and key_scales[1] is not None else None  # (N, Q, 1)
+    out = q32.new_empty(N, Q, values.width)
+    row_bytes = upto * (keys.width + (0 if shared else values.width)) * compute.itemsize
+    per_block = _rows_per_block(row_bytes, N, q.device)
+    capacity = block_budget(q.device) // compute.itemsize + upto * max(keys.width, values.width)  # >= one row
     for start in range(0, N, per_block):
         rows = slice(start, min(start + per_block, N))
-        k = keys.block(rows, upto, q.dtype)  # (r, upto, Fk)
-        scores = _scores(q[rows], k, _rows_of(key_scales, rows), None if q_sums is None else q_sums[rows])
+        k = keys.block(rows, upto, compute, capacity)  # (r, upto, Fk)
+        scores = _scores(q32[rows], k, _rows_of(key_scales, rows), None if q_sums is None else q_sums[rows])
         if bias is not None:
             scores.add_(bias[rows])
         if softcapping is not None:
             scores = do_softcapping(scores, softcapping)
-        p = scores.softmax(dim=-1) if q.dtype == torch.float32 else scores.softmax(-1, torch.float32).to(q.dtype)
-        v = k if shared else values.block(rows, upto, q.dtype)  # (r, upto, Fv)
+        p = scores.softmax(dim=-1)  # (r, Q, upto) float32
+        v = k if shared else values.block(rows, upto, compute, capacity)  # (r, upto, Fv)
         _weighted_values(p, v, _rows_of(value_scales, rows), out=out[rows])
-    return out
+    return out.to(q.dtype)
 
 
 def _rows_of(scales: tuple[torch.Tensor, torch.Tensor | None] | None, rows: slice):
@@ -127,4 +165,4 @@ def _weighted_values(p: torch.Tensor, v: torch.Tensor, scales, out: torch.Tensor
         out += offset_sums
 
 
-__all__ = ["decode_attention", "reads_codes"]
+__all__ = ["BLOCK_BYTES", "block_budget", "decode_attention", "mask_bias", "reads_codes"]

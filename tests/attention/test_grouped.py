@@ -13,21 +13,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from litgpt.generate.base import generate
+from litgpt.model import GPT, CausalSelfAttention
 from torch.profiler import ProfilerActivity, profile
 
 import litgpt_mka  # noqa: F401  (activates the plugin for litgpt modules imported below)
-from litgpt.generate.base import generate
-from litgpt.model import GPT, CausalSelfAttention
-
-from litgpt_mka.attention.dispatch import Site
+from litgpt_mka.attention.dispatch import Site, cached_site
 from litgpt_mka.attention.grouped import GroupedQueryAttention, grouped_attention
-from litgpt_mka.attention.kv_cache import attends_to_whole_cache
 from litgpt_mka.attention.registry import build_gpt
 from litgpt_mka.measure.kv_cache_size import allocated_kv_cache_bytes, kv_cache_bytes_per_token
 from tests.helpers import (
-    assert_rows_at_different_positions_match_full_forward,
     assert_cached_decode_matches_full_forward,
     assert_chunked_prefill_matches_single_prefill,
+    assert_rows_at_different_positions_match_full_forward,
+    attention_kernels_run,
     preset_config,
     random_gpt,
     run_with_plugin,
@@ -244,11 +243,12 @@ def test_grouped_attention_errors():
         grouped_attention(q, q, q, scale=1.0, site=Site.MASKED)
 
 
-def test_whole_cache_rule_reads_shapes_only():
-    assert attends_to_whole_cache(1, torch.tensor([7]), 8)
-    assert not attends_to_whole_cache(1, torch.tensor([7]), None)  # S = max_seq_length: later slots masked
-    assert not attends_to_whole_cache(1, torch.tensor([[7], [3]]), 8)  # rows at different positions
-    assert not attends_to_whole_cache(4, torch.arange(4, 8), 8)  # a chunk: causal within it
+def test_call_site_rule_reads_shapes_only():
+    assert cached_site(1, torch.tensor([7]), 8) is Site.DECODE
+    assert cached_site(1, torch.tensor([7]), None) is Site.MASKED  # S = max_seq_length: later slots masked
+    assert cached_site(1, torch.tensor([[7], [3]]), 8) is Site.MASKED  # rows at different positions
+    assert cached_site(4, torch.arange(4, 8), 8) is Site.MASKED  # a chunk at an offset: causal within it
+    assert cached_site(4, torch.arange(4), 4) is Site.PREFILL  # from position 0: causal over itself
 
 
 def sdpa_calls_in_one_decode_step(model: GPT) -> list:
@@ -304,12 +304,15 @@ def test_flash_attention_dispatched_in_training_forward(layout):
 
 @pytest.mark.parametrize("path", ("pythia-70m-gqa", "pythia-70m-mqa"))
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_flash_attention_dispatched_on_cuda(path):
+def test_fused_attention_dispatched_on_cuda(path):
+    """A fused kernel (which one is PyTorch's choice on that GPU, printed), never the math fallback."""
     config = preset_config(path, n_layer=1)
     with torch.device("cuda"):
         model = GPT(config).to(torch.bfloat16)
         idx = torch.zeros(1, 32, dtype=torch.long)
-    assert count_ops(model, idx, "aten::_scaled_dot_product_flash_attention") == 1
+    kernels = attention_kernels_run(model, idx)
+    print(f"{path}: {kernels}")
+    assert len(kernels) == 1 and kernels[0] != "math"
 
 
 @pytest.mark.parametrize("layout", ("gqa", "mqa"))

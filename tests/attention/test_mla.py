@@ -18,9 +18,10 @@ from litgpt_mka.attention.dispatch import Site
 from litgpt_mka.attention.mla import LatentKVCache, MultiheadLatentAttention, default_absorb_max_queries
 from litgpt_mka.attention.registry import attention_class, build_gpt
 from tests.helpers import (
-    assert_rows_at_different_positions_match_full_forward,
     TINY_LATENT,
     assert_cached_decode_matches_full_forward,
+    assert_rows_at_different_positions_match_full_forward,
+    attention_kernels_run,
     decode_token_by_token,
     prefill_in_chunks,
     preset_config,
@@ -372,19 +373,21 @@ def test_three_presets_exist():
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_preset_training_forward_dispatches_flash_attention(path):
+    """The CPU's flash kernel here; on a GPU a fused kernel (PyTorch's choice, printed), never the math fallback."""
     config = preset_config(path.stem, n_layer=1)  # attention dims as in the preset
     assert config.qk_head_dim == config.v_head_dim  # flash needs equal q/k/v head widths
-    on_cuda = torch.cuda.is_available()
-    # CUDA's flash kernel takes half precision only; the CPU one takes fp32
-    device, dtype = ("cuda", torch.bfloat16) if on_cuda else ("cpu", torch.float32)
-    flash_op = "aten::_scaled_dot_product_flash_attention" + ("" if on_cuda else "_for_cpu")
-    with torch.device(device):
-        model = GPT(config).to(dtype)
-        idx = torch.zeros(1, 32, dtype=torch.long)
+    if torch.cuda.is_available():  # CUDA's flash kernel takes half precision only
+        with torch.device("cuda"):
+            model = GPT(config).to(torch.bfloat16)
+            idx = torch.zeros(1, 32, dtype=torch.long)
+        kernels = attention_kernels_run(model, idx)
+        print(f"{path.stem}: {kernels}")
+        assert kernels and "math" not in kernels
+        return
+    model = GPT(config)
     with torch.profiler.profile() as profile:
-        model(idx)
-    ops = {event.key for event in profile.key_averages()}
-    assert flash_op in ops
+        model(torch.zeros(1, 32, dtype=torch.long))
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in {event.key for event in profile.key_averages()}
 
 
 # --------------------------------------------------------------------------- litgpt generate, end to end

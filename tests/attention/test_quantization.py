@@ -278,15 +278,18 @@ def test_litgpt_generate_loop_decodes_from_the_codes_and_greedily_as_the_referen
     assert blocks, "litgpt generate's decode steps did not read the codes"
 
 
-def test_a_cpu_block_holds_whole_rows_per_thread(monkeypatch):
-    """Blocks of about BLOCK_BYTES, a multiple of the threads over which bmm splits its batch; elsewhere one block."""
+def test_a_block_holds_whole_rows_within_the_budget(monkeypatch):
+    """Blocks of about BLOCK_BYTES on a CPU, a multiple of the threads over which bmm splits its batch; on other
+    devices the budget alone (never all N rows regardless of their bytes)."""
     from litgpt_mka.attention import quantized_attention as qa
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     cpu, budget = torch.device("cpu"), qa.BLOCK_BYTES
     assert [qa._rows_per_block(budget // n, 128, cpu) for n in (1, 2, 3, 5, 7, 8)] == [1, 2, 4, 4, 8, 8]
     assert qa._rows_per_block(4 * budget, 128, cpu) == 1  # a row larger than the budget is a block of its own
-    assert qa._rows_per_block(1, 128, torch.device("meta")) == 128
+    assert qa._rows_per_block(1, 128, cpu) == 128  # never more than the rows there are
+    meta = torch.device("meta")
+    assert [qa._rows_per_block(budget // n, 128, meta) for n in (1, 3, 5)] == [1, 3, 5]  # no rounding to threads
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -34,7 +34,8 @@ holds it.
     so that it builds its cheap ``CausalSelfAttention`` rather than its MLA (which needs ``q_lora_rank``).
     Every ``Block`` subclass (litgpt's LoRA and adapter blocks, user code) must end up holding
     ``config.attention_class``, else ``ValueError``; a non-strict ``GPT.load_state_dict`` that would drop
-    attention weights raises, one that leaves attention parameters unset warns.
+    attention weights raises, one that leaves attention parameters unset warns. ``GPT.set_kv_cache`` is
+    wrapped: the quantized caches it built share one scratch workspace.
 
 ``utils.py``: ``litgpt.utils``  -- ``extend_utils_module``
     ``get_default_supported_precision`` (bf16 on every machine without CUDA) is replaced by

@@ -6,6 +6,9 @@
     ``__init__`` runs for a class other than its own MLA, ``latent_attention`` is hidden from it, so that it
     builds its cheap ``CausalSelfAttention`` rather than its MLA (which needs ``q_lora_rank``).
 
+``GPT.set_kv_cache`` is wrapped: the quantized caches it built share one scratch workspace
+(``attention.quantization.share_workspace``).
+
 ``guard_attention_variant`` (installed by ``extend_model_module``)
     Every ``Block`` subclass (litgpt's LoRA and adapter blocks, user code) must end up holding
     ``config.attention_class``, else ``ValueError``; a non-strict ``GPT.load_state_dict`` that would drop
@@ -42,7 +45,23 @@ def extend_model_module(module: ModuleType) -> None:
 
     __init__.__doc__ = litgpt_init.__doc__
     block_cls.__init__ = __init__
+    _share_quantized_workspace(module.GPT)
     guard_attention_variant(module)
+
+
+def _share_quantized_workspace(gpt_cls: type) -> None:
+    """``GPT.set_kv_cache``: after litgpt built every block's cache, the quantized caches share one scratch
+    workspace (:func:`~litgpt_mka.attention.quantization.share_workspace`): one layer's scratch, not n_layer."""
+    from litgpt_mka.attention.quantization import share_workspace
+
+    litgpt_set_kv_cache = gpt_cls.set_kv_cache
+
+    def set_kv_cache(self, *args, **kwargs) -> None:
+        litgpt_set_kv_cache(self, *args, **kwargs)
+        share_workspace(self)
+
+    set_kv_cache.__doc__ = litgpt_set_kv_cache.__doc__
+    gpt_cls.set_kv_cache = set_kv_cache
 
 
 # --------------------------------------------------------------- guard: a built model honours its config
