@@ -26,7 +26,9 @@ under the public ``aten::scaled_dot_product_attention``). Call sites, on a batch
 
 A cell names each kernel and how many calls reached it (``flash x6``: six calls, one per layer), and in brackets
 the site :mod:`litgpt_mka.attention.dispatch` named for each call (``outside dispatch``: an SDPA call it did not
-make); ``no SDPA`` means the call site computed its attention without ``scaled_dot_product_attention``.
+make); ``no SDPA`` means the call site computed its attention without ``scaled_dot_product_attention``. A line
+after the table names every cell that reached the math fallback, an unknown kernel or an error ("none" on a GPU
+is what the dispatch module promises for the presets).
 
 ``fsdp``: torch FSDP2 (``fully_shard`` per ``Block``, then the whole model) on one process (world size 1:
 NCCL on CUDA, gloo on the CPU), a few AdamW steps of each preset on one fixed random batch, against the same
@@ -51,6 +53,7 @@ import copy
 import importlib.metadata
 import os
 import platform
+import re
 import socket
 import statistics
 import time
@@ -261,6 +264,7 @@ def backends(args: argparse.Namespace, section: Section) -> None:
         " scaled_dot_product_attention.", "",
     )
     section.table(["variant"] + list(sites))
+    unfused = []  # "variant / site" of the cells whose calls reached no fused kernel (or failed)
     for variant in args.variants:
         cells, models = [variant], {}
         for name, (prepare, quantization) in sites.items():
@@ -270,8 +274,10 @@ def backends(args: argparse.Namespace, section: Section) -> None:
                 cells.append(sdpa_kernels(prepare(models[quantization]), grad=name == "training"))
             except Exception as error:  # noqa: BLE001  (the table reports it; the other cells still run)
                 cells.append(f"error: {short_error(error)}")
+            if re.search(r"\b(math|\?) x|^error", cells[-1]):
+                unfused.append(f"{variant} / {name}")
         section.row(cells)
-    section.write("")
+    section.write("", f"Math fallback, unknown kernel or error at: {', '.join(unfused) or 'none'}.", "")
 
 
 # ------------------------------------------------------------------------------------------------ fsdp

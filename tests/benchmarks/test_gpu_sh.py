@@ -61,6 +61,7 @@ def test_every_stage_writes_its_tables_on_the_cpu(tmp_path, shared_data, tokeniz
     sites = table_rows(stage1, "| variant | training | prefill | decode | decode rows (B,1) | decode, no maxp1 |")
     assert [row[0] for row in sites] == ["mha", "mla"]
     assert all(KERNEL_CELL.fullmatch(cell) for row in sites for cell in row[1:]), sites
+    assert "Math fallback, unknown kernel or error at: none." in stage1
     assert re.search(r"^1 passed, \d+ deselected", stage1, re.M)
     (fsdp,) = table_rows(stage1, "| variant | unsharded losses | FSDP losses |")
     assert fsdp[0] == "mha" and float(fsdp[3]) <= 1e-5, fsdp  # world size 1: the same steps
