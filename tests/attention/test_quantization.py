@@ -381,3 +381,22 @@ def test_litgpt_generate_decodes_through_a_quantized_cache(variant, dtype, token
     text = generated.stdout.strip().splitlines()[-1]
     assert text.startswith(prompt) and len(text) > len(prompt) + 12
     assert f"'kv_cache_quantization': '{dtype}'" in generated.stderr
+
+
+@torch.no_grad()
+def test_caches_of_a_model_share_one_workspace_that_decode_steps_never_reallocate():
+    """``GPT.set_kv_cache`` links every quantized sequence to one Workspace (one layer's scratch, not n_layer);
+    after the first step of each kind its tensors stay the same ones, however long the decode runs."""
+    model = random_gpt(quantized_config("gqa", "int8"))
+    model.set_kv_cache(batch_size=2, max_seq_length=32)
+    sequences = [module for module in model.modules() if isinstance(module, QuantizedSequence)]
+    assert len(sequences) == 2 * model.config.n_layer
+    assert len({id(sequence.workspace) for sequence in sequences}) == 1
+    workspace, idx = sequences[0].workspace, tokens(2, 24)
+    model(idx[:, :5], torch.arange(5), input_pos_maxp1=5)  # prefill: the dequantized rows
+    model(idx[:, 5:6], torch.tensor([5]), input_pos_maxp1=6)  # a decode step: the blocks
+    held = {role: tensor.data_ptr() for role, tensor in workspace._held.items()}
+    assert set(held) == {"k", "v", "k/block", "v/block"}
+    for t in range(6, 24):
+        model(idx[:, t : t + 1], torch.tensor([t]), input_pos_maxp1=t + 1)
+    assert {role: tensor.data_ptr() for role, tensor in workspace._held.items()} == held
