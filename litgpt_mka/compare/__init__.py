@@ -18,8 +18,8 @@ Modules (one concern each)
 * :mod:`.worker`: ``python -m litgpt_mka.compare.worker {train,evaluate} RUN_DIR``: the per-run processes.
 * :mod:`.evaluate`: the exact held-out evaluation of a checkpoint.
 * :mod:`.measure`: parameters, training throughput, peak memory, KV cache, decode speed.
-* :mod:`.summary`: per-variant mean ± std over seeds, differences to the reference with their standard
-  error, the Pareto frontier.
+* :mod:`.summary`: per-variant mean ± std over seeds, differences to the reference with their t-test and
+  verdict, the Pareto frontier; :mod:`.statistics`: Student's t, the paired and Welch tests, Holm's adjustment.
 * :mod:`.tasks`: lm-eval task scores of each run's final checkpoint (``--lm_eval_tasks``).
 * :mod:`.kv_quantization`: cached decoding of each run's final checkpoint through quantized KV caches
   (``--kv_cache_quantizations``).
@@ -27,7 +27,7 @@ Modules (one concern each)
   a typed :class:`~.records.Results` (they import neither the runner nor the plan).
 * :mod:`.environment`, :mod:`.atomic`: versions/machine, and atomic file writes.
 
-Imports run one way: options, records <- layout <- plan <- runner -> report -> summary, plots; the
+Imports run one way: options, records <- layout <- plan <- runner -> report -> summary -> statistics, plots; the
 workers import layout, records and measure (and tasks, kv_quantization). The busy rule and the decode measurement are
 :mod:`litgpt_mka.measure`'s; what a variant is (its label, whether it is MHA or routes memories) the registry's.
 
@@ -87,7 +87,9 @@ Metrics
 * Routing weights (MKA/FMKA): mean lambda per layer and memory on the primary text
   (:func:`litgpt_mka.attention.mka.routing_weights`).
 * Differences: primary validation loss of every variant minus the reference's (default: the MHA config),
-  with a Welch standard error and a verdict (better, worse, tied within noise): :mod:`.summary`.
+  with its 95% interval, df and p from a paired t-test (``--paired``, the default: paired initialisation) or a
+  Welch t-test, Holm-adjusted over the variants, and a verdict (better, worse, cannot tell): :mod:`.summary`,
+  :mod:`.statistics`.
 * Decode: greedy cached decode tokens/s (:func:`litgpt_mka.measure.decode_speed.measure_decode_tokens_per_second`) at
   ``context_length`` prompt tokens and ``decode_batch_size`` sequences, in the decode dtype (default:
   the dtype of ``litgpt generate``'s default precision on the machine: bfloat16 on bf16 GPUs and on CPUs with

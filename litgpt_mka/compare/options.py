@@ -38,6 +38,11 @@ class CompareOptions:
     """Output folder (runs/ and the report)."""
     seeds: list[int] = field(default_factory=lambda: [42])
     """Model-initialisation seeds (litgpt --seed); each config runs once per seed."""
+    paired: bool = True
+    """Paired initialisation: for a seed, every parameter that two configs share by name and shape starts from the
+    same values (the variants' own parameters from their own draws), so seed s of every variant is a matched pair
+    and the report decides by paired t-tests; false: litgpt's own initialisation and Welch t-tests
+    (docs/comparing.md: Paired runs)."""
     train_path: Path | None = None
     """Training text for every run (TextCorpus data.train_path); default: the YAMLs'."""
     val_path: list[Path] | None = None

@@ -297,6 +297,7 @@ def plan_runs(options: CompareOptions, decode_dtype: str) -> tuple[SharedSetting
                 name=f"{path.stem}-seed{seed}", variant=path.stem, config_path=str(path), config_sha256=sha, seed=seed,
                 pretrain_args=pretrain_arguments(path, seed, options, shared),
                 val_paths=[str(p) for p in shared.val_paths], measure=measure,
+                paired_init=True if options.paired else None,  # None: specs written before pairing resume unpaired
             )
             runs.append(RunPlan.in_comparison(out_dir, len(runs) + 1, spec))
     return shared, runs, reference_variant(yamls, options)

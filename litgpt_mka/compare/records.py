@@ -346,8 +346,17 @@ class Difference:
     se: float | None  # None when either side has fewer than two finished seeds
     n: int
     n_reference: int
-    verdict: str  # "better", "worse", "tied within noise", or "SE unknown" / "no runs"
+    verdict: str  # "better", "worse", "cannot tell" ("tied within noise": the screening rule), "SE unknown", "no runs"
     sentence: str
+    # the t-test (rule "t-test"; None under the screening rule, and where no SE exists)
+    t_test: str | None = None  # "paired" or "Welch"
+    t_df: float | None = None  # degrees of freedom (None: SE 0)
+    ci95_low: float | None = None  # the 95% interval of the difference
+    ci95_high: float | None = None
+    p_value: float | None = None  # two-sided
+    p_holm: float | None = None  # Holm-adjusted over the comparisons with the reference (p_value when alone)
+    holm_comparisons: int | None = None
+    pairs: int | None = None  # paired: the seeds both sides finished
 
 
 @dataclass(frozen=True)
@@ -421,6 +430,7 @@ class RunSpec:
     pretrain_args: list[str]  # `litgpt pretrain` arguments but --out_dir
     val_paths: list[str]  # every validation text, the primary (litgpt's data.val_path) first
     measure: MeasureSettings
+    paired_init: bool | None = None  # True: compare --paired (the worker sets LITGPT_MKA_PAIRED_INIT=1); None: not
 
 
 @dataclass(frozen=True)
@@ -434,6 +444,9 @@ class Settings:
     tokenizer_dir: str
     data_seed: int
     measure: MeasureSettings
+    # added with paired runs and t-test verdicts; None in comparisons written before (unpaired, the screening rule)
+    paired_init: bool | None = None  # compare --paired: shared parameters start equal for a seed
+    verdict_rule: str | None = None  # litgpt_mka.compare.summary.VERDICT_RULES; None: "2-SE screening"
 
 
 @dataclass(frozen=True)
@@ -454,10 +467,12 @@ class Results:
 
 
 # ----------------------------------------------------------------------------------------------- JSON
-# fields added for lm-eval task scores and quantized caches; left out of the JSON while empty, so results without
+# fields added for lm-eval task scores, quantized caches, paired runs and t-tests; left out of the JSON while empty, so results without
 # them stay as before
 _OMITTED_WHEN_EMPTY = frozenset(
-    {"lm_eval", "task_scores", "task_stderrs", "task_differences", "kv_quantization", "quantized_caches"}
+    {"lm_eval", "task_scores", "task_stderrs", "task_differences", "kv_quantization", "quantized_caches",
+     "t_test", "t_df", "ci95_low", "ci95_high", "p_value", "p_holm", "holm_comparisons", "pairs", "paired_init",
+     "verdict_rule"}
 )
 
 

@@ -16,7 +16,11 @@ The functions take the typed :class:`~litgpt_mka.compare.records.Results` (the r
 folders, :func:`read_results` from a saved file); this module imports neither the runner nor the plan.
 A saved ``results.json`` is rendered again, e.g. with another reference, by::
 
-    python -m litgpt_mka.compare.report OUT/results.json [--reference NAME]
+    python -m litgpt_mka.compare.report OUT/results.json [--reference NAME] [--verdict_rule t-test]
+
+Which rule decides the differences is saved with the results (``settings.verdict_rule``): comparisons written
+before the t-test keep the screening rule they were written with, so their reports render as committed;
+``--verdict_rule t-test`` decides them again by Welch t-tests (they were not paired).
 """
 
 import argparse
@@ -33,10 +37,11 @@ from litgpt_mka.compare.atomic import read_json, write_json, write_text
 from litgpt_mka.compare.layout import REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUN_LOG, RUNS_DIR
 from litgpt_mka.compare.options import MIN_CURVE_POINTS
 from litgpt_mka.compare.records import (
-    RESULTS_SCHEMA, Environment, PhaseLoad, Results, RunResult, Settings, Stat, VariantSummary, from_json, read_run,
-    to_json,
+    RESULTS_SCHEMA, Difference, Environment, PhaseLoad, Results, RunResult, Settings, Stat, VariantSummary, from_json,
+    read_run, to_json,
 )
-from litgpt_mka.compare.summary import SE_FACTOR, summarize, task_key
+from litgpt_mka.compare.statistics import LEVEL
+from litgpt_mka.compare.summary import SCREENING, SE_FACTOR, T_TEST, VERDICT_RULES, p_text, summarize, task_key
 from litgpt_mka.measure.load import BUSY_LOAD_MARGIN
 
 NO_VALUE = "—"
@@ -284,6 +289,8 @@ def difference_lines(results: Results) -> list[str]:
         return ["No reference: no config is MHA (every query head with its own key/value head), and"
                 " no `--reference NAME` was given, so no differences are reported."]
     rows = [row for row in results.summary if row.difference is not None]
+    if verdict_rule(results.settings) == T_TEST:
+        return _tested_difference_lines(results, rows, primary)
     lines = [
         f"Validation loss on `{primary}` of each variant minus that of **{results.reference}** (nats/token; negative"
         f" is better). d = mean_v - mean_r over the finished seeds; SE = sqrt(s_v^2/n_v + s_r^2/n_r) with s the"
@@ -299,6 +306,59 @@ def difference_lines(results: Results) -> list[str]:
         d = row.difference
         lines.append(f"| {row.variant} | {NO_VALUE if d.difference is None else f'{d.difference:+.4f}'} |"
                      f" {NO_VALUE if d.se is None else f'{d.se:.4f}'} | {d.n}, {d.n_reference} | {d.verdict} |")
+    return lines + [""] + [f"- {row.difference.sentence}" for row in rows]
+
+
+def verdict_rule(settings: Settings) -> str:
+    """The rule that decides the comparison's verdicts: the saved one, else the screening rule of its time."""
+    return settings.verdict_rule or SCREENING
+
+
+def design_text(settings: Settings) -> str:
+    """The design and the rule, as the report states them."""
+    if settings.paired_init:
+        design = ("**Paired design**: for a seed, every parameter the variants share by name and shape started from"
+                  " the same values (`compare --paired`), and every run read the same training windows in the same"
+                  " order, so seed s of each variant is a matched pair. Paired t-test on the per-seed differences"
+                  " over the seeds both finished: d = mean(v_s - r_s), SE = s_d / sqrt(k), df = k - 1.")
+    else:
+        design = ("**Unpaired design**: the seed changes the initialisation, which litgpt draws from one stream in"
+                  " module order, so the same seed gives two architectures different values even where they share"
+                  " parameters. Welch t-test: d = mean_v - mean_r, SE = sqrt(s_v^2/n_v + s_r^2/n_r), df by"
+                  " Welch-Satterthwaite.")
+    return (f"{design} The {LEVEL:.0%} interval is d ± t(0.975, df) SE, p two-sided. Rule: better or worse only"
+            f" where p, adjusted by Holm's method for the several comparisons with the reference (one per variant),"
+            f" is below {1 - LEVEL:.2f}, so that the interval excludes 0; otherwise cannot tell (± the smallest"
+            " detectable difference: the interval's half-width, the smallest difference these seeds could have told"
+            " from 0). With fewer than two seeds (pairs) the SE is unknown and no claim is made.")
+
+
+def _interval(d: Difference) -> str:
+    return NO_VALUE if d.ci95_low is None else f"[{d.ci95_low:+.4f}, {d.ci95_high:+.4f}]"
+
+
+def _tested_cells(d: Difference) -> list[str]:
+    """difference, 95% interval, test (df), p, p (Holm), seeds, verdict: the cells of a t-tested difference."""
+    test = NO_VALUE if d.t_test is None else d.t_test + ("" if d.t_df is None else f" ({d.t_df:.1f})")
+    seeds = f"{d.n}, {d.n_reference}" + ("" if d.pairs is None else f" ({d.pairs} paired)")
+    verdict = d.verdict if d.verdict != "cannot tell" else f"cannot tell (±{d.ci95_high - d.difference:.4f})"
+    return [NO_VALUE if d.difference is None else f"{d.difference:+.4f}", _interval(d), test,
+            NO_VALUE if d.p_value is None else p_text(d.p_value), NO_VALUE if d.p_holm is None else p_text(d.p_holm),
+            seeds, verdict]
+
+
+TESTED_HEADERS = ["difference", "95% interval", "test (df)", "p", "p (Holm)", "seeds (variant, reference)", "verdict"]
+
+
+def _tested_difference_lines(results: Results, rows: list[VariantSummary], primary: str) -> list[str]:
+    lines = [
+        f"Validation loss on `{primary}` of each variant minus that of **{results.reference}** (nats/token; negative"
+        f" is better). {design_text(results.settings)}",
+        "",
+        "| variant | " + " | ".join(TESTED_HEADERS) + " |",
+        "|---|" + "---|" * len(TESTED_HEADERS),
+    ]
+    lines += [f"| {row.variant} | " + " | ".join(_tested_cells(row.difference)) + " |" for row in rows]
     return lines + [""] + [f"- {row.difference.sentence}" for row in rows]
 
 
@@ -337,6 +397,8 @@ def task_lines(results: Results) -> list[str]:
     compared = [row for row in results.summary if row.task_differences]
     if not compared:
         return lines
+    if verdict_rule(results.settings) == T_TEST:
+        return lines + _tested_task_lines(results, compared)
     lines += [
         "",
         f"Differences to **{results.reference}**: d = mean_v - mean_r; SE = sqrt(s_v^2/n_v + s_r^2/n_r + e_v^2 +"
@@ -350,6 +412,23 @@ def task_lines(results: Results) -> list[str]:
         for key, d in row.task_differences.items():
             lines.append(f"| {row.variant} | {key} | {NO_VALUE if d.difference is None else f'{d.difference:+.4f}'} |"
                          f" {NO_VALUE if d.se is None else f'{d.se:.4f}'} | {d.n}, {d.n_reference} | {d.verdict} |")
+    return lines + [""] + [f"- {d.sentence}" for row in compared for d in row.task_differences.values()]
+
+
+def _tested_task_lines(results: Results, compared: list[VariantSummary]) -> list[str]:
+    lines = [
+        "",
+        f"Differences to **{results.reference}** by the rule of the loss, with lm-eval's standard errors e added:"
+        " SE^2 = (the seeds' part) + e_v^2 + e_r^2, e counted as known in the df (its sampling error over the task's"
+        " examples, which more seeds do not reduce); one Holm family per metric; better or worse in the metric's"
+        f" better direction. {design_text(results.settings)}",
+        "",
+        "| variant | metric | " + " | ".join(TESTED_HEADERS) + " |",
+        "|---|---|" + "---|" * len(TESTED_HEADERS),
+    ]
+    for row in compared:
+        lines += [f"| {row.variant} | {key} | " + " | ".join(_tested_cells(d)) + " |"
+                  for key, d in row.task_differences.items()]
     return lines + [""] + [f"- {d.sentence}" for row in compared for d in row.task_differences.values()]
 
 
@@ -491,12 +570,13 @@ def markdown(results: Results, figures: list[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------ a saved results.json
-def read_results(path: Path, reference: str | None = None) -> Results:
-    """A saved results.json as :class:`Results`, its summary recomputed (against `reference`, else the saved one).
+def read_results(path: Path, reference: str | None = None, rule: str | None = None) -> Results:
+    """A saved results.json as :class:`Results`, its summary recomputed (against `reference`, else the saved one;
+    by the verdict `rule`, else the saved one, which is the screening rule for results saved before the t-test).
 
     Raises:
-        ValueError: the file is of another schema than this version writes (schema v1 is no longer read), or
-            `reference` names no variant of the results.
+        ValueError: the file is of another schema than this version writes (schema v1 is no longer read),
+            `reference` names no variant of the results, or `rule` no verdict rule.
     """
     data = read_json(path)
     if data.get("schema") != RESULTS_SCHEMA:
@@ -509,11 +589,16 @@ def read_results(path: Path, reference: str | None = None) -> Results:
     variants = list(dict.fromkeys(run.variant for run in runs))
     if reference is not None and reference not in variants:
         raise ValueError(f"reference={reference!r} is not one of the variants {variants}")
+    if rule is not None and rule not in VERDICT_RULES:
+        raise ValueError(f"rule={rule!r} is not one of {VERDICT_RULES}")
     reference = reference if reference is not None else data["reference"]
+    settings = from_json(Settings, data["settings"])
+    if rule is not None and rule != verdict_rule(settings):
+        settings = dataclasses.replace(settings, verdict_rule=rule)
+    summary = summarize(runs, reference, paired=bool(settings.paired_init), rule=verdict_rule(settings))
     return Results(
         command=data["command"], written=data["written"], environment=from_json(Environment, data["environment"]),
-        settings=from_json(Settings, data["settings"]), reference=reference, summary=summarize(runs, reference),
-        runs=runs,
+        settings=settings, reference=reference, summary=summary, runs=runs,
     )
 
 
@@ -522,9 +607,12 @@ def main(argv: list[str] | None = None) -> None:
                                      description="Render report.md, results.csv and the plots again from a results.json.")
     parser.add_argument("results_json", type=Path)
     parser.add_argument("--reference", help="the variant the others are compared with (default: the saved one)")
+    parser.add_argument("--verdict_rule", choices=VERDICT_RULES,
+                        help="decide the differences by this rule (default: the saved one; results saved before the"
+                             f" t-test: {SCREENING!r})")
     parser.add_argument("--no_plots", action="store_true")
     args = parser.parse_args(argv)
-    results = read_results(args.results_json, args.reference)
+    results = read_results(args.results_json, args.reference, args.verdict_rule)
     write_outputs(args.results_json.parent, results, not args.no_plots)
 
 

@@ -44,7 +44,7 @@ from litgpt_mka.compare.layout import REPORT_MD, RunPlan
 from litgpt_mka.compare.options import CompareOptions
 from litgpt_mka.compare.plan import SharedSettings, plan_runs
 from litgpt_mka.compare.records import Failure, Results, RunResult, Settings, to_json
-from litgpt_mka.compare.summary import summarize
+from litgpt_mka.compare.summary import T_TEST, summarize
 from litgpt_mka.compare.tasks import read_lm_eval
 
 TAIL_LINES = 40
@@ -96,9 +96,10 @@ def check_existing_spec(run: RunPlan) -> None:
         )
     if existing != wanted:
         differing = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
+        unpaired = "; it was not paired-initialised: --paired false resumes it" if "paired_init" in differing else ""
         raise ValueError(
-            f"{run.run_dir} holds a run made with other settings (differing: {', '.join(differing)}); use another"
-            " --out_dir, or delete that folder to start the run again"
+            f"{run.run_dir} holds a run made with other settings (differing: {', '.join(differing)}{unpaired}); use"
+            " another --out_dir, or delete that folder to start the run again"
         )
 
 
@@ -299,6 +300,8 @@ def settings_of(comparison: Comparison) -> Settings:
         tokenizer_dir=relative(shared.tokenizer_dir, cwd),
         data_seed=shared.data_seed,
         measure=comparison.runs[0].spec.measure,
+        paired_init=comparison.options.paired,
+        verdict_rule=T_TEST,
     )
 
 
@@ -307,7 +310,8 @@ def write_report(comparison: Comparison) -> None:
     runs = run_results(comparison)
     results = Results(
         command=comparison.command, written=utc_now(), environment=environment(), settings=settings_of(comparison),
-        reference=comparison.reference, summary=summarize(runs, comparison.reference), runs=runs,
+        reference=comparison.reference, runs=runs,
+        summary=summarize(runs, comparison.reference, paired=comparison.options.paired, rule=T_TEST),
     )
     report.write_outputs(comparison.out_dir, results, comparison.options.plots)
 

@@ -8,7 +8,8 @@ Both read ``RUN_DIR/spec.json`` (written by the runner) and write their result a
     exact code path of the ``litgpt`` command. ``--resume auto`` continues from the latest complete
     ``step-*`` checkpoint; a ``step-*`` folder without ``model_config.yaml`` (litgpt writes it last, so
     its save was interrupted) is renamed ``incomplete-step-*`` first, since resuming from it would fail.
-    Then writes ``train.json`` (:class:`~litgpt_mka.compare.records.TrainResult`): the wall time of the
+    First sets ``LITGPT_MKA_PAIRED_INIT`` to 1 for a paired run (``compare --paired``, the spec's ``paired_init``),
+    else 0; the plugin's ``initialize_weights`` reads it (docs/comparing.md: Paired runs). Then writes ``train.json`` (:class:`~litgpt_mka.compare.records.TrainResult`): the wall time of the
     ``litgpt pretrain`` call (litgpt's imports, data, model, compilation, training, checkpoints; not the
     interpreter's and torch's start-up), the load around it, the step it resumed from, and the process's
     peak memory (training only: evaluation runs in another process).
@@ -32,6 +33,7 @@ Both read ``RUN_DIR/spec.json`` (written by the runner) and write their result a
 
 import argparse
 import math
+import os
 import shutil
 import sys
 import time
@@ -45,6 +47,10 @@ from litgpt_mka.compare.atomic import write_json
 from litgpt_mka.compare.environment import environment, utc_now
 from litgpt_mka.compare.layout import RunFolder, spec_sha256
 from litgpt_mka.compare.records import CurvePoint, EvalResult, MeasureResult, RunResult, TrainResult, Validation, to_json
+
+# read by litgpt pretrain's initialize_weights as the plugin extends it (litgpt_mka.plugin.litgpt_internals.pretrain;
+# tested equal: compare does not import the plugin's modules)
+PAIRED_INIT_ENV_VAR = "LITGPT_MKA_PAIRED_INIT"
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -88,6 +94,9 @@ def train(run_dir: Path) -> None:
 
     folder = RunFolder(run_dir)
     spec, out_dir = folder.read_spec(), folder.checkpoints
+    # read by litgpt pretrain's initialize_weights, inherited by Fabric's other ranks; set either way, so that a
+    # variable exported in the shell cannot pair the runs of an unpaired comparison
+    os.environ[PAIRED_INIT_ENV_VAR] = "1" if spec.paired_init else "0"
     quarantine_incomplete_checkpoints(out_dir)
     resumed_from = latest_checkpoint_step(out_dir)
     reset_peak_memory()

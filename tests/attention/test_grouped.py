@@ -81,6 +81,19 @@ def test_training_forward_equals_litgpt_causal_self_attention(layout, option):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_training_gradients_equal_litgpts_repeated_heads(layout):
+    """SDPA's enable_gqa reads the shared key/value heads without litgpt's repeat_interleave: the same gradients."""
+    ours, litgpt = ours_and_litgpts(layout)
+    idx = tokens(2, 20)
+    for model in (ours, litgpt):
+        model.train()
+        model(idx).logsumexp(-1).mean().backward()
+    grads = {name: p.grad for name, p in litgpt.named_parameters()}
+    for name, parameter in ours.named_parameters():
+        torch.testing.assert_close(parameter.grad, grads[name], msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_cached_decode_equals_litgpt_cached_decode(layout):
     """Prefill 7 tokens, then 9 single-token steps: the same logits from both classes' caches."""
     ours, litgpt = ours_and_litgpts(layout)

@@ -151,16 +151,21 @@ def test_report_tables_show_the_numbers_of_the_runs(finished):
 
 @pytest.mark.slow
 def test_report_compares_every_variant_with_the_mha_config(finished):
-    """tiny-mha (n_query_groups == n_head) is the reference; one seed: the SE is unknown and no claim is made."""
+    """tiny-mha (n_query_groups == n_head) is the reference; paired runs (the default), one seed: the SE is unknown
+    and no claim is made."""
     results = typed_results(finished["out_dir"])
     assert results.reference == "tiny-mha"
+    assert (results.settings.paired_init, results.settings.verdict_rule) == (True, "t-test")
     report = (finished["out_dir"] / "report.md").read_text()
+    assert "**Paired design**" in report
     loss = {r.variant: r.evaluation.primary.loss for r in results.runs}
     for variant in ("tiny-mqa", "tiny-mka"):
         d = loss[variant] - loss["tiny-mha"]
-        assert (f"- {variant}: validation loss {d:+.4f} nats/token against tiny-mha; {variant} has one finished seed,"
-                " so the SE is unknown and no claim is made.") in report
-        assert f"| {variant} | {d:+.4f} | — | 1, 1 | SE unknown |" in report
+        assert (f"- {variant}: validation loss {d:+.4f} nats/token against tiny-mha; only 1 seed finished on both"
+                " sides, fewer than two pairs, so the SE is unknown and no claim is made.") in report
+        assert f"| {variant} | {d:+.4f} | — | — | — | — | 1, 1 | SE unknown |" in report
+        log = (finished["out_dir"] / "runs" / f"{variant}-seed1" / "run.log").read_text()
+        assert "litgpt-mka: paired initialisation" in log  # litgpt pretrain's initialize_weights, as the plugin wraps it
     assert "| tiny-mha |" not in report.split("## Differences to the reference")[1].split("##")[0]
 
 

@@ -9,11 +9,16 @@ import math
 import pytest
 
 from litgpt_mka.compare.records import LmEvalResult, TaskScore
-from litgpt_mka.compare.summary import summarize, task_difference
+from litgpt_mka.compare.summary import SCREENING, summarize
+from litgpt_mka.compare.summary import task_difference as t_tested_task_difference
 from tests.compare.helpers import synthetic_run, tiny_yaml
 
 
-def test_task_differences_add_lm_evals_standard_errors_and_follow_the_metrics_direction():
+def test_task_differences_add_lm_evals_standard_errors_and_follow_the_metrics_direction_screening_rule():
+    """The screening rule of comparisons written before the t-test (their reports render as written)."""
+    def task_difference(*args):
+        return t_tested_task_difference(*args, rule=SCREENING)
+
     # d = 0.1; seeds: s^2 = 0.0002 on each side -> 0.0002 / 2 * 2 = 0.0002; lm-eval: e = 0.02 and 0.01
     se = math.sqrt(0.0002 + 0.02**2 + 0.01**2)
     acc = task_difference("v", "piqa acc", [0.59, 0.61], [0.02, 0.02], "ref", [0.49, 0.51], [0.01, 0.01], True)
@@ -48,17 +53,19 @@ def test_summary_and_report_show_task_scores_over_seeds_and_their_verdicts():
     mha, mqa = summarize(runs, reference="mha")
     assert mha.task_scores["t acc"].mean == pytest.approx(0.51) and mha.task_scores["t acc"].std == pytest.approx(math.sqrt(0.0002))
     assert mha.task_stderrs["t perplexity"].mean == pytest.approx(2.0) and mha.task_differences == {}
-    assert mqa.task_differences["t acc"].verdict == "better"
-    assert mqa.task_differences["t perplexity"].verdict == "tied within noise"
+    # acc: d = 0.2, SE^2 = 0.0002 (seeds) + 0.0002 (lm-eval), df = 0.0004^2 / (2 x 0.0001^2 / 1) = 8, t = 10
+    assert mqa.task_differences["t acc"].verdict == "better" and mqa.task_differences["t acc"].t_df == pytest.approx(8)
+    assert mqa.task_differences["t perplexity"].verdict == "cannot tell"  # d = 1, SE = sqrt(2 + 8)
 
     settings = Settings(["configs/mha.yaml", "configs/mqa.yaml"], [1, 2], "train.txt", ["val.txt"], "tok", 42,
-                        MeasureSettings(5, 16, 1, 4, "float32", 4))
+                        MeasureSettings(5, 16, 1, 4, "float32", 4), verdict_rule="t-test")
     environment = Environment("3.11", "2.13", "0.5.13", "0.1.0", "2.6", "Linux", "cpu", 2, 2, [], None)
     report = markdown(Results("cmd", "now", environment, settings, "mha", [mha, mqa], runs), [])
     section = report.split("## lm-eval task scores")[1]
     assert "| variant | t acc ↑ | t perplexity ↓ |" in section
     assert "| mqa | 0.7100 ± 0.0141 (SE 0.0100) | 32.0000 ± 1.4142 (SE 2.0000) |" in section
-    assert "| mqa | t acc | +0.2000 |" in section and "| better |" in section
+    assert "| mqa | t acc | +0.2000 | [+0.1539, +0.2461] | Welch (8.0) | < 0.001 | < 0.001 | 2, 2 | better |" in section
+    assert "one Holm family per metric" in section and "**Unpaired design**" in section
 
 
 def test_include_path_needs_tasks_and_a_folder(tmp_path):

@@ -79,3 +79,42 @@ def test_runs_from_different_machines_are_named_in_the_setup():
     assert lines[machines + 1].startswith("  - cpu (2 CPUs, 2 torch threads), no GPU; ")
     assert lines[machines + 2].startswith("  - Another CPU (2 CPUs, 2 torch threads), no GPU; ")
     assert lines[machines + 3].startswith("- Data: ")
+
+
+def test_a_paired_comparison_states_its_design_and_its_rule():
+    runs = [synthetic_run(variant, seed, loss) for variant, losses in (("mha", [3.60, 3.70, 3.80]), ("mla", [3.63, 3.72, 3.84]))
+            for seed, loss in enumerate(losses, start=1)]
+    results = synthetic_results(runs)
+    results = replace(results, settings=replace(results.settings, paired_init=True, verdict_rule="t-test"),
+                      summary=summarize(runs, "mha", paired=True))
+    text = markdown(results, [])
+    assert "**Paired design**" in text and "Holm's method" in text and "cannot tell (± the smallest detectable" in text
+    assert "| mla | +0.0300 | [+0.0052, +0.0548] | paired (2.0) | 0.035 | 0.035 | 3, 3 (3 paired) | worse |" in text
+    unpaired = replace(results, settings=replace(results.settings, paired_init=False), summary=summarize(runs, "mha"))
+    text = markdown(unpaired, [])
+    assert "**Unpaired design**" in text and "| mla | +0.0300 | [-0.2031, +0.2631] | Welch (4.0) |" in text
+    assert "| 3, 3 | cannot tell (±0.2331) |" in text
+
+
+def test_old_results_keep_the_rule_they_were_written_with_and_can_be_decided_again_by_t_tests():
+    """Study v1 wrote "MKA worse (2.8 SE)" by the screening rule; Welch's t-test says p = 0.069, cannot tell."""
+    written = read_results(STUDY / "main" / RESULTS_JSON)
+    mka = next(row.difference for row in written.summary if row.variant == "pythia-14m-mka")
+    assert written.settings.verdict_rule is None and mka.verdict == "worse" and mka.p_value is None
+    again = read_results(STUDY / "main" / RESULTS_JSON, rule="t-test")
+    mka = next(row.difference for row in again.summary if row.variant == "pythia-14m-mka")
+    assert (mka.verdict, mka.t_test, mka.holm_comparisons) == ("cannot tell", "Welch", 5)
+    assert mka.p_value == pytest.approx(0.069, abs=5e-4)
+    assert to_json(again)["settings"]["verdict_rule"] == "t-test" and "verdict_rule" not in to_json(written)["settings"]
+    with pytest.raises(ValueError, match=r"rule='3 SE' is not one of \('t-test', '2-SE screening'\)"):
+        read_results(STUDY / "main" / RESULTS_JSON, rule="3 SE")
+
+
+def test_the_report_command_decides_saved_results_again_by_the_rule_asked_for(tmp_path):
+    from litgpt_mka.compare.report import main
+
+    (tmp_path / RESULTS_JSON).write_bytes((STUDY / "main" / RESULTS_JSON).read_bytes())
+    main([str(tmp_path / RESULTS_JSON), "--verdict_rule", "t-test", "--no_plots"])
+    report = (tmp_path / REPORT_MD).read_text()
+    assert "**Unpaired design**" in report and "| pythia-14m-mka | +0.0070 | [-0.0010, +0.0150] | Welch (2.9) |" in report
+    assert json.loads((tmp_path / RESULTS_JSON).read_text())["settings"]["verdict_rule"] == "t-test"

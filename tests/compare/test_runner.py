@@ -28,6 +28,23 @@ def test_rerun_with_other_settings_into_the_same_folder_is_refused(tmp_path, sha
         prepare(options)
 
 
+def test_runs_are_paired_by_default_and_an_unpaired_folder_resumes_with_paired_false(tmp_path, shared_data,
+                                                                                       tokenizer_dir):
+    config = tiny_yaml(tmp_path, "tiny")
+    options = CompareOptions(configs=[config], out_dir=tmp_path / "out", train_path=shared_data / "train.txt",
+                             val_path=[shared_data / "val.txt"], tokenizer_dir=tokenizer_dir, max_tokens=1024,
+                             context_length=16, decode_new_tokens=4)
+    unpaired_options = CompareOptions(**{**options.__dict__, "paired": False})
+    paired, unpaired = prepare(options), prepare(unpaired_options)
+    assert paired.runs[0].spec.paired_init is True and unpaired.runs[0].spec.paired_init is None
+    assert "paired_init" not in to_json(unpaired.runs[0].spec)  # a spec written before pairing existed
+    unpaired.runs[0].run_dir.mkdir(parents=True)
+    (unpaired.runs[0].run_dir / "spec.json").write_text(json.dumps(to_json(unpaired.runs[0].spec)))
+    with pytest.raises(ValueError, match=r"\(differing: paired_init; it was not paired-initialised: --paired false resumes it\)"):
+        prepare(options)
+    prepare(unpaired_options)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("seeds", [1, 1], r"seeds=\[1, 1\] repeat a seed"), ("max_tokens", 0, "max_tokens=0 must be a positive integer"),

@@ -7,8 +7,13 @@ import pytest
 from tests.compare.helpers import synthetic_run
 
 
-def test_difference_to_the_reference_uses_the_welch_standard_error_and_the_2_se_rule():
-    from litgpt_mka.compare.summary import difference
+def test_the_screening_rule_of_comparisons_written_before_the_t_test_decides_as_it_did():
+    """The 2-SE rule (Welch SE) that old results.json files were decided by, so that their reports render as written."""
+    from litgpt_mka.compare.summary import SCREENING
+    from litgpt_mka.compare.summary import difference as t_tested
+
+    def difference(*args):
+        return t_tested(*args, rule=SCREENING)
 
     # reference mean 2.1, sample variance 0.02; SE = sqrt(0.02 / 2 + 0.02 / 2) = 0.1414
     better = difference("v", [1.5, 1.7], "ref", [2.0, 2.2])
@@ -42,7 +47,9 @@ def test_summary_aggregates_seeds_and_marks_busy_timings():
     mha, mka = summarize(runs, reference="mha")
     assert (mha.val_loss["val"].mean, mha.val_loss["val"].n) == (pytest.approx(2.1), 2)
     assert mha.val_loss["val"].std == pytest.approx(math.sqrt(0.02))
-    assert mha.difference is None and mka.difference.verdict == "better"
+    # -0.5 at 3.5 Welch SEs, df 2: p = 0.0715 (t-test), though the screening rule said "better"
+    assert mha.difference is None and mka.difference.verdict == "cannot tell"
+    assert mka.difference.p_value == pytest.approx(0.07152331, rel=1e-6)
     assert (mka.train_busy, mka.decode_busy, mha.train_busy) == (True, False, False)
     assert mka.train_tokens_per_s.mean == pytest.approx(501.5)  # raw numbers kept; the report prints "busy"
     assert [s.mean for s in mka.routing[0]] == pytest.approx([0.5, 0.4, 0.1])
@@ -56,3 +63,71 @@ def test_pareto_front_keeps_the_points_that_no_other_beats_on_both_axes():
     points = [(6144.0, 2.00), (960.0, 2.05), (1536.0, 2.10), (3072.0, 2.06), (6144.0, 2.01), (240.0, 2.30)]
     assert pareto_front(points) == [5, 1, 0]
     assert pareto_front([(1.0, 1.0), (1.0, 1.0)]) == [0, 1]
+
+
+# ----------------------------------------------------------------------------------- t-test verdicts (issue 36)
+def test_a_two_seed_difference_at_2_9_standard_errors_is_not_better():
+    """The screening rule called it better; Welch's t-test at df 2 gives p = 0.10 and an interval across 0."""
+    from litgpt_mka.compare.summary import SCREENING, difference
+
+    d = -2.9 * math.sqrt(0.02)  # the reference [2.0, 2.2] and the variant both have sample variance 0.02
+    values, reference = [2.1 + d - 0.1, 2.1 + d + 0.1], [2.0, 2.2]
+    assert difference("v", values, "ref", reference, rule=SCREENING).verdict == "better"
+    tested = difference("v", values, "ref", reference)
+    assert (tested.verdict, tested.t_test, tested.holm_comparisons) == ("cannot tell", "Welch", 1)
+    assert tested.t_df == pytest.approx(2)
+    assert tested.p_value == pytest.approx(1 - 2.9 / math.sqrt(2 + 2.9**2))  # closed form at df 2: 0.1012
+    half = 4.302653 * math.sqrt(0.02)
+    assert (tested.ci95_low, tested.ci95_high) == (pytest.approx(d - half, rel=1e-6), pytest.approx(d + half, rel=1e-6))
+    assert tested.sentence == (
+        "v: validation loss -0.4101 nats/token against ref (Welch t-test: 95% interval [-1.0186, +0.1984], df 2.0,"
+        " p 0.101; 2 and 2 seeds): cannot tell (smallest detectable difference ±0.6085 at 2 and 2 seeds).")
+
+
+def test_pairing_correlated_seeds_narrows_the_interval_of_the_same_numbers():
+    """Seeds that move together (a good and a bad initialisation shared by both): the paired t-test on the per-seed
+    differences [0.03, 0.02, 0.04] sees +0.03 ± 0.025; Welch on the same six numbers cannot tell."""
+    from litgpt_mka.compare.summary import difference
+
+    reference, values, seeds = [3.60, 3.70, 3.80], [3.63, 3.72, 3.84], [1, 2, 3]
+    matched = difference("v", values, "ref", reference, seeds=(seeds, seeds))
+    unpaired = difference("v", values, "ref", reference)
+    assert (matched.verdict, matched.t_test, matched.pairs, matched.t_df) == ("worse", "paired", 3, pytest.approx(2))
+    assert matched.difference == pytest.approx(0.03) and matched.se == pytest.approx(0.01 / math.sqrt(3))
+    assert matched.ci95_high - matched.difference == pytest.approx(4.302653 * 0.01 / math.sqrt(3), rel=1e-6)
+    assert unpaired.verdict == "cannot tell" and unpaired.difference == pytest.approx(0.03)
+    assert (unpaired.ci95_high - unpaired.difference) > 8 * (matched.ci95_high - matched.difference)
+    assert "3 paired seeds" in matched.sentence and matched.sentence.endswith(": worse.")
+
+
+def test_paired_differences_use_the_seeds_both_sides_finished():
+    from litgpt_mka.compare.summary import difference
+
+    paired = difference("v", [3.63, 3.72, 3.84], "ref", [3.80, 3.60], seeds=([1, 2, 3], [3, 1]))
+    assert paired.pairs == 2 and paired.difference == pytest.approx((0.03 + 0.04) / 2)  # seed 2 has no partner
+    lone = difference("v", [3.63, 3.72], "ref", [3.60, 3.90], seeds=([1, 2], [1, 3]))
+    assert (lone.verdict, lone.se) == ("SE unknown", None)
+    assert lone.sentence == ("v: validation loss +0.0300 nats/token against ref; only 1 seed finished on both sides,"
+                             " fewer than two pairs, so the SE is unknown and no claim is made.")
+
+
+def test_several_comparisons_with_the_reference_are_adjusted_by_holm():
+    """Alone, +0.25 at 3 seeds (Welch p = 0.037) is worse; beside two other variants, Holm's 3 x 0.037 is not."""
+    from litgpt_mka.compare.summary import summarize
+
+    reference = [2.0, 2.1, 2.2]
+    runs = [synthetic_run("ref", seed, loss) for seed, loss in enumerate(reference, start=1)]
+    for variant, shift in (("v1", 0.25), ("v2", 0.1), ("v3", 0.0)):
+        runs += [synthetic_run(variant, seed, loss + shift) for seed, loss in enumerate(reference, start=1)]
+    alone = summarize([r for r in runs if r.variant in ("ref", "v1")], "ref")[1].difference
+    assert alone.verdict == "worse" and alone.p_value == pytest.approx(0.0374, abs=5e-4) and alone.holm_comparisons == 1
+    _, v1, v2, v3 = summarize(runs, "ref")
+    d = v1.difference
+    assert (d.verdict, d.holm_comparisons, d.p_value) == ("cannot tell", 3, pytest.approx(alone.p_value))
+    assert d.p_holm == pytest.approx(3 * alone.p_value)
+    assert "its interval excludes 0, but not after Holm's adjustment for 3 comparisons" in d.sentence
+    assert v3.difference.p_holm == 1.0
+    assert v2.difference.p_holm == pytest.approx(max(2 * v2.difference.p_value, d.p_holm))
+    # paired (the same shift on every seed: the differences spread only by rounding): certain, even after Holm
+    paired = summarize(runs, "ref", paired=True)[1].difference
+    assert (paired.verdict, paired.t_test, paired.pairs) == ("worse", "paired", 3) and paired.p_holm < 1e-6

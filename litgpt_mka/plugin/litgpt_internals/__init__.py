@@ -45,7 +45,9 @@ holds it.
 
 ``pretrain.py``: ``litgpt.pretrain``  -- ``extend_pretrain_module``
     ``initialize_weights`` (GPT-NeoX init) scales the output projection ``proj`` of every attention class,
-    not only ``CausalSelfAttention``'s, so that comparisons between variants are fair. ``main`` is wrapped:
+    not only ``CausalSelfAttention``'s, so that comparisons between variants are fair; with
+    ``LITGPT_MKA_PAIRED_INIT=1`` (``compare --paired``) every module draws from a stream of its own, so that the
+    parameters variants share start equal for a seed. ``main`` is wrapped:
     the bf16 warning on a CPU that emulates it, and no ``torch.compile`` on the CPU
     (``LITGPT_MKA_CPU_COMPILE=1`` keeps it).
 

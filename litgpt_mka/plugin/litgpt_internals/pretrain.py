@@ -8,17 +8,36 @@
     skips litgpt's ``torch.compile(model)`` (``LITGPT_MKA_CPU_COMPILE=1`` keeps it). Everything else is
     litgpt's code path. The fine-tuning scripts' ``main`` get the same wrapper, without the compile part
     (``finetune.py`` here).
+
+Paired initialisation (``LITGPT_MKA_PAIRED_INIT=1``; ``litgpt-mka compare --paired`` sets it for its runs)
+    litgpt draws every initial value from one global random stream, in module order, so the same ``--seed`` gives
+    two architectures different values even for the parameters they share (embeddings, MLPs, norms, head): one
+    extra or wider attention weight early on shifts every later draw. With the variable set, each module that owns
+    parameters initialises them from a stream of its own (:func:`pair_initialisations`), seeded from (seed, the
+    module's qualified name, its own parameters' names and shapes); so for a seed, every module that two variants
+    share by name and parameter shapes starts from the same values, and a variant's own modules (MLA's latent
+    projections, MKA's router and memory) from their own streams. Same distributions as litgpt's init (the same
+    ``reset_parameters``, only another generator state). The seed is the one ``fabric.seed_everything(seed)``
+    gave torch just before (``torch.initial_seed()``). The streams are bound to the modules' ``reset_parameters``,
+    so FSDP's meta-device materialisation, which calls them later, module by module, draws the same values.
+    Unset (the default for plain ``litgpt pretrain``), the initialisation is litgpt's, draw for draw: a user's
+    ``--seed`` keeps giving the weights it gave before the package was installed.
 """
 
 import functools
+import hashlib
 import os
 from types import ModuleType
+
+import torch
+from torch import nn
 
 from litgpt_mka.attention import registry
 from litgpt_mka.plugin.litgpt_internals import _first_time, check_litgpt_version
 from litgpt_mka.precision import warn_if_emulated_bf16
 
 CPU_COMPILE_ENV_VAR = "LITGPT_MKA_CPU_COMPILE"
+PAIRED_INIT_ENV_VAR = "LITGPT_MKA_PAIRED_INIT"
 
 
 def extend_pretrain_module(module: ModuleType) -> None:
@@ -47,14 +66,64 @@ def _every_attention_class_scaled(module: ModuleType, litgpt_initialize_weights)
 
     @functools.wraps(litgpt_initialize_weights)
     def initialize_weights(fabric, model, n_layer: int, n_embd: int) -> None:
-        litgpt_class = module.CausalSelfAttention
+        litgpt_class, litgpt_reset = module.CausalSelfAttention, module.reset_parameters
+        paired, seed = os.environ.get(PAIRED_INIT_ENV_VAR) == "1", torch.initial_seed()
         module.CausalSelfAttention = _attention_classes()
+        if paired:
+            fabric.print(f"litgpt-mka: paired initialisation ({PAIRED_INIT_ENV_VAR}=1): each module draws from a"
+                         f" stream of its own, seeded from (seed {seed}, its name, its parameters' shapes)")
+            # litgpt assigns the init functions, then calls reset_parameters(model) (not under FSDP): the streams
+            # are bound in between, and again after it returns, for FSDP's later materialisation
+            module.reset_parameters = lambda model_: litgpt_reset(pair_initialisations(model_, seed))
         try:
             litgpt_initialize_weights(fabric, model, n_layer, n_embd)
         finally:
-            module.CausalSelfAttention = litgpt_class
+            module.CausalSelfAttention, module.reset_parameters = litgpt_class, litgpt_reset
+        if paired:
+            pair_initialisations(model, seed)
 
     return initialize_weights
+
+
+def stream_seed(seed: int, module_name: str, own_parameters: list[tuple[str, torch.Size]]) -> int:
+    """The seed of a module's own initialisation stream: sha256 of (seed, qualified name, parameter names and
+    shapes), as a non-negative 63-bit integer."""
+    key = f"{seed}|{module_name}|" + ";".join(f"{name}:{tuple(shape)}" for name, shape in own_parameters)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
+
+
+def pair_initialisations(model: nn.Module, seed: int) -> nn.Module:
+    """Binds each module's ``reset_parameters`` (those that own parameters) to a random stream of its own.
+
+    The bound function runs the module's current ``reset_parameters`` with torch's generators (the CPU's and
+    those of the CUDA devices holding the module) seeded by :func:`stream_seed`, and restores their state
+    afterwards. Binding twice is a no-op. Returns `model`.
+    """
+    for name, mod in model.named_modules():
+        own = [(param_name, param.shape) for param_name, param in mod.named_parameters(recurse=False)]
+        reset = getattr(mod, "reset_parameters", None)
+        if own and callable(reset) and not hasattr(reset, "paired_stream"):
+            mod.reset_parameters = _on_own_stream(mod, reset, stream_seed(seed, name, own))
+    return model
+
+
+def _cuda_indices(mod: nn.Module) -> list[int]:
+    """The CUDA devices that hold the module's own parameters (none on the CPU and the meta device)."""
+    devices = {p.device for p in mod.parameters(recurse=False) if p.device.type == "cuda"}
+    return sorted(torch.cuda.current_device() if d.index is None else d.index for d in devices)
+
+
+def _on_own_stream(mod: nn.Module, reset, stream: int):
+    def reset_parameters() -> None:
+        cuda = _cuda_indices(mod)
+        with torch.random.fork_rng(devices=cuda):  # only the generators seeded here, restored afterwards
+            torch.default_generator.manual_seed(stream)
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(stream)
+            reset()
+
+    reset_parameters.paired_stream = stream
+    return reset_parameters
 
 
 def _fabric_precision(fabric) -> str | None:
