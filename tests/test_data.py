@@ -1,6 +1,8 @@
 """litgpt_mka.data.TextCorpus: documents, windows, cache keys, order, resumption, errors."""
 
 import json
+import math
+import multiprocessing
 import shutil
 import stat
 from pathlib import Path
@@ -183,3 +185,134 @@ def test_distributed_ranks_take_equal_disjoint_shares_of_each_epoch(monkeypatch)
     monkeypatch.setattr(data_module, "_rank_and_world_size", lambda: (0, 1))
     order = torch.randperm(11, generator=torch.Generator().manual_seed(5))[:9]
     assert sorted(sum(shares, [])) == sorted(order.tolist())
+
+
+# ------------------------------------------------------------------------------------ the token file
+def test_batch_encoding_equals_encoding_one_document_at_a_time(shared_data, tokenizer):
+    documents = split_documents((shared_data / "val.txt").read_text())[:300]
+    expected = [tokenizer.encode(document, bos=False, eos=True).tolist() for document in documents]
+    assert data_module.encode_documents(documents, tokenizer) == expected
+
+
+def test_documents_are_read_line_by_line_as_split_documents_reads_the_whole_text(tmp_path, tokenizer):
+    text = "a\r\nb\n\n<|endoftext|>\r\n\x0c tail \n<|endoftext|>\nc\rd\n\n"
+    path = tmp_path / "lines.txt"
+    path.write_bytes(text.encode())
+    with data_module.tqdm(disable=True) as progress:
+        lines = list(data_module._file_lines(path, progress))
+    assert list(data_module._documents(lines)) == split_documents(text)
+
+
+def test_token_file_is_memory_mapped_uint16_beside_the_text_or_in_the_cache_when_read_only(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    train = write(tmp_path / "data" / "train.txt", STORIES * 20)
+    module = TextCorpus(train_path=train, val_path=train)
+    module.connect(tokenizer, batch_size=2, max_seq_length=8)
+    module.setup()
+    assert isinstance(module._train_tokens, np.memmap) and module._train_tokens.dtype == np.uint16
+    [cached] = (tmp_path / "data" / data_module.CACHE_FOLDER).iterdir()
+    assert cached.name.endswith(".uint16.bin") and cached.stat().st_size == 2 * len(module._train_tokens)
+    assert not (tmp_path / "xdg").exists()
+
+    # a folder without write permission bits is read-only even for root (who may write anyway)
+    read_only = write(tmp_path / "read_only" / "train.txt", STORIES * 20)
+    read_only.parent.chmod(stat.S_IREAD | stat.S_IEXEC)
+    try:
+        tokens = data_module.load_or_tokenize(read_only, tokenizer)
+        assert list(read_only.parent.iterdir()) == [read_only]
+    finally:
+        read_only.parent.chmod(stat.S_IRWXU)
+    assert Path(tokens.filename).parent == tmp_path / "xdg" / "litgpt_mka" / "tokens"
+    np.testing.assert_array_equal(tokens, module._train_tokens)
+
+
+def test_vocabularies_over_65536_get_uint32_and_ids_that_do_not_fit_are_refused(tmp_path):
+    class LargeVocabulary:
+        vocab_size = 100_000
+
+    assert data_module.token_dtype(LargeVocabulary()) == np.uint32
+    with pytest.raises(ValueError, match=r"token ids in \[0, 70000\] do not fit the token file's uint16"):
+        with data_module.TokenFileWriter(tmp_path / "tokens.bin", np.uint16) as writer:
+            writer.write(np.array([0, 70_000]))
+    assert list(tmp_path.iterdir()) == []  # the partial file is removed
+
+
+def test_token_windows_index_like_the_tensor_they_stand_for():
+    tokens = np.arange(30, dtype=np.uint16)
+    windows = data_module.TokenWindows(tokens, 8, tail=True)
+    expected = torch.stack([torch.arange(s, s + 9) for s in (0, 8, 16, 21)])
+    assert windows.shape == expected.shape and windows.numel() == expected.numel() and len(windows) == 4
+    assert torch.equal(windows.to_tensor(), expected) and torch.equal(torch.stack(list(windows)), expected)
+    assert torch.equal(windows[torch.tensor(2)], expected[2])
+    with pytest.raises(IndexError, match=r"window 4 is out of range for 4 windows"):
+        windows[4]
+
+
+def proc_status_kb(field: str) -> int:
+    """A memory figure of this process from the kernel's accounting (/proc/self/status), in kB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def write_synthetic_token_file(text: Path, tokenizer: Tokenizer, cache_dir: Path, n_tokens: int) -> int:
+    """The token file TextCorpus looks up for `text`, written through its writer with random ids (tokenizing
+    50M tokens takes minutes on 2 cores); returns its size in bytes."""
+    destination = data_module.token_file(text, tokenizer, cache_dir)
+    rng = np.random.default_rng(n_tokens)
+    with data_module.TokenFileWriter(destination, data_module.token_dtype(tokenizer)) as writer:
+        for start in range(0, n_tokens, 1 << 20):
+            writer.write(rng.integers(0, tokenizer.vocab_size, min(1 << 20, n_tokens - start)))
+    return destination.stat().st_size
+
+
+def stream_and_measure(train: Path, val: Path, cache_dir: Path, n_tokens: int, tokenizer: Tokenizer, connection) -> None:
+    """In a forked child: write the token files, then read a whole training epoch and every validation window
+    through TextCorpus; sends the memory growth over the child's own baseline."""
+    baseline = {field: proc_status_kb(field) for field in ("VmRSS", "RssAnon")}
+    file_bytes = write_synthetic_token_file(train, tokenizer, cache_dir, n_tokens)
+    write_synthetic_token_file(val, tokenizer, cache_dir, n_tokens // 50)
+    module = TextCorpus(train_path=train, val_path=val, cache_dir=cache_dir)
+    module.connect(tokenizer, batch_size=8, max_seq_length=512)
+    module.prepare_data()
+    module.setup()
+    anon_peak, batches = 0, 0
+    for loader in (module.train_dataloader(), module.val_dataloader()):
+        for _ in loader:
+            batches += 1
+            if batches % 500 == 0:
+                anon_peak = max(anon_peak, proc_status_kb("RssAnon"))
+    anon_peak = max(anon_peak, proc_status_kb("RssAnon"))
+    connection.send({
+        "tokens": len(module._train_tokens), "file_bytes": file_bytes, "batches": batches,
+        "anon_growth_kb": anon_peak - baseline["RssAnon"], "rss_peak_growth_kb": proc_status_kb("VmHWM") - baseline["VmRSS"],
+    })
+
+
+def test_a_50m_token_corpus_streams_in_bounded_memory(tmp_path, tokenizer):
+    """The real reading path (TextCorpus.setup on its cache files, a whole training epoch over 50M tokens and
+    every validation window of 1M) in a forked process, measured from its own start: its anonymous memory
+    grows by less than 10% of the training corpus as int64 (400 MB); all its resident memory, the mapped pages
+    of the token file included (page cache), by less than that file (2 bytes a token) plus the same 10%."""
+    n_tokens = 50_000_000
+    train = write(tmp_path / "train.txt", STORIES)  # the texts name the cache entries; their token files are synthetic
+    val = write(tmp_path / "val.txt", STORIES * 2)
+    context = multiprocessing.get_context("fork")  # the imports are done; the child's baseline is its start
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=stream_and_measure, args=(train, val, tmp_path / "cache", n_tokens, tokenizer, sender))
+    child.start()
+    report = receiver.recv() if receiver.poll(600) else None
+    child.join()
+    assert child.exitcode == 0 and report is not None
+    int64_kb = 8 * n_tokens / 1024
+    assert report["tokens"] == n_tokens and report["file_bytes"] == 2 * n_tokens
+    windows, val_windows = (n_tokens - 1) // 512, (n_tokens // 50 - 1) // 512 + 1  # validation adds a tail window
+    assert report["batches"] == windows // 8 + math.ceil(val_windows / 8)
+    assert report["anon_growth_kb"] < 0.10 * int64_kb, report
+    assert report["rss_peak_growth_kb"] < report["file_bytes"] / 1024 + 0.10 * int64_kb, report
+
+
+def test_no_writable_cache_folder_raises_naming_the_field(tmp_path, tokenizer, monkeypatch):
+    train = write(tmp_path / "data" / "train.txt", STORIES)
+    monkeypatch.setattr(data_module, "_writable", lambda folder: False)
+    with pytest.raises(ValueError, match=r"data.train_path='.*train.txt': none of the token-cache folders .* can be written; set data.cache_dir"):
+        data_module.load_or_tokenize(train, tokenizer, field_name="data.train_path")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from litgpt_mka.data import default_cache_dir, load_or_tokenize, validation_windows
+from litgpt_mka.data import load_or_tokenize, validation_windows
 
 TEXT_CORPUS_CLASSES = ("litgpt_mka.data.TextCorpus", "TextCorpus")
 
@@ -74,7 +74,7 @@ def heldout_data(checkpoint_dir: Path, val_path: Path | None = None) -> HeldoutD
         raise ValueError(f"tokenizer_dir is not set in {checkpoint_dir}/hyperparameters.yaml")
     init_args = data["init_args"]
     max_seq_length = hparams["train"].get("max_seq_length") or load_config(checkpoint_dir).block_size
-    cache_dir = Path(init_args.get("cache_dir") or default_cache_dir())
+    cache_dir = Path(init_args["cache_dir"]) if init_args.get("cache_dir") else None  # None: TextCorpus's default
     val_path = Path(init_args["val_path"] if val_path is None else val_path)
     tokens = load_or_tokenize(val_path, Tokenizer(hparams["tokenizer_dir"]), cache_dir, field_name="val_path")
     windows, new_from = validation_windows(tokens, max_seq_length)

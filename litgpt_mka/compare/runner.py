@@ -107,13 +107,12 @@ def prepare_data(shared: SharedSettings) -> None:
     """Tokenizes the training and validation text into the shared cache (what TextCorpus reads)."""
     from litgpt.tokenizer import Tokenizer
 
-    from litgpt_mka.data import default_cache_dir, load_or_tokenize
+    from litgpt_mka.data import load_or_tokenize
 
     tokenizer = Tokenizer(shared.tokenizer_dir)
-    cache_dir = shared.cache_dir or default_cache_dir()
-    load_or_tokenize(shared.train_path, tokenizer, cache_dir, field_name="train_path")
+    load_or_tokenize(shared.train_path, tokenizer, shared.cache_dir, field_name="train_path")
     for val_path in shared.val_paths:
-        load_or_tokenize(val_path, tokenizer, cache_dir, field_name="val_path")
+        load_or_tokenize(val_path, tokenizer, shared.cache_dir, field_name="val_path")
 
 
 # ------------------------------------------------------------------------------------------------- runs

@@ -101,7 +101,14 @@ def allocated_per_token(config, module_class=None, length: int = 64) -> int:
 
 
 @pytest.mark.parametrize(
-    ("size", "ours", "mha", "stock"), [("70m", 6 * 144, 6 * 1024, 6 * 1024), ("160m", 12 * 208, 12 * 1536, 12 * 1536)]
+    ("size", "ours", "mha", "stock"),
+    [
+        ("70m", 6 * 144, 6 * 1024, 6 * 1024),
+        ("160m", 12 * 208, 12 * 1536, 12 * 1536),
+        ("410m", 24 * 272, 24 * 2048, 24 * 2048),
+        ("1b", 16 * 576, 16 * 4096, 16 * 4096),
+        ("1.4b", 24 * 544, 24 * 4096, 24 * 4096),
+    ],
 )
 def test_preset_cache_targets(size, ours, mha, stock):
     """Acceptance: >= 5x smaller than MHA's cache and >= 6x smaller than stock litgpt MLA's, as allocated."""

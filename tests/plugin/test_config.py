@@ -16,6 +16,9 @@ from litgpt_mka.presets import load_pretrain_yaml, model_config_from_yaml
 from tests.conftest import CONFIG_HUB
 
 HUB_FILES = sorted(CONFIG_HUB.glob("*.yaml"))
+# sizes whose presets are built and run on the CPU in tests; the larger ones (410m, 1b, 1.4b) are built on the
+# meta device (benchmarks/preset_step.py runs a real 410m training step of every variant)
+CPU_SIZES = {"14m", "70m", "160m"}
 # keys by which the variants of one size may differ
 ATTENTION_KEYS = {"name", "n_query_groups", "attention_class_name", *registry.config_fields()}
 
@@ -73,14 +76,20 @@ def test_every_hub_config_parses_builds_and_runs_forward(path):
         "fmka": "MemorizedKeyAttention",
     }
     assert config.attention_class_name == expected_class.get(path.stem.split("-")[-1], "CausalSelfAttention")
+    on_cpu = path.stem.split("-")[1] in CPU_SIZES
+    if not on_cpu:  # every block at full depth on the meta device (no memory); the forward below runs one block
+        with torch.device("meta"):
+            assert all(type(block.attn) is config.attention_class for block in GPT(config).transformer.h)
+        config = model_config_from_yaml(path, n_layer=1)
     torch.manual_seed(0)
-    model = GPT(config).eval()
+    with torch.device("cpu" if on_cpu else "meta"):
+        model = GPT(config).eval()
+        idx = torch.randint(0, config.vocab_size, (1, 8))
     assert all(type(block.attn) is config.attention_class for block in model.transformer.h)
-    idx = torch.randint(0, config.vocab_size, (1, 8))
     with torch.no_grad():
         logits = model(idx)
     assert logits.shape == (1, 8, config.padded_vocab_size)
-    assert torch.isfinite(logits).all()
+    assert logits.is_meta or torch.isfinite(logits).all()
 
 
 @pytest.mark.parametrize("size", sorted({p.stem.split("-")[1] for p in HUB_FILES}))
@@ -112,3 +121,28 @@ def test_pretrain_init_scales_every_attention_output_projection(path):
     for block in model.transformer.h:
         assert block.attn.proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
         assert block.mlp.fc.weight.std().item() == pytest.approx(default, rel=0.05)
+
+
+PYTHIA_PEAK_LR = {"14m": 1e-3, "70m": 1e-3, "160m": 6e-4, "410m": 3e-4, "1b": 3e-4, "1.4b": 2e-4}  # Pythia, Table 1
+
+
+@pytest.mark.parametrize("path", HUB_FILES, ids=lambda p: p.stem)
+def test_every_preset_follows_the_rule_table(path):
+    """The rules of docs/variants.md ("Presets and the rules that derive them"), preset by preset."""
+    size, variant = path.stem.split("-")[1], path.stem.split("-")[-1]
+    hparams, config = load_pretrain_yaml(path), model_config_from_yaml(path)
+    pythia = Config.from_name(f"pythia-{size}")
+    architecture = ("n_layer", "n_embd", "n_head", "head_size", "intermediate_size", "block_size", "padded_vocab_size")
+    assert {k: getattr(config, k) for k in architecture} == {k: getattr(pythia, k) for k in architecture}
+    assert hparams["optimizer"]["init_args"]["lr"] == PYTHIA_PEAK_LR[size]
+    assert hparams["train"]["min_lr"] == pytest.approx(PYTHIA_PEAK_LR[size] / 10)
+    C, nh, hs = config.n_embd, config.n_head, config.head_size
+    groups = {"mha": nh, "gqa": 2 if nh == 4 else nh // 4, "mqa": 1, "mla": nh, "mka": nh, "fmka": nh}
+    assert config.n_query_groups == groups[variant]
+    if variant == "mla":
+        R = int(config.rotary_percentage * hs)
+        expected = dict(kv_lora_rank=C // 4, qk_rope_head_dim=R, qk_nope_head_dim=hs - R, v_head_dim=hs, q_lora_rank=C // 2)
+        assert {k: config.latent_attention[k] for k in expected} == expected
+    if variant in ("mka", "fmka"):
+        routing = {"mka": "keys", "fmka": "keys_values"}[variant]
+        assert config.memorized_key_attention == dict(routing=routing, router_hidden=C // 8, sum_window=16)
