@@ -31,7 +31,7 @@ def requests(kind: str, arguments: list[tuple]) -> list[Instance]:
 
 
 def quiet_lm(checkpoint_dir, batch_size: int) -> LitgptLM:
-    return load_lm(checkpoint_dir, torch.device("cpu"), torch.float32, batch_size, log=lambda message: None)
+    return load_lm(checkpoint_dir, "cpu", batch_size=batch_size)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -64,7 +64,7 @@ def test_a_greedy_continuation_is_flagged_greedy(preset, preset_checkpoints, tok
 def test_rolling_windows_predict_every_token_once_with_the_context_window(preset, tokenizer_dir):
     """block_size 32 and texts of up to ~100 tokens: several windows, the last one shorter."""
     model = random_gpt(preset_config(preset, block_size=32))
-    lm = LitgptLM(model, Tokenizer(tokenizer_dir), batch_size=3, log=lambda message: None)
+    lm = LitgptLM(model, Tokenizer(tokenizer_dir), batch_size=3)
     texts = [
         " ".join(f"Step {i}: the little fox looked at the river and smiled." for i in range(8)),
         "A short one.",
