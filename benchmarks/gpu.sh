@@ -22,7 +22,7 @@
 # Environment (defaults in brackets):
 #   SIZES           Pythia sizes to benchmark ["70m"], e.g. "70m 160m"
 #   BENCH_ARGS      more decode.py options [none], e.g. "--rounds 7"
-#   KV_QUANTIZATIONS  decode.py --kv-cache-quantizations ["int8 float8_e4m3fn"]; "" for none
+#   KV_QUANTIZATIONS  decode.py --kv_cache_quantizations ["int8 float8_e4m3fn"]; "" for none
 #   DEVICE          [cuda]; "cpu" runs the same steps on the CPU, only to check this script
 #   TESTS           pytest selection ["tests/attention -m 'not slow'"]
 #   STEPS           which steps run ["tests decode pretrain study"]
@@ -100,7 +100,7 @@ if wants decode; then
         echo "gpu.sh: benchmark pythia-$size -> $out/$name.md" >&2
         # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
         "$python" benchmarks/decode.py --device "$device" --dtype bfloat16 --size "$size" $bench_args \
-            ${kv_quantizations:+--kv-cache-quantizations $kv_quantizations} \
+            ${kv_quantizations:+--kv_cache_quantizations $kv_quantizations} \
             --out "$out/$name.md" > /dev/null 2> "$out/$name.log" || fail "$name failed, see $name.log"
     done
 fi
