@@ -18,7 +18,9 @@ results.csv, report.md, plots) is rewritten after every run, so it always shows 
 
 Progress: each phase of each run is announced as ``[run i/n] NAME: phase``, and the worker's own
 output is streamed below it, every line prefixed with ``[i/n NAME]`` (and saved unprefixed in the
-run's ``run.log``). Ctrl-C (or SIGTERM) stops the worker (terminate, then kill after 10 s), rewrites
+run's ``run.log``); after each run, one line for the whole sweep: runs done, time so far and the time left,
+estimated from the runs this process finished (``sweep: 2/6 runs done in 3m 10s, about 6m 20s left``;
+:mod:`litgpt_mka.compare.eta`). Ctrl-C (or SIGTERM) stops the worker (terminate, then kill after 10 s), rewrites
 the report of the finished runs and exits with status 130; finished runs stay finished.
 
 Before any run, both data files are tokenized into the shared token cache, so that no run's wall
@@ -31,6 +33,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections import deque
 import dataclasses
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from pathlib import Path
 from litgpt_mka.compare import report
 from litgpt_mka.compare.atomic import read_json, write_json
 from litgpt_mka.compare.environment import command_line, environment, utc_now
+from litgpt_mka.compare.eta import SweepClock, sweep_line
 from litgpt_mka.compare.kv_quantization import read_kv_quantization
 from litgpt_mka.compare.layout import REPORT_MD, RunPlan
 from litgpt_mka.compare.options import CompareOptions
@@ -325,8 +329,9 @@ def run_comparison(comparison: Comparison) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         prepare_data(comparison.shared)
-        options = comparison.options
-        for plan in comparison.runs:
+        options, clock = comparison.options, SweepClock()
+        for done, plan in enumerate(comparison.runs, start=1):
+            started, finished_earlier = time.perf_counter(), plan.is_finished()
             if not execute(plan, total, options.keep_step_checkpoints):
                 failed.append(plan.name)
             else:
@@ -335,6 +340,9 @@ def run_comparison(comparison: Comparison) -> int:
                 if not measure_quantized_caches(plan, total, options.kv_cache_quantizations):
                     failed.append(f"{plan.name} (quantized KV caches)")
             write_report(comparison)
+            if not finished_earlier:
+                clock.record(plan.variant, time.perf_counter() - started)
+            print(sweep_line(done, total, clock, [run.variant for run in comparison.runs[done:]]), flush=True)
     except KeyboardInterrupt:
         write_report(comparison)
         print(f"interrupted: finished runs are kept in {comparison.out_dir}; run the same command again to resume",
