@@ -3,20 +3,20 @@
     python benchmarks/decode.py                                   # pythia-70m shape, fp32, CUDA if present
     python benchmarks/decode.py --threads 2 --out docs/decode-70m-cpu.md
     python benchmarks/decode.py --device cuda --dtype bfloat16 --out decode-70m-cuda-bf16.md
-    python benchmarks/decode.py --size 14m --rounds 1 --contexts 256 --batch-sizes 1 --cache-dominated none
+    python benchmarks/decode.py --size 14m --rounds 1 --contexts 256 --batch_sizes 1 --cache_dominated none
 
 Rows: every preset of the size (``config_hub/pretrain/pythia-{size}-*.yaml``: MHA, GQA, MQA, MLA, MKA,
 FMKA) and, where our class has a litgpt counterpart, litgpt's class on the same weights: GQA and MQA
 with litgpt's ``CausalSelfAttention`` and with ours (``GroupedQueryAttention``), MLA with litgpt's
 ``MultiheadLatentAttention`` (expanded per-head cache) and with ours (latent cache, absorbed decode).
-``--kv-cache-quantizations int8 int4`` adds, per preset, our class with a quantized cache on the same
+``--kv_cache_quantizations int8 int4`` adds, per preset, our class with a quantized cache on the same
 weights (``kv_cache_quantization``; MHA through ``GroupedQueryAttention``, with one more unquantized MHA row
 of that class) and a table of each against the same class unquantized.
 Weights and prompts are random (speed does not depend on them); ``block_size`` is raised to fit the
 longest context (Pythia has no learned positions).
 
-Settings: every ``--batch-sizes`` x ``--contexts`` pair, plus a cache-dominated one
-(``--cache-dominated``, default batch 16 at context 4096, where the cache bytes read per step outweigh
+Settings: every ``--batch_sizes`` x ``--contexts`` pair, plus a cache-dominated one
+(``--cache_dominated``, default batch 16 at context 4096, where the cache bytes read per step outweigh
 the weights), plus a tiny context per batch size for the weights term (below).
 
 Protocol. Each (variant, setting) gets its own KV cache, filled by prefilling one random row of
@@ -25,7 +25,7 @@ batch rows (the values do not change the work; prefilling every row would cost 1
 ``--rounds`` interleaved rounds: in each round every setting and every variant is visited once, in
 turn, and a visit decodes k more tokens greedily from where the previous visit of that cache stopped
 (no position is ever rewritten, which MKA's bounded ring of running sums requires), timing the last
-``--new-tokens`` steps; the visit's sample is its median step time. The rounds' visits together decode
+``--new_tokens`` steps; the visit's sample is its median step time. The rounds' visits together decode
 the positions ``context - rounds k / 2 .. context + rounds k / 2``, centred on the context. Reported per
 row: tokens/s = batch / step time, median over the rounds and min-max (a wide range says the machine
 was disturbed), and the ratio of medians to MHA's.
@@ -47,7 +47,7 @@ PUBLISHABLE when other processes kept the machine busy (:mod:`litgpt_mka.measure
 Cost: the default grid (70m, fp32, 9 rows x 7 settings + 3 tiny ones, 5 rounds) needs about 11 GiB of memory at the
 batch 16 x 4096 setting (7.6 GiB of caches, printed before measuring; 160m: 22 GiB of caches) and takes,
 by estimate, half an hour on an idle 2-core CPU, mostly litgpt's GQA/MQA rows at batch 16 x 4096 (each of
-their steps repeats the whole cache); fewer ``--new-tokens`` or ``--cache-dominated none`` shorten it.
+their steps repeats the whole cache); fewer ``--new_tokens`` or ``--cache_dominated none`` shorten it.
 A GPU takes a minute or two.
 """
 
@@ -124,24 +124,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--size", choices=("14m", "70m", "160m"), default="70m", help="Pythia size (default: 70m)")
     parser.add_argument("--contexts", type=int, nargs="+", default=[256, 1024, 2048], help="tokens in the cache")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch_sizes", "--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument(
-        "--cache-dominated", default="16x4096", help="one more BATCHxCONTEXT setting, or 'none' (default: 16x4096)"
+        "--cache_dominated", "--cache-dominated", default="16x4096",
+        help="one more BATCHxCONTEXT setting, or 'none' (default: 16x4096)",
     )
     parser.add_argument(
         "--rounds", type=int, default=5, help=f"interleaved rounds (default: 5; < {MIN_PUBLISHABLE_ROUNDS} is marked)"
     )
-    parser.add_argument("--new-tokens", type=int, default=16, help="timed decode steps per visit (default: 16)")
-    parser.add_argument("--warmup-tokens", type=int, default=2, help="untimed decode steps per visit (default: 2)")
+    parser.add_argument(
+        "--new_tokens", "--new-tokens", type=int, default=16, help="timed decode steps per visit (default: 16)"
+    )
+    parser.add_argument(
+        "--warmup_tokens", "--warmup-tokens", type=int, default=2, help="untimed decode steps per visit (default: 2)"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--variants", nargs="+", default=None, help="row keys to run (default: all; mha always runs)")
     parser.add_argument(
-        "--copy-mib", type=int, default=None, help="MiB copied to measure the bandwidth (default: 256 CPU, 2048 GPU)"
+        "--copy_mib", "--copy-mib", type=int, default=None,
+        help="MiB copied to measure the bandwidth (default: 256 CPU, 2048 GPU)",
     )
     parser.add_argument(
-        "--kv-cache-quantizations", nargs="+", default=[], choices=sorted(QUANTIZATION_DTYPES),
+        "--kv_cache_quantizations", "--kv-cache-quantizations", nargs="+", default=[],
+        choices=sorted(QUANTIZATION_DTYPES),
         help="also a row per preset and kv_cache_quantization (its defaults; MHA through GroupedQueryAttention)",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -149,15 +156,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     for name in ("rounds", "new_tokens"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
+            parser.error(f"--{name}={getattr(args, name)} must be at least 1")
     if args.warmup_tokens < 0:
-        parser.error(f"--warmup-tokens={args.warmup_tokens} must be at least 0")
+        parser.error(f"--warmup_tokens={args.warmup_tokens} must be at least 0")
     args.extra = None
     if args.cache_dominated != "none":
         try:
             batch, context = (int(part) for part in args.cache_dominated.lower().split("x"))
         except ValueError:
-            parser.error(f"--cache-dominated={args.cache_dominated!r} must look like 16x4096, or be 'none'")
+            parser.error(f"--cache_dominated={args.cache_dominated!r} must look like 16x4096, or be 'none'")
         args.extra = (batch, context)
     half_span = args.rounds * (args.warmup_tokens + args.new_tokens) // 2
     contexts = args.contexts + ([args.extra[1]] if args.extra else [])

@@ -38,8 +38,8 @@
 #   SIZE [70m]; DTYPE [bfloat16]: the presets and dtype of stages 1 and 2
 #   TESTS           pytest selection [tests/attention/test_bf16_decode.py -n 0]
 #   BACKENDS_ARGS, FSDP_ARGS, SPEED_ARGS, GROWTH_ARGS: more options of those gpu_checks.py subcommands [none]
-#   BENCH_ARGS      decode.py options ["--contexts 1024 --batch-sizes 1 --cache-dominated 16x4096
-#                   --kv-cache-quantizations int8 float8_e4m3fn"]; "skip" leaves decode.py out
+#   BENCH_ARGS      decode.py options ["--contexts 1024 --batch_sizes 1 --cache_dominated 16x4096
+#                   --kv_cache_quantizations int8 float8_e4m3fn"]; "skip" leaves decode.py out
 #   PRETRAIN_PRESET [pythia-$SIZE-mla]; PRETRAIN_TOKENS [204800: 50 steps of the presets' 8 x 512 tokens];
 #   PRETRAIN_ARGS   more `litgpt pretrain` options [none]
 #   DATA_DIR        train.txt / val.txt [../shared/data/tinystories]; TOKENIZER_DIR [../shared/tokenizers/pythia]
@@ -86,7 +86,7 @@ device=${DEVICE:-cuda}
 size=${SIZE:-70m}
 dtype=${DTYPE:-bfloat16}
 tests=${TESTS:-"tests/attention/test_bf16_decode.py -n 0"}
-bench_args=${BENCH_ARGS:-"--contexts 1024 --batch-sizes 1 --cache-dominated 16x4096 --kv-cache-quantizations int8 float8_e4m3fn"}
+bench_args=${BENCH_ARGS:-"--contexts 1024 --batch_sizes 1 --cache_dominated 16x4096 --kv_cache_quantizations int8 float8_e4m3fn"}
 python=${PYTHON:-python3}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$out"
@@ -111,7 +111,7 @@ fi
 # the versions (stage 1's first table) and the check that the device is there, in one Python start
 versions=$(mktemp)
 started=$SECONDS
-if ! "$python" benchmarks/gpu_checks.py versions --device "$device" --require-device --out "$versions" > /dev/null; then
+if ! "$python" benchmarks/gpu_checks.py versions --device "$device" --require_device --out "$versions" > /dev/null; then
     echo "gpu.sh: no CUDA device visible to torch (or litgpt_mka is not installed); DEVICE=cpu checks the script" >&2
     exit 2
 fi

@@ -153,7 +153,7 @@ def short_error(error: Exception) -> str:
 
 # -------------------------------------------------------------------------------------------- versions
 def versions(args: argparse.Namespace, section: Section) -> None:
-    """Raises SystemExit(3) with ``--require-device`` when ``--device`` is not there (CUDA absent)."""
+    """Raises SystemExit(3) with ``--require_device`` when ``--device`` is not there (CUDA absent)."""
     if args.require_device and resolve(args)[0].type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(3)
 
@@ -495,14 +495,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return sub
 
     sub = command("versions", versions, "torch/CUDA/cuDNN/litgpt versions and the GPU")
-    sub.add_argument("--require-device", action="store_true", help="exit with status 3 when --device is absent")
+    sub.add_argument("--require_device", action="store_true", help="exit with status 3 when --device is absent")
     sub = command("backends", backends, "the SDPA kernel of every variant x call site")
     sub.add_argument("--prompt", type=int, default=256, help="prompt tokens in the cache (default: 256)")
-    sub.add_argument("--train-length", type=int, default=512, help="training forward tokens (default: 512)")
+    sub.add_argument("--train_length", type=int, default=512, help="training forward tokens (default: 512)")
     sub = command("fsdp", fsdp, "one-process FSDP2 steps against the unsharded model")
     sub.add_argument("--steps", type=int, default=3)
     sub.add_argument("--batch", type=int, default=4)
-    sub.add_argument("--train-length", type=int, default=512)
+    sub.add_argument("--train_length", type=int, default=512)
     sub.add_argument("--lr", type=float, default=1e-3)
     for name, function, help, steps in (
         ("decode-speed", decode_speed, "tokens/s, default policy against forced backends", 64),
@@ -515,7 +515,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         sub.add_argument("--policies", nargs="+", choices=["default", *FORCED], default=None)
     commands.choices["decode-speed"].add_argument("--warmup", type=int, default=4)
     commands.choices["decode-speed"].add_argument(
-        "--kv-cache-quantizations", nargs="*", default=["int8"], help="rows with these caches too (default: int8)"
+        "--kv_cache_quantizations", nargs="*", default=["int8"], help="rows with these caches too (default: int8)"
     )
     commands.choices["decode-growth"].add_argument("--seconds", type=float, default=20.0,
                                                    help="stop a run after this many seconds (default: 20)")

@@ -2,15 +2,15 @@
 
     python benchmarks/train_throughput.py                       # pythia-14m and pythia-70m shapes, eager
     python benchmarks/train_throughput.py --compile             # torch.compile, as litgpt pretrain does
-    python benchmarks/train_throughput.py --models pythia-14m --batch-size 8 --seq-len 512 --steps 6
+    python benchmarks/train_throughput.py --models pythia-14m --batch_size 8 --seq_len 512 --steps 6
     python benchmarks/train_throughput.py --threads 1 --clock cpu  # on a machine shared with other work
 
 One training step = forward, cross-entropy over the next tokens, backward, AdamW step, zero_grad, on
 random token ids (throughput does not depend on the data). For each model shape every variant is
 built from the same preset (``Config.from_name``; only the attention fields differ), takes
 ``--warmup`` untimed steps (compilation included), then timed rounds (at least ``--steps``, and more
-until ``--min-seconds`` of timed steps have passed, so that short steps get more rounds; at most
-``--max-steps``); within a round the variants run one step each, in an order rotated every round, so
+until ``--min_seconds`` of timed steps have passed, so that short steps get more rounds; at most
+``--max_steps``); within a round the variants run one step each, in an order rotated every round, so
 that drift in the machine's load (other processes, thermal state) falls on all variants alike.
 Reported per variant: the best and the median tokens/s over the rounds and their ratios to MHA's. On
 a machine shared with other work the best round (least interference, the usual estimator of a step's
@@ -115,14 +115,14 @@ def benchmark(model_name: str, args: argparse.Namespace) -> list[tuple]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["pythia-14m", "pythia-70m"], help="litgpt preset names")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=4)
+    parser.add_argument("--seq_len", "--seq-len", type=int, default=256)
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed steps per variant incl. compilation (default 1; 2 compiled)"
     )
     parser.add_argument("--steps", type=int, default=6, help="least timed rounds (one step per variant each)")
-    parser.add_argument("--min-seconds", type=float, default=90.0, help="more rounds until this much time is timed")
-    parser.add_argument("--max-steps", type=int, default=30, help="most timed rounds")
+    parser.add_argument("--min_seconds", "--min-seconds", type=float, default=90.0, help="more rounds until this much time is timed")
+    parser.add_argument("--max_steps", "--max-steps", type=int, default=30, help="most timed rounds")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model, as litgpt pretrain does")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what a step's time is measured in")

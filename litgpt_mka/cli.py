@@ -1,4 +1,4 @@
-"""The ``litgpt-mka`` command (jsonargparse, like litgpt's): ``litgpt-mka compare|convert|evaluate ...``.
+"""The ``litgpt-mka`` command (jsonargparse, like litgpt's): ``litgpt-mka compare|convert|evaluate|cloze|report ...``.
 
 Each subcommand is either an options dataclass that jsonargparse reads directly (fields = options, field
 docstrings = help) with a function that runs it, or one function whose parameters are the options; either
@@ -6,7 +6,8 @@ returns the exit status. Adding a subcommand = one entry in :data:`SUBCOMMANDS`.
 
 List options take several values after one flag, as shells expand globs
 (``--configs config_hub/pretrain/pythia-14m-*.yaml --seeds 1 2 3``); the JSON form
-(``--seeds '[1, 2, 3]'``) works too.
+(``--seeds '[1, 2, 3]'``) works too. ``--pretrain_args`` takes `litgpt pretrain` arguments as they are
+(``--pretrain_args --train.lr_warmup_steps=5 --train.min_lr=1e-5``), up to the next option of ``compare``.
 """
 
 import json
@@ -14,6 +15,7 @@ import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from litgpt_mka.compare.options import CompareOptions
@@ -33,6 +35,50 @@ def run_compare(options: CompareOptions) -> int:
     return run_comparison(comparison)
 
 
+def cloze(val_path: Path, *, out_dir: Path, max_docs: int | None = None) -> int:
+    """Build the local TinyStories cloze task for lm-eval (LAMBADA's format: the last word of held-out stories).
+
+    Writes OUT_DIR/tinystories_cloze.jsonl and OUT_DIR/tinystories_cloze.yaml; pass OUT_DIR as --include_path to
+    `litgpt-mka evaluate` or `lm_eval` (see litgpt_mka/evaluate/cloze.py). Exit status 0, or 2 for a text with no
+    story to use.
+
+    Args:
+        val_path: Held-out .txt file(s) or folder, stories separated by <|endoftext|> lines.
+        out_dir: Folder for the task (pass it as --include_path).
+        max_docs: At most this many stories; default: all.
+    """
+    from litgpt_mka.evaluate.cloze import write_cloze_task
+
+    try:
+        yaml_file = write_cloze_task(val_path, out_dir, max_docs)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"litgpt-mka cloze: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {yaml_file} and {yaml_file.with_suffix('.jsonl')}")
+    return 0
+
+
+def report(results_json: Path, reference: str | None = None, plots: bool = True) -> int:
+    """Render report.md, results.csv and the plots of a comparison again from its results.json (nothing reruns).
+
+    Exit status 0, or 2 for a missing or unreadable results.json or an unknown reference.
+
+    Args:
+        results_json: OUT_DIR/results.json of `litgpt-mka compare`; the outputs are written beside it.
+        reference: The variant (config file stem) the others are compared with; default: the saved one.
+        plots: Write the PNG plots (needs matplotlib).
+    """
+    from litgpt_mka.compare.report import read_results, write_outputs
+
+    try:
+        results = read_results(Path(results_json), reference)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"litgpt-mka report: error: {error}", file=sys.stderr)
+        return 2
+    write_outputs(Path(results_json).parent, results, plots)
+    return 0
+
+
 @dataclass(frozen=True)
 class Subcommand:
     options: Callable  # a dataclass whose fields are the options, or a function whose parameters are
@@ -43,6 +89,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "compare": Subcommand(CompareOptions, run_compare),
     "convert": Subcommand(convert),  # its parameters are the options; it returns the exit status
     "evaluate": Subcommand(evaluate),
+    "cloze": Subcommand(cloze),
+    "report": Subcommand(report),
 }
 
 
@@ -58,13 +106,32 @@ def list_options(options: Callable) -> dict[str, type]:
     return lists
 
 
+# list options whose values are arguments of another command: `--pretrain_args --train.lr_warmup_steps=5 --seed=3`
+# takes every value up to the next option of the subcommand itself
+PASS_THROUGH_OPTIONS = {"--pretrain_args"}
+
+
+def own_options(options: Callable) -> set[str]:
+    """``--name`` for every option of a subcommand's dataclass fields or function parameters, and the help."""
+    return {f"--{name}" for name in typing.get_type_hints(options) if name != "return"} | {"-h", "--help"}
+
+
+def ends_values(argument: str, flag: str, own: set[str]) -> bool:
+    """Whether `argument` is the next option rather than one more value of the list option `flag`."""
+    if flag in PASS_THROUGH_OPTIONS:
+        return argument.split("=", 1)[0] in own
+    return argument.startswith("--")
+
+
 def join_list_options(argv: list[str]) -> list[str]:
-    """``compare --configs a b c`` -> ``compare --configs=["a", "b", "c"]`` (values up to the next ``--`` option).
+    """``compare --configs a b c`` -> ``compare --configs=["a", "b", "c"]`` (values up to the next ``--`` option;
+    for :data:`PASS_THROUGH_OPTIONS`, up to the next option of the subcommand).
 
     The list options are those of the subcommand named first in `argv`.
     """
     subcommand = SUBCOMMANDS.get(argv[0]) if argv else None
     lists = list_options(subcommand.options) if subcommand else {}
+    own = own_options(subcommand.options) if subcommand else set()
     joined, i = [], 0
     while i < len(argv):
         flag = argv[i]
@@ -73,7 +140,7 @@ def join_list_options(argv: list[str]) -> list[str]:
             i += 1
             continue
         values, i = [], i + 1
-        while i < len(argv) and not argv[i].startswith("--"):
+        while i < len(argv) and not ends_values(argv[i], flag, own):
             values.append(argv[i])
             i += 1
         if len(values) == 1 and values[0].lstrip().startswith("["):

@@ -33,6 +33,10 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+# litgpt's precision strings that evaluation (litgpt-mka evaluate, lm_eval --model litgpt-mka) accepts -> the torch
+# dtype name of the weights and the KV cache
+EVALUATION_PRECISIONS = {"32-true": "float32", "bf16-true": "bfloat16", "16-true": "float16"}
+
 # CPU feature flags that mean bfloat16 arithmetic in hardware (Linux /proc/cpuinfo names)
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 # macOS: sysctl keys that are 1 on Apple silicon with FEAT_BF16 (M2 and later)

@@ -9,17 +9,22 @@ stays fast.
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from litgpt_mka.compare.launch import check_launcher
 from litgpt_mka.evaluate import lm_eval_missing_message
 
+# the choices are Literal types, so that --help lists them and jsonargparse refuses others
 # what `litgpt pretrain --precision` accepts (litgpt.pretrain.setup's annotation)
-PRECISIONS = ("bf16-true", "bf16-mixed", "32-true")
+Precision = Literal["bf16-true", "bf16-mixed", "32-true"]
+PRECISIONS = get_args(Precision)
 # decode and KV-cache dtypes, by their torch attribute name (torch.float32, ...): litgpt_mka.compare.measure.torch_dtype
-DECODE_DTYPES = ("float32", "bfloat16", "float16")
+DecodeDtype = Literal["float32", "bfloat16", "float16"]
+DECODE_DTYPES = get_args(DecodeDtype)
 # kv_cache_quantization names (litgpt_mka.attention.quantization.DTYPES; tested equal, kept here so that --help
 # imports no torch)
-KV_CACHE_QUANTIZATIONS = ("int8", "int4", "float8_e4m3fn")
+KvCacheQuantization = Literal["int8", "int4", "float8_e4m3fn"]
+KV_CACHE_QUANTIZATIONS = get_args(KvCacheQuantization)
 # the fewest validation-curve points per run that compare accepts without a warning
 MIN_CURVE_POINTS = 8
 
@@ -56,7 +61,7 @@ class CompareOptions:
     """Token budget per run (train.max_tokens); default: the YAMLs'."""
     max_seq_length: int | None = None
     """Tokens per training window (train.max_seq_length); default: the YAMLs'."""
-    precision: str | None = None
+    precision: Precision | None = None
     """litgpt precision (bf16-mixed, bf16-true, 32-true); default: the YAMLs' (null: the machine's default, litgpt_mka/precision.py)."""
     devices: int | str | None = None
     """litgpt devices; default: the YAMLs'."""
@@ -80,7 +85,7 @@ class CompareOptions:
     """Sequences decoded together (and the batch of the KV-cache size)."""
     decode_new_tokens: int = 32
     """Timed decode steps."""
-    decode_dtype: str | None = None
+    decode_dtype: DecodeDtype | None = None
     """float32, bfloat16 or float16 for decoding and the KV cache; default: the dtype of `litgpt generate`'s
     default precision on this machine."""
     eval_batch_size: int = 4
@@ -95,7 +100,7 @@ class CompareOptions:
     reference. Adding or changing them on a rerun trains nothing."""
     include_path: Path | None = None
     """A folder of extra lm-eval task YAML files for --lm_eval_tasks (e.g. tasks on a local JSON file)."""
-    kv_cache_quantizations: list[str] | None = None
+    kv_cache_quantizations: list[KvCacheQuantization] | None = None
     """Quantized KV caches (int8, int4, float8_e4m3fn) to decode each run's final checkpoint through: the held-out
     loss of cached decoding (teacher-forced, as `litgpt generate` feeds tokens) with and without each, and the
     cache bytes; report.md adds their table and the Pareto plot their points. Adding them on a rerun trains

@@ -19,7 +19,9 @@ results.csv, report.md, plots) is rewritten after every run, so it always shows 
 
 Progress: each phase of each run is announced as ``[run i/n] NAME: phase``, and the worker's own
 output is streamed below it, every line prefixed with ``[i/n NAME]`` (and saved unprefixed in the
-run's ``run.log``). Ctrl-C (or SIGTERM) stops the worker (terminate, then kill after 10 s), rewrites
+run's ``run.log``); after each run, one line for the whole sweep: runs done, time so far and the time left,
+estimated from the runs this process finished (``sweep: 2/6 runs done in 3m 10s, about 6m 20s left``;
+:mod:`litgpt_mka.compare.eta`). Ctrl-C (or SIGTERM) stops the worker (terminate, then kill after 10 s), rewrites
 the report of the finished runs and exits with status 130; finished runs stay finished.
 
 Before any run, both data files are tokenized into the shared token cache, so that no run's wall
@@ -33,14 +35,16 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections import deque
 import dataclasses
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from litgpt_mka.compare import report
 from litgpt_mka.compare.atomic import read_json, write_json
 from litgpt_mka.compare.environment import command_line, environment, utc_now
+from litgpt_mka.compare.eta import SweepClock, sweep_line
 from litgpt_mka.compare.kv_quantization import read_kv_quantization
 from litgpt_mka.compare.launch import launcher_of
 from litgpt_mka.compare.layout import REPORT_MD, RunPlan
@@ -331,6 +335,16 @@ def finish_run(comparison: Comparison, plan: RunPlan) -> list[str]:
     return failed
 
 
+def _timed(clock: SweepClock, plan: RunPlan, task) -> list[str]:
+    """Runs a launcher's task in this process and records its wall time for the sweep's estimate (a run an earlier
+    ``compare`` finished is skipped by its task and not counted)."""
+    finished_earlier, started = plan.is_finished(), time.perf_counter()
+    failed = task()
+    if not finished_earlier:
+        clock.record(plan.variant, time.perf_counter() - started)
+    return failed
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -343,10 +357,21 @@ def run_comparison(comparison: Comparison) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         prepare_data(comparison.shared)
-        options = comparison.options
+        options, clock, done = comparison.options, SweepClock(), []
         tasks = [(plan.name, functools.partial(finish_run, comparison, plan)) for plan in comparison.runs]
+        if options.launcher == "sequential":  # runs in this process: their wall times feed the sweep's estimate
+            tasks = [
+                (name, functools.partial(_timed, clock, plan, task)) for (name, task), plan in zip(tasks, comparison.runs)
+            ]
         launcher = launcher_of(options.launcher, options.parallel_runs, options.slurm, comparison.out_dir)
-        failed = launcher.run(tasks, functools.partial(write_report, comparison))
+
+        def after_each() -> None:
+            write_report(comparison)
+            done.append(True)
+            pending = [run.variant for run in comparison.runs if not run.is_finished()]
+            print(sweep_line(len(done), len(comparison.runs), clock, pending), flush=True)
+
+        failed = launcher.run(tasks, after_each)
     except KeyboardInterrupt:
         write_report(comparison)
         print(f"interrupted: finished runs are kept in {comparison.out_dir}; run the same command again to resume",

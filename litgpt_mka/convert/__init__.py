@@ -142,8 +142,9 @@ def _describe(overrides: dict[str, Any]) -> str:
 
 def convert(
     checkpoint_dir: Path,
-    to: Literal["gqa", "mqa", "mla"] | None = None,
-    out_dir: Path | None = None,
+    *,
+    to: Literal["gqa", "mqa", "mla"],
+    out_dir: Path,
     n_query_groups: int | None = None,
     kv_lora_rank: int | None = None,
     rope_fit: Literal["complex", "mean"] = "complex",
@@ -172,9 +173,6 @@ def convert(
         calibration_seq_length: Tokens per calibration window (capped at block_size - 1).
         seed: Seed of the sampled calibration sequences and of the randomized SVD.
     """
-    if to is None or out_dir is None:
-        print("litgpt-mka convert: error: --to and --out_dir are required", file=sys.stderr)
-        return 2
     try:
         convert_checkpoint(
             checkpoint_dir, to, out_dir, n_query_groups=n_query_groups, kv_lora_rank=kv_lora_rank,

@@ -1,21 +1,25 @@
 """``litgpt-mka evaluate``: lm-evaluation-harness tasks on a litgpt checkpoint of any variant, directly.
 
-    litgpt-mka evaluate CHECKPOINT_DIR --tasks lambada_openai,piqa [--num_fewshot N] [--batch_size N]
-        [--limit N] [--include_path DIR] [--device D] [--precision P] [--out_dir DIR] [--seed S]
+    litgpt-mka evaluate CHECKPOINT_DIR --tasks lambada_openai,piqa [--num_fewshot N] [--batch_size N|auto]
+        [--max_batch_size N] [--limit N] [--include_path DIR] [--device D] [--precision P] [--out_dir DIR] [--seed S]
 
 ``litgpt evaluate`` converts a checkpoint to Hugging Face first, so it cannot evaluate MLA, MKA or FMKA;
 here the litgpt ``GPT`` (which the plugin builds for every variant from ``model_config.yaml``) answers lm-eval's
 requests itself (:class:`litgpt_mka.evaluate.lm.LitgptLM`). lm-eval is the optional extra ``[eval]``.
-Writes ``OUT_DIR/results.json`` (lm-eval's results) and ``OUT_DIR/results.md`` (its table); progress goes
-to stderr, one line per batch of requests.
+
+It is a thin wrapper over lm-eval's own path: ``simple_evaluate(model="litgpt-mka", model_args=...)``, the model
+that ``lm_eval --model litgpt-mka --model_args checkpoint_dir=DIR`` builds too
+(:mod:`litgpt_mka.evaluate.registration`), with litgpt evaluate's defaults (seed 1234, results beside the
+checkpoint). Writes ``OUT_DIR/results.json`` (lm-eval's results) and ``OUT_DIR/results.md`` (its table);
+progress is a tqdm bar per request type on stderr.
 """
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-# litgpt's precision strings that evaluation accepts -> the dtype of the weights and the KV cache
-PRECISIONS = {"32-true": "float32", "bf16-true": "bfloat16", "16-true": "float16"}
+from litgpt_mka.precision import EVALUATION_PRECISIONS as PRECISIONS
+
 DEFAULT_SEED = 1234  # litgpt evaluate's
 LM_EVAL_DISTRIBUTION = "lm-eval"
 
@@ -51,7 +55,9 @@ def require_lm_eval() -> None:
         raise ImportError(lm_eval_missing_message()) from error
 
 
-def check_options(tasks: str | None, batch_size: int, precision: str, limit: float | None, num_fewshot: int | None) -> list[str]:
+def check_options(
+    tasks: str | None, batch_size: int | str, precision: str, limit: float | None, num_fewshot: int | None
+) -> list[str]:
     """The task names of `tasks` (comma-separated).
 
     Raises:
@@ -60,8 +66,8 @@ def check_options(tasks: str | None, batch_size: int, precision: str, limit: flo
     names = [name.strip() for name in (tasks or "").split(",") if name.strip()]
     if not names:
         raise ValueError(f"tasks={tasks!r}: give one or more lm-eval task names, comma-separated (--tasks piqa,sciq)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer or 'auto'")
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} must be one of {list(PRECISIONS)}")
     if limit is not None and not limit > 0:
@@ -99,16 +105,17 @@ def evaluate_checkpoint(
     checkpoint_dir: Path,
     tasks: str,
     num_fewshot: int | None = None,
-    batch_size: int = 1,
+    batch_size: int | str = 1,
+    max_batch_size: int | None = None,
     limit: float | None = None,
     include_path: Path | None = None,
     include_defaults: bool = True,
     device: str | None = None,
     precision: str = "32-true",
     seed: int = DEFAULT_SEED,
-    log: Any = None,
 ) -> dict[str, Any]:
-    """lm-eval's results dictionary for `checkpoint_dir` on `tasks` (see :func:`evaluate` for the options).
+    """lm-eval's results dictionary for `checkpoint_dir` on `tasks` (see :func:`evaluate` for the options), by
+    ``simple_evaluate`` on the registered model ``litgpt-mka``.
 
     Raises:
         ImportError: lm-eval is missing.
@@ -116,20 +123,24 @@ def evaluate_checkpoint(
         FileNotFoundError: not a litgpt checkpoint folder, or a missing include_path.
     """
     require_lm_eval()
-    import torch
     from lm_eval import simple_evaluate
+    from lm_eval.api.registry import get_model
 
     import litgpt_mka  # noqa: F401  (the plugin builds every variant, also without the .pth hook)
-    from litgpt_mka.evaluate.lm import load_lm, print_progress
+    from litgpt_mka.evaluate.registration import MODEL_NAME, register_with_lm_eval
 
     names = check_options(tasks, batch_size, precision, limit, num_fewshot)
     manager = task_manager(include_path, include_defaults)
     check_tasks_known(names, manager)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    lm = load_lm(Path(checkpoint_dir), device, getattr(torch, PRECISIONS[precision]), batch_size, log=log or print_progress)
-    lm.info["precision"] = precision
-    return simple_evaluate(
+    register_with_lm_eval()  # done already by the .pth's import finder, unless LITGPT_MKA_DISABLE=1
+    model_args = {"checkpoint_dir": str(checkpoint_dir), "precision": precision}
+    # what `lm_eval --model litgpt-mka --model_args ... --batch_size ... --device ...` builds
+    lm = get_model(MODEL_NAME).create_from_arg_obj(
+        model_args, {"batch_size": batch_size, "max_batch_size": max_batch_size, "device": device}
+    )
+    results = simple_evaluate(
         model=lm,
+        model_args=model_args,
         tasks=names,
         num_fewshot=num_fewshot,
         limit=limit,
@@ -140,18 +151,23 @@ def evaluate_checkpoint(
         torch_random_seed=seed,
         fewshot_random_seed=seed,
     )
+    # lm-eval names a model object by its class, and 0.4.9 records get_model_info() for its HFLM only
+    results["config"].update({"model": MODEL_NAME, **lm.get_model_info()})
+    return results
 
 
 def evaluate(
     checkpoint_dir: Path,
-    tasks: str | None = None,
+    *,
+    tasks: str,
     num_fewshot: int | None = None,
-    batch_size: int = 1,
+    batch_size: int | Literal["auto"] = 1,
+    max_batch_size: int | None = None,
     limit: float | None = None,
     include_path: Path | None = None,
     include_defaults: bool = True,
     device: str | None = None,
-    precision: str = "32-true",
+    precision: Literal["32-true", "bf16-true", "16-true"] = "32-true",
     out_dir: Path | None = None,
     seed: int = DEFAULT_SEED,
 ) -> int:
@@ -165,7 +181,9 @@ def evaluate(
         tasks: Comma-separated lm-eval task names (or globs), e.g. "lambada_openai,piqa,sciq"; with
             --include_path also the tasks defined there.
         num_fewshot: Few-shot examples per prompt; default: each task's own.
-        batch_size: Requests (or rolling windows) per forward pass.
+        batch_size: Requests (or rolling windows) per forward pass; auto: the largest that fits in memory, halving
+            from --max_batch_size.
+        max_batch_size: The largest batch that auto tries; default: 64 (lm-eval's HFLM's).
         limit: Examples per task: a count, or a fraction of each task when below 1; default: all.
         include_path: A folder of extra lm-eval task YAML files (e.g. tasks on a local JSON file).
         include_defaults: Also index lm-eval's own tasks (false: only --include_path's; skips indexing
@@ -179,7 +197,7 @@ def evaluate(
 
     try:
         results = evaluate_checkpoint(
-            checkpoint_dir, tasks, num_fewshot=num_fewshot, batch_size=batch_size, limit=limit,
+            checkpoint_dir, tasks, num_fewshot=num_fewshot, batch_size=batch_size, max_batch_size=max_batch_size, limit=limit,
             include_path=include_path, include_defaults=include_defaults, device=device, precision=precision, seed=seed,
         )
     except (ImportError, ValueError, FileNotFoundError) as error:

@@ -1,6 +1,7 @@
 """A local TinyStories cloze task for lm-eval, LAMBADA's format: predict the last word of held-out stories.
 
-    python -m litgpt_mka.evaluate.cloze ../shared/data/tinystories/val.txt --out_dir tasks/tinystories
+    litgpt-mka cloze ../shared/data/tinystories/val.txt --out_dir tasks/tinystories
+    (or python -m litgpt_mka.evaluate.cloze, the same options)
 
 writes ``OUT_DIR/tinystories_cloze.jsonl`` (one story per line: ``context``, every word but the last, and
 ``target``, the last word without its punctuation) and ``OUT_DIR/tinystories_cloze.yaml``, the task

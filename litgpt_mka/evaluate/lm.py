@@ -20,25 +20,35 @@ itself, never a Hugging Face copy:
 Tokenization follows ``HFLM`` for a Hugging Face tokenizer: the tokenizer's own ids, a BOS added only when the
 checkpoint's ``tokenizer_config.json`` sets ``add_bos_token`` (GPT-NeoX/Pythia: never) and the text does not
 already start with it, special tokens skipped when decoding.
+
+lm-eval knows the class as the model ``litgpt-mka`` (:mod:`litgpt_mka.evaluate.registration`), built from
+``--model_args checkpoint_dir=DIR[,precision=bf16-true]`` and lm-eval's ``--batch_size`` (a number, or ``auto``:
+the largest batch, halving from ``--max_batch_size``, whose forward over the longest window fits in memory),
+``--max_batch_size`` and ``--device`` (:meth:`LitgptLM.create_from_arg_obj`). Progress is one tqdm bar per request
+type (requests done, rate, ETA) on stderr, off when lm-eval passes ``disable_tqdm``.
+
+Written against lm-eval's ``TemplateLM`` as it is from 0.4.8 (the lower end that ``litgpt[extra]`` accepts) to
+0.4.13: nothing here uses a helper that only one end has.
 """
 
-import sys
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from lm_eval import utils as lm_eval_utils
 from lm_eval.api.model import TemplateLM
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from tqdm import tqdm
 
-from litgpt_mka.evaluate.scoring import scored_window, score_windows
+from litgpt_mka.precision import EVALUATION_PRECISIONS as PRECISIONS
+from litgpt_mka.evaluate.scoring import largest_batch_that_fits, scored_window, score_windows
 
 DEFAULT_MAX_GEN_TOKS = 256  # HFLM's max_gen_toks, for tasks that set none
-
-
-def print_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+DEFAULT_MAX_BATCH_SIZE = 64  # HFLM's, the ceiling of --batch_size auto
+AUTO_BATCH_SIZE = "auto"
+# the names a task's generation_kwargs may give the number of new tokens, first wins (lm-eval 0.4.13's order)
+MAX_NEW_TOKENS_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
 
 
 class LitgptLM(TemplateLM):
@@ -47,25 +57,50 @@ class LitgptLM(TemplateLM):
     Args:
         model: the ``GPT``; its ``config.block_size`` is the context window.
         tokenizer: ``litgpt.tokenizer.Tokenizer`` of the checkpoint.
-        batch_size: requests (or rolling windows) per forward pass.
+        batch_size: requests (or rolling windows) per forward pass, or ``"auto"``.
+        max_batch_size: the largest batch ``"auto"`` tries.
         info: what ``results.json`` records under ``config`` about the model (checkpoint, precision, ...).
-        log: receives one progress line per batch of requests.
     """
 
     def __init__(
         self,
         model: torch.nn.Module,
         tokenizer: Any,
-        batch_size: int = 1,
+        batch_size: int | str = 1,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         info: dict[str, Any] | None = None,
-        log: Callable[[str], None] = print_progress,
     ) -> None:
         super().__init__()
         self.model = model
         self.litgpt_tokenizer = tokenizer
-        self._batch_size = batch_size
+        self._batch_size = parse_batch_size(batch_size)
+        self.max_batch_size = parse_batch_size(max_batch_size, allow_auto=False, name="max_batch_size")
+        self.batch_sizes: dict[int, int] = {}  # longest window -> the batch size auto chose (results.json lists them)
         self.info = dict(info or {})
-        self.log = log
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None) -> "LitgptLM":
+        """lm-eval's constructor for ``--model litgpt-mka``: `arg_dict` are ``--model_args`` (``checkpoint_dir``,
+        optionally ``precision``, ``batch_size``, ``max_batch_size``, ``device``), `additional_config` lm-eval's
+        own ``--batch_size``, ``--max_batch_size`` and ``--device`` (``None`` where not given).
+
+        Raises:
+            ValueError: no ``checkpoint_dir``, an argument this model does not take, or a value out of range.
+            FileNotFoundError: not a litgpt checkpoint folder.
+        """
+        given = {key: value for key, value in (additional_config or {}).items() if value is not None}
+        arguments = {**dict(arg_dict), **given}
+        unknown = sorted(set(arguments) - set(MODEL_ARGS))
+        if unknown:
+            raise ValueError(f"model_args {unknown}: litgpt-mka takes {list(MODEL_ARGS)}")
+        if not arguments.get("checkpoint_dir"):
+            raise ValueError("model_args has no checkpoint_dir: pass --model_args checkpoint_dir=DIR (a litgpt checkpoint)")
+        return load_lm(**arguments)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None) -> "LitgptLM":
+        """``--model_args checkpoint_dir=DIR,precision=bf16-true`` (see :meth:`create_from_arg_obj`)."""
+        return cls.create_from_arg_obj(lm_eval_utils.simple_parse_args_string(arg_string), additional_config)
 
     # --- what lm-eval reads -------------------------------------------------------------------------------
 
@@ -126,20 +161,31 @@ class LitgptLM(TemplateLM):
     ) -> list[tuple[float, bool]]:
         """``(log p(continuation | context), is_greedy)`` per ``(request_args, context_ids, continuation_ids)``."""
         windows = [scored_window(context, continuation, self.max_length) for _, context, continuation in requests]
-        unit = "windows" if kind == "loglikelihood_rolling" else "requests"
-        scores = score_windows(self.model, windows, self.batch_size, self._progress(kind, len(requests), unit))
+        unit = "window" if kind == "loglikelihood_rolling" else "request"
+        with tqdm(total=len(windows), desc=kind, unit=unit, disable=disable_tqdm) as bar:
+            batch_size = self.batch_size_for(windows)
+            scores = score_windows(self.model, windows, batch_size, on_batch=lambda number, batches, done: bar.update(done - bar.n))
         answers = [(score.log_likelihood, score.is_greedy) for score in scores]
         for (request_args, _, _), answer in zip(requests, answers):
             if request_args is not None:
                 self.cache_hook.add_partial("loglikelihood", request_args, answer)
         return answers
 
+    def batch_size_for(self, windows: Sequence[Any]) -> int:
+        """The batch size for `windows`: the fixed one, or with ``auto`` the largest that fits their longest input."""
+        if self._batch_size != AUTO_BATCH_SIZE:
+            return self._batch_size
+        longest = max((len(window.input_ids) for window in windows), default=1)
+        if longest not in self.batch_sizes:
+            self.batch_sizes[longest] = largest_batch_that_fits(self.model, longest, self.max_batch_size)
+        return self.batch_sizes[longest]
+
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         """The log-likelihood of each whole text, in disjoint windows of the context window (module docstring)."""
         texts = [request.args[0] for request in requests]
         windows_per_text = [self.rolling_windows(text) for text in texts]
         flat = [(None, context, continuation) for windows in windows_per_text for context, continuation in windows]
-        scores = self._loglikelihood_tokens(flat, kind="loglikelihood_rolling")
+        scores = self._loglikelihood_tokens(flat, disable_tqdm=disable_tqdm, kind="loglikelihood_rolling")
         totals, start = [], 0
         for text, windows in zip(texts, windows_per_text):
             total = sum(log_likelihood for log_likelihood, _ in scores[start : start + len(windows)])
@@ -159,17 +205,13 @@ class LitgptLM(TemplateLM):
         """Greedy continuations through the model's KV cache, one request at a time (module docstring)."""
         dtype = next(self.model.parameters()).dtype
         self.model.set_kv_cache(batch_size=1, device=self.device, dtype=dtype)
-        progress = self._progress("generate_until", len(requests))
-        batches = -(-len(requests) // self.batch_size)
         answers = []
         try:
-            for number, request in enumerate(requests, start=1):
+            for request in tqdm(requests, desc="generate_until", unit="request", disable=disable_tqdm):
                 context, gen_kwargs = request.args
                 answer = self.greedy_until(context, gen_kwargs)
                 answers.append(answer)
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), answer)
-                if number % self.batch_size == 0 or number == len(requests):
-                    progress(-(-number // self.batch_size), batches, number)
         finally:
             self.model.clear_kv_cache()
         return answers
@@ -182,13 +224,9 @@ class LitgptLM(TemplateLM):
         """
         from litgpt.generate.base import generate_fn
 
-        kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
-        until = handle_stop_sequences(kwargs.pop("until", None), eos=special_token_text(self.litgpt_tokenizer, self.eot_token_id))
-        max_new_tokens = kwargs.pop("max_gen_toks")
-        if kwargs.get("do_sample") or kwargs.get("temperature", 0.0) > 0.0:
-            raise ValueError(
-                f"generation_kwargs={gen_kwargs!r}: only greedy decoding is supported (do_sample false, temperature 0)"
-            )
+        until, max_new_tokens = greedy_settings(
+            gen_kwargs, special_token_text(self.litgpt_tokenizer, self.eot_token_id), self.max_gen_toks
+        )
         if not 0 < max_new_tokens < self.max_length:
             raise ValueError(
                 f"max_gen_toks={max_new_tokens} must be in [1, {self.max_length - 1}]: the context window "
@@ -213,13 +251,51 @@ class LitgptLM(TemplateLM):
         stream.close()
         for block in self.model.transformer.h:
             block.attn.kv_cache.reset_parameters()
-        return postprocess_generated_text(self.tok_decode(generated), stop=until, think_end_token=None)
+        return cut_at_stop_strings(self.tok_decode(generated), until)
 
-    def _progress(self, kind: str, total: int, unit: str = "requests") -> Callable[[int, int, int], None]:
-        def report(number: int, batches: int, done: int) -> None:
-            self.log(f"{kind}: batch {number}/{batches}, {done}/{total} {unit}")
 
-        return report
+def parse_batch_size(value: int | str, allow_auto: bool = True, name: str = "batch_size") -> int | str:
+    """A positive int, or ``"auto"`` (also lm-eval's ``auto:N``, which re-detects N times; here once per longest
+    input); lm-eval's CLI passes numbers as strings.
+
+    Raises:
+        ValueError: anything else, naming `name` and what is allowed.
+    """
+    text = str(value).strip()
+    if allow_auto and (text == AUTO_BATCH_SIZE or text.startswith(f"{AUTO_BATCH_SIZE}:")):
+        return AUTO_BATCH_SIZE
+    if not isinstance(value, bool) and text.isdigit() and int(text) > 0:
+        return int(text)
+    allowed = "a positive integer" + (" or 'auto'" if allow_auto else "")
+    raise ValueError(f"{name}={value!r} must be {allowed}")
+
+
+def greedy_settings(gen_kwargs: dict[str, Any], eos_text: str, default_max_new_tokens: int) -> tuple[list[str], int]:
+    """The stop strings (the task's ``until`` and the EOS text) and the number of new tokens of a greedy request.
+
+    Raises:
+        ValueError: ``until`` is neither a string nor a list, or the task asks for sampling.
+    """
+    until = gen_kwargs.get("until") or []
+    if isinstance(until, str):
+        until = [until]
+    if not isinstance(until, list):
+        raise ValueError(f"generation_kwargs until={until!r} must be a string or a list of strings")
+    if gen_kwargs.get("do_sample") or (gen_kwargs.get("temperature") or 0.0) > 0.0:
+        raise ValueError(
+            f"generation_kwargs={gen_kwargs!r}: only greedy decoding is supported (do_sample false, temperature 0)"
+        )
+    given = [gen_kwargs[key] for key in MAX_NEW_TOKENS_KEYS if gen_kwargs.get(key) is not None]
+    max_new_tokens = int(given[0]) if given else default_max_new_tokens
+    return [*until, *([eos_text] if eos_text not in until else [])], max_new_tokens
+
+
+def cut_at_stop_strings(text: str, until: Sequence[str]) -> str:
+    """`text` up to its first stop string (an empty stop string stops nothing), as ``HFLM`` post-processes it."""
+    for stop in until:
+        if stop:
+            text = text.split(stop)[0]
+    return text
 
 
 def raw_token_ids(tokenizer: Any, string: str) -> list[int]:
@@ -238,21 +314,31 @@ def special_token_text(tokenizer: Any, token_id: int) -> str:
 
 
 def load_lm(
-    checkpoint_dir: Path,
-    device: torch.device,
-    dtype: torch.dtype,
-    batch_size: int,
-    log: Callable[[str], None] = print_progress,
+    checkpoint_dir: Path | str,
+    device: torch.device | str | None = None,
+    precision: str = "32-true",
+    batch_size: int | str = 1,
+    max_batch_size: int | str = DEFAULT_MAX_BATCH_SIZE,
 ) -> LitgptLM:
     """The :class:`LitgptLM` of a litgpt checkpoint folder (``lit_model.pth``, ``model_config.yaml``, tokenizer).
 
+    Args:
+        checkpoint_dir: the folder.
+        device: torch device; default: cuda when available, else cpu.
+        precision: weights and KV cache: ``32-true`` (float32), ``bf16-true`` or ``16-true``.
+        batch_size: requests (or rolling windows) per forward pass, or ``auto``.
+        max_batch_size: the largest batch ``auto`` tries.
+
     Raises:
+        ValueError: a precision, batch size or max batch size out of range.
         FileNotFoundError: a file of the folder is missing (named).
     """
     from litgpt.tokenizer import Tokenizer
 
     from litgpt_mka.compare.evaluate import load_model
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} must be one of {list(PRECISIONS)}")
     checkpoint_dir = Path(checkpoint_dir)
     for name in ("lit_model.pth", "model_config.yaml"):
         if not (checkpoint_dir / name).is_file():
@@ -262,12 +348,19 @@ def load_lm(
             f"checkpoint_dir={str(checkpoint_dir)!r} has no tokenizer.json or tokenizer.model: copy the tokenizer "
             "files into it (litgpt pretrain --tokenizer_dir does so for its checkpoints)"
         )
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, PRECISIONS[precision])
     model = load_model(checkpoint_dir, device, dtype=dtype)
     info = {
         "checkpoint_dir": str(checkpoint_dir),
         "attention_class_name": getattr(model.config, "attention_class_name", "CausalSelfAttention"),
+        "precision": precision,
         "dtype": str(dtype).removeprefix("torch."),
         "block_size": model.config.block_size,
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
-    return LitgptLM(model, Tokenizer(checkpoint_dir), batch_size=batch_size, info=info, log=log)
+    tokenizer = Tokenizer(checkpoint_dir)
+    return LitgptLM(model, tokenizer, batch_size=batch_size, max_batch_size=max_batch_size, info=info)
+
+
+MODEL_ARGS = tuple(inspect.signature(load_lm).parameters)  # what --model_args (and lm-eval's options) may set

@@ -14,6 +14,11 @@ logits at the last ``n`` input positions predict the ``n`` continuation tokens:
 A batch is right-padded to ``T`` with token 0: every variant is causal, so padding after a request's tokens
 changes none of its logits. Requests are scored longest first (the first batch is the largest, so an
 out-of-memory error comes at once), and the results are returned in the requests' order.
+
+``--batch_size auto`` (:func:`largest_batch_that_fits`): the largest of ``max_batch_size``, its half, its quarter, ... whose
+forward over ``(B, T)`` tokens, ``T`` the longest input, raises no out-of-memory error (halving from
+``max_batch_size``, as lm-eval's ``HFLM`` does); on a CPU, where running out of memory does not raise, that is
+``max_batch_size``.
 """
 
 from collections.abc import Callable, Sequence
@@ -100,3 +105,32 @@ def score_windows(
         if on_batch is not None:
             on_batch(number, len(batches), done)
     return results
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's ``OutOfMemoryError``, or a backend's ``RuntimeError`` that says it ran out of memory (MPS, XPU)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+@torch.no_grad()
+def largest_batch_that_fits(model: torch.nn.Module, length: int, max_batch_size: int) -> int:
+    """The largest ``B`` among ``max_batch_size, max_batch_size // 2, ..., 1`` whose forward over ``(B, length)``
+    tokens does not run out of memory.
+
+    Raises:
+        torch.OutOfMemoryError: even one sequence of `length` tokens does not fit.
+    """
+    device = next(model.parameters()).device
+    batch_size = max_batch_size
+    while True:
+        try:
+            model(torch.zeros(batch_size, length, dtype=torch.long, device=device))  # (B, T) -> (B, T, V)
+            return batch_size
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error) or batch_size == 1:
+                raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        batch_size //= 2

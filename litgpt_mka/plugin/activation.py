@@ -11,7 +11,8 @@ scripts, ``convert_from_litgpt``) is imported, by the ``litgpt`` console script,
 code, the finder lets the module execute normally and then hands it to the module of
 :mod:`litgpt_mka.plugin.litgpt_internals` that extends it (one per litgpt module: ``config``, ``model``,
 ``utils``, ``pretrain``, ``finetune``, ``convert``), the only package that touches litgpt's internals; only
-that module of the package is imported.
+that module of the package is imported. The same finder registers the model ``litgpt-mka`` with lm-eval when
+``lm_eval.models`` is first imported (:mod:`litgpt_mka.evaluate.registration`).
 
 * ``import litgpt_mka`` activates the same way (and patches modules that were imported earlier).
 * Activation is idempotent: each litgpt module is extended once.
@@ -24,28 +25,32 @@ import sys
 
 DISABLE_ENV_VAR = "LITGPT_MKA_DISABLE"
 
-# litgpt module name -> (module of `litgpt_mka.plugin.litgpt_internals`, name of the function in it that extends it)
+_INTERNALS = "litgpt_mka.plugin.litgpt_internals"
+# imported module name -> (our module, name of the function in it that extends it); our modules of litgpt's are
+# those of `litgpt_mka.plugin.litgpt_internals`
 _EXTENSIONS = {
     # the default precision (litgpt_mka/precision.py): before every module that imports it by name
-    "litgpt.utils": ("utils", "extend_utils_module"),
-    "litgpt.config": ("config", "extend_config_module"),
-    "litgpt.model": ("model", "extend_model_module"),
-    "litgpt.pretrain": ("pretrain", "extend_pretrain_module"),
+    "litgpt.utils": (f"{_INTERNALS}.utils", "extend_utils_module"),
+    "litgpt.config": (f"{_INTERNALS}.config", "extend_config_module"),
+    "litgpt.model": (f"{_INTERNALS}.model", "extend_model_module"),
+    "litgpt.pretrain": (f"{_INTERNALS}.pretrain", "extend_pretrain_module"),
     # fine-tuning and conversion (litgpt_mka/finetune/): each refuses or builds the configured variant
-    "litgpt.lora": ("finetune", "extend_lora_module"),
-    "litgpt.adapter": ("finetune", "extend_adapter_module"),
-    "litgpt.scripts.convert_lit_checkpoint": ("convert", "extend_convert_lit_checkpoint_module"),
+    "litgpt.lora": (f"{_INTERNALS}.finetune", "extend_lora_module"),
+    "litgpt.adapter": (f"{_INTERNALS}.finetune", "extend_adapter_module"),
+    "litgpt.scripts.convert_lit_checkpoint": (f"{_INTERNALS}.convert", "extend_convert_lit_checkpoint_module"),
     # the training scripts: a warning for bf16 on a CPU that emulates it
     **{
-        f"litgpt.finetune.{name}": ("finetune", "extend_finetune_module")
+        f"litgpt.finetune.{name}": (f"{_INTERNALS}.finetune", "extend_finetune_module")
         for name in ("full", "lora", "lora_legacy", "adapter", "adapter_v2")
     },
+    # lm-eval's models: the model `litgpt-mka` joins its registry (`lm_eval --model litgpt-mka`)
+    "lm_eval.models": ("litgpt_mka.evaluate.registration", "register_with_lm_eval"),
 }
 
 
 def _extend(module) -> None:
     extending_module, function = _EXTENSIONS[module.__name__]
-    extensions = importlib.import_module(f"litgpt_mka.plugin.litgpt_internals.{extending_module}")
+    extensions = importlib.import_module(extending_module)
     getattr(extensions, function)(module)
 
 

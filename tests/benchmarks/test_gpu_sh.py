@@ -14,11 +14,11 @@ SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 # the smallest settings of every step (14m presets, fp32, a few tokens); stage 2's decode.py has its own tests
 TINY = {
     "DEVICE": "cpu", "SIZE": "14m", "DTYPE": "float32", "STAGE_SECONDS": "600",
-    "BACKENDS_ARGS": "--variants mha mla --prompt 8 --train-length 16",
+    "BACKENDS_ARGS": "--variants mha mla --prompt 8 --train_length 16",
     "TESTS": "tests/attention/test_bf16_decode.py -n 0 -k test_every_case",
-    "FSDP_ARGS": "--variants mha --steps 2 --batch 1 --train-length 16",
+    "FSDP_ARGS": "--variants mha --steps 2 --batch 1 --train_length 16",
     "SPEED_ARGS": "--variants mha --batch 1 --context 8 --steps 2 --warmup 1 --policies default math"
-                  " --kv-cache-quantizations int8",
+                  " --kv_cache_quantizations int8",
     "GROWTH_ARGS": "--variants mla --batch 1 --context 8 --steps 4 --policies default math",
     "BENCH_ARGS": "skip",
     "PRETRAIN_PRESET": "pythia-14m-gqa", "PRETRAIN_TOKENS": "128",

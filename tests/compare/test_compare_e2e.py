@@ -12,6 +12,7 @@ independent float32 evaluations and resumed runs agree tightly.
 import csv
 import io
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -193,6 +194,11 @@ def test_second_invocation_trains_nothing_and_rewrites_the_same_report(finished,
 
     assert again.stdout.count("finished earlier, skipped") == 3
     assert "training (litgpt pretrain)" not in again.stdout and "evaluating and measuring" not in again.stdout
+    # the sweep's line after each run: an estimate of the time left once a run finished in this process
+    first = re.findall(r"^sweep: .*$", finished["stdout"], re.MULTILINE)
+    assert [line.split(" done")[0] for line in first] == ["sweep: 1/3 runs", "sweep: 2/3 runs", "sweep: 3/3 runs"]
+    assert all(re.search(r", about \S+( \S+)? left$", line) for line in first[:2]) and "left" not in first[2]
+    assert not any("left" in line for line in re.findall(r"^sweep: .*$", again.stdout, re.MULTILINE))
     assert snapshot(out_dir / "runs") == before
     assert (out_dir / "report.md").read_bytes() == report
     assert (out_dir / "results.csv").read_bytes() == table

@@ -77,7 +77,7 @@ def test_cli_reports_errors_with_exit_status_2(tmp_path, capsys):
     assert run_cli(["convert", str(source), "--to", "gqa", "--n_query_groups", "3", "--out_dir", str(tmp_path / "o")]) == 2
     assert "litgpt-mka convert: error: n_query_groups=3 must divide n_head=4" in capsys.readouterr().err
     assert run_cli(["convert", str(source), "--out_dir", str(tmp_path / "o")]) == 2
-    assert "--to and --out_dir are required" in capsys.readouterr().err
+    assert 'Key "convert.to" is required' in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -68,3 +68,19 @@ def perplexity_metrics(log_likelihoods: list[float], texts: list[str]) -> dict[s
         "byte_perplexity": math.exp(-total / num_bytes),
         "bits_per_byte": -total / num_bytes / math.log(2),
     }
+
+
+def greedy_litgpt_generate(checkpoint_dir: Path, prompt: str, max_new_tokens: int) -> str:
+    """`litgpt generate`'s path at temperature 0: a fresh model, set_kv_cache, generate(), decode the new tokens."""
+    from litgpt.generate.base import generate
+    from litgpt.tokenizer import Tokenizer as LitgptTokenizer
+
+    from litgpt_mka.compare.evaluate import load_model
+
+    model, tokenizer = load_model(checkpoint_dir, torch.device("cpu")), LitgptTokenizer(checkpoint_dir)
+    encoded = tokenizer.encode(prompt)
+    model.max_seq_length = len(encoded) + max_new_tokens
+    model.set_kv_cache(batch_size=1)
+    out = generate(model, encoded, len(encoded) + max_new_tokens, temperature=0.0, top_k=None,
+                   eos_id=tokenizer.eos_id, include_prompt=False)
+    return tokenizer.decode(out)

@@ -42,7 +42,7 @@ def test_the_task_is_scored_by_lm_eval_from_another_directory(preset_checkpoints
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
     results = evaluate_checkpoint(
         preset_checkpoints["pythia-14m-mqa"], "tinystories_cloze", include_path=yaml_file.parent,
-        include_defaults=False, device="cpu", log=lambda message: None,
+        include_defaults=False, device="cpu",
     )["results"]["tinystories_cloze"]
     model, tokenizer = load_model(preset_checkpoints["pythia-14m-mqa"], torch.device("cpu")), pythia_tokenizer(tokenizer_dir)
     expected = [log_likelihood(model, tokenizer, doc["context"], " " + doc["target"]) for doc in map(json.loads, lines)]

@@ -20,7 +20,7 @@ def test_a_missing_lm_eval_names_the_extra_to_install(monkeypatch, capsys, tmp_p
     assert evaluate(tmp_path, tasks="piqa") == 2
     error = capsys.readouterr().err
     assert 'pip install -e ".[eval]"' in error and f'pip install "{lm_eval_requirement()}"' in error
-    assert lm_eval_requirement().startswith("lm-eval==")
+    assert lm_eval_requirement().startswith("lm-eval") and "0.4.9" in lm_eval_requirement()
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_a_pretrained_mla_checkpoint_is_evaluated_by_the_console_script(shared_d
         ],
         env=subprocess_env,
     )
-    assert "loglikelihood: batch 6/6, 24/24 requests" in evaluated.stderr
+    assert re.search(r"loglikelihood: 100%\|[^\n]*\| 24/24 \[", evaluated.stderr)  # tqdm's bar, with its times
     results = json.loads((results_dir / "results.json").read_text())
     assert 0 <= results["results"]["tiny_story_choice"]["acc,none"] <= 1
     assert results["results"]["tiny_story_perplexity"]["word_perplexity,none"] > 1

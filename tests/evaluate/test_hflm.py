@@ -52,7 +52,7 @@ def hf_model(preset_checkpoints, tmp_path_factory):
 
 def evaluate_both(preset_checkpoints, hf_model, tokenizer_dir, batch_size: int):
     """simple_evaluate with per-request records, on LitgptLM and on HFLM."""
-    lm = load_lm(preset_checkpoints["pythia-14m-mha"], torch.device("cpu"), torch.float32, batch_size, log=lambda m: None)
+    lm = load_lm(preset_checkpoints["pythia-14m-mha"], "cpu", batch_size=batch_size)
     hflm = HFLM(
         pretrained=hf_model, tokenizer=transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)),
         batch_size=batch_size, max_length=lm.max_length, device="cpu",

@@ -7,13 +7,13 @@ import torch
 
 pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
-from litgpt.generate.base import generate  # noqa: E402
 from litgpt.tokenizer import Tokenizer  # noqa: E402
 
 from litgpt_mka.compare.evaluate import load_model  # noqa: E402
 from litgpt_mka.evaluate.lm import LitgptLM, load_lm  # noqa: E402
 from tests.evaluate.checkpoints import PRESETS  # noqa: E402
-from tests.evaluate.reference import log_likelihood, pythia_tokenizer, rolling_log_likelihood  # noqa: E402
+from tests.evaluate.reference import greedy_litgpt_generate, log_likelihood, pythia_tokenizer  # noqa: E402
+from tests.evaluate.reference import rolling_log_likelihood  # noqa: E402
 from tests.helpers import preset_config, random_gpt  # noqa: E402
 
 # contexts of different lengths (padding in a batch of 3), an empty one, and a trailing space
@@ -31,7 +31,7 @@ def requests(kind: str, arguments: list[tuple]) -> list[Instance]:
 
 
 def quiet_lm(checkpoint_dir, batch_size: int) -> LitgptLM:
-    return load_lm(checkpoint_dir, torch.device("cpu"), torch.float32, batch_size, log=lambda message: None)
+    return load_lm(checkpoint_dir, "cpu", batch_size=batch_size)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -64,7 +64,7 @@ def test_a_greedy_continuation_is_flagged_greedy(preset, preset_checkpoints, tok
 def test_rolling_windows_predict_every_token_once_with_the_context_window(preset, tokenizer_dir):
     """block_size 32 and texts of up to ~100 tokens: several windows, the last one shorter."""
     model = random_gpt(preset_config(preset, block_size=32))
-    lm = LitgptLM(model, Tokenizer(tokenizer_dir), batch_size=3, log=lambda message: None)
+    lm = LitgptLM(model, Tokenizer(tokenizer_dir), batch_size=3)
     texts = [
         " ".join(f"Step {i}: the little fox looked at the river and smiled." for i in range(8)),
         "A short one.",
@@ -75,17 +75,6 @@ def test_rolling_windows_predict_every_token_once_with_the_context_window(preset
     tokenizer = pythia_tokenizer(tokenizer_dir)
     expected = [rolling_log_likelihood(model, tokenizer, text) for text in texts]
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected, dtype=torch.float32))
-
-
-def greedy_litgpt_generate(checkpoint_dir, prompt: str, max_new_tokens: int) -> str:
-    """`litgpt generate`'s path at temperature 0: a fresh model, set_kv_cache, generate(), decode."""
-    model, tokenizer = load_model(checkpoint_dir, torch.device("cpu")), Tokenizer(checkpoint_dir)
-    encoded = tokenizer.encode(prompt)
-    model.max_seq_length = len(encoded) + max_new_tokens
-    model.set_kv_cache(batch_size=1)
-    out = generate(model, encoded, len(encoded) + max_new_tokens, temperature=0.0, top_k=None,
-                   eos_id=tokenizer.eos_id, include_prompt=False)
-    return tokenizer.decode(out)
 
 
 def stop_string_past_the_middle(text: str) -> str:

@@ -41,7 +41,7 @@ def expected_perplexities(model, tokenizer) -> dict[str, float]:
 def test_local_tasks_score_as_the_reference(preset, preset_checkpoints, tokenizer_dir, in_project_root):
     results = evaluate_checkpoint(
         preset_checkpoints[preset], TASKS, batch_size=4, include_path=TASKS_DIR, include_defaults=False,
-        device="cpu", log=lambda message: None,
+        device="cpu",
     )["results"]
     model, tokenizer = load_model(preset_checkpoints[preset], torch.device("cpu")), pythia_tokenizer(tokenizer_dir)
 
