@@ -265,9 +265,10 @@ def write_synthetic_token_file(text: Path, tokenizer: Tokenizer, cache_dir: Path
     return destination.stat().st_size
 
 
-def stream_and_measure(train: Path, val: Path, cache_dir: Path, n_tokens: int, tokenizer: Tokenizer, connection) -> None:
-    """In a forked child: write the token files, then read a whole training epoch and every validation window
-    through TextCorpus; sends the memory growth over the child's own baseline."""
+def stream_and_measure(train: Path, val: Path, cache_dir: Path, n_tokens: int, tokenizer_dir: Path, connection) -> None:
+    """In a child process: write the token files, then read a whole training epoch and every validation window
+    through TextCorpus; sends the memory growth over the child's own baseline (taken after its imports)."""
+    tokenizer = Tokenizer(tokenizer_dir)
     baseline = {field: proc_status_kb(field) for field in ("VmRSS", "RssAnon")}
     file_bytes = write_synthetic_token_file(train, tokenizer, cache_dir, n_tokens)
     write_synthetic_token_file(val, tokenizer, cache_dir, n_tokens // 50)
@@ -288,20 +289,24 @@ def stream_and_measure(train: Path, val: Path, cache_dir: Path, n_tokens: int, t
     })
 
 
-def test_a_50m_token_corpus_streams_in_bounded_memory(tmp_path, tokenizer):
+def test_a_50m_token_corpus_streams_in_bounded_memory(tmp_path, tokenizer_dir):
     """The real reading path (TextCorpus.setup on its cache files, a whole training epoch over 50M tokens and
-    every validation window of 1M) in a forked process, measured from its own start: its anonymous memory
+    every validation window of 1M) in a fresh process, measured from its own start: its anonymous memory
     grows by less than 10% of the training corpus as int64 (400 MB); all its resident memory, the mapped pages
     of the token file included (page cache), by less than that file (2 bytes a token) plus the same 10%."""
     n_tokens = 50_000_000
     train = write(tmp_path / "train.txt", STORIES)  # the texts name the cache entries; their token files are synthetic
     val = write(tmp_path / "val.txt", STORIES * 2)
-    context = multiprocessing.get_context("fork")  # the imports are done; the child's baseline is its start
+    # spawned, not forked: a fork of a process whose torch threads hold a lock can hang forever (it did, under xdist)
+    context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=stream_and_measure, args=(train, val, tmp_path / "cache", n_tokens, tokenizer, sender))
+    args = (train, val, tmp_path / "cache", n_tokens, tokenizer_dir, sender)
+    child = context.Process(target=stream_and_measure, args=args)
     child.start()
     report = receiver.recv() if receiver.poll(600) else None
-    child.join()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
     assert child.exitcode == 0 and report is not None
     int64_kb = 8 * n_tokens / 1024
     assert report["tokens"] == n_tokens and report["file_bytes"] == 2 * n_tokens
