@@ -359,7 +359,7 @@ def test_a_rerun_with_tasks_scores_the_finished_checkpoints_and_trains_nothing(f
     torch.manual_seed(0)
     expected = evaluate_checkpoint(out / "runs" / "tiny-mqa-seed1" / "checkpoints" / "final",
                                    "tiny_story_choice,tiny_story_perplexity", batch_size=4, include_path=include,
-                                   include_defaults=False, seed=1, log=lambda message: None)
+                                   include_defaults=False, seed=1)
     assert {(s["task"], s["metric"]): s["value"] for s in saved["scores"]} == pytest.approx(
         {(s.task, s.metric): s.value for s in task_scores(expected)}, rel=1e-6)
     report = (out / "report.md").read_text()
