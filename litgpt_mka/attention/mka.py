@@ -62,7 +62,7 @@ k(m_i)``. The module therefore runs litgpt's one fused ``qkv`` call on ``x``, pr
 (``(W_K p + b_K, W_V p + b_V)``, 2D numbers), takes a float32 ``cumsum`` over time of the w projected
 columns that need a running mean, and mixes in key space: ``keys`` and ``keys_values`` then run one
 SDPA call per layer with equal q/k/v widths in training (GQA/MQA heads read shared through SDPA's
-``enable_gqa``), so a fused kernel serves it; cached decoding runs the grouped path of ``grouped.py`` (a
+``enable_gqa``), so a fused kernel serves it; cached decoding runs the grouped path of ``functional.py`` (a
 group's query heads as rows against its one key/value head, the cache never repeated), without a mask at
 the last cached position (call sites and kernels: :mod:`litgpt_mka.attention.dispatch`). ``outputs`` runs two
 SDPA calls: the long-term branch attends to one key/value pair repeated at every position, so its output
@@ -88,7 +88,8 @@ buffer           shape                     content                              
 With ``kv_cache_quantization`` set, ``k``, ``v`` (and ``k_session``, ``v_session``) are quantized sequences
 (:mod:`litgpt_mka.attention.quantization`); the ring of sums stays float32: it is per sequence, and a
 quantized running sum would carry its error into every later position. A decode step that sees the whole
-cache attends to the codes block by block (``grouped_decode``, :mod:`litgpt_mka.attention.quantized_attention`).
+cache attends to the codes block by block (``functional.grouped_decode``,
+:mod:`litgpt_mka.attention.quantized_attention`).
 
 The running sum of position t lives in ring slot ``t mod W``; W is ``sum_window`` (default 16, at most
 S). A chunk starting at position s continues the sum of position s - 1, so a chunk may start anywhere
@@ -111,9 +112,11 @@ routing         bytes per token        bytes per sequence (ring)             14m
 ``outputs``     4 D b                  W (8 D + 8)                           2 MHA + 1.6%
 ==============  =====================  ====================================  =========================
 
-Why float32 sums: the full forward accumulates in float32, and a bfloat16 running sum drifts: for
-keys of mean 0.5 and unit noise, a bf16-stored sum gives the running mean at position 2048 a mean
-absolute error of 0.13 (0.0007 with float32), so the sums are kept in ``promote_types(dtype, float32)``.
+Why float32 sums: the full forward accumulates in float32, and a bfloat16 running sum drifts: bf16 keeps 8
+significant bits, so a sum of magnitude ``|S|`` rounds every addition to a multiple of ``2^(floor(log2|S|) - 7)``,
+and once the sum of t keys of mean ``mu`` passes ``2^8`` the unit-sized terms added to it are mostly rounded away
+(float32: ``2^24``). So the sums are kept in ``promote_types(dtype, float32)`` (the error measured at position
+2048: ``docs/variants.md``, MKA's KV cache).
 There is no other per-sequence state (``p`` is a weight). A chunk's positions must be consecutive
 (``input_pos[..., j+1] = input_pos[..., j] + 1``), which every litgpt generation path satisfies.
 
@@ -136,8 +139,14 @@ from litgpt.config import Config
 from litgpt.model import CausalSelfAttention
 
 from litgpt_mka.attention.dispatch import Site, cached_site_and_mask, uncached_site
-from litgpt_mka.attention.grouped import attention_scale, grouped_attention, grouped_decode
-from litgpt_mka.attention.kv_cache import KVCacheBase, decode_length, host_reads_are_free, write_positions
+from litgpt_mka.attention.functional import (
+    attention_scale,
+    grouped_attention,
+    grouped_decode,
+    partial_rope,
+    quantized_decode_step,
+)
+from litgpt_mka.attention.kv_cache import KVCacheBase, host_reads_are_free, write_positions
 from litgpt_mka.attention.quantized_attention import reads_codes
 from litgpt_mka.attention.variant import (
     CachedAttention,
@@ -146,7 +155,6 @@ from litgpt_mka.attention.variant import (
     cache_quantization,
     check_keys,
     positive_int,
-    rope_function,
 )
 
 ROUTINGS = ("keys", "keys_values", "outputs")
@@ -399,6 +407,13 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
     ``scaled_dot_product_attention`` (scale, softcapping, SDPA) are litgpt's.
     """
 
+    label = "MKA"
+    lora_target = "litgpt_mka.finetune.lora:LoRAMemorizedKeyAttention"
+    memory_routing = True
+    memory_sources = MEMORY_SOURCES
+    # the defaults validate_config writes (router_hidden: n_embd // ROUTER_HIDDEN_FRACTION), and the label per routing
+    default_settings = {"routing": DEFAULT_ROUTING, "sum_window": DEFAULT_SUM_WINDOW}
+    routing_labels = {"keys": "MKA", "keys_values": "FMKA"}
     cache_class = MemorizedKeyCache
     rope_width_field = "rope_n_elem"
 
@@ -431,11 +446,11 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             raise ValueError(f"memorized_key_attention={config.memorized_key_attention!r} must be a dict or null")
         settings = dict(config.memorized_key_attention)
         check_keys("memorized_key_attention", settings, CONFIG_KEYS)
-        routing = settings.setdefault("routing", DEFAULT_ROUTING)
+        routing = settings.setdefault("routing", cls.default_settings["routing"])
         if routing not in ROUTINGS:
             raise ValueError(f"memorized_key_attention.routing={routing!r} must be one of {list(ROUTINGS)}")
         settings.setdefault("router_hidden", max(1, config.n_embd // ROUTER_HIDDEN_FRACTION))
-        settings.setdefault("sum_window", DEFAULT_SUM_WINDOW)
+        settings.setdefault("sum_window", cls.default_settings["sum_window"])
         for key in ("router_hidden", "sum_window"):
             positive_int(f"memorized_key_attention.{key}", settings[key])
         if config.norm_qk:
@@ -450,6 +465,17 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
                 " set sliding_window_size: null"
             )
         config.memorized_key_attention = {key: settings[key] for key in CONFIG_KEYS}
+
+    @classmethod
+    def variant_label(cls, config: Config) -> str:
+        """MKA (``routing: keys``, the default), FMKA (``keys_values``), or MKA with its other routing named."""
+        routing = (config.memorized_key_attention or {}).get("routing", cls.default_settings["routing"])
+        return cls.routing_labels.get(routing, f"MKA (routing: {routing})")
+
+    @staticmethod
+    def routing_weights(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        """:func:`routing_weights`: (n_layer, M), one column per source of ``memory_sources``."""
+        return routing_weights(model, idx)
 
     @classmethod
     def kv_cache_elements_per_token(cls, config: Config) -> int:
@@ -505,11 +531,11 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         k = mixed[..., :D]  # (B, T, D)
         v = (mixed if w == 2 * D else kv)[..., D:]  # (B, T, D)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
-        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+        q, k = partial_rope(q, cos, sin, self.config), partial_rope(k, cos, sin, self.config)
         codes = reads_codes(self.kv_cache, ("k", "v"), T, input_pos)
         if codes:  # a decode step over a quantized cache: attend to the codes
-            self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
-            y = self._decode(q, codes, input_pos, input_pos_maxp1, mask)  # (B, 1, nh_q, hs)
+            upto, mask = quantized_decode_step(self.kv_cache, input_pos, input_pos_maxp1, mask, k=k, v=v)
+            y = self._decode(q, codes, upto, mask)  # (B, 1, nh_q, hs)
             return self.proj(y.reshape(B, T, -1))  # (B, T, C)
         site = uncached_site(mask)
         if input_pos is not None:
@@ -524,18 +550,18 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         D = self.config.n_query_groups * self.config.head_size
         q, kv = self._project(x)  # (B, T, nh_q hs), (B, T, 2D)
         session = self._session_memory(kv, input_pos, input_pos_maxp1)  # (B, T, 2D): (k(m2), v(m2))
-        q = self._rope(self._heads(q), cos, sin)  # (B, nh_q, T, hs)
-        k_local = self._rope(self._heads(kv[..., :D]), cos, sin)  # (B, nh_kv, T, hs)
+        q = partial_rope(self._heads(q), cos, sin, self.config)  # (B, nh_q, T, hs)
+        k_local = partial_rope(self._heads(kv[..., :D]), cos, sin, self.config)  # (B, nh_kv, T, hs)
         v_local = self._heads(kv[..., D:])  # (B, nh_kv, T, hs)
-        k_session = self._rope(self._heads(session[..., :D]), cos, sin)  # (B, nh_kv, T, hs)
+        k_session = partial_rope(self._heads(session[..., :D]), cos, sin, self.config)  # (B, nh_kv, T, hs)
         v_session = self._heads(session[..., D:])  # (B, nh_kv, T, hs)
         names = ("k", "v", "k_session", "v_session")
         codes = reads_codes(self.kv_cache, names, T, input_pos)
         if codes:  # a decode step over a quantized cache: attend to the codes
-            self.kv_cache.append(input_pos, input_pos_maxp1, k=k_local, v=v_local, k_session=k_session,
-                                 v_session=v_session)
-            y_local = self._decode(q, codes[:2], input_pos, input_pos_maxp1, mask)  # (B, 1, nh_q, hs)
-            y_session = self._decode(q, codes[2:], input_pos, input_pos_maxp1, mask)  # (B, 1, nh_q, hs)
+            upto, mask = quantized_decode_step(self.kv_cache, input_pos, input_pos_maxp1, mask, k=k_local,
+                                               v=v_local, k_session=k_session, v_session=v_session)
+            y_local = self._decode(q, codes[:2], upto, mask)  # (B, 1, nh_q, hs)
+            y_session = self._decode(q, codes[2:], upto, mask)  # (B, 1, nh_q, hs)
         else:
             site = uncached_site(mask)
             if input_pos is not None:
@@ -564,11 +590,6 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         """(k(p), v(p)) = (W_K p + b_K, W_V p + b_V), shape (2D,); computed once per weight change when decoding."""
         return self._long_term.get(self._project_memory, self.memory, self.qkv.weight, self.qkv.bias)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        # inference tensors (litgpt generate builds the model under inference_mode) have no version counter
-        self._long_term.clear()
-        super()._load_from_state_dict(*args, **kwargs)
-
     def _project_memory(self) -> torch.Tensor:
         q_size = self.config.n_head * self.config.head_size
         bias = None if self.qkv.bias is None else self.qkv.bias[q_size:]
@@ -590,18 +611,13 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         hs = self.config.head_size
         return t.view(B, T, -1, hs).transpose(1, 2)  # (B, T, n hs) -> (B, T, n, hs) -> (B, n, T, hs)
 
-    def _rope(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """RoPE on the first ``rope_n_elem`` features of (B, n, T, hs), as litgpt does."""
-        n_elem = self.config.rope_n_elem
-        return torch.cat((rope_function(self.config)(t[..., :n_elem], cos, sin), t[..., n_elem:]), dim=-1)  # (B, n, T, hs)
-
     def _expand_groups(self, t: torch.Tensor) -> torch.Tensor:
         """Per-group vector (D,) -> per-query-head (nh_q, hs), query heads of a group sharing it."""
         q_per_kv = self.config.n_head // self.config.n_query_groups
         return t.view(self.config.n_query_groups, -1).repeat_interleave(q_per_kv, dim=0)  # (nh_kv, hs) -> (nh_q, hs)
 
     def _attend(self, q, k, v, site: Site, mask) -> torch.Tensor:
-        """``grouped_attention`` (grouped.py) at `site`: q (B, nh_q, T, hs), k/v (B, nh_kv, S, hs) -> (B, T, nh_q, hs).
+        """``functional.grouped_attention`` at `site`: q (B, nh_q, T, hs), k/v (B, nh_kv, S, hs) -> (B, T, nh_q, hs).
 
         Training is causal with SDPA's GQA (k and v read shared); a cached chunk runs the query heads of a group as
         query rows against their one key/value head, never repeating the cache.
@@ -616,11 +632,9 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             softcapping=self.config.attention_logit_softcapping,
         )  # (B, T, nh_q, hs)
 
-    def _decode(self, q, codes, input_pos, input_pos_maxp1, mask) -> torch.Tensor:
-        """``grouped_decode`` (grouped.py) of one decode step over quantized (keys, values) `codes`: q (B, nh_q, 1,
-        hs) -> (B, 1, nh_q, hs), read from the codes (masked unless the step sees the whole cache)."""
-        upto = decode_length(self.kv_cache, input_pos_maxp1)
-        _, mask = cached_site_and_mask(1, input_pos, input_pos_maxp1, mask, upto)
+    def _decode(self, q, codes, upto: int, mask) -> torch.Tensor:
+        """``functional.grouped_decode`` of one decode step over quantized (keys, values) `codes`, the first `upto`
+        positions: q (B, nh_q, 1, hs) -> (B, 1, nh_q, hs) (`mask` None: the step sees every position)."""
         return grouped_decode(
             q, *codes, upto, scale=attention_scale(self.config, self.mscale),
             softcapping=self.config.attention_logit_softcapping, mask=mask,

@@ -57,10 +57,10 @@ def kv_cache_bytes(
 
 
 def _is_sliding_window_layer(config: Any, variant: Any, block_idx: int) -> bool:
-    from litgpt.model import CausalSelfAttention
-
+    """Whether layer `block_idx` caches at most ``sliding_window_size`` positions: a variant whose layers keep
+    litgpt's sliding window (its ``sliding_window_layers``), on a layer ``sliding_window_indices`` marks."""
     return (
-        issubclass(variant.attention_module(), CausalSelfAttention)
+        variant.sliding_window_layers
         and config.sliding_window_size is not None
         and config.sliding_window_indices is not None
         and bool(config.sliding_window_indices[block_idx])

@@ -145,9 +145,9 @@ def _fabric_precision(fabric) -> str | None:
 def _run_on_the_machine(litgpt_main, skip_cpu_compile: bool = False):
     """Wraps a training script's ``main(fabric, ...)``: the bf16 warning, and no ``torch.compile`` on the CPU.
 
-    On the CPU, litgpt pretrain's ``torch.compile(model)`` costs 20-40 s before the first step and gives no
-    speed afterwards (pythia-14m, 98,304 tokens: 97 s with it, 60 s without, identical losses); its slow
-    first iterations also make litgpt's first ETA several times too long. So CPU runs execute eagerly
+    On the CPU, litgpt pretrain's ``torch.compile(model)`` spends its compilation before the first step and, at
+    the presets' sizes, buys no speed afterwards (same losses; the timings: ``docs/precision.md``, "torch.compile
+    on the CPU"); its slow first iterations also make litgpt's first ETA too long. So CPU runs execute eagerly
     (``torch._dynamo.config.disable`` while ``main`` runs), unless ``LITGPT_MKA_CPU_COMPILE=1``.
     """
 
