@@ -191,8 +191,11 @@ def running_sums(src: torch.Tensor, prefix: torch.Tensor | None = None) -> torch
     return torch.cumsum(torch.cat((prefix.to(acc_dtype), src), dim=1), dim=1)[:, 1:]  # (B, 1+T, w) -> (B, T, w)
 
 
-def running_mean(sums: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-    """Session memory: running sums (B, T, w) divided by the absolute position + 1, (T,) or (B, T)."""
+def running_mean(sums: torch.Tensor, input_pos: torch.Tensor | int) -> torch.Tensor:
+    """Session memory: running sums (B, T, w) divided by the absolute position + 1, (T,) or (B, T), or one
+    position (an int) shared by the chunk's one token."""
+    if isinstance(input_pos, int):
+        return sums / (input_pos + 1)  # (B, 1, w)
     return sums / (input_pos.unsqueeze(-1) + 1)  # (B, T, w) / ((B|1), T, 1)
 
 
@@ -221,8 +224,12 @@ class Router(nn.Module):
         nn.init.zeros_(self.out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(F.gelu(self.fc(x)), self.out_weight, self.out_bias)  # (B, T, H) -> (B, T, M)
-        return torch.softmax(logits, dim=-1, dtype=torch.float32).to(x.dtype)  # (B, T, M)
+        return self.weights_from_hidden(self.fc(x))  # (B, T, C) -> (B, T, H) -> (B, T, M)
+
+    def weights_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``softmax(W_2 gelu(hidden) + b_2)``: the router after its hidden layer, (B, T, H) -> (B, T, M)."""
+        logits = F.linear(F.gelu(hidden), self.out_weight, self.out_bias)  # (B, T, H) -> (B, T, M)
+        return torch.softmax(logits, dim=-1, dtype=torch.float32).to(hidden.dtype)  # (B, T, M)
 
 
 # --------------------------------------------------------------------------------------------- cache
@@ -324,6 +331,9 @@ class MemorizedKeyCache(KVCacheBase):
         """
         bs, T, width = src.shape
         self.check_chunk(input_pos, bs, T, input_pos_maxp1)
+        first = input_pos_maxp1 - T if input_pos.dim() == 1 and input_pos_maxp1 is not None else None
+        if T == 1 and first is not None and self.host_ring.holds(first - 1, bs):
+            return self._append_sum(first, src)  # a decode step: O(1) work, no index tensors
         reads = host_reads_are_free(input_pos)
         if T > 1 and reads and bool((input_pos.diff(dim=-1) != 1).any()):
             raise ValueError(
@@ -336,7 +346,6 @@ class MemorizedKeyCache(KVCacheBase):
         previous = input_pos[..., :1].expand(bs, 1) - 1  # (T,) | (bs, T) -> (bs, 1)
         slot = previous.remainder(W)  # (bs, 1)
         found = (previous < 0) | (held.gather(1, slot) == previous)  # (bs, 1)
-        first = input_pos_maxp1 - T if input_pos.dim() == 1 and input_pos_maxp1 is not None else None
         holds = None if first is None else self.host_ring.holds(first - 1, bs)
         if holds is None and reads:
             holds = bool(found.all())
@@ -356,6 +365,29 @@ class MemorizedKeyCache(KVCacheBase):
         held.scatter_(1, kept_pos.remainder(W), kept_pos)
         self.host_ring.record(first, T, bs)
         return chunk
+
+    def _append_sum(self, position: int, src: torch.Tensor) -> torch.Tensor:
+        """:meth:`running_sums` of one token (bs, 1, w) at `position`, the host knowing that the ring holds the sum
+        of ``position - 1``: the scan's one addition ``sums[position - 1] + src`` (nothing before position 0),
+        read and written at slots the host computes, without gather, scatter or index tensors."""
+        bs = src.size(0)
+        W = self.sum_window
+        total = src.to(torch.promote_types(src.dtype, torch.float32))  # (bs, 1, w)
+        if position > 0:
+            total = self.sums[:bs, (position - 1) % W].unsqueeze(1) + total  # (bs, w) -> (bs, 1, w)
+        self.sums[:bs, position % W] = total[:, 0]
+        self.sum_positions[:bs, position % W] = position
+        self.host_ring.record(position, 1, bs)
+        return total
+
+    def _write(self, name: str, input_pos: torch.Tensor, new: torch.Tensor) -> None:
+        """:meth:`KVCacheBase._write`; positions shared by the rows ((T,) ``input_pos``) of a plain buffer are written
+        by one ``index_copy_`` along time (``write_positions`` builds a (bs, ..., T, F) index for its scatter)."""
+        store = getattr(self, name)
+        if input_pos.dim() == 1 and isinstance(store, torch.Tensor):
+            store[: new.size(0)].index_copy_(new.dim() - 2, input_pos, new.to(store.dtype))
+        else:
+            super()._write(name, input_pos, new)
 
     def _window_error(self, row: int, position: int) -> str:
         return (
@@ -424,6 +456,7 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         self.router = Router(config.n_embd, settings["router_hidden"])
         self.memory = nn.Parameter(torch.empty(config.n_embd))  # p (C,)
         self._long_term = WeightDerived()  # (k(p), v(p)) of the current weights
+        self._decode = WeightDerived()  # _decode_weights() of the current weights
         self.kv_cache: MemorizedKeyCache | None = None
         self.reset_parameters()
 
@@ -522,16 +555,10 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
     def _forward_mixed(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
         """``keys`` (mix K) and ``keys_values`` (mix K and V): one SDPA call."""
         B, T, _ = x.shape
-        D = self.config.n_query_groups * self.config.head_size
-        q, kv = self._project(x)  # (B, T, nh_q hs), (B, T, 2D)
-        w = self._sum_width()  # D: keys only; 2D: keys and values
-        local = kv[..., :w]  # (B, T, w)
-        session = self._session_memory(local, input_pos, input_pos_maxp1)  # (B, T, w)
-        mixed = mix_memories(self.router(x), local, session, self._long_term_memory()[:w])  # (B, T, w)
-        k = mixed[..., :D]  # (B, T, D)
-        v = (mixed if w == 2 * D else kv)[..., D:]  # (B, T, D)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
-        q, k = partial_rope(q, cos, sin, self.config), partial_rope(k, cos, sin, self.config)
+        if self._is_decode_step(T, input_pos, input_pos_maxp1):
+            q, k, v = self._decode_step_qkv(x, cos, sin, input_pos, input_pos_maxp1)
+        else:
+            q, k, v = self._mixed_qkv(x, cos, sin, input_pos, input_pos_maxp1)
         codes = reads_codes(self.kv_cache, ("k", "v"), T, input_pos)
         if codes:  # a decode step over a quantized cache: attend to the codes
             upto, mask = quantized_decode_step(self.kv_cache, input_pos, input_pos_maxp1, mask, k=k, v=v)
@@ -575,6 +602,72 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         y_local, y_session = y_local.reshape(B, T, -1), y_session.reshape(B, T, -1)  # 2x (B, T, nh_q hs)
         y = mix_memories(self.router(x), y_local, y_session, y_long_term.flatten())  # (B, T, nh_q hs)
         return self.proj(y)  # (B, T, C)
+
+    def _mixed_qkv(self, x, cos, sin, input_pos, input_pos_maxp1) -> tuple[torch.Tensor, ...]:
+        """Queries, mixed keys (and values) of ``keys``/``keys_values``, roped: (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)."""
+        D = self.config.n_query_groups * self.config.head_size
+        q, kv = self._project(x)  # (B, T, nh_q hs), (B, T, 2D)
+        w = self._sum_width()  # D: keys only; 2D: keys and values
+        local = kv[..., :w]  # (B, T, w)
+        session = self._session_memory(local, input_pos, input_pos_maxp1)  # (B, T, w)
+        mixed = mix_memories(self.router(x), local, session, self._long_term_memory()[:w])  # (B, T, w)
+        k = mixed[..., :D]  # (B, T, D)
+        v = (mixed if w == 2 * D else kv)[..., D:]  # (B, T, D)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
+        return partial_rope(q, cos, sin, self.config), partial_rope(k, cos, sin, self.config), v
+
+    # ------------------------------------------------------------------------------------ decode step
+    def _is_decode_step(self, T: int, input_pos, input_pos_maxp1) -> bool:
+        """One token at a position the host knows (``litgpt generate``: ``input_pos`` (1,), ``input_pos_maxp1``),
+        without autograd: :meth:`_decode_step_qkv` may serve it."""
+        return (
+            T == 1
+            and input_pos is not None
+            and input_pos.dim() == 1
+            and input_pos_maxp1 is not None
+            and not torch.is_grad_enabled()
+        )
+
+    def _decode_step_qkv(self, x, cos, sin, input_pos, input_pos_maxp1) -> tuple[torch.Tensor, ...]:
+        """:meth:`_mixed_qkv` of one decode step in fewer, smaller operations (the same equations and order of
+        operations, so the same numbers up to rounding): the router's hidden layer and litgpt's ``qkv`` share one
+        matmul (:meth:`_decode_weights`), the ring adds one running sum (:meth:`MemorizedKeyCache.running_sums`),
+        the mix is written in place into the projection's output, where the mixed keys then sit beside the
+        queries, so one RoPE call serves both::
+
+            [q ; k(x) ; v(x) ; h] = [W_qkv ; W_1] x + [b_qkv ; b_1]       (B, 1, nh_q hs + 2D + H)
+            lam = softmax(W_2 gelu(h) + b_2)                               (B, 1, M)
+            [k(x) ; v(x)][:w] <- lam_1 local + lam_2 session + lam_3 (k(p), v(p))[:w]   in place
+            [q ; K] -> (B, nh_q + nh_kv, 1, hs) -> RoPE -> q, K
+        """
+        c = self.config
+        B = x.size(0)
+        q_size, D, w = c.n_head * c.head_size, c.n_query_groups * c.head_size, self._sum_width()
+        weight, bias, long_term = self._decode_weights()
+        projected = F.linear(x, weight, bias)  # (B, 1, nh_q hs + 2D + H)
+        qkv, hidden = projected[..., : q_size + 2 * D], projected[..., q_size + 2 * D :]  # (B, 1, nh_q hs + 2D), (B, 1, H)
+        lam = self.router.weights_from_hidden(hidden).unsqueeze(-1)  # (B, 1, M) -> (B, 1, M, 1)
+        local = qkv[..., q_size : q_size + w]  # (B, 1, w), a view into qkv
+        position = input_pos_maxp1 - 1
+        sums = self.kv_cache.running_sums(input_pos, local, input_pos_maxp1)  # (B, 1, w)
+        session = running_mean(sums, position).to(local.dtype)  # (B, 1, w)
+        local.mul_(lam[:, :, 0]).addcmul_(lam[:, :, 1], session).addcmul_(lam[:, :, 2], long_term[:w])  # mix_memories
+        qk = qkv[..., : q_size + D].view(B, 1, -1, c.head_size).transpose(1, 2)  # (B, 1, nh_q + nh_kv, hs) -> (B, nh_q + nh_kv, 1, hs)
+        qk = partial_rope(qk, cos, sin, self.config)
+        v = self._heads(qkv[..., q_size + D :])  # (B, nh_kv, 1, hs): mixed (keys_values) or v(x) (keys)
+        return qk[:, : c.n_head], qk[:, c.n_head :], v  # (B, nh_q, 1, hs), (B, nh_kv, 1, hs)
+
+    def _decode_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[W_qkv ; W_1]`` (nh_q hs + 2D + H, C), its bias, and ``(k(p), v(p))`` (2D,): what a decode step reads,
+        derived once per weight change. ``qkv`` without a bias gets a zero one (litgpt's Pythia has one)."""
+        fc = self.router.fc
+        return self._decode.get(self._derive_decode_weights, self.memory, self.qkv.weight, self.qkv.bias, fc.weight, fc.bias)
+
+    def _derive_decode_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fc = self.router.fc
+        qkv_bias = self.qkv.bias if self.qkv.bias is not None else self.qkv.weight.new_zeros(self.qkv.weight.size(0))
+        weight = torch.cat((self.qkv.weight, fc.weight))  # (nh_q hs + 2D, C) + (H, C)
+        return weight, torch.cat((qkv_bias, fc.bias)), self._long_term_memory()
 
     # ------------------------------------------------------------------------------------------- pieces
     def _sum_width(self) -> int:
