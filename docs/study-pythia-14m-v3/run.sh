@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."  # the project root
 S=docs/study-pythia-14m-v3
-part=${1:?"usage: run.sh pilot"}
+part=${1:?"usage: run.sh pilot|sweep"}
 # the verdict and selection halves of val.txt (split_val.py; derived, git-ignored, never committed)
 [ -f $S/data/val-selection.txt ] || python $S/split_val.py ../shared/data/tinystories/val.txt $S/data || exit 1
 common=(--train_path ../shared/data/tinystories-train-909k
@@ -19,5 +19,10 @@ case $part in
   pilot)
     litgpt-mka compare --configs config_hub/pretrain/pythia-14m-{mha,mla}.yaml --seeds 1 2 "${common[@]}" \
       --pretrain_args '["--config=docs/study-pythia-14m-v2/configs/optimizer-lr-0.008.yaml"]' --out_dir $S/pilot ;;
-  *) echo "unknown part: $part (allowed: pilot)"; exit 2 ;;
+  # 2. sweep: GQA, MQA and MKA over 4e-3, 8e-3 and 1.6e-2 (v2 swept MHA, MLA and FMKA: 8e-3, bracketed), 2 paired
+  # seeds; each variant's rate chosen on val-selection, report.md flags a best at the grid's edge
+  sweep)
+    litgpt-mka compare --configs config_hub/pretrain/pythia-14m-{gqa,mqa,mka}.yaml --seeds 1 2 "${common[@]}" \
+      --learning_rates 0.004 0.008 0.016 --selection_val val-selection --out_dir $S/sweep ;;
+  *) echo "unknown part: $part (allowed: pilot, sweep)"; exit 2 ;;
 esac
