@@ -145,9 +145,9 @@ from litgpt_mka.attention.variant import (
     WeightDerived,
     cache_quantization,
     check_keys,
-    positive_int,
     rope_function,
 )
+from litgpt_mka.validation import positive_int
 
 ROUTINGS = ("keys", "keys_values", "outputs")
 MEMORY_SOURCES = ("local", "session", "long_term")
