@@ -328,7 +328,10 @@ def describe_device(device: torch.device) -> str:
     )
 
 
-def report(args, device, dtype, rows, groups, samples, bandwidth, load_before, load_after, seconds) -> str:
+def conditions(device: torch.device, rounds: int, load_before: tuple, load_after: tuple) -> list[str]:
+    """The report lines on publishability and load: the verdict (NOT PUBLISHABLE when the machine was busy by
+    :mod:`litgpt_mka.measure.load`'s rule or fewer than ``MIN_PUBLISHABLE_ROUNDS`` rounds ran) and the load
+    averages before and after."""
     cores = os.cpu_count() or 1
     own_threads = 1 if device.type == "cuda" else min(torch.get_num_threads(), cores)
     reasons = []
@@ -338,19 +341,25 @@ def report(args, device, dtype, rows, groups, samples, bandwidth, load_before, l
             f" {busy_threshold(own_threads):g}: this process's {own_threads} thread(s) + the margin of"
             " litgpt_mka.measure.load)"
         )
-    if args.rounds < MIN_PUBLISHABLE_ROUNDS:
-        reasons.append(f"{args.rounds} round(s), fewer than {MIN_PUBLISHABLE_ROUNDS}")
+    if rounds < MIN_PUBLISHABLE_ROUNDS:
+        reasons.append(f"{rounds} round(s), fewer than {MIN_PUBLISHABLE_ROUNDS}")
     verdict = "publishable" if not reasons else "**NOT PUBLISHABLE**: " + "; ".join(reasons)
+    return [
+        f"- {verdict}",
+        f"- load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, after"
+        f" {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}"
+        f" ({cores} cores; this process adds about {own_threads})",
+    ]
+
+
+def report(args, device, dtype, rows, groups, samples, bandwidth, load_before, load_after, seconds) -> str:
     k = args.warmup_tokens + args.new_tokens
     lines = [
         f"## Decode benchmark: pythia-{args.size} shape, {args.dtype}, {describe_device(device)}",
         "",
         f"`python benchmarks/decode.py {shlex.join(sys.argv[1:])}` ({seconds:.0f} s)",
         "",
-        f"- {verdict}",
-        f"- load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, after"
-        f" {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}"
-        f" ({cores} cores; this process adds about {own_threads})",
+        *conditions(device, args.rounds, load_before, load_after),
         f"- copy bandwidth {bandwidth / 1e9:.1f} GB/s (bytes read + written per second)",
         f"- {args.rounds} interleaved rounds; per visit {args.warmup_tokens} untimed + {args.new_tokens} timed greedy"
         " steps"
@@ -413,11 +422,24 @@ def report(args, device, dtype, rows, groups, samples, bandwidth, load_before, l
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def chosen_device(args: argparse.Namespace) -> torch.device:
+    """Applies ``--threads`` and returns ``--device`` (auto: CUDA if available, else the CPU)."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+
+
+def publish(text: str, out: Path | None) -> None:
+    """Prints the report, and writes it to `out` too when given."""
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = chosen_device(args)
     dtype = torch_dtype("--dtype", args.dtype)
     groups = settings_by_batch(args)
     block_size = max(s.length for group in groups.values() for s in group)
@@ -438,10 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     load_after = load_average()
     text = report(args, device, dtype, rows, groups, samples, bandwidth, load_before, load_after,
                   time.perf_counter() - started)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def list_options(options: Callable) -> dict[str, type]:
         for kind in (hint, *typing.get_args(hint)):
             if name != "return" and typing.get_origin(kind) is list:
                 (element,) = typing.get_args(kind)
-                lists[f"--{name}"] = int if element is int else str
+                lists[f"--{name}"] = element if element in (int, float) else str
     return lists
 
 

@@ -2,22 +2,15 @@
 
 litgpt 0.5.13 (``litgpt.utils.get_default_supported_precision``) picks ``bf16-mixed`` for training and
 ``bf16-true`` for inference whenever no CUDA GPU is present, on every CPU. PyTorch computes bfloat16 on a
-CPU without bf16 instructions by emulation, and that is an order of magnitude slower than float32:
-
-================================================  ==================  ==================  ==========
-Pythia-14m MQA preset, AdamW step, 2 threads       32-true             bf16-mixed          slow-down
-================================================  ==================  ==================  ==========
-AMD EPYC (Zen 3: AVX2, no native bf16), 4 x 128    0.65 s / step       9.6 s / step        15x
-the same machine, ``litgpt pretrain`` (issue 21)   0.55 s / iteration  11.7 s / iteration  21x
-Intel Xeon (avx512_bf16, amx_bf16), 8 x 512        1,872 tokens/s      1,973 tokens/s      0.95x
-Intel Xeon, Pythia-70m MHA, 4 x 512                766 tokens/s        1,334 tokens/s      0.57x
-================================================  ==================  ==================  ==========
+CPU without bf16 instructions by emulation, and that is an order of magnitude slower than float32, while a
+CPU with bf16 instructions runs bf16 about as fast as float32 or faster (the timings, per machine and preset:
+``docs/precision.md``, "Measured").
 
 The default therefore depends on the machine (:func:`default_precision`):
 
 * a CUDA GPU or Apple's MPS: litgpt's choice, unchanged;
 * a CPU with native bf16 (x86 ``avx512_bf16`` or ``amx_bf16``; Arm ``FEAT_BF16``, ``bf16`` in
-  ``/proc/cpuinfo``): litgpt's choice, bf16 (as fast as float32 at 14m, 1.7x faster at 70m, table above);
+  ``/proc/cpuinfo``): litgpt's choice, bf16;
 * any other CPU: ``32-true``, said once per process on stderr with the flag that overrides it.
 
 Detection reads the CPU's feature flags (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS), no timing: it is
@@ -42,7 +35,9 @@ NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 # macOS: sysctl keys that are 1 on Apple silicon with FEAT_BF16 (M2 and later)
 _MACOS_BF16_SYSCTL = "hw.optional.arm.FEAT_BF16"
 
-EMULATED_BF16_SLOWDOWN = "15-21x"  # the measured slow-down of the table above, for messages
+# what the messages say of emulated bf16; the measured slow-downs are in docs/precision.md ("Measured")
+EMULATED_BF16_SLOWDOWN = "an order of magnitude slower than float32"
+MEASUREMENTS_PAGE = "docs/precision.md"
 CPU_FALLBACK_PRECISION = "32-true"
 
 
@@ -123,7 +118,7 @@ def machine_default_precision(training: bool, litgpt_default: Callable[[bool], s
         emulated = litgpt_default(training)
         _say_once(
             f"litgpt-mka: {cpu_description(flags)}, so the default precision is {precision} instead of litgpt's"
-            f" {emulated} (emulated bfloat16 is about {EMULATED_BF16_SLOWDOWN} slower here); pass"
+            f" {emulated} (emulated bfloat16 is {EMULATED_BF16_SLOWDOWN}: {MEASUREMENTS_PAGE}); pass"
             f" --precision {emulated} to use it anyway."
         )
     return precision
@@ -140,9 +135,8 @@ def warn_if_emulated_bf16(precision: str | None, device_type: str, flags: Iterab
     if has_native_bf16(flags):
         return False
     warnings.warn(
-        f"precision {precision} on the CPU: {cpu_description(flags)}, so PyTorch emulates it, about"
-        f" {EMULATED_BF16_SLOWDOWN} slower than float32 (measured on a 2-core AMD EPYC: 9.6 s vs 0.65 s per step"
-        f" of the Pythia-14m preset). --precision {CPU_FALLBACK_PRECISION} avoids it.",
+        f"precision {precision} on the CPU: {cpu_description(flags)}, so PyTorch emulates it,"
+        f" {EMULATED_BF16_SLOWDOWN} ({MEASUREMENTS_PAGE}). --precision {CPU_FALLBACK_PRECISION} avoids it.",
         stacklevel=2,
     )
     return True

@@ -1,15 +1,22 @@
 """The README is a front page linking a docs/ guide: every relative link of the README and the guide resolves, the
-front page stays short, and no committed document names a path of the machine it was made on."""
+front page stays short, no committed document names a path of the machine it was made on, and the numbers the
+README's study section quotes are those numpy and scipy compute from the committed results.json."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
+from tests.compare.recompute import disagreements, final_losses, holm, markdown_table, mean_std, welch
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 MAX_FRONT_PAGE_LINES = 200
+STUDY_V1, STUDY_V2 = ROOT / "docs" / "study-pythia-14m", ROOT / "docs" / "study-pythia-14m-v2"
+REFERENCE = "pythia-14m-mha"
+BEST_RATE = "lr-0.008"
 
 
 def relative_links(path: Path) -> list[str]:
@@ -36,6 +43,102 @@ def test_the_readme_is_a_front_page_that_links_every_guide_page():
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_document_names_a_path_of_the_machine(path):
     assert not re.search(r"(?<![\w.])/(work|home|root|tmp|Users)/", path.read_text())
+
+
+def study(folder: Path) -> tuple[dict[str, list[float]], dict]:
+    """Each variant's final losses on `val` and the saved results.json of a committed study part."""
+    saved = json.loads((folder / "results.json").read_text())
+    return final_losses(saved, "val"), saved
+
+
+def welch_against_mha(losses: dict[str, list[float]]) -> tuple[dict, dict[str, float]]:
+    """Each variant's Welch test against MHA, and Holm's p over them."""
+    tests = {variant: welch(values, losses[REFERENCE]) for variant, values in losses.items() if variant != REFERENCE}
+    return tests, holm({variant: test.p for variant, test in tests.items()})
+
+
+def verdict(test, p_holm: float) -> str:
+    return ("worse" if test.difference > 0 else "better") if p_holm < 0.05 else "cannot tell"
+
+
+def test_the_readme_study_table_quotes_the_committed_runs():
+    """The README's study v2 table, row by row: KV bytes/token (measured), val loss at 1e-3 (mean ± std), Welch's
+    difference, 95% interval, p and Holm's p against MHA with the verdict (or the smallest detectable difference),
+    and at the best rate MHA's loss and the others' Welch differences, intervals and verdicts."""
+    pytest.importorskip("scipy.stats")
+    losses, saved = study(STUDY_V2 / "main")
+    best, _ = study(STUDY_V2 / BEST_RATE)
+    tests, adjusted = welch_against_mha(losses)
+    best_tests, best_adjusted = welch_against_mha(best)
+    rows = markdown_table((ROOT / "README.md").read_text(), "| variant | KV cache / token")
+    wrong = []
+    for label, row in rows.items():
+        variant = f"pythia-14m-{label.split()[0].lower()}"
+        kv_bytes = {run["measure"]["kv_cache"]["bytes_per_token"] for run in saved["runs"] if run["variant"] == variant}
+        wrong += disagreements(f"{label} KV", row["KV cache / token (fp32)"], [*kv_bytes])
+        wrong += disagreements(f"{label} loss", row["val loss at 1e-3 (mean ± std)"], mean_std(losses[variant]))
+        best_cell = row["each at its best rate (8e-3): vs MHA, 95% interval"]
+        if variant == REFERENCE:
+            wrong += [] if row["vs MHA at 1e-3: 95% interval (p, Holm)"] == "reference" else [f"{label}: not the reference"]
+            wrong += disagreements(f"{label} at the best rate", best_cell, [mean_std(best[variant])[0]])
+            continue
+        test = tests[variant]
+        numbers = [test.difference, test.low, test.high, test.p, adjusted[variant]]
+        wrong += disagreements(f"{label} vs MHA", row["vs MHA at 1e-3: 95% interval (p, Holm)"], numbers)
+        decided = verdict(test, adjusted[variant])
+        expected = [] if decided != "cannot tell" else [test.half_width]
+        if not row["at 1e-3"].startswith(decided):
+            wrong.append(f"{label} verdict: printed {row['at 1e-3']!r}, computed {decided!r}")
+        wrong += disagreements(f"{label} detectable", row["at 1e-3"], expected)
+        if variant not in best:
+            wrong += [] if best_cell == "not swept" else [f"{label}: {best_cell!r}, but {variant} is not in {BEST_RATE}"]
+            continue
+        test = best_tests[variant]
+        interval, _, decided = best_cell.partition(": ")
+        wrong += disagreements(f"{label} at the best rate", interval, [test.difference, test.low, test.high])
+        if decided != verdict(test, best_adjusted[variant]):
+            wrong.append(f"{label} best-rate verdict: printed {decided!r}, computed {verdict(test, best_adjusted[variant])!r}")
+    assert len(rows) == len(losses)
+    assert not wrong, "\n" + "\n".join(wrong)
+
+
+def test_the_readmes_best_rate_is_where_each_swept_variant_ends_lowest():
+    """"MHA, MLA and FMKA all end lowest at 8e-3": of the learning-rate runs and the main study (1e-3)."""
+    rates = {folder.name: study(folder)[0] for folder in STUDY_V2.glob("lr-*")}
+    rates["main (1e-3)"] = study(STUDY_V2 / "main")[0]
+    for variant in ("pythia-14m-mha", "pythia-14m-mla", "pythia-14m-fmka"):
+        means = {rate: mean_std(losses[variant])[0] for rate, losses in rates.items()}
+        assert min(means, key=means.get) == BEST_RATE, (variant, means)
+
+
+def test_the_readmes_study_prose_quotes_the_committed_runs():
+    """The numbers the README's study prose quotes: MLA at 1.6e-2 (Welch), MLA with a full-rank query (the ablation's
+    SE), v1's MLA and FMKA gaps and v1's MKA p."""
+    pytest.importorskip("scipy.stats")
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    number = r"([-+]?\d+\.\d+)"
+    quotes = {
+        "MLA at 1.6e-2": rf"MLA's 2-seed {number} at 1\.6e-2 \(\[{number}, {number}\], p {number}\)",
+        "MLA full-rank query": rf"full-rank query MLA is still worse than MHA, {number} \(SE {number}\)",
+        "v1 MLA and FMKA": rf"\(v1 {number} and {number}:",
+        "v1 MKA p": rf"MKA's \"worse\" \(v1 p {number};",
+    }
+    found = {name: re.search(pattern, readme) for name, pattern in quotes.items()}
+    assert all(found.values()), [name for name, match in found.items() if match is None]
+    steep, _ = study(STUDY_V2 / "lr-0.016")
+    ablation, _ = study(STUDY_V2 / "ablation")
+    v1, _ = study(STUDY_V1 / "main")
+    mla = welch(steep["pythia-14m-mla"], steep[REFERENCE])
+    fullq = welch(ablation["pythia-14m-mla-fullq"], ablation[REFERENCE])
+    v1_tests = {variant: welch(v1[variant], v1[REFERENCE]) for variant in ("pythia-14m-mla", "pythia-14m-fmka", "pythia-14m-mka")}
+    computed = {
+        "MLA at 1.6e-2": [mla.difference, mla.low, mla.high, mla.p],
+        "MLA full-rank query": [fullq.difference, fullq.se],
+        "v1 MLA and FMKA": [v1_tests["pythia-14m-mla"].difference, v1_tests["pythia-14m-fmka"].difference],
+        "v1 MKA p": [v1_tests["pythia-14m-mka"].p],
+    }
+    wrong = [line for name in quotes for line in disagreements(name, " ".join(found[name].groups()), computed[name])]
+    assert not wrong, "\n" + "\n".join(wrong)
 
 
 # ------------------------------------------------------------------------------------------- docs/design.md

@@ -30,9 +30,9 @@ order: ``repeat_interleave`` of the key/value heads)::
     y = W_O [o_1 ; ... ; o_nh_q]                           (B, T, C)
     scale = mscale^2 / sqrt(attention_scores_scalar or hs)             (litgpt's)
 
-Grouped evaluation (:func:`grouped_attention`): the g query heads of a group are stacked as g T query
-rows against their one key/value head, so every head's keys and values are read once per step and
-never copied::
+Grouped evaluation (:func:`~litgpt_mka.attention.functional.grouped_attention`, shared with MKA): the g query
+heads of a group are stacked as g T query rows against their one key/value head, so every head's keys and
+values are read once per step and never copied::
 
     Q_j = [q_jg ; q_jg+1 ; ... ; q_jg+g-1]                (B, g T, hs)  "bhtd" -> "bj(gt)d", a reshape
     O_j = softmax(scale Q_j K_j^T + [mask ; ... ; mask]) V_j   (B, g T, hs): one SDPA call, nh_kv heads
@@ -56,114 +56,34 @@ Cache: litgpt's ``KVCache``, per layer::
 
 With ``kv_cache_quantization`` set, :class:`QuantizedKVCache` holds the same two sequences quantized per
 token (:mod:`litgpt_mka.attention.quantization`: codes, float16 scales, an optional exact residual window).
-A decode step that sees the whole cache attends to the codes block by block (:func:`grouped_decode`, the
-same query rows per group); other chunks read them dequantized, up to ``input_pos_maxp1`` positions.
+A decode step that sees the whole cache attends to the codes block by block
+(:func:`~litgpt_mka.attention.functional.grouped_decode`, the same query rows per group); other chunks read them
+dequantized, up to ``input_pos_maxp1`` positions.
 
-``attention_logit_softcapping`` is supported (explicit softmax over the same query rows, masked
-positions set to -inf; litgpt's class adds its boolean cache mask to the scores instead, so its own
-softcapped cached decoding drifts from its full forward, by 0.5 in the logits of a tiny model);
+``attention_logit_softcapping`` is supported (explicit float32 softmax over the same query rows, masked
+positions set to float32's finite minimum; litgpt's class adds its boolean cache mask to the scores instead,
+True as 1 and False as 0, so its own softcapped cached decoding attends to masked positions and differs from
+its full forward);
 ``sliding_window_size`` is refused by :meth:`GroupedQueryAttention.validate_config` (litgpt's ring
 buffer and its mask slicing are not reproduced here).
 """
 
-import math
 from typing import Any
 
 import torch
 from litgpt.model import CausalSelfAttention, KVCache
 
-from litgpt_mka.attention.dispatch import Site, cached_site_and_mask, explicit_attention, sdpa, uncached_site
-from litgpt_mka.attention.kv_cache import KVCacheBase, decode_length
-from litgpt_mka.attention.quantization import QuantizedSequence
-from litgpt_mka.attention.quantized_attention import decode_attention, mask_bias, reads_codes
-from litgpt_mka.attention.variant import CachedAttention, QuantizedRows, cache_quantization, rope_function
-
-
-def attention_scale(config: Any, mscale: float) -> float:
-    """litgpt's softmax scale: ``mscale^2 / sqrt(attention_scores_scalar or head_size)``."""
-    return mscale * mscale / math.sqrt(config.attention_scores_scalar or config.head_size)
-
-
-def grouped_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    site: Site,
-    mask: torch.Tensor | None = None,
-    softcapping: float | None = None,
-) -> torch.Tensor:
-    """Attention of nh_q query heads over nh_kv shared key/value heads, never copying k or v.
-
-    Args:
-        q: (B, nh_q, T, hs) queries; head h uses key/value head h // (nh_q / nh_kv).
-        k, v: (B, nh_kv, S, hs) keys and values (nh_kv divides nh_q).
-        scale: the softmax scale.
-        site: the call site (:mod:`~litgpt_mka.attention.dispatch`): TRAINING and PREFILL are causal over the
-            chunk itself (T == S), DECODE sees every key, MASKED takes `mask`.
-        mask: boolean (1 or B, 1, T, S), True where a query sees a key; MASKED only.
-        softcapping: litgpt's ``attention_logit_softcapping`` (explicit softmax in float32), or None.
-
-    Returns:
-        (B, T, nh_q, hs), the layout of litgpt's ``CausalSelfAttention.scaled_dot_product_attention``.
-
-    Raises:
-        ValueError: nh_kv does not divide nh_q; a mask at a site that takes none, or none at MASKED.
-    """
-    B, nh_q, T, hs = q.shape
-    nh_kv = k.size(1)
-    if nh_q % nh_kv:
-        raise ValueError(f"key/value heads ({nh_kv}) must divide query heads ({nh_q})")
-    g = nh_q // nh_kv
-    causal = site in (Site.TRAINING, Site.PREFILL)
-    if causal and softcapping is None:  # one causal diagonal per head: SDPA's GQA reads k, v shared
-        y = sdpa(q, k, v, site=site, scale=scale, enable_gqa=g > 1)  # (B, nh_q, T, hs)
-        return y.transpose(1, 2)  # (B, T, nh_q, hs)
-    if causal:  # explicit softmax: the rows of a group cannot share one diagonal, so repeat (a fallback path)
-        k = k.repeat_interleave(g, dim=1)  # (B, nh_kv, T, hs) -> (B, nh_q, T, hs)
-        v = v.repeat_interleave(g, dim=1)  # (B, nh_kv, T, hs) -> (B, nh_q, T, hs)
-        y = explicit_attention(q, k, v, scale=scale, softcapping=softcapping, causal=True)  # (B, nh_q, T, hs)
-        return y.transpose(1, 2)  # (B, T, nh_q, hs)
-    q = q.reshape(B, nh_kv, g * T, hs)  # (B, nh_q, T, hs) -> (B, nh_kv, g T, hs): a group's heads as query rows
-    if mask is not None and g > 1:
-        mb, _, _, S = mask.shape
-        mask = mask.unsqueeze(2).expand(mb, 1, g, T, S)  # (mb, 1, T, S) -> (mb, 1, g, T, S)
-        mask = mask.reshape(mb, 1, g * T, S)  # (mb, 1, g T, S): a view when T == 1
-    if softcapping is None:
-        y = sdpa(q, k, v, site=site, scale=scale, mask=mask)  # (B, nh_kv, g T, hs)
-    else:
-        y = explicit_attention(q, k, v, scale=scale, softcapping=softcapping, mask=mask)  # (B, nh_kv, g T, hs)
-    return y.reshape(B, nh_q, T, hs).transpose(1, 2)  # (B, nh_kv, g T, hs) -> (B, nh_q, T, hs) -> (B, T, nh_q, hs)
-
-
-def grouped_decode(
-    q: torch.Tensor,
-    keys: QuantizedSequence,
-    values: QuantizedSequence,
-    upto: int,
-    *,
-    scale: float,
-    softcapping: float | None = None,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """:func:`grouped_attention` of one decode step over quantized keys and values, from their codes.
-
-    Args:
-        q: (B, nh_q, 1, hs), one query per sequence, over the first `upto` cached positions.
-        keys, values: quantized sequences (B', nh_kv, S, hs), B' >= B (nh_kv divides nh_q).
-        mask: boolean (1 or B, 1, 1, upto), True where visible; None: the query sees every position.
-
-    Returns:
-        (B, 1, nh_q, hs), the layout of :func:`grouped_attention`.
-    """
-    B, nh_q, T, hs = q.shape
-    nh_kv = keys.codes.size(1)
-    g = nh_q // nh_kv
-    rows = q.reshape(B * nh_kv, g * T, hs)  # (B, nh_q, 1, hs) -> (B nh_kv, g, hs): a group's heads as rows
-    bias = mask_bias(mask, B, nh_kv, g * T)  # (B nh_kv, g, upto) or None
-    y = decode_attention(rows, keys, values, upto, scale, bias=bias, softcapping=softcapping)  # (B nh_kv, g, hs)
-    return y.view(B, nh_q, T, hs).transpose(1, 2)  # (B nh_kv, g, hs) -> (B, nh_q, 1, hs) -> (B, 1, nh_q, hs)
+from litgpt_mka.attention.dispatch import cached_site_and_mask, uncached_site
+from litgpt_mka.attention.functional import (
+    attention_scale,
+    grouped_attention,
+    grouped_decode,
+    partial_rope,
+    quantized_decode_step,
+)
+from litgpt_mka.attention.kv_cache import KVCacheBase
+from litgpt_mka.attention.quantized_attention import reads_codes
+from litgpt_mka.attention.variant import CachedAttention, KeyValueHeads, QuantizedRows, cache_quantization
 
 
 class QuantizedKVCache(KVCacheBase):
@@ -192,13 +112,16 @@ class QuantizedKVCache(KVCacheBase):
         return self.update("k", input_pos, k, input_pos_maxp1), self.update("v", input_pos, v, input_pos_maxp1)
 
 
-class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
+class GroupedQueryAttention(KeyValueHeads, CachedAttention, CausalSelfAttention):
     """litgpt's ``CausalSelfAttention`` (MHA, GQA, MQA) with grouped cached decoding; see the module docstring.
 
     Same parameters, same cache (litgpt's ``KVCache``), same training forward; the cached path runs
-    :func:`grouped_attention` instead of repeating the cache to every query head.
+    :func:`~litgpt_mka.attention.functional.grouped_attention` instead of repeating the cache to every query head.
+    It replaces litgpt's class for the same config and weights (``litgpt_counterpart``).
     """
 
+    lora_target = "litgpt_mka.finetune.lora:LoRAGroupedQueryAttention"
+    litgpt_counterpart = "CausalSelfAttention"
     cache_class = (KVCache, QuantizedKVCache)
     rope_width_field = "rope_n_elem"
 
@@ -244,9 +167,7 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
         softcapping = self.config.attention_logit_softcapping
         codes = reads_codes(self.kv_cache, ("k", "v"), T, input_pos)
         if codes:  # a decode step over a quantized cache: attend to the codes
-            self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
-            upto = decode_length(self.kv_cache, input_pos_maxp1)
-            _, mask = cached_site_and_mask(T, input_pos, input_pos_maxp1, mask, upto)
+            upto, mask = quantized_decode_step(self.kv_cache, input_pos, input_pos_maxp1, mask, k=k, v=v)
             y = grouped_decode(q, *codes, upto, scale=self.scale, softcapping=softcapping, mask=mask)  # (B, 1, nh_q, hs)
             return self.proj(y.reshape(B, T, -1))  # (B, T, C)
         site = uncached_site(mask)
@@ -274,16 +195,7 @@ class GroupedQueryAttention(CachedAttention, CausalSelfAttention):
         v = v.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)  # (B, T, nh_kv, hs) -> (B, nh_kv, T, hs)
         if c.norm_qk and c.norm_qk_type == "default":
             q, k = self.norm_q(q), self.norm_k(k)
-        rope, n = rope_function(c), c.rope_n_elem
-        q = torch.cat((rope(q[..., :n], cos, sin), q[..., n:]), dim=-1)  # (B, nh_q, T, hs)
-        k = torch.cat((rope(k[..., :n], cos, sin), k[..., n:]), dim=-1)  # (B, nh_kv, T, hs)
-        return q, k, v
+        return partial_rope(q, cos, sin, c), partial_rope(k, cos, sin, c), v
 
 
-__all__ = [
-    "GroupedQueryAttention",
-    "QuantizedKVCache",
-    "attention_scale",
-    "grouped_attention",
-    "grouped_decode",
-]
+__all__ = ["GroupedQueryAttention", "QuantizedKVCache"]

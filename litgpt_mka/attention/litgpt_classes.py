@@ -17,11 +17,15 @@ rope_n_elem`` = ``head_size`` wide. Sliding-window layers cap their ring buffer 
 
 from typing import Any
 
-from litgpt_mka.attention.variant import AttentionVariant
+from litgpt_mka.attention.variant import AttentionVariant, KeyValueHeads
 
 
-class CausalSelfAttentionVariant(AttentionVariant):
-    """litgpt's ``CausalSelfAttention``: MHA, GQA and MQA through ``n_query_groups``."""
+class CausalSelfAttentionVariant(KeyValueHeads):
+    """litgpt's ``CausalSelfAttention``: MHA, GQA and MQA through ``n_query_groups``, sliding-window layers
+    included (litgpt's ring buffer); its LoRA form is litgpt's."""
+
+    lora_target = "litgpt.lora:CausalSelfAttention"
+    sliding_window_layers = True
 
     @classmethod
     def attention_module(cls) -> type:
@@ -37,6 +41,9 @@ class CausalSelfAttentionVariant(AttentionVariant):
 class StockLatentAttentionVariant(AttentionVariant):
     """litgpt's own MLA (``attention_class_name: LitgptMultiheadLatentAttention``): the expanded per-head cache,
     the baseline of our compressed one; needs ``q_lora_rank``."""
+
+    label = "litgpt's stock MLA"
+    lora_target = "litgpt_mka.finetune.lora:LoRALitgptMultiheadLatentAttention"
 
     @classmethod
     def attention_module(cls) -> type:

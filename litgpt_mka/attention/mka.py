@@ -62,7 +62,7 @@ k(m_i)``. The module therefore runs litgpt's one fused ``qkv`` call on ``x``, pr
 (``(W_K p + b_K, W_V p + b_V)``, 2D numbers), takes a float32 ``cumsum`` over time of the w projected
 columns that need a running mean, and mixes in key space: ``keys`` and ``keys_values`` then run one
 SDPA call per layer with equal q/k/v widths in training (GQA/MQA heads read shared through SDPA's
-``enable_gqa``), so a fused kernel serves it; cached decoding runs the grouped path of ``grouped.py`` (a
+``enable_gqa``), so a fused kernel serves it; cached decoding runs the grouped path of ``functional.py`` (a
 group's query heads as rows against its one key/value head, the cache never repeated), without a mask at
 the last cached position (call sites and kernels: :mod:`litgpt_mka.attention.dispatch`). ``outputs`` runs two
 SDPA calls: the long-term branch attends to one key/value pair repeated at every position, so its output
@@ -88,7 +88,8 @@ buffer           shape                     content                              
 With ``kv_cache_quantization`` set, ``k``, ``v`` (and ``k_session``, ``v_session``) are quantized sequences
 (:mod:`litgpt_mka.attention.quantization`); the ring of sums stays float32: it is per sequence, and a
 quantized running sum would carry its error into every later position. A decode step that sees the whole
-cache attends to the codes block by block (``grouped_decode``, :mod:`litgpt_mka.attention.quantized_attention`).
+cache attends to the codes block by block (``functional.grouped_decode``,
+:mod:`litgpt_mka.attention.quantized_attention`).
 
 The running sum of position t lives in ring slot ``t mod W``; W is ``sum_window`` (default 16, at most
 S). A chunk starting at position s continues the sum of position s - 1, so a chunk may start anywhere
@@ -111,9 +112,11 @@ routing         bytes per token        bytes per sequence (ring)             14m
 ``outputs``     4 D b                  W (8 D + 8)                           2 MHA + 1.6%
 ==============  =====================  ====================================  =========================
 
-Why float32 sums: the full forward accumulates in float32, and a bfloat16 running sum drifts: for
-keys of mean 0.5 and unit noise, a bf16-stored sum gives the running mean at position 2048 a mean
-absolute error of 0.13 (0.0007 with float32), so the sums are kept in ``promote_types(dtype, float32)``.
+Why float32 sums: the full forward accumulates in float32, and a bfloat16 running sum drifts: bf16 keeps 8
+significant bits, so a sum of magnitude ``|S|`` rounds every addition to a multiple of ``2^(floor(log2|S|) - 7)``,
+and once the sum of t keys of mean ``mu`` passes ``2^8`` the unit-sized terms added to it are mostly rounded away
+(float32: ``2^24``). So the sums are kept in ``promote_types(dtype, float32)`` (the error measured at position
+2048: ``docs/variants.md``, MKA's KV cache).
 There is no other per-sequence state (``p`` is a weight). A chunk's positions must be consecutive
 (``input_pos[..., j+1] = input_pos[..., j] + 1``), which every litgpt generation path satisfies.
 
@@ -136,8 +139,14 @@ from litgpt.config import Config
 from litgpt.model import CausalSelfAttention
 
 from litgpt_mka.attention.dispatch import Site, cached_site_and_mask, uncached_site
-from litgpt_mka.attention.grouped import attention_scale, grouped_attention, grouped_decode
-from litgpt_mka.attention.kv_cache import KVCacheBase, decode_length, host_reads_are_free, write_positions
+from litgpt_mka.attention.functional import (
+    attention_scale,
+    grouped_attention,
+    grouped_decode,
+    partial_rope,
+    quantized_decode_step,
+)
+from litgpt_mka.attention.kv_cache import KVCacheBase, host_reads_are_free, write_positions
 from litgpt_mka.attention.quantized_attention import reads_codes
 from litgpt_mka.attention.variant import (
     CachedAttention,
@@ -145,7 +154,6 @@ from litgpt_mka.attention.variant import (
     WeightDerived,
     cache_quantization,
     check_keys,
-    rope_function,
 )
 from litgpt_mka.validation import positive_int
 
@@ -183,8 +191,11 @@ def running_sums(src: torch.Tensor, prefix: torch.Tensor | None = None) -> torch
     return torch.cumsum(torch.cat((prefix.to(acc_dtype), src), dim=1), dim=1)[:, 1:]  # (B, 1+T, w) -> (B, T, w)
 
 
-def running_mean(sums: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-    """Session memory: running sums (B, T, w) divided by the absolute position + 1, (T,) or (B, T)."""
+def running_mean(sums: torch.Tensor, input_pos: torch.Tensor | int) -> torch.Tensor:
+    """Session memory: running sums (B, T, w) divided by the absolute position + 1, (T,) or (B, T), or one
+    position (an int) shared by the chunk's one token."""
+    if isinstance(input_pos, int):
+        return sums / (input_pos + 1)  # (B, 1, w)
     return sums / (input_pos.unsqueeze(-1) + 1)  # (B, T, w) / ((B|1), T, 1)
 
 
@@ -213,8 +224,12 @@ class Router(nn.Module):
         nn.init.zeros_(self.out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(F.gelu(self.fc(x)), self.out_weight, self.out_bias)  # (B, T, H) -> (B, T, M)
-        return torch.softmax(logits, dim=-1, dtype=torch.float32).to(x.dtype)  # (B, T, M)
+        return self.weights_from_hidden(self.fc(x))  # (B, T, C) -> (B, T, H) -> (B, T, M)
+
+    def weights_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``softmax(W_2 gelu(hidden) + b_2)``: the router after its hidden layer, (B, T, H) -> (B, T, M)."""
+        logits = F.linear(F.gelu(hidden), self.out_weight, self.out_bias)  # (B, T, H) -> (B, T, M)
+        return torch.softmax(logits, dim=-1, dtype=torch.float32).to(hidden.dtype)  # (B, T, M)
 
 
 # --------------------------------------------------------------------------------------------- cache
@@ -316,6 +331,9 @@ class MemorizedKeyCache(KVCacheBase):
         """
         bs, T, width = src.shape
         self.check_chunk(input_pos, bs, T, input_pos_maxp1)
+        first = input_pos_maxp1 - T if input_pos.dim() == 1 and input_pos_maxp1 is not None else None
+        if T == 1 and first is not None and self.host_ring.holds(first - 1, bs):
+            return self._append_sum(first, src)  # a decode step: O(1) work, no index tensors
         reads = host_reads_are_free(input_pos)
         if T > 1 and reads and bool((input_pos.diff(dim=-1) != 1).any()):
             raise ValueError(
@@ -328,7 +346,6 @@ class MemorizedKeyCache(KVCacheBase):
         previous = input_pos[..., :1].expand(bs, 1) - 1  # (T,) | (bs, T) -> (bs, 1)
         slot = previous.remainder(W)  # (bs, 1)
         found = (previous < 0) | (held.gather(1, slot) == previous)  # (bs, 1)
-        first = input_pos_maxp1 - T if input_pos.dim() == 1 and input_pos_maxp1 is not None else None
         holds = None if first is None else self.host_ring.holds(first - 1, bs)
         if holds is None and reads:
             holds = bool(found.all())
@@ -348,6 +365,29 @@ class MemorizedKeyCache(KVCacheBase):
         held.scatter_(1, kept_pos.remainder(W), kept_pos)
         self.host_ring.record(first, T, bs)
         return chunk
+
+    def _append_sum(self, position: int, src: torch.Tensor) -> torch.Tensor:
+        """:meth:`running_sums` of one token (bs, 1, w) at `position`, the host knowing that the ring holds the sum
+        of ``position - 1``: the scan's one addition ``sums[position - 1] + src`` (nothing before position 0),
+        read and written at slots the host computes, without gather, scatter or index tensors."""
+        bs = src.size(0)
+        W = self.sum_window
+        total = src.to(torch.promote_types(src.dtype, torch.float32))  # (bs, 1, w)
+        if position > 0:
+            total = self.sums[:bs, (position - 1) % W].unsqueeze(1) + total  # (bs, w) -> (bs, 1, w)
+        self.sums[:bs, position % W] = total[:, 0]
+        self.sum_positions[:bs, position % W] = position
+        self.host_ring.record(position, 1, bs)
+        return total
+
+    def _write(self, name: str, input_pos: torch.Tensor, new: torch.Tensor) -> None:
+        """:meth:`KVCacheBase._write`; positions shared by the rows ((T,) ``input_pos``) of a plain buffer are written
+        by one ``index_copy_`` along time (``write_positions`` builds a (bs, ..., T, F) index for its scatter)."""
+        store = getattr(self, name)
+        if input_pos.dim() == 1 and isinstance(store, torch.Tensor):
+            store[: new.size(0)].index_copy_(new.dim() - 2, input_pos, new.to(store.dtype))
+        else:
+            super()._write(name, input_pos, new)
 
     def _window_error(self, row: int, position: int) -> str:
         return (
@@ -399,6 +439,13 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
     ``scaled_dot_product_attention`` (scale, softcapping, SDPA) are litgpt's.
     """
 
+    label = "MKA"
+    lora_target = "litgpt_mka.finetune.lora:LoRAMemorizedKeyAttention"
+    memory_routing = True
+    memory_sources = MEMORY_SOURCES
+    # the defaults validate_config writes (router_hidden: n_embd // ROUTER_HIDDEN_FRACTION), and the label per routing
+    default_settings = {"routing": DEFAULT_ROUTING, "sum_window": DEFAULT_SUM_WINDOW}
+    routing_labels = {"keys": "MKA", "keys_values": "FMKA"}
     cache_class = MemorizedKeyCache
     rope_width_field = "rope_n_elem"
 
@@ -409,6 +456,7 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         self.router = Router(config.n_embd, settings["router_hidden"])
         self.memory = nn.Parameter(torch.empty(config.n_embd))  # p (C,)
         self._long_term = WeightDerived()  # (k(p), v(p)) of the current weights
+        self._decode = WeightDerived()  # _decode_weights() of the current weights
         self.kv_cache: MemorizedKeyCache | None = None
         self.reset_parameters()
 
@@ -431,11 +479,11 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             raise ValueError(f"memorized_key_attention={config.memorized_key_attention!r} must be a dict or null")
         settings = dict(config.memorized_key_attention)
         check_keys("memorized_key_attention", settings, CONFIG_KEYS)
-        routing = settings.setdefault("routing", DEFAULT_ROUTING)
+        routing = settings.setdefault("routing", cls.default_settings["routing"])
         if routing not in ROUTINGS:
             raise ValueError(f"memorized_key_attention.routing={routing!r} must be one of {list(ROUTINGS)}")
         settings.setdefault("router_hidden", max(1, config.n_embd // ROUTER_HIDDEN_FRACTION))
-        settings.setdefault("sum_window", DEFAULT_SUM_WINDOW)
+        settings.setdefault("sum_window", cls.default_settings["sum_window"])
         for key in ("router_hidden", "sum_window"):
             positive_int(f"memorized_key_attention.{key}", settings[key])
         if config.norm_qk:
@@ -450,6 +498,17 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
                 " set sliding_window_size: null"
             )
         config.memorized_key_attention = {key: settings[key] for key in CONFIG_KEYS}
+
+    @classmethod
+    def variant_label(cls, config: Config) -> str:
+        """MKA (``routing: keys``, the default), FMKA (``keys_values``), or MKA with its other routing named."""
+        routing = (config.memorized_key_attention or {}).get("routing", cls.default_settings["routing"])
+        return cls.routing_labels.get(routing, f"MKA (routing: {routing})")
+
+    @staticmethod
+    def routing_weights(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        """:func:`routing_weights`: (n_layer, M), one column per source of ``memory_sources``."""
+        return routing_weights(model, idx)
 
     @classmethod
     def kv_cache_elements_per_token(cls, config: Config) -> int:
@@ -496,20 +555,14 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
     def _forward_mixed(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
         """``keys`` (mix K) and ``keys_values`` (mix K and V): one SDPA call."""
         B, T, _ = x.shape
-        D = self.config.n_query_groups * self.config.head_size
-        q, kv = self._project(x)  # (B, T, nh_q hs), (B, T, 2D)
-        w = self._sum_width()  # D: keys only; 2D: keys and values
-        local = kv[..., :w]  # (B, T, w)
-        session = self._session_memory(local, input_pos, input_pos_maxp1)  # (B, T, w)
-        mixed = mix_memories(self.router(x), local, session, self._long_term_memory()[:w])  # (B, T, w)
-        k = mixed[..., :D]  # (B, T, D)
-        v = (mixed if w == 2 * D else kv)[..., D:]  # (B, T, D)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
-        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+        if self._is_decode_step(T, input_pos, input_pos_maxp1):
+            q, k, v = self._decode_step_qkv(x, cos, sin, input_pos, input_pos_maxp1)
+        else:
+            q, k, v = self._mixed_qkv(x, cos, sin, input_pos, input_pos_maxp1)
         codes = reads_codes(self.kv_cache, ("k", "v"), T, input_pos)
         if codes:  # a decode step over a quantized cache: attend to the codes
-            self.kv_cache.append(input_pos, input_pos_maxp1, k=k, v=v)
-            y = self._decode(q, codes, input_pos, input_pos_maxp1, mask)  # (B, 1, nh_q, hs)
+            upto, mask = quantized_decode_step(self.kv_cache, input_pos, input_pos_maxp1, mask, k=k, v=v)
+            y = self._decode(q, codes, upto, mask)  # (B, 1, nh_q, hs)
             return self.proj(y.reshape(B, T, -1))  # (B, T, C)
         site = uncached_site(mask)
         if input_pos is not None:
@@ -524,18 +577,18 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         D = self.config.n_query_groups * self.config.head_size
         q, kv = self._project(x)  # (B, T, nh_q hs), (B, T, 2D)
         session = self._session_memory(kv, input_pos, input_pos_maxp1)  # (B, T, 2D): (k(m2), v(m2))
-        q = self._rope(self._heads(q), cos, sin)  # (B, nh_q, T, hs)
-        k_local = self._rope(self._heads(kv[..., :D]), cos, sin)  # (B, nh_kv, T, hs)
+        q = partial_rope(self._heads(q), cos, sin, self.config)  # (B, nh_q, T, hs)
+        k_local = partial_rope(self._heads(kv[..., :D]), cos, sin, self.config)  # (B, nh_kv, T, hs)
         v_local = self._heads(kv[..., D:])  # (B, nh_kv, T, hs)
-        k_session = self._rope(self._heads(session[..., :D]), cos, sin)  # (B, nh_kv, T, hs)
+        k_session = partial_rope(self._heads(session[..., :D]), cos, sin, self.config)  # (B, nh_kv, T, hs)
         v_session = self._heads(session[..., D:])  # (B, nh_kv, T, hs)
         names = ("k", "v", "k_session", "v_session")
         codes = reads_codes(self.kv_cache, names, T, input_pos)
         if codes:  # a decode step over a quantized cache: attend to the codes
-            self.kv_cache.append(input_pos, input_pos_maxp1, k=k_local, v=v_local, k_session=k_session,
-                                 v_session=v_session)
-            y_local = self._decode(q, codes[:2], input_pos, input_pos_maxp1, mask)  # (B, 1, nh_q, hs)
-            y_session = self._decode(q, codes[2:], input_pos, input_pos_maxp1, mask)  # (B, 1, nh_q, hs)
+            upto, mask = quantized_decode_step(self.kv_cache, input_pos, input_pos_maxp1, mask, k=k_local,
+                                               v=v_local, k_session=k_session, v_session=v_session)
+            y_local = self._decode(q, codes[:2], upto, mask)  # (B, 1, nh_q, hs)
+            y_session = self._decode(q, codes[2:], upto, mask)  # (B, 1, nh_q, hs)
         else:
             site = uncached_site(mask)
             if input_pos is not None:
@@ -550,6 +603,72 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         y = mix_memories(self.router(x), y_local, y_session, y_long_term.flatten())  # (B, T, nh_q hs)
         return self.proj(y)  # (B, T, C)
 
+    def _mixed_qkv(self, x, cos, sin, input_pos, input_pos_maxp1) -> tuple[torch.Tensor, ...]:
+        """Queries, mixed keys (and values) of ``keys``/``keys_values``, roped: (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)."""
+        D = self.config.n_query_groups * self.config.head_size
+        q, kv = self._project(x)  # (B, T, nh_q hs), (B, T, 2D)
+        w = self._sum_width()  # D: keys only; 2D: keys and values
+        local = kv[..., :w]  # (B, T, w)
+        session = self._session_memory(local, input_pos, input_pos_maxp1)  # (B, T, w)
+        mixed = mix_memories(self.router(x), local, session, self._long_term_memory()[:w])  # (B, T, w)
+        k = mixed[..., :D]  # (B, T, D)
+        v = (mixed if w == 2 * D else kv)[..., D:]  # (B, T, D)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh_q, T, hs), 2x (B, nh_kv, T, hs)
+        return partial_rope(q, cos, sin, self.config), partial_rope(k, cos, sin, self.config), v
+
+    # ------------------------------------------------------------------------------------ decode step
+    def _is_decode_step(self, T: int, input_pos, input_pos_maxp1) -> bool:
+        """One token at a position the host knows (``litgpt generate``: ``input_pos`` (1,), ``input_pos_maxp1``),
+        without autograd: :meth:`_decode_step_qkv` may serve it."""
+        return (
+            T == 1
+            and input_pos is not None
+            and input_pos.dim() == 1
+            and input_pos_maxp1 is not None
+            and not torch.is_grad_enabled()
+        )
+
+    def _decode_step_qkv(self, x, cos, sin, input_pos, input_pos_maxp1) -> tuple[torch.Tensor, ...]:
+        """:meth:`_mixed_qkv` of one decode step in fewer, smaller operations (the same equations and order of
+        operations, so the same numbers up to rounding): the router's hidden layer and litgpt's ``qkv`` share one
+        matmul (:meth:`_decode_weights`), the ring adds one running sum (:meth:`MemorizedKeyCache.running_sums`),
+        the mix is written in place into the projection's output, where the mixed keys then sit beside the
+        queries, so one RoPE call serves both::
+
+            [q ; k(x) ; v(x) ; h] = [W_qkv ; W_1] x + [b_qkv ; b_1]       (B, 1, nh_q hs + 2D + H)
+            lam = softmax(W_2 gelu(h) + b_2)                               (B, 1, M)
+            [k(x) ; v(x)][:w] <- lam_1 local + lam_2 session + lam_3 (k(p), v(p))[:w]   in place
+            [q ; K] -> (B, nh_q + nh_kv, 1, hs) -> RoPE -> q, K
+        """
+        c = self.config
+        B = x.size(0)
+        q_size, D, w = c.n_head * c.head_size, c.n_query_groups * c.head_size, self._sum_width()
+        weight, bias, long_term = self._decode_weights()
+        projected = F.linear(x, weight, bias)  # (B, 1, nh_q hs + 2D + H)
+        qkv, hidden = projected[..., : q_size + 2 * D], projected[..., q_size + 2 * D :]  # (B, 1, nh_q hs + 2D), (B, 1, H)
+        lam = self.router.weights_from_hidden(hidden).unsqueeze(-1)  # (B, 1, M) -> (B, 1, M, 1)
+        local = qkv[..., q_size : q_size + w]  # (B, 1, w), a view into qkv
+        position = input_pos_maxp1 - 1
+        sums = self.kv_cache.running_sums(input_pos, local, input_pos_maxp1)  # (B, 1, w)
+        session = running_mean(sums, position).to(local.dtype)  # (B, 1, w)
+        local.mul_(lam[:, :, 0]).addcmul_(lam[:, :, 1], session).addcmul_(lam[:, :, 2], long_term[:w])  # mix_memories
+        qk = qkv[..., : q_size + D].view(B, 1, -1, c.head_size).transpose(1, 2)  # (B, 1, nh_q + nh_kv, hs) -> (B, nh_q + nh_kv, 1, hs)
+        qk = partial_rope(qk, cos, sin, self.config)
+        v = self._heads(qkv[..., q_size + D :])  # (B, nh_kv, 1, hs): mixed (keys_values) or v(x) (keys)
+        return qk[:, : c.n_head], qk[:, c.n_head :], v  # (B, nh_q, 1, hs), (B, nh_kv, 1, hs)
+
+    def _decode_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[W_qkv ; W_1]`` (nh_q hs + 2D + H, C), its bias, and ``(k(p), v(p))`` (2D,): what a decode step reads,
+        derived once per weight change. ``qkv`` without a bias gets a zero one (litgpt's Pythia has one)."""
+        fc = self.router.fc
+        return self._decode.get(self._derive_decode_weights, self.memory, self.qkv.weight, self.qkv.bias, fc.weight, fc.bias)
+
+    def _derive_decode_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fc = self.router.fc
+        qkv_bias = self.qkv.bias if self.qkv.bias is not None else self.qkv.weight.new_zeros(self.qkv.weight.size(0))
+        weight = torch.cat((self.qkv.weight, fc.weight))  # (nh_q hs + 2D, C) + (H, C)
+        return weight, torch.cat((qkv_bias, fc.bias)), self._long_term_memory()
+
     # ------------------------------------------------------------------------------------------- pieces
     def _sum_width(self) -> int:
         return _sum_width(self.routing, self.config.n_query_groups * self.config.head_size)
@@ -563,11 +682,6 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
     def _long_term_memory(self) -> torch.Tensor:
         """(k(p), v(p)) = (W_K p + b_K, W_V p + b_V), shape (2D,); computed once per weight change when decoding."""
         return self._long_term.get(self._project_memory, self.memory, self.qkv.weight, self.qkv.bias)
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        # inference tensors (litgpt generate builds the model under inference_mode) have no version counter
-        self._long_term.clear()
-        super()._load_from_state_dict(*args, **kwargs)
 
     def _project_memory(self) -> torch.Tensor:
         q_size = self.config.n_head * self.config.head_size
@@ -590,18 +704,13 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         hs = self.config.head_size
         return t.view(B, T, -1, hs).transpose(1, 2)  # (B, T, n hs) -> (B, T, n, hs) -> (B, n, T, hs)
 
-    def _rope(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """RoPE on the first ``rope_n_elem`` features of (B, n, T, hs), as litgpt does."""
-        n_elem = self.config.rope_n_elem
-        return torch.cat((rope_function(self.config)(t[..., :n_elem], cos, sin), t[..., n_elem:]), dim=-1)  # (B, n, T, hs)
-
     def _expand_groups(self, t: torch.Tensor) -> torch.Tensor:
         """Per-group vector (D,) -> per-query-head (nh_q, hs), query heads of a group sharing it."""
         q_per_kv = self.config.n_head // self.config.n_query_groups
         return t.view(self.config.n_query_groups, -1).repeat_interleave(q_per_kv, dim=0)  # (nh_kv, hs) -> (nh_q, hs)
 
     def _attend(self, q, k, v, site: Site, mask) -> torch.Tensor:
-        """``grouped_attention`` (grouped.py) at `site`: q (B, nh_q, T, hs), k/v (B, nh_kv, S, hs) -> (B, T, nh_q, hs).
+        """``functional.grouped_attention`` at `site`: q (B, nh_q, T, hs), k/v (B, nh_kv, S, hs) -> (B, T, nh_q, hs).
 
         Training is causal with SDPA's GQA (k and v read shared); a cached chunk runs the query heads of a group as
         query rows against their one key/value head, never repeating the cache.
@@ -616,11 +725,9 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
             softcapping=self.config.attention_logit_softcapping,
         )  # (B, T, nh_q, hs)
 
-    def _decode(self, q, codes, input_pos, input_pos_maxp1, mask) -> torch.Tensor:
-        """``grouped_decode`` (grouped.py) of one decode step over quantized (keys, values) `codes`: q (B, nh_q, 1,
-        hs) -> (B, 1, nh_q, hs), read from the codes (masked unless the step sees the whole cache)."""
-        upto = decode_length(self.kv_cache, input_pos_maxp1)
-        _, mask = cached_site_and_mask(1, input_pos, input_pos_maxp1, mask, upto)
+    def _decode(self, q, codes, upto: int, mask) -> torch.Tensor:
+        """``functional.grouped_decode`` of one decode step over quantized (keys, values) `codes`, the first `upto`
+        positions: q (B, nh_q, 1, hs) -> (B, 1, nh_q, hs) (`mask` None: the step sees every position)."""
         return grouped_decode(
             q, *codes, upto, scale=attention_scale(self.config, self.mscale),
             softcapping=self.config.attention_logit_softcapping, mask=mask,

@@ -91,7 +91,6 @@ keeps its RoPE key in bf16: the latent's bytes drop, the R numbers of the RoPE k
 step reads the latent block by block from its codes (:meth:`_absorbed_decode`).
 """
 
-import math
 from typing import Any, NamedTuple
 
 import litgpt.model
@@ -99,15 +98,15 @@ import torch
 import torch.nn as nn
 from litgpt.model import RMSNorm, yarn_get_mscale
 
-from litgpt_mka.attention.dispatch import (
-    Site,
-    attention_probabilities,
-    cached_site_and_mask,
-    explicit_attention,
-    sdpa,
-    uncached_site,
+from litgpt_mka.attention.dispatch import Site, attention_probabilities, cached_site_and_mask, sdpa, uncached_site
+from litgpt_mka.attention.functional import (
+    attention_at_site,
+    attention_scale,
+    quantized_decode_step,
+    rope_function,
+    tile_mask,
 )
-from litgpt_mka.attention.kv_cache import KVCacheBase, decode_length
+from litgpt_mka.attention.kv_cache import KVCacheBase
 from litgpt_mka.attention.quantization import QuantizedSequence
 from litgpt_mka.attention.quantized_attention import decode_attention, mask_bias, reads_codes
 from litgpt_mka.attention.variant import (
@@ -116,7 +115,6 @@ from litgpt_mka.attention.variant import (
     WeightDerived,
     cache_quantization,
     check_keys,
-    rope_function,
 )
 from litgpt_mka.validation import int_in_range, positive_int
 
@@ -170,6 +168,13 @@ def yarn_mscale(config: Any) -> float:
     adjustments = config.rope_adjustments or {}
     factor, mscale_all_dim = adjustments.get("factor"), adjustments.get("mscale_all_dim")
     return yarn_get_mscale(factor, mscale_all_dim) if factor and mscale_all_dim else 1.0
+
+
+def _key_bias_scores(q_nope: torch.Tensor, b_k: torch.Tensor) -> torch.Tensor:
+    """``q_nope . b_K`` per query row, "bhtp,hp->bht" in float32: q_nope (B, nh, T, P), b_K (nh, P) -> (B, nh, T).
+
+    The same for every key of the row: softmax ignores it, softcapping does not (see the module doc)."""
+    return torch.einsum("bhtp,hp->bht", q_nope.float(), b_k.float())
 
 
 class AbsorbedWeights(NamedTuple):
@@ -250,6 +255,9 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
     See the module docstring for notation, weights, both paths and the cache layout.
     """
 
+    label = "MLA"
+    lora_target = "litgpt_mka.finetune.lora:LoRAMultiheadLatentAttention"
+    litgpt_counterpart = "LitgptMultiheadLatentAttention"
     cache_class = LatentKVCache
     rope_width_field = "qk_rope_head_dim"
 
@@ -271,7 +279,7 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         self.kv_cache: LatentKVCache | None = None
 
         self.mscale = yarn_mscale(config)
-        self.scale = self.mscale**2 / math.sqrt(config.attention_scores_scalar or P + R)
+        self.scale = attention_scale(config, self.mscale, key_width=P + R)
         absorb_max_queries = config.latent_attention.get("absorb_max_queries")
         self.absorb_max_queries = (
             default_absorb_max_queries(config) if absorb_max_queries is None else absorb_max_queries
@@ -307,9 +315,8 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         if input_pos is None:  # training / no cache: causal over this chunk
             o = self._expanded_attention(q_nope, q_rope, latent, k_rope, uncached_site(mask), mask)
         elif codes and T <= self.absorb_max_queries:  # a decode step over a quantized latent: attend to its codes
-            self.kv_cache.append(input_pos, input_pos_maxp1, latent=latent, k_rope=k_rope)
-            upto = decode_length(self.kv_cache, input_pos_maxp1)
-            _, mask = cached_site_and_mask(T, input_pos, input_pos_maxp1, mask, upto)
+            upto, mask = quantized_decode_step(self.kv_cache, input_pos, input_pos_maxp1, mask, latent=latent,
+                                               k_rope=k_rope)
             k_rope = self.kv_cache.k_rope[:B, :upto]  # (B, S, R)
             o = self._absorbed_decode(q_nope, q_rope, codes[0], k_rope, upto, mask)  # (B, nh, 1, V)
         else:
@@ -342,7 +349,7 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
 
     def _expanded_attention(self, q_nope, q_rope, latent, k_rope, site: Site, mask) -> torch.Tensor:
         """Materialises per-head keys and values from the S latents, then attends at `site` (flash-eligible
-        when P+R == V and no mask).
+        when P+R == V and no mask; :func:`~litgpt_mka.attention.functional.attention_at_site`).
 
         q_nope (B, nh, T, P), q_rope (B, nh, T, R), latent (B, S, L), k_rope (B, S, R) -> (B, nh, T, V).
         """
@@ -354,10 +361,7 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         q = torch.cat((q_nope, q_rope), dim=-1)  # (B, nh, T, P+R)
         k = torch.cat((k_nope, k_rope), dim=-1)  # (B, nh, S, P+R)
         softcapping = self.config.attention_logit_softcapping
-        if softcapping is None:
-            return sdpa(q, k, v, site=site, scale=self.scale, mask=mask)  # (B, nh, T, V)
-        causal = site in (Site.TRAINING, Site.PREFILL)
-        return explicit_attention(q, k, v, scale=self.scale, softcapping=softcapping, mask=mask, causal=causal)
+        return attention_at_site(q, k, v, scale=self.scale, site=site, mask=mask, softcapping=softcapping)
 
     def _cached_rows(self, latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
         """``[c ; k_r]`` (B, S, L+R) of the cached positions: a view of the cache's joined rows (unquantized),
@@ -381,7 +385,6 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         """
         w = self._absorbed_weights()
         B, nh, T, P = q_nope.shape
-        S = rows.size(1)
         L, R = self.config.kv_lora_rank, self.config.qk_rope_head_dim
         q_lat = self._latent_queries(q_nope, w)  # (B, nh, T, L)
         softcapping = self.config.attention_logit_softcapping
@@ -392,9 +395,7 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
                 o = sdpa(q, shared, shared, site=site, scale=self.scale, enable_gqa=True)  # (B, nh, T, L+R)
             else:  # the heads as rows of the one head; a mask (mb, 1, T, S) tiled over them
                 q = q.reshape(B, 1, nh * T, L + R)  # (B, nh, T, L+R) -> (B, 1, nh T, L+R)
-                if mask is not None:
-                    mb = mask.size(0)
-                    mask = mask.unsqueeze(2).expand(mb, 1, nh, T, S).reshape(mb, 1, nh * T, S)  # (mb, 1, nh T, S)
+                mask = tile_mask(mask, nh)  # (mb, 1, T, S) -> (mb, 1, nh T, S)
                 o = sdpa(q, shared, shared, site=site, scale=self.scale, mask=mask)  # (B, 1, nh T, L+R)
             o_lat = o[..., :L].reshape(B, nh, T, L)  # p c: the latent columns
         else:
@@ -402,7 +403,7 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
             scores = torch.einsum("bhtl,bsl->bhts", q_lat.float(), latent.float())  # (B, nh, T, S)
             scores += torch.einsum("bhtr,bsr->bhts", q_rope.float(), k_rope.float())
             if w.b_k is not None:  # softcapping is not shift-invariant: keep q_nope . b_K
-                scores += torch.einsum("bhtp,hp->bht", q_nope.float(), w.b_k.float()).unsqueeze(-1)
+                scores += _key_bias_scores(q_nope, w.b_k).unsqueeze(-1)  # (B, nh, T, 1)
             causal = site is Site.PREFILL
             p = attention_probabilities(scores * self.scale, mask, softcapping, causal)  # (B, nh, T, S) float32
             o_lat = torch.einsum("bhts,bsl->bhtl", p.to(latent.dtype), latent)  # (B, nh, T, L)
@@ -422,7 +423,7 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         bias = torch.bmm(q_rope, k_rope.float().mT)  # (B, nh T, R) @ (B, R, S) -> (B, nh T, S) float32
         softcapping = self.config.attention_logit_softcapping
         if softcapping is not None and w.b_k is not None:  # softcapping is not shift-invariant: keep q_nope . b_K
-            bias += torch.einsum("bhtp,hp->bht", q_nope.float(), w.b_k.float()).reshape(B, nh * T, 1) * self.scale
+            bias += _key_bias_scores(q_nope, w.b_k).reshape(B, nh * T, 1) * self.scale  # (B, nh T, 1)
         if mask is not None:
             bias += mask_bias(mask, B, 1, nh * T)  # (B, nh T, S)
         o_lat = decode_attention(
@@ -480,11 +481,6 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
     def clear_absorbed_weights(self) -> None:
         """Forgets the cached absorbed weights; the next absorbed step derives them again from ``kv_b_proj``."""
         self._absorbed.clear()
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        # inference tensors (litgpt generate builds the model under inference_mode) have no version counter
-        self.clear_absorbed_weights()
-        super()._load_from_state_dict(*args, **kwargs)
 
     # ----------------------------------------------------------------------------------------- cache
     def new_kv_cache(self, batch_size: int, max_seq_length: int, device, dtype) -> LatentKVCache:

@@ -24,11 +24,11 @@ error (tested per variant, with blocks of one row and more).
 Bytes per decode step and layer, against an unquantized cache of ``b`` bytes per number: the codes and scales
 (int8: ``1 + 2/G`` bytes per number) are read once from memory; the converted block is written and read twice
 in float32, in the processor's cache when the block fits :func:`block_budget`. On a CPU that is a win where the
-cache dominates (measured: ``docs/benchmarks/``). On a GPU the memory traffic is ``(1 + 2/G) / b`` of the
-unquantized cache's (0.52x of bf16 at int8, G = 64), but this is a dozen PyTorch kernels per block, not one
-fused kernel: at the sizes of the presets the launches (microseconds each) can outweigh the bytes saved
-(tens of microseconds per layer at a batch of 16 x 4096 on an H100's bandwidth), so on a GPU the quantized
-cache buys capacity (more sequences in the same memory) before speed; ``benchmarks/gpu.sh`` measures it.
+cache dominates. On a GPU the memory traffic is ``(1 + 2/G) / b`` of the unquantized cache's, but this is a
+dozen PyTorch kernels per block, not one fused kernel: at the sizes of the presets the launches (microseconds
+each) can outweigh the bytes saved, so on a GPU the quantized cache buys capacity (more sequences in the same
+memory) before speed. The measurements: ``docs/kv-quantization.md`` ("Speed", "On a GPU"), ``docs/benchmarks/``
+and ``benchmarks/gpu.sh``.
 """
 
 import torch
@@ -38,9 +38,9 @@ from litgpt.model import do_softcapping
 from litgpt_mka.attention.dispatch import additive_mask
 from litgpt_mka.attention.quantization import QuantizedSequence
 
-# converted bytes of one block on a CPU: measured for one layer of pythia-70m MHA int8 at batch 16 x 4096
-# (2-core AMD EPYC, 32 MiB L3): 8 and 16 MiB the fastest; 2 MiB 2.2x slower (per-block overhead), 32 and
-# 64 MiB 2.3-2.5x slower (out of the cache)
+# converted bytes of one block on a CPU: large enough to amortise the per-block operations, small enough to stay
+# in the processor's cache between the conversion and the two products; chosen by timing the sizes around it
+# (docs/kv-quantization.md, "Speed")
 BLOCK_BYTES = 8 * 2**20
 
 
@@ -78,8 +78,8 @@ def block_budget(device: torch.device) -> int:
 
 def _rows_per_block(row_bytes: int, N: int, device: torch.device) -> int:
     """Cached rows per block: as many as fit :func:`block_budget` (at least one, at most N); on a CPU rounded to a
-    multiple of the torch threads, over which the matrix products split their batch (one layer of pythia-70m MHA
-    at batch 16 x 4096 on 2 threads: blocks of 3 rows 2.1x slower than of 4, of 2 rows 1.3x)."""
+    multiple of the torch threads, over which the matrix products split their batch, so that no thread idles on
+    a block's last rows (timings: docs/kv-quantization.md, "Speed")."""
     per_block = max(1, block_budget(device) // row_bytes)
     if device.type == "cpu":
         threads = torch.get_num_threads()
@@ -158,7 +158,8 @@ def _weighted_values(p: torch.Tensor, v: torch.Tensor, scales, out: torch.Tensor
         torch.bmm(p, v, out=out)  # (r, Q, upto) @ (r, upto, Fv) -> (r, Q, Fv)
         return
     s, z = scales
-    # sum_t p_t z_t, (r, Q, 1): as a product and a sum, 5x faster than a bmm into one column on a CPU
+    # sum_t p_t z_t, (r, Q, 1): as a product and a sum, faster on a CPU than a bmm into one
+    # column (timed: docs/kv-quantization.md, "Speed")
     offset_sums = None if z is None else (p * z.unsqueeze(1)).sum(-1, keepdim=True)
     torch.bmm(p.mul_(s.unsqueeze(1)), v, out=out)  # sum_t (p_t s_t) c_t
     if offset_sums is not None:

@@ -1,15 +1,17 @@
 """The registry: one entry per attention variant, keyed by ``Config.attention_class_name``.
 
 An entry names the variant, where its class lives (imported on first use, so that validating a name
-costs no import), the ``Config`` dict it reads, if any, its LoRA form for ``litgpt finetune_lora``, its
-short label (MHA, GQA, MLA, ...), litgpt's own class for the same model, if we replace one, and whether
-its layers route between memories. Everything else is derived from it: the ``Config`` fields the plugin
-adds (``litgpt_internals``), which dicts may be set together (``config_checks``), the validation and
-defaults of each dict, the KV-cache accounting (``measure.kv_cache_size``), the ``Block``'s attention
-module, the error messages' labels (``finetune.support``), the reference of a comparison (its MHA config)
-and its routing weights (``compare``), the benchmark rows and the tests' parametrisation. No module
-outside ``attention/`` decides anything by a variant's class name. What each class provides is
-:class:`~litgpt_mka.attention.variant.AttentionVariant`.
+costs no import), and the ``Config`` dict it reads, if any: what the plugin must know before any variant
+module is imported. Everything else a variant knows about itself is on its class
+(:class:`~litgpt_mka.attention.variant.AttentionVariant`): its label (MHA, GQA, MLA, ...), whether it is MHA,
+its LoRA form, whether it computes litgpt's ``CausalSelfAttention``, which of litgpt's classes it replaces,
+whether its layers keep a sliding window, whether they route between memories; an entry reads those from its
+class. From the registry and the classes come the ``Config`` fields the plugin adds (``litgpt_internals``),
+which dicts may be set together (``config_checks``), the validation and defaults of each dict, the KV-cache
+accounting (``measure.kv_cache_size``), the ``Block``'s attention module, the error messages' labels
+(``finetune.support``), the reference of a comparison (its MHA config) and its routing weights (``compare``),
+the benchmark rows and the tests' parametrisation. No module outside ``attention/`` decides anything by a
+variant's class name.
 
 Adding a variant = one module (a class inheriting ``AttentionVariant``) + one line in ``VARIANTS``.
 """
@@ -21,7 +23,7 @@ from typing import Any, Callable
 
 @dataclass(frozen=True)
 class Variant:
-    """One registry entry.
+    """One registry entry; what the variant's class declares is read through it (see the module docstring).
 
     Attributes:
         name: the ``attention_class_name`` that selects it.
@@ -30,38 +32,42 @@ class Variant:
         config_field: the ``Config`` dict it reads (added to ``Config`` unless litgpt has it), or None.
         selected_by_config_field: a config that sets ``config_field`` and leaves ``attention_class_name``
             at its default selects this variant (litgpt's own rule for ``latent_attention``).
-        lora_target: ``"module:Class"`` of its LoRA form, which ``litgpt finetune_lora`` builds
-            (:mod:`litgpt_mka.finetune.lora`); None: no LoRA form, ``finetune_lora`` refuses the variant.
-        litgpt_equivalent: it has the parameters of litgpt's ``CausalSelfAttention`` and computes the same
-            outputs (only its decoding differs), so litgpt's adapter blocks may build their own attention for
-            it and ``convert_from_litgpt`` converts it as litgpt's.
-        label: the short name users know the variant by (MHA, MLA, ...), or a function of the config that
-            returns it (the key/value layout, MKA's routing): error messages, reports, benchmark rows.
-        litgpt_counterpart: the registry name of litgpt's own class that this one replaces for the same
-            config and weights (the decode benchmark's row beside ours), or None.
-        memory_routing: its layers route between memories with per-token weights
-            (:func:`litgpt_mka.attention.mka.routing_weights`), which ``compare`` records.
     """
 
     name: str
     target: str
     config_field: str | None = None
     selected_by_config_field: bool = False
-    lora_target: str | None = None
-    litgpt_equivalent: bool = False
-    label: str | Callable[[Any], str] | None = None
-    litgpt_counterpart: str | None = None
-    memory_routing: bool = False
 
     def label_for(self, config: Any) -> str:
-        """The variant's short name for `config` (the registry name when the entry gives none)."""
-        if callable(self.label):
-            return self.label(config)
-        return self.label or self.name
+        """The variant's short name for `config` (its class's ``variant_label``; the registry name if none)."""
+        return self.load().variant_label(config) or self.name
 
     def is_mha(self, config: Any) -> bool:
         """Whether `config` is multi-head attention: every query head has its own key/value head."""
-        return self.label_for(config) == "MHA"
+        return self.load().is_mha(config)
+
+    @property
+    def lora_target(self) -> str | None:
+        """``"module:Class"`` of its LoRA form for ``litgpt finetune_lora``; None: none."""
+        return self.load().lora_target
+
+    @property
+    def litgpt_equivalent(self) -> bool:
+        """It has the parameters of litgpt's ``CausalSelfAttention`` and computes the same outputs (only its
+        decoding differs): litgpt's adapter blocks may build their own attention for it, and
+        ``convert_from_litgpt`` converts it as litgpt's."""
+        return self.load().litgpt_equivalent
+
+    @property
+    def litgpt_counterpart(self) -> str | None:
+        """The registry name of litgpt's class it replaces for the same config and weights, or None."""
+        return self.load().litgpt_counterpart
+
+    @property
+    def memory_routing(self) -> bool:
+        """Its layers route between memories with per-token weights (its class's ``routing_weights``)."""
+        return self.load().memory_routing
 
     def load(self) -> Any:
         """The variant's ``AttentionVariant`` class (imports its module)."""
@@ -87,46 +93,18 @@ def _import(target: str) -> Any:
     return getattr(import_module(module_name), attribute)
 
 
-def key_value_layout(config: Any) -> str:
-    """MHA (``n_query_groups == n_head``), MQA (one key/value head) or GQA with its key/value head count."""
-    if config.n_query_groups == config.n_head:
-        return "MHA"
-    return "MQA" if config.n_query_groups == 1 else f"GQA ({config.n_query_groups} key/value heads)"
-
-
-def memorized_key_routing(config: Any) -> str:
-    """MKA (``routing: keys``, the default), FMKA (``keys_values``), or MKA with its other routing named."""
-    routing = (config.memorized_key_attention or {}).get("routing", "keys")
-    return {"keys": "MKA", "keys_values": "FMKA"}.get(routing, f"MKA (routing: {routing})")
-
-
 DEFAULT_ATTENTION_CLASS = "CausalSelfAttention"
 VARIANTS: dict[str, Variant] = {
     variant.name: variant
     for variant in (
         # litgpt's own classes: MHA, GQA and MQA through `n_query_groups`; the stock MLA (expanded cache)
-        Variant(
-            "CausalSelfAttention",
-            "litgpt_mka.attention.litgpt_classes:CausalSelfAttentionVariant",
-            lora_target="litgpt.lora:CausalSelfAttention",
-            litgpt_equivalent=True,
-            label=key_value_layout,
-        ),
+        Variant("CausalSelfAttention", "litgpt_mka.attention.litgpt_classes:CausalSelfAttentionVariant"),
         # litgpt's parameters and cache, decoding without repeating the cache per query head (grouped.py)
-        Variant(
-            "GroupedQueryAttention",
-            "litgpt_mka.attention.grouped:GroupedQueryAttention",
-            lora_target="litgpt_mka.finetune.lora:LoRAGroupedQueryAttention",
-            litgpt_equivalent=True,
-            label=key_value_layout,
-            litgpt_counterpart="CausalSelfAttention",
-        ),
+        Variant("GroupedQueryAttention", "litgpt_mka.attention.grouped:GroupedQueryAttention"),
         Variant(
             "LitgptMultiheadLatentAttention",
             "litgpt_mka.attention.litgpt_classes:StockLatentAttentionVariant",
             config_field="latent_attention",
-            lora_target="litgpt_mka.finetune.lora:LoRALitgptMultiheadLatentAttention",
-            label="litgpt's stock MLA",
         ),
         # DeepSeek-V2 multi-head latent attention with a compressed latent cache (mla.py)
         Variant(
@@ -134,18 +112,12 @@ VARIANTS: dict[str, Variant] = {
             "litgpt_mka.attention.mla:MultiheadLatentAttention",
             config_field="latent_attention",
             selected_by_config_field=True,
-            lora_target="litgpt_mka.finetune.lora:LoRAMultiheadLatentAttention",
-            label="MLA",
-            litgpt_counterpart="LitgptMultiheadLatentAttention",
         ),
         # memorized-key attention, MKA / FMKA (mka.py)
         Variant(
             "MemorizedKeyAttention",
             "litgpt_mka.attention.mka:MemorizedKeyAttention",
             config_field="memorized_key_attention",
-            lora_target="litgpt_mka.finetune.lora:LoRAMemorizedKeyAttention",
-            label=memorized_key_routing,
-            memory_routing=True,
         ),
     )
 }

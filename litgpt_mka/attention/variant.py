@@ -1,7 +1,7 @@
 """What the registry asks of an attention variant, and the checks every variant's config uses.
 
-A variant is an attention module for litgpt's ``Block`` plus four class-level answers, derived from a
-``Config`` alone (no model needed):
+A variant is an attention module for litgpt's ``Block`` plus class-level answers, derived from a ``Config``
+alone (no model needed): six methods,
 
 ==================================  ======================================================================
 ``attention_module()``              the ``nn.Module`` class ``Block`` builds (our classes: themselves)
@@ -12,6 +12,33 @@ A variant is an attention module for litgpt's ``Block`` plus four class-level an
 ``kv_cache_bytes_per_sequence(..)`` bytes per sequence per layer that do not grow with the context
 ``kv_cache_quantized_rows(c)``      the cached rows that ``kv_cache_quantization`` stores in fewer bits
                                     (empty: the variant keeps an unquantized cache and refuses the key)
+==================================  ======================================================================
+
+two methods that name and classify a config's model,
+
+==================================  ======================================================================
+``variant_label(c)``                the short name users know it by (MHA, GQA (2 key/value heads), MLA,
+                                    MKA, FMKA, ...): error messages, reports, benchmark rows; default
+                                    ``label``, None: the registry name
+``is_mha(c)``                       every query head has its own key/value head (the reference of a
+                                    comparison); default False
+==================================  ======================================================================
+
+and five capabilities, class attributes that the registry, ``finetune``, ``measure`` and ``compare`` read:
+
+==================================  ======================================================================
+``lora_target``                     ``"module:Class"`` of its LoRA form for ``litgpt finetune_lora``
+                                    (:mod:`litgpt_mka.finetune.lora`); None: ``finetune_lora`` refuses it
+``litgpt_equivalent``               it has the parameters of litgpt's ``CausalSelfAttention`` and
+                                    computes its outputs: litgpt's adapters and ``convert_from_litgpt``
+                                    may treat it as litgpt's class
+``litgpt_counterpart``              the registry name of litgpt's class it replaces for the same config
+                                    and weights (the decode benchmark's row beside it), or None
+``sliding_window_layers``           its layers honour litgpt's ``sliding_window_size``, caching at most
+                                    the window (the KV-cache accounting caps those layers)
+``memory_routing``                  its layers route between memories with per-token weights: it then
+                                    names them in ``memory_sources`` and measures them with
+                                    ``routing_weights(model, idx)`` (``compare`` records them)
 ==================================  ======================================================================
 
 The byte counts follow ``config.kv_cache_quantization`` (:mod:`litgpt_mka.attention.quantization`): its
@@ -55,8 +82,33 @@ def check_keys(field: str, settings: dict, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{field} has unknown key(s) {unknown}; allowed keys are {list(allowed)}")
 
 
+def _replacements() -> str:
+    """``litgpt's class -> ours`` for every registered variant that replaces one of litgpt's classes."""
+    from litgpt_mka.attention import registry
+
+    pairs = [(e.litgpt_counterpart, e.name) for e in registry.VARIANTS.values() if e.litgpt_counterpart]
+    return ", ".join(f"{theirs} -> {ours}" for theirs, ours in pairs)
+
+
 class AttentionVariant:
     """The class-level side of a variant (see the module docstring); mix it in before the module's base."""
+
+    label: str | None = None
+    lora_target: str | None = None
+    litgpt_equivalent: bool = False
+    litgpt_counterpart: str | None = None
+    sliding_window_layers: bool = False
+    memory_routing: bool = False
+
+    @classmethod
+    def variant_label(cls, config: Any) -> str | None:
+        """The short name of `config`'s model: ``label`` unless the variant says more (None: the registry name)."""
+        return cls.label
+
+    @classmethod
+    def is_mha(cls, config: Any) -> bool:
+        """Whether `config`'s model is multi-head attention (every query head its own key/value head)."""
+        return False
 
     @classmethod
     def attention_module(cls) -> type:
@@ -76,9 +128,8 @@ class AttentionVariant:
         if not rows:
             raise ValueError(
                 f"{QUANTIZATION_FIELD}={getattr(config, QUANTIZATION_FIELD)!r} is not supported with"
-                f" {cls.__name__} (litgpt's own cache); quantized caches are ours: for MHA/GQA/MQA set"
-                " attention_class_name: GroupedQueryAttention (litgpt's parameters, the same outputs), for MLA"
-                " MultiheadLatentAttention"
+                f" {cls.__name__} (litgpt's own cache); quantized caches are ours: set the attention_class_name"
+                f" that replaces litgpt's class with the same parameters and outputs ({_replacements()})"
             )
         for row in rows:
             check_row_width(quantization, row.width, row.name)
@@ -118,11 +169,26 @@ class AttentionVariant:
         return sum(row.buffers * R * (row.heads * row.width * dtype.itemsize + torch.int64.itemsize) for row in rows)
 
 
-def rope_function(config: Any):
-    """litgpt's RoPE for this config: ``apply_rope_interleave`` (``rope_interleave: true``) or ``apply_rope``."""
-    from litgpt.model import apply_rope, apply_rope_interleave
+def key_value_layout(config: Any) -> str:
+    """MHA (``n_query_groups == n_head``), MQA (one key/value head) or GQA with its key/value head count."""
+    if config.n_query_groups == config.n_head:
+        return "MHA"
+    return "MQA" if config.n_query_groups == 1 else f"GQA ({config.n_query_groups} key/value heads)"
 
-    return apply_rope_interleave if config.rope_interleave else apply_rope
+
+class KeyValueHeads(AttentionVariant):
+    """A variant whose model is MHA, GQA or MQA by ``n_query_groups`` (litgpt's ``CausalSelfAttention`` and ours
+    with its parameters): labelled by its key/value layout, MHA when every query head has its own."""
+
+    litgpt_equivalent = True
+
+    @classmethod
+    def variant_label(cls, config: Any) -> str:
+        return key_value_layout(config)
+
+    @classmethod
+    def is_mha(cls, config: Any) -> bool:
+        return config.n_query_groups == config.n_head
 
 
 class CachedAttention(AttentionVariant):
@@ -131,7 +197,8 @@ class CachedAttention(AttentionVariant):
     A subclass sets ``cache_class`` (its :class:`~litgpt_mka.attention.kv_cache.KVCacheBase`) and
     ``rope_width_field`` (the config attribute giving the RoPE width its cache stores), and implements
     ``attend(x, cos, sin, mask, input_pos, input_pos_maxp1)`` and ``new_kv_cache(batch_size,
-    max_seq_length, device, dtype)``.
+    max_seq_length, device, dtype)``. Values it derives from weights (:class:`WeightDerived` attributes) are
+    forgotten whenever a state dict is loaded.
     """
 
     cache_class: type
@@ -165,6 +232,15 @@ class CachedAttention(AttentionVariant):
         width = getattr(self.config, self.rope_width_field)
         check_rope_cache_length(type(self).__name__, rope_cache_length, width, self.rope_width_field)
         return self.new_kv_cache(batch_size, max_seq_length, device, dtype)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        """Forgets every :class:`WeightDerived` value of the module first: a loaded state dict always replaces
+        the weights it was derived from, and inference tensors (``litgpt generate`` builds the model under
+        ``inference_mode``) have no version counter to tell."""
+        for value in vars(self).values():
+            if isinstance(value, WeightDerived):
+                value.clear()
+        super()._load_from_state_dict(*args, **kwargs)
 
 
 def tensor_state(t: torch.Tensor) -> tuple:

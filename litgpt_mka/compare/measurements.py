@@ -176,19 +176,21 @@ def decode_speed(model: torch.nn.Module, batch_size: int, context_length: int, n
 # ---------------------------------------------------------------------------------------------- routing
 @torch.no_grad()
 def routing(model: torch.nn.Module, windows: torch.Tensor, new_from: torch.Tensor, batch_size: int) -> Routing:
-    """Mean MKA routing weights per layer over the validation text (:func:`litgpt_mka.attention.mka.routing_weights`).
+    """Mean routing weights per layer over the validation text, for a variant whose layers route between memories
+    (its class's ``memory_routing``; MKA's :func:`litgpt_mka.attention.mka.routing_weights`).
 
     Inputs are the validation windows' first L tokens (``windows[:, :-1]``), so every input position of the
     stride-L windows counts once; the end-aligned tail window (``new_from > 0``), which repeats positions, is
     left out. Batches are weighted by their token count.
     """
-    from litgpt_mka.attention.mka import MEMORY_SOURCES, routing_weights
+    from litgpt_mka.attention import registry
 
+    variant = registry.variant_class(model.config)
     device = next(model.parameters()).device
     inputs = windows[new_from == 0, :-1]  # (W', L)
     total, count = None, 0
     for batch in inputs.split(batch_size):
-        weights = routing_weights(model, batch.to(device)).double() * batch.numel()  # (n_layer, M)
+        weights = variant.routing_weights(model, batch.to(device)).double() * batch.numel()  # (n_layer, M)
         total = weights if total is None else total + weights
         count += batch.numel()
-    return Routing(sources=list(MEMORY_SOURCES), per_layer=(total / count).tolist(), tokens=count)
+    return Routing(sources=list(variant.memory_sources), per_layer=(total / count).tolist(), tokens=count)

@@ -7,6 +7,7 @@ stays fast.
 """
 
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -47,6 +48,14 @@ class CompareOptions:
     same values (the variants' own parameters from their own draws), so seed s of every variant is a matched pair
     and the report decides by paired t-tests; false: litgpt's own initialisation and Welch t-tests
     (docs/comparing.md: Paired runs)."""
+    learning_rates: list[float] | None = None
+    """Peak learning rates (the YAML optimizer's lr, replaced; nothing else of it changes), e.g. --learning_rates 0.004
+    0.008 0.016: every config x rate x seed is a run, named <config stem>-lr<rate>-seed<seed>. Adding a rate on a rerun
+    trains only its runs. Default: the YAMLs' own rate (runs named <config stem>-seed<seed>)."""
+    selection_val: str | None = None
+    """With --learning_rates: the validation text (a --val_path file stem, not the first one) on which each variant's
+    best rate is picked (lowest mean loss over its seeds); the verdicts compare the variants at their picked rates on
+    the first --val_path text. Default: no rate is picked; the report shows each rate's table (docs/comparing.md)."""
     train_path: Path | None = None
     """Training text for every run (TextCorpus data.train_path); default: the YAMLs'."""
     val_path: list[Path] | None = None
@@ -153,6 +162,7 @@ def validate(options: CompareOptions) -> None:
         raise ValueError(
             f"val_path={[str(p) for p in val_paths(options)]} repeat a file stem; the report names each column by it"
         )
+    check_learning_rates(options)
     if options.lm_eval_tasks is not None and not options.lm_eval_tasks:
         raise ValueError("lm_eval_tasks=[] is empty; give one or more lm-eval task names, or leave it out")
     if options.include_path is not None and not options.lm_eval_tasks:
@@ -175,3 +185,36 @@ def validate(options: CompareOptions) -> None:
         for path in paths:
             if path is not None and not Path(path).exists():
                 raise FileNotFoundError(f"{name}={str(path)!r} does not exist")
+
+
+def check_learning_rates(options: CompareOptions) -> None:
+    """Raises ValueError for an empty, repeated or non-positive rate, or a --selection_val that cannot pick a rate.
+
+    The selection text must be a --val_path other than the first: the verdicts are read from the first, and a rate
+    picked on the same text would carry its selection's luck into them.
+    """
+    rates = options.learning_rates
+    if rates is not None:
+        if not rates:
+            raise ValueError("learning_rates=[] is empty; give one or more positive rates, or leave it out for the"
+                             " YAMLs' own rate")
+        for rate in rates:
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+                raise ValueError(f"learning_rates: {rate!r} is not a positive number")
+        if len({float(rate) for rate in rates}) != len(rates):
+            raise ValueError(f"learning_rates={rates} repeat a rate")
+    if options.selection_val is None:
+        return
+    if rates is None:
+        raise ValueError(f"selection_val={options.selection_val!r} picks a learning rate, but no --learning_rates are"
+                         " given to pick from")
+    stems = [Path(p).stem for p in val_paths(options)]
+    allowed = stems[1:]
+    if options.selection_val not in allowed:
+        verdicts = (f"{stems[0]!r}, the first --val_path, is the verdicts' text" if stems
+                    else "no --val_path is given: the first is the verdicts' text")
+        raise ValueError(
+            f"selection_val={options.selection_val!r} is not one of {allowed}: {verdicts}; the selection text must be"
+            " another --val_path, named by its file stem"
+        )
+

@@ -4,18 +4,25 @@ Fairness rule: every setting other than the model must be the same for all confi
 variants see the same data in the same order, the same token budget, optimizer and schedule.
 :func:`check_identical_training_settings` compares the YAMLs after the shared overrides and raises
 ``ValueError`` naming every key that differs. Ignored in that check: ``model_config`` and
-``model_name`` (what is compared), and the keys that ``compare`` itself sets for every run:
-``out_dir``, ``seed``, ``resume``, ``logger_name``, ``eval.*``, ``train.log_interval`` (and the
-keys given as shared overrides).
+``model_name`` (what is compared), the logger (``logger_name``: it records, it does not train), the keys that
+``compare`` itself sets for every run: ``out_dir``, ``seed``, ``resume``, ``eval.*``, ``train.log_interval`` (and
+the keys given as shared overrides; with ``--learning_rates``, ``optimizer.init_args.lr``).
 
 Arguments that ``compare`` adds to every run, after the YAML and the shared overrides::
 
     --train.log_interval 1                  every iteration's iter_time is logged (throughput)
     --eval.interval 1000000000 --eval.initial_validation false --eval.final_validation false
                                             litgpt's own validation off: the exact evaluation replaces it
-    --logger_name csv  --seed SEED  --resume auto
+    --logger_name NAME                      the YAML's own logger (litgpt's default, tensorboard, if it names none)
+    --seed SEED  --resume auto
+    --config '{"optimizer": ...}'           with --learning_rates: the YAML's optimizer, its lr the run's rate
+                                            (litgpt_mka.compare.learning_rates.optimizer_with_rate)
     --out_dir RUN_DIR/checkpoints           added by the worker, so that the spec does not depend on where OUT is
     --data.train_path/--data.val_path/--data.seed/--tokenizer_dir  resolved to absolute paths
+
+The logger is the user's (TensorBoard, W&B, ...); compare reads litgpt's per-iteration metrics from a CSV file,
+``RUN_DIR/checkpoints/logs/csv/version_*/metrics.csv``, which the worker asks for beside that logger (the plugin adds a
+``CSVLogger`` to the training's Fabric: ``litgpt_mka.plugin.litgpt_internals.pretrain``), unless the logger is CSV.
 
 The model-initialisation seed is the run's seed (litgpt ``--seed``); the data seed (``--data.seed``,
 the order of training windows) is the same for every run. ``--data.val_path`` is the primary validation
@@ -28,12 +35,15 @@ that does not fit a model's block_size is refused, and curves of fewer than 8 po
 
 import hashlib
 import inspect
+import itertools
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from litgpt_mka.compare.layout import RunPlan
+from litgpt_mka.compare.learning_rates import optimizer_with_rate, run_name
 from litgpt_mka.compare.options import MIN_CURVE_POINTS, CompareOptions, val_paths, validate
 from litgpt_mka.compare.records import MeasureSettings, RunSpec
 from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
@@ -41,6 +51,7 @@ from litgpt_mka.presets import load_pretrain_yaml
 
 TEXT_CORPUS = "litgpt_mka.data.TextCorpus"
 NEVER = 1_000_000_000  # eval.interval that no run reaches
+LITGPT_DEFAULT_LOGGER = "tensorboard"  # litgpt.pretrain.setup's default `logger_name` (tested equal)
 # untimed decode steps before the timed ones: the decode measurement's own default, read from its signature
 DECODE_WARMUP_TOKENS: int = inspect.signature(measure_decode_tokens_per_second).parameters["warmup_tokens"].default
 
@@ -126,6 +137,8 @@ def _overridden_keys(options: CompareOptions) -> set[str]:
                         ("precision", "precision"), ("devices", "devices"), ("eval_interval", "train.save_interval")):
         if getattr(options, option) is not None:
             keys.add(key)
+    if options.learning_rates is not None:
+        keys.add("optimizer.init_args.lr")
     return keys
 
 
@@ -159,8 +172,10 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def pretrain_arguments(config_path: Path, seed: int, options: CompareOptions, shared: SharedSettings) -> list[str]:
-    """The `litgpt pretrain` arguments of one run but ``--out_dir`` (see the module docstring)."""
+def pretrain_arguments(config_path: Path, seed: int, options: CompareOptions, shared: SharedSettings,
+                       yaml_config: dict, learning_rate: float | None = None) -> list[str]:
+    """The `litgpt pretrain` arguments of one run but ``--out_dir`` (see the module docstring); `yaml_config` is the
+    config's YAML, read for its logger and optimizer."""
     args = ["--config", str(config_path)]
     if not shared.data_class_given:
         args += ["--data", TEXT_CORPUS]
@@ -173,8 +188,11 @@ def pretrain_arguments(config_path: Path, seed: int, options: CompareOptions, sh
             args += [flag, str(value)]
     args += list(options.pretrain_args)
     args += ["--train.log_interval", "1", "--eval.interval", str(NEVER)]
-    args += ["--eval.initial_validation", "false", "--eval.final_validation", "false", "--logger_name", "csv"]
+    args += ["--eval.initial_validation", "false", "--eval.final_validation", "false"]
+    args += ["--logger_name", str(yaml_config.get("logger_name", LITGPT_DEFAULT_LOGGER))]
     args += ["--seed", str(seed), "--resume", "auto"]
+    if learning_rate is not None:  # an inline config (jsonargparse reads a YAML/JSON string as --config's value)
+        args += ["--config", json.dumps({"optimizer": optimizer_with_rate(yaml_config, learning_rate)})]
     return args
 
 
@@ -279,7 +297,8 @@ def warn_short_curves(yaml_config: dict, path: Path, options: CompareOptions) ->
 
 
 def plan_runs(options: CompareOptions, decode_dtype: str) -> tuple[SharedSettings, list[RunPlan], str | None]:
-    """Validates the options and the configs; every config x seed as a RunPlan (configs outermost); the reference."""
+    """Validates the options and the configs; every config x rate x seed as a RunPlan (configs outermost, seeds
+    innermost); the reference."""
     validate(options)
     config_paths = [_absolute(p) for p in options.configs]
     yamls = {path: load_pretrain_yaml(path) for path in config_paths}
@@ -290,14 +309,16 @@ def plan_runs(options: CompareOptions, decode_dtype: str) -> tuple[SharedSetting
     measure = measure_settings(options, decode_dtype)
     out_dir = _absolute(options.out_dir)
     runs = []
+    rates = [float(rate) for rate in options.learning_rates] if options.learning_rates is not None else [None]
     for path in config_paths:
         sha = file_sha256(path)
-        for seed in options.seeds:
+        for rate, seed in itertools.product(rates, options.seeds):
             spec = RunSpec(
-                name=f"{path.stem}-seed{seed}", variant=path.stem, config_path=str(path), config_sha256=sha, seed=seed,
-                pretrain_args=pretrain_arguments(path, seed, options, shared),
+                name=run_name(path.stem, seed, rate), variant=path.stem, config_path=str(path), config_sha256=sha,
+                seed=seed, pretrain_args=pretrain_arguments(path, seed, options, shared, yamls[path], rate),
                 val_paths=[str(p) for p in shared.val_paths], measure=measure,
                 paired_init=True if options.paired else None,  # None: specs written before pairing resume unpaired
+                learning_rate=rate,  # None: the YAML's rate, and the spec (its sha256) as before rates existed
             )
             runs.append(RunPlan.in_comparison(out_dir, len(runs) + 1, spec))
     return shared, runs, reference_variant(yamls, options)

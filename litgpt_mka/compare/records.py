@@ -298,6 +298,7 @@ class RunResult:
     schema: str = RUN_SCHEMA
     lm_eval: LmEvalResult | None = None  # from lm_eval.json beside result.json, when it matches the requested tasks
     kv_quantization: KVQuantizationResult | None = None  # from kv_quantization.json, when it holds the requested ones
+    learning_rate: float | None = None  # the spec's (compare --learning_rates); None: the YAML's own rate
 
     @property
     def ok(self) -> bool:
@@ -412,7 +413,7 @@ class MeasureSettings:
 class RunSpec:
     """``runs/<run>/spec.json``: what defines a run; a rerun with another spec into the same folder is refused."""
 
-    name: str  # "<config stem>-seed<seed>", the run's folder name
+    name: str  # "<config stem>-seed<seed>" ("<config stem>-lr<rate>-seed<seed>" with a rate), the run's folder name
     variant: str  # the config's file stem
     config_path: str
     config_sha256: str
@@ -421,6 +422,7 @@ class RunSpec:
     val_paths: list[str]  # every validation text, the primary (litgpt's data.val_path) first
     measure: MeasureSettings
     paired_init: bool | None = None  # True: compare --paired (the worker sets LITGPT_MKA_PAIRED_INIT=1); None: not
+    learning_rate: float | None = None  # compare --learning_rates: the optimizer's peak rate; None: the YAML's own
 
 
 @dataclass(frozen=True)
@@ -437,13 +439,42 @@ class Settings:
     # added with paired runs and t-test verdicts; None in comparisons written before (unpaired, the screening rule)
     paired_init: bool | None = None  # compare --paired: shared parameters start equal for a seed
     verdict_rule: str | None = None  # litgpt_mka.compare.summary.VERDICT_RULES; None: "2-SE screening"
+    learning_rates: list[float] | None = None  # compare --learning_rates (None: every run at its YAML's own rate)
+    selection_val: str | None = None  # compare --selection_val: the validation text (stem) that picks each variant's rate
+
+
+@dataclass(frozen=True)
+class RateSummary:
+    """The runs at one learning rate (``compare --learning_rates``), summarised as a comparison of their own."""
+
+    learning_rate: float
+    summary: list[VariantSummary]
+
+
+@dataclass(frozen=True)
+class RateSelection:
+    """A variant's best learning rate, picked on the selection text (``compare --selection_val``).
+
+    ``losses[i]``: the selection loss (mean ± std over the finished seeds) at ``rates[i]``, the learning rates with a
+    finished run, ascending; ``chosen``: the rate of the lowest mean (None: no finished run); ``at_edge``: the chosen
+    rate is the smallest or the largest of those rates (the optimum may lie outside the grid).
+    """
+
+    variant: str
+    rates: list[float]
+    losses: list[Stat]
+    chosen: float | None
+    at_edge: bool
 
 
 @dataclass(frozen=True)
 class Results:
     """``results.json``: the command, the settings, every run and the summary per variant.
 
-    Paths are relative to the directory compare ran in; the command is as typed.
+    Paths are relative to the directory compare ran in; the command is as typed. With ``--learning_rates``,
+    ``by_learning_rate`` summarises each rate's runs; with ``--selection_val`` also, ``rate_selection`` holds each
+    variant's chosen rate and ``summary`` compares the variants at their chosen rates; without it, ``summary`` is
+    empty (no rate was selected).
     """
 
     command: str
@@ -454,15 +485,17 @@ class Results:
     summary: list[VariantSummary]
     runs: list[RunResult]
     schema: str = RESULTS_SCHEMA
+    by_learning_rate: list[RateSummary] = dataclasses.field(default_factory=list)
+    rate_selection: list[RateSelection] = dataclasses.field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------- JSON
-# fields added for lm-eval task scores, quantized caches, paired runs and t-tests; left out of the JSON while empty, so results without
-# them stay as before
+# fields added for lm-eval task scores, quantized caches, paired runs, t-tests and learning rates; left out of the JSON
+# while empty, so results (and run specs, whose sha256 decides resuming) without them stay as before
 _OMITTED_WHEN_EMPTY = frozenset(
     {"lm_eval", "task_scores", "task_stderrs", "task_differences", "kv_quantization", "quantized_caches",
      "t_test", "t_df", "ci95_low", "ci95_high", "p_value", "p_holm", "holm_comparisons", "pairs", "paired_init",
-     "verdict_rule"}
+     "verdict_rule", "learning_rate", "learning_rates", "selection_val", "by_learning_rate", "rate_selection"}
 )
 
 

@@ -35,10 +35,11 @@ from typing import Any
 from litgpt_mka.atomic import read_json, write_json, write_text
 from litgpt_mka.compare import plots
 from litgpt_mka.compare.layout import REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUN_LOG, RUNS_DIR
+from litgpt_mka.compare.learning_rates import rate_label, summarize_rates
 from litgpt_mka.compare.options import MIN_CURVE_POINTS
 from litgpt_mka.compare.records import (
-    RESULTS_SCHEMA, Difference, Environment, PhaseLoad, Results, RunResult, Settings, Stat, VariantSummary, from_json,
-    read_run, to_json,
+    RESULTS_SCHEMA, Difference, Environment, PhaseLoad, RateSelection, RateSummary, Results, RunResult, Settings, Stat,
+    VariantSummary, from_json, read_run, to_json,
 )
 from litgpt_mka.compare.statistics import LEVEL
 from litgpt_mka.compare.summary import SCREENING, SE_FACTOR, T_TEST, VERDICT_RULES, p_text, summarize, task_key
@@ -82,12 +83,51 @@ def public_run(run: RunResult, cwd: Path) -> RunResult:
                    lm_eval=lm_eval, kv_quantization=quantized)
 
 
+# --------------------------------------------------------------------------------------------- results
+def results_of(command: str, written: str, environment: Environment, settings: Settings, reference: str | None,
+               runs: list[RunResult]) -> Results:
+    """The results of `runs` with their summary: over all runs, or, with learning rates, per rate and at each
+    variant's chosen rate (:func:`litgpt_mka.compare.learning_rates.summarize_rates`)."""
+    paired, rule = bool(settings.paired_init), verdict_rule(settings)
+    by_rate, selection = [], []
+    if settings.learning_rates is None:
+        summary = summarize(runs, reference, paired=paired, rule=rule)
+    else:
+        summary, by_rate, selection = summarize_rates(runs, reference, settings.learning_rates, settings.selection_val,
+                                                      paired, rule)
+    return Results(command=command, written=written, environment=environment, settings=settings, reference=reference,
+                   summary=summary, runs=runs, by_learning_rate=by_rate, rate_selection=selection)
+
+
+def at_rate(results: Results, rate: RateSummary) -> Results:
+    """`results` restricted to the runs at one learning rate, with that rate's summary."""
+    runs = [run for run in results.runs if run.learning_rate == rate.learning_rate]
+    return dataclasses.replace(results, runs=runs, summary=rate.summary, by_learning_rate=[], rate_selection=[])
+
+
+def at_chosen_rates(results: Results) -> Results:
+    """`results` restricted to each variant's runs at its chosen rate (all of a variant's runs where none is chosen)."""
+    chosen = {choice.variant: choice.chosen for choice in results.rate_selection}
+    runs = [run for run in results.runs if chosen.get(run.variant) in (None, run.learning_rate)]
+    return dataclasses.replace(results, runs=runs)
+
+
 # --------------------------------------------------------------------------------------------- writing
 def write_outputs(out_dir: Path, results: Results, with_plots: bool = True) -> None:
-    """Writes results.json, results.csv, the plots and report.md of `results` into `out_dir`."""
+    """Writes results.json, results.csv, the plots and report.md of `results` into `out_dir`.
+
+    With learning rates, the plots are of the runs at the chosen rates (``--selection_val``), else one set per rate
+    in ``OUT/lr<rate>/``.
+    """
     write_json(out_dir / RESULTS_JSON, to_json(results))
     write_csv(out_dir / RESULTS_CSV, results)
-    figures = plots.write_plots(out_dir, results) if with_plots else []
+    figures = []
+    if with_plots and results.by_learning_rate and results.settings.selection_val is None:
+        for rate in results.by_learning_rate:
+            folder = f"lr{rate_label(rate.learning_rate)}"
+            figures += [f"{folder}/{name}" for name in plots.write_plots(out_dir / folder, at_rate(results, rate))]
+    elif with_plots:
+        figures = plots.write_plots(out_dir, at_chosen_rates(results))
     write_text(out_dir / REPORT_MD, markdown(results, figures))
 
 
@@ -151,6 +191,9 @@ def write_csv(path: Path, results: Results) -> None:
     names = val_names(results.settings)
     caches = quantized_cache_names(results.runs)
     rows = [csv_row(run, names) | cached_columns(run, caches) for run in results.runs]
+    if results.settings.learning_rates is not None:  # the rate after the seed
+        rows = [{"variant": row["variant"], "seed": row["seed"], "learning_rate": run.learning_rate, **row}
+                for row, run in zip(rows, results.runs)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -232,6 +275,15 @@ def _machine_lines(runs: list[RunResult]) -> list[str]:
     return ["- Machines:", *(f"  - {machine}" for machine in machines)]
 
 
+def _rate_setup_lines(settings: Settings) -> list[str]:
+    if settings.learning_rates is None:
+        return []
+    chosen = (f"; each variant's chosen on `{settings.selection_val}`" if settings.selection_val
+              else "; none selected")
+    return [f"- Learning rates: {', '.join(rate_label(r) for r in sorted(settings.learning_rates))} (the peak `lr` of"
+            f" the YAMLs' optimizer, nothing else of it changed; every config x rate x seed is a run){chosen}"]
+
+
 def setup_lines(results: Results) -> list[str]:
     ok = [r for r in results.runs if r.ok]
     settings, measure = results.settings, results.settings.measure
@@ -253,6 +305,7 @@ def setup_lines(results: Results) -> list[str]:
         f" {_unique([r.evaluation.primary.max_seq_length for r in ok])},"
         f" precision {_unique([r.train.precision for r in ok])},"
         f" seeds {', '.join(map(str, settings.seeds))} (model initialisation)",
+        *_rate_setup_lines(settings),
         f"- Validation curve: {_unique(sorted({len(r.evaluation.curve) for r in ok}))} points per run",
         f"- Decode and KV cache: batch {measure.decode_batch_size}, context {measure.context_length} tokens,"
         f" {measure.decode_new_tokens} timed tokens, {measure.decode_dtype}"
@@ -541,18 +594,75 @@ PLOT_TITLES = {
 }
 
 
-def markdown(results: Results, figures: list[str]) -> str:
+def comparison_sections(results: Results, heading: str = "") -> list[str]:
+    """The results table, the differences to the reference, lm-eval scores and quantized caches of `results`."""
     names = val_names(results.settings)
+    lines = [f"## Results{heading}", ""] + table(results.summary, names) + [""]
+    lines += [f"## Differences to the reference{heading}", ""] + difference_lines(results) + [""]
+    if any(row.task_scores for row in results.summary):
+        lines += [f"## lm-eval task scores{heading}", ""] + task_lines(results) + [""]
+    if any(row.quantized_caches for row in results.summary):
+        lines += [f"## Quantized KV caches{heading}", ""] + quantized_cache_lines(results) + [""]
+    return lines
+
+
+def rate_sections(results: Results) -> list[str]:
+    """With --learning_rates: the selection and the comparison at the chosen rates, else each rate's comparison."""
+    if results.settings.selection_val is not None:
+        lines = ["## Learning-rate selection", ""] + selection_lines(results) + [""]
+        return lines + comparison_sections(at_chosen_rates(results), heading=" (each variant at its chosen rate)")
+    lines = ["## Learning rates", "", "No rate was selected (no `--selection_val`): each learning rate's runs are"
+             " compared on their own below, and no verdict across rates is made.", ""]
+    for rate in results.by_learning_rate:
+        lines += comparison_sections(at_rate(results, rate), heading=f" at learning rate {rate_label(rate.learning_rate)}")
+    return lines
+
+
+EDGE_FLAG = "best at the grid's edge: widen the grid"
+
+
+def selection_lines(results: Results) -> list[str]:
+    """The selection loss of every variant x rate, each variant's chosen rate, edge flags and the selection's bias."""
+    settings = results.settings
+    selection_text, primary = settings.selection_val, val_names(settings)[0]
+    rates = sorted(settings.learning_rates)
+    lines = [
+        f"Each variant's learning rate is the one of lowest mean loss on `{selection_text}` over its finished seeds;"
+        f" the verdicts are read on `{primary}`, which the choice did not see. Choosing on a text other than the"
+        " verdicts' keeps the winner's curse (the lowest of several noisy losses is biased low) out of the verdicts;"
+        " the chosen rate's own loss in this table is that lowest one, so it is optimistic, and it is not compared."
+        f" Cells: loss on `{selection_text}` (nats/token), mean ± std over seeds (seeds).",
+        "",
+        "| variant | " + " | ".join(f"lr {rate_label(rate)}" for rate in rates) + " | chosen rate |",
+        "|---|" + "---|" * (len(rates) + 1),
+    ]
+    for choice in results.rate_selection:
+        found = dict(zip(choice.rates, choice.losses))
+        cells = []
+        for rate in rates:
+            cell = NO_VALUE if rate not in found else f"{_cell(found[rate], _loss)} ({found[rate].n})"
+            cells.append(f"**{cell}**" if rate == choice.chosen else cell)
+        chosen = NO_VALUE if choice.chosen is None else rate_label(choice.chosen)
+        lines.append(f"| {choice.variant} | " + " | ".join(cells) + f" | {chosen}"
+                     + (f" ({EDGE_FLAG})" if choice.at_edge else "") + " |")
+    edges = [choice for choice in results.rate_selection if choice.at_edge]
+    lines += [""] + [f"- **{choice.variant}**: {EDGE_FLAG} ({rate_label(choice.chosen)} is the {_edge(choice)} rate"
+                     " with a finished run; the best rate may lie beyond it)." for choice in edges]
+    return lines if edges else lines[:-1]
+
+
+def _edge(choice: RateSelection) -> str:
+    if len(choice.rates) == 1:
+        return "only"
+    return "smallest" if choice.chosen == choice.rates[0] else "largest"
+
+
+def markdown(results: Results, figures: list[str]) -> str:
     lines = ["# Attention variants compared", "", "```", results.command, "```", ""]
     lines += setup_lines(results) + [""]
-    lines += ["## Results", ""] + table(results.summary, names) + [""]
-    lines += ["## Differences to the reference", ""] + difference_lines(results) + [""]
-    if any(row.task_scores for row in results.summary):
-        lines += ["## lm-eval task scores", ""] + task_lines(results) + [""]
-    if any(row.quantized_caches for row in results.summary):
-        lines += ["## Quantized KV caches", ""] + quantized_cache_lines(results) + [""]
+    lines += rate_sections(results) if results.by_learning_rate else comparison_sections(results)
     lines += ["## Timing and load", ""] + load_lines(results) + [""]
-    routing = routing_lines(results)
+    routing = routing_lines(at_chosen_rates(results) if results.rate_selection else results)
     if routing:
         lines += ["## Routing weights (MKA/FMKA)", "", "Which memory did each layer learn to use?", ""] + routing
     failed = [r for r in results.runs if r.status == "failed"]
@@ -564,7 +674,9 @@ def markdown(results: Results, figures: list[str]) -> str:
     if pending:
         lines += ["## Not run yet", "", ", ".join(pending), ""]
     for name in figures:
-        lines += [f"## {PLOT_TITLES[name]}", "", f"![{PLOT_TITLES[name]}]({name})", ""]
+        folder, _, file_name = name.rpartition("/")  # lr<rate>/ for one rate's plots
+        title = PLOT_TITLES[file_name] + (f" (learning rate {folder.removeprefix('lr')})" if folder else "")
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
     lines += ["## Definitions", ""] + [f"- {d}" for d in DEFINITIONS] + [""]
     return "\n".join(lines)
 
@@ -595,11 +707,8 @@ def read_results(path: Path, reference: str | None = None, rule: str | None = No
     settings = from_json(Settings, data["settings"])
     if rule is not None and rule != verdict_rule(settings):
         settings = dataclasses.replace(settings, verdict_rule=rule)
-    summary = summarize(runs, reference, paired=bool(settings.paired_init), rule=verdict_rule(settings))
-    return Results(
-        command=data["command"], written=data["written"], environment=from_json(Environment, data["environment"]),
-        settings=settings, reference=reference, summary=summary, runs=runs,
-    )
+    return results_of(data["command"], data["written"], from_json(Environment, data["environment"]), settings,
+                      reference, runs)
 
 
 def main(argv: list[str] | None = None) -> None:

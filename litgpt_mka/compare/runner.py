@@ -1,7 +1,7 @@
 """Runs a comparison: every run in its own worker processes, resumable; one after the other by default, or handed
 to another launcher (``--launcher parallel`` or ``slurm``: :mod:`litgpt_mka.compare.launch`).
 
-For run ``i`` of ``n`` (configs outermost, seeds inner):
+For run ``i`` of ``n`` (configs outermost, then learning rates, seeds innermost):
 
 1. finished (``result.json`` with ``"status": "ok"`` and this spec's sha256)? skip it.
 2. no ``train.json``? ``python -m litgpt_mka.compare.worker train RUN_DIR`` (``--resume auto``).
@@ -50,8 +50,8 @@ from litgpt_mka.compare.launch import launcher_of
 from litgpt_mka.compare.layout import REPORT_MD, RunPlan
 from litgpt_mka.compare.options import CompareOptions
 from litgpt_mka.compare.plan import SharedSettings, plan_runs
-from litgpt_mka.compare.records import Failure, Results, RunResult, Settings, to_json
-from litgpt_mka.compare.summary import T_TEST, summarize
+from litgpt_mka.compare.records import Failure, RunResult, Settings, to_json
+from litgpt_mka.compare.summary import T_TEST
 from litgpt_mka.compare.tasks import read_lm_eval
 
 TAIL_LINES = 40
@@ -248,7 +248,7 @@ def record_failure(run: RunPlan, phase: str, returncode: int) -> Failure:
     write_json(folder.result_json, to_json(RunResult(
         status="failed", name=spec.name, variant=spec.variant, seed=spec.seed, config_path=spec.config_path,
         config_sha256=spec.config_sha256, spec_sha256=run.spec_sha256(), train=folder.read_train(),
-        failure=failure, finished=utc_now(),
+        failure=failure, finished=utc_now(), learning_rate=spec.learning_rate,
     )))
     return failure
 
@@ -285,7 +285,8 @@ def run_results(comparison: Comparison) -> list[RunResult]:
     for run in comparison.runs:
         result = run.read_result()
         if result is None:
-            result = RunResult(status="pending", name=run.name, variant=run.variant, seed=run.seed)
+            result = RunResult(status="pending", name=run.name, variant=run.variant, seed=run.seed,
+                               learning_rate=run.spec.learning_rate)
         else:
             if tasks:
                 result = dataclasses.replace(result, lm_eval=read_lm_eval(run.run_dir, tasks, include_path))
@@ -297,9 +298,9 @@ def run_results(comparison: Comparison) -> list[RunResult]:
 
 def settings_of(comparison: Comparison) -> Settings:
     """What every run shares, with paths relative to where compare ran."""
-    shared, cwd, relative = comparison.shared, comparison.cwd, report.relative
+    shared, cwd, relative, options = comparison.shared, comparison.cwd, report.relative, comparison.options
     return Settings(
-        configs=[relative(run.spec.config_path, cwd) for run in comparison.runs[:: len(comparison.options.seeds)]],
+        configs=list(dict.fromkeys(relative(run.spec.config_path, cwd) for run in comparison.runs)),
         seeds=list(comparison.options.seeds),
         train_path=relative(shared.train_path, cwd),
         val_paths=[relative(p, cwd) for p in shared.val_paths],
@@ -308,17 +309,16 @@ def settings_of(comparison: Comparison) -> Settings:
         measure=comparison.runs[0].spec.measure,
         paired_init=comparison.options.paired,
         verdict_rule=T_TEST,
+        learning_rates=None if options.learning_rates is None else [float(r) for r in options.learning_rates],
+        selection_val=options.selection_val,
     )
 
 
 def write_report(comparison: Comparison) -> None:
     """Reads every run's result back from its folder and writes the report into the comparison's folder."""
-    runs = run_results(comparison)
-    results = Results(
-        command=comparison.command, written=utc_now(), environment=environment(), settings=settings_of(comparison),
-        reference=comparison.reference, runs=runs,
-        summary=summarize(runs, comparison.reference, paired=comparison.options.paired, rule=T_TEST),
-    )
+    settings = settings_of(comparison)
+    results = report.results_of(comparison.command, utc_now(), environment(), settings, comparison.reference,
+                                run_results(comparison))
     report.write_outputs(comparison.out_dir, results, comparison.options.plots)
 
 

@@ -9,7 +9,9 @@ Both read ``RUN_DIR/spec.json`` (written by the runner) and write their result a
     ``step-*`` checkpoint; a ``step-*`` folder without ``model_config.yaml`` (litgpt writes it last, so
     its save was interrupted) is renamed ``incomplete-step-*`` first, since resuming from it would fail.
     First sets ``LITGPT_MKA_PAIRED_INIT`` to 1 for a paired run (``compare --paired``, the spec's ``paired_init``),
-    else 0; the plugin's ``initialize_weights`` reads it (docs/comparing.md: Paired runs). Then writes ``train.json`` (:class:`~litgpt_mka.compare.records.TrainResult`): the wall time of the
+    else 0; the plugin's ``initialize_weights`` reads it (docs/comparing.md: Paired runs). And
+    ``LITGPT_MKA_METRICS_CSV`` to ``RUN_DIR/checkpoints/logs``: the plugin then logs litgpt's metrics to a CSV file
+    there (``logs/csv/version_*/metrics.csv``, what ``evaluate`` reads) beside the run's own logger, the YAML's. Then writes ``train.json`` (:class:`~litgpt_mka.compare.records.TrainResult`): the wall time of the
     ``litgpt pretrain`` call (litgpt's imports, data, model, compilation, training, checkpoints; not the
     interpreter's and torch's start-up), the load around it, the step it resumed from, and the process's
     peak memory (training only: evaluation runs in another process).
@@ -51,6 +53,9 @@ from litgpt_mka.compare.records import CurvePoint, EvalResult, MeasureResult, Ru
 # read by litgpt pretrain's initialize_weights as the plugin extends it (litgpt_mka.plugin.litgpt_internals.pretrain;
 # tested equal: compare does not import the plugin's modules)
 PAIRED_INIT_ENV_VAR = "LITGPT_MKA_PAIRED_INIT"
+# the folder in which litgpt pretrain, as the plugin extends it, logs litgpt's metrics to CSV beside the run's own
+# logger (litgpt_mka.plugin.litgpt_internals.pretrain; tested equal): OUT_DIR/logs, as litgpt's own CSV logger does
+METRICS_CSV_ENV_VAR = "LITGPT_MKA_METRICS_CSV"
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -97,6 +102,8 @@ def train(run_dir: Path) -> None:
     # read by litgpt pretrain's initialize_weights, inherited by Fabric's other ranks; set either way, so that a
     # variable exported in the shell cannot pair the runs of an unpaired comparison
     os.environ[PAIRED_INIT_ENV_VAR] = "1" if spec.paired_init else "0"
+    # the metrics compare reads (iter_time, total_tokens, loss): a CSV file beside the YAML's own logger
+    os.environ[METRICS_CSV_ENV_VAR] = str(out_dir / "logs")
     quarantine_incomplete_checkpoints(out_dir)
     resumed_from = latest_checkpoint_step(out_dir)
     reset_peak_memory()
@@ -187,6 +194,7 @@ def evaluate(run_dir: Path, keep_step_checkpoints: bool) -> None:
                               train_loss_curve=measurements.train_loss_curve(segments)),
         environment=environment(),
         finished=utc_now(),
+        learning_rate=spec.learning_rate,
     )
     write_json(folder.result_json, to_json(result))
     if not keep_step_checkpoints:

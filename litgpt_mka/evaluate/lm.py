@@ -21,14 +21,27 @@ Tokenization follows ``HFLM`` for a Hugging Face tokenizer: the tokenizer's own 
 checkpoint's ``tokenizer_config.json`` sets ``add_bos_token`` (GPT-NeoX/Pythia: never) and the text does not
 already start with it, special tokens skipped when decoding.
 
+Both log-likelihood request types are batched by lm-eval's own ``Collator`` (``lm_eval.models.utils``), as
+``HFLM`` batches them: longest ``context + continuation`` first (the first batch is the largest, so running out of
+memory shows at once, and the ETA errs long), and grouped by ``context + continuation[:-1]``. Requests of a group
+read the same input (``(context + continuation)[:-1]``, left-truncated alike), so one row of one forward scores
+them all, each from the logits at its own last ``n`` positions: a multiple-choice document whose choices are one
+token each costs one row, not one per choice::
+
+    context "...gave it some warm"   choices " milk" | " rocks" | " shoes"    ->  one row, three scores
+    requests: documents x choices            rows: documents (+ one per choice of several tokens)
+
 lm-eval knows the class as the model ``litgpt-mka`` (:mod:`litgpt_mka.evaluate.registration`), built from
 ``--model_args checkpoint_dir=DIR[,precision=bf16-true]`` and lm-eval's ``--batch_size`` (a number, or ``auto``:
-the largest batch, halving from ``--max_batch_size``, whose forward over the longest window fits in memory),
+the largest batch, halving from ``--max_batch_size``, whose forward over the longest input fits in memory, found
+once per longest input: the Collator's ``batch_fn``),
 ``--max_batch_size`` and ``--device`` (:meth:`LitgptLM.create_from_arg_obj`). Progress is one tqdm bar per request
 type (requests done, rate, ETA) on stderr, off when lm-eval passes ``disable_tqdm``.
 
-Written against lm-eval's ``TemplateLM`` as it is from 0.4.8 (the lower end that ``litgpt[extra]`` accepts) to
-0.4.13: nothing here uses a helper that only one end has.
+Written against lm-eval's ``TemplateLM`` and ``Collator`` as they are from 0.4.9 (the newest that ``litgpt[extra]``
+accepts) to 0.4.13 (the same ``Collator(arr, sort_fn, group_fn, group_by)``, ``get_batched(n, batch_fn)``,
+``get_cache``, ``get_original``): nothing here uses a helper that only one end has. (0.4.8's Collator picks a
+group's first request to run rather than its longest continuation; the scores here do not depend on which.)
 """
 
 import inspect
@@ -42,7 +55,7 @@ from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
 from litgpt_mka.precision import EVALUATION_PRECISIONS as PRECISIONS
-from litgpt_mka.evaluate.scoring import largest_batch_that_fits, scored_window, score_windows
+from litgpt_mka.evaluate.scoring import continuation_score, largest_batch_that_fits, padded_forward, scored_window
 
 DEFAULT_MAX_GEN_TOKS = 256  # HFLM's max_gen_toks, for tasks that set none
 DEFAULT_MAX_BATCH_SIZE = 64  # HFLM's, the ceiling of --batch_size auto
@@ -159,23 +172,53 @@ class LitgptLM(TemplateLM):
     def _loglikelihood_tokens(
         self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, kind: str = "loglikelihood"
     ) -> list[tuple[float, bool]]:
-        """``(log p(continuation | context), is_greedy)`` per ``(request_args, context_ids, continuation_ids)``."""
-        windows = [scored_window(context, continuation, self.max_length) for _, context, continuation in requests]
+        """``(log p(continuation | context), is_greedy)`` per ``(request_args, context_ids, continuation_ids)``.
+
+        Batched by lm-eval's ``Collator`` as ``HFLM`` batches (the module docstring): longest input first, one
+        row per group of requests that read the same input.
+
+        Raises:
+            ValueError: a request that cannot be scored (:func:`scored_window`), before any forward.
+        """
+        from lm_eval.models.utils import Collator  # not at the top: in lm-eval 0.4.9 it imports the registering hook
+
+        requests = [(request_args, list(context), list(continuation)) for request_args, context, continuation in requests]
+        for _, context, continuation in requests:
+            scored_window(context, continuation, self.max_length)
+        collator = Collator(requests, sort_fn=longest_first, group_fn=shared_input, group_by="contexts")
+        auto = self._batch_size == AUTO_BATCH_SIZE
+        batches = collator.get_batched(n=0 if auto else self._batch_size, batch_fn=self.auto_batch_size if auto else None)
+        answers: list[tuple[float, bool]] = []
         unit = "window" if kind == "loglikelihood_rolling" else "request"
-        with tqdm(total=len(windows), desc=kind, unit=unit, disable=disable_tqdm) as bar:
-            batch_size = self.batch_size_for(windows)
-            scores = score_windows(self.model, windows, batch_size, on_batch=lambda number, batches, done: bar.update(done - bar.n))
-        answers = [(score.log_likelihood, score.is_greedy) for score in scores]
+        with tqdm(total=len(requests), desc=kind, unit=unit, disable=disable_tqdm) as bar:
+            for batch in batches:
+                scored = self.score_groups(batch, collator)
+                answers.extend(scored)
+                bar.update(len(scored))
+        answers = collator.get_original(answers)
         for (request_args, _, _), answer in zip(requests, answers):
             if request_args is not None:
                 self.cache_hook.add_partial("loglikelihood", request_args, answer)
         return answers
 
-    def batch_size_for(self, windows: Sequence[Any]) -> int:
-        """The batch size for `windows`: the fixed one, or with ``auto`` the largest that fits their longest input."""
-        if self._batch_size != AUTO_BATCH_SIZE:
-            return self._batch_size
-        longest = max((len(window.input_ids) for window in windows), default=1)
+    def score_groups(self, batch: list[tuple[Any, list[int], list[int]]], collator: Any) -> list[tuple[float, bool]]:
+        """One forward over the inputs of `batch` (a request per group); every request of each group scored from
+        its row, in the order the `collator`'s ``get_cache`` gives them (``get_original`` restores the requests')."""
+        windows = [scored_window(context, continuation, self.max_length) for _, context, continuation in batch]
+        logits = padded_forward(self.model, [window.input_ids for window in windows])  # (B, T, V)
+        answers = []
+        for (request_args, context, continuation), window, row in zip(batch, windows, logits):
+            group = collator.get_cache(req_str=request_args, cxt_toks=context, cont_toks=continuation, logits=row[None])
+            for _, member_continuation, _ in group:
+                score = continuation_score(row, len(window.input_ids), member_continuation)
+                answers.append((score.log_likelihood, score.is_greedy))
+        return answers
+
+    def auto_batch_size(self, position: int, ordered: Sequence[tuple[Any, list[int], list[int]]]) -> int:
+        """``--batch_size auto`` (the Collator's ``batch_fn``): the largest batch whose forward over the longest
+        input of `ordered` (its first: longest first) fits, found once per longest input."""
+        _, context, continuation = ordered[0]
+        longest = min(len(context) + len(continuation) - 1, self.max_length)
         if longest not in self.batch_sizes:
             self.batch_sizes[longest] = largest_batch_that_fits(self.model, longest, self.max_batch_size)
         return self.batch_sizes[longest]
@@ -252,6 +295,18 @@ class LitgptLM(TemplateLM):
         for block in self.model.transformer.h:
             block.attn.kv_cache.reset_parameters()
         return cut_at_stop_strings(self.tok_decode(generated), until)
+
+
+def longest_first(request: tuple[Any, list[int], list[int]]) -> tuple[int, tuple[int, ...]]:
+    """The Collator's sort key (``HFLM``'s): the longest ``context + continuation`` first, ties by their tokens."""
+    tokens = request[1] + request[2]
+    return -len(tokens), tuple(tokens)
+
+
+def shared_input(request: tuple[Any, list[int], list[int]]) -> list[int]:
+    """The Collator's group key (``HFLM``'s): ``context + continuation[:-1]``, the tokens the model reads (before
+    left truncation); requests that share it share their input, and one forward row scores them all."""
+    return request[1] + request[2][:-1]
 
 
 def parse_batch_size(value: int | str, allow_auto: bool = True, name: str = "batch_size") -> int | str:

@@ -13,7 +13,9 @@ logits at the last ``n`` input positions predict the ``n`` continuation tokens:
 
 A batch is right-padded to ``T`` with token 0: every variant is causal, so padding after a request's tokens
 changes none of its logits. Requests are scored longest first (the first batch is the largest, so an
-out-of-memory error comes at once), and the results are returned in the requests' order.
+out-of-memory error comes at once), and the results are returned in the requests' order. The two steps of a batch
+are apart (:func:`padded_forward`, :func:`continuation_score`) so that one row can score several continuations
+that read the same input (``LitgptLM`` batches through lm-eval's ``Collator`` so).
 
 ``--batch_size auto`` (:func:`largest_batch_that_fits`): the largest of ``max_batch_size``, its half, its quarter, ... whose
 forward over ``(B, T)`` tokens, ``T`` the longest input, raises no out-of-memory error (halving from
@@ -60,23 +62,31 @@ def scored_window(context: Sequence[int], continuation: Sequence[int], max_lengt
 
 
 @torch.no_grad()
-def score_batch(model: torch.nn.Module, windows: Sequence[ScoredWindow]) -> list[ContinuationScore]:
-    """One right-padded forward pass over `windows`; log-probabilities in float32 over the padded vocabulary."""
+def padded_forward(model: torch.nn.Module, inputs: Sequence[Sequence[int]]) -> torch.Tensor:
+    """One forward pass over `inputs`, right-padded with token 0 to the longest: the logits, shape (B, T, V)."""
     device = next(model.parameters()).device
-    T = max(len(w.input_ids) for w in windows)
-    idx = torch.zeros(len(windows), T, dtype=torch.long)  # (B, T), right-padded with token 0
-    for row, window in enumerate(windows):
-        idx[row, : len(window.input_ids)] = torch.tensor(window.input_ids)
-    logits = model(idx.to(device))  # (B, T, V)
-    scores = []
-    for row, window in enumerate(windows):
-        end, n = len(window.input_ids), len(window.continuation)
-        log_probs = torch.log_softmax(logits[row, end - n : end].float(), dim=-1)  # (n, V)
-        targets = torch.tensor(window.continuation, device=device)  # (n,)
-        picked = log_probs.gather(-1, targets[:, None]).squeeze(-1)  # (n,)
-        greedy = bool((log_probs.argmax(dim=-1) == targets).all())
-        scores.append(ContinuationScore(float(picked.sum()), greedy))
-    return scores
+    T = max(len(ids) for ids in inputs)
+    idx = torch.zeros(len(inputs), T, dtype=torch.long)  # (B, T), right-padded with token 0
+    for row, ids in enumerate(inputs):
+        idx[row, : len(ids)] = torch.tensor(ids)
+    return model(idx.to(device))  # (B, T, V)
+
+
+def continuation_score(logits: torch.Tensor, end: int, continuation: Sequence[int]) -> ContinuationScore:
+    """The score of the ``n`` tokens of `continuation`, predicted by positions ``end - n .. end - 1`` of one row's
+    `logits` (T, V) (``end``: the row's input length); log-probabilities in float32 over the padded vocabulary."""
+    n = len(continuation)
+    log_probs = torch.log_softmax(logits[end - n : end].float(), dim=-1)  # (n, V)
+    targets = torch.tensor(continuation, device=logits.device)  # (n,)
+    picked = log_probs.gather(-1, targets[:, None]).squeeze(-1)  # (n,)
+    greedy = bool((log_probs.argmax(dim=-1) == targets).all())
+    return ContinuationScore(float(picked.sum()), greedy)
+
+
+def score_batch(model: torch.nn.Module, windows: Sequence[ScoredWindow]) -> list[ContinuationScore]:
+    """One right-padded forward pass over `windows`, each window's continuation scored from its own row."""
+    logits = padded_forward(model, [window.input_ids for window in windows])  # (B, T, V)
+    return [continuation_score(row, len(w.input_ids), w.continuation) for row, w in zip(logits, windows)]
 
 
 def longest_first_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

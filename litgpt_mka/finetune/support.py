@@ -53,10 +53,11 @@ def check_adapter_supports(config: Any, litgpt_module: str) -> None:
     if registry.lookup(config.attention_class_name).litgpt_equivalent:
         return
     commands = ADAPTER_COMMANDS.get(litgpt_module, f"`{litgpt_module}`")
+    supported = ", ".join(name for name, entry in registry.VARIANTS.items() if entry.litgpt_equivalent)
     raise ValueError(
         f"{describe(config)} is not supported by {commands}: litgpt's adapter attention is built on"
         f" CausalSelfAttention's fused qkv and would train a different model (MHA) instead. Adapters support"
-        f" MHA, GQA and MQA (CausalSelfAttention, GroupedQueryAttention) only; for {variant_label(config)} use"
+        f" MHA, GQA and MQA ({supported}) only; for {variant_label(config)} use"
         f" {COMMANDS_FOR_EVERY_VARIANT}."
     )
 

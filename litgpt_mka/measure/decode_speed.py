@@ -9,8 +9,10 @@ on a shared machine from moving the figure. Under ``torch.no_grad``; CUDA is syn
 timed step.
 """
 
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -83,8 +85,7 @@ def prefill_random_prompt(
 
     The one prefill routine of the decode measurements (``compare`` and ``benchmarks/decode.py``). Puts the
     model in eval mode; prefill runs in chunks of `chunk_size`, and ``lm_head`` sees only each chunk's last
-    position (a forward pre-hook, removed afterwards): the prompt's logits are never used, and the output head
-    would otherwise cost more than all the blocks of a small model. `copy_one_row`: prefill one row and copy
+    position (:func:`last_position_logits_only`). `copy_one_row`: prefill one row and copy
     its cache to the other batch rows (the values do not change the work of decoding; prefilling B rows costs
     B times more). An empty prompt (``context_length == 0``) leaves the cache empty.
 
@@ -103,21 +104,35 @@ def prefill_random_prompt(
     rows = 1 if copy_one_row else batch_size
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, model.config.vocab_size, (rows, context_length + 1), generator=generator).to(device)
-    last_position_only = model.lm_head.register_forward_pre_hook(lambda _, args: (args[0][:, -1:],))
-    try:
-        with torch.no_grad():
-            for start in range(0, context_length, chunk_size):
-                end = min(start + chunk_size, context_length)
-                model(prompt[:, start:end], torch.arange(start, end, device=device), input_pos_maxp1=end)
-    finally:
-        last_position_only.remove()
+    with torch.no_grad(), last_position_logits_only(model):
+        for start in range(0, context_length, chunk_size):
+            end = min(start + chunk_size, context_length)
+            model(prompt[:, start:end], torch.arange(start, end, device=device), input_pos_maxp1=end)
     if copy_one_row:
-        _copy_first_row_of_every_cache(model, batch_size)
+        copy_first_row_of_every_cache(model, batch_size)
     return prompt[:, -1:].expand(batch_size, 1).contiguous()  # (B, 1)
 
 
+@contextlib.contextmanager
+def last_position_logits_only(model: nn.Module) -> Iterator[None]:
+    """While open, ``lm_head`` sees only the last position of each forward (a forward pre-hook), so a prompt's
+    forward returns logits (B, 1, vocab): a prefill needs no others, and the output head would otherwise cost
+    more than all the blocks of a small model."""
+    hook = model.lm_head.register_forward_pre_hook(lambda _, args: (args[0][:, -1:],))
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
 @torch.no_grad()
-def _copy_first_row_of_every_cache(model: nn.Module, batch_size: int) -> None:
+def copy_first_row_of_every_cache(model: nn.Module, batch_size: int) -> None:
+    """Copies batch row 0 of every KV-cache buffer to rows 1 .. `batch_size` - 1: a prompt prefilled on one row
+    becomes every row's.
+
+    Raises:
+        RuntimeError: a cache buffer without a leading batch dimension.
+    """
     for block in model.transformer.h:
         cache = block.attn.kv_cache
         for name, buffer in cache.named_buffers():

@@ -3,10 +3,12 @@
 Each variant answers for itself (:class:`~litgpt_mka.attention.variant.AttentionVariant`): numbers and
 bytes per token per layer, and bytes per sequence per layer that do not grow with the context (MKA's
 ring of running sums). This module adds the layers up, caps the ring buffers of litgpt's sliding-window
-layers, and reads back the buffers a model allocated. Per-token figures for pythia-70m (fp32, 6 layers):
+layers, reads back the buffers a model allocated, and counts every tensor the caches hold (their buffers and
+the scratch workspaces of quantized caches: :func:`held_kv_cache_bytes`). Per-token figures for pythia-70m (fp32, 6 layers):
 MHA 24,576 B, GQA (2 groups) 6,144 B, MQA 3,072 B, stock litgpt MLA 24,576 B, our MLA 3,456 B.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -57,10 +59,10 @@ def kv_cache_bytes(
 
 
 def _is_sliding_window_layer(config: Any, variant: Any, block_idx: int) -> bool:
-    from litgpt.model import CausalSelfAttention
-
+    """Whether layer `block_idx` caches at most ``sliding_window_size`` positions: a variant whose layers keep
+    litgpt's sliding window (its ``sliding_window_layers``), on a layer ``sliding_window_indices`` marks."""
     return (
-        issubclass(variant.attention_module(), CausalSelfAttention)
+        variant.sliding_window_layers
         and config.sliding_window_size is not None
         and config.sliding_window_indices is not None
         and bool(config.sliding_window_indices[block_idx])
@@ -79,3 +81,43 @@ def allocated_kv_cache_bytes(model: nn.Module) -> int:
             raise RuntimeError(f"block {block_idx} has no KV cache; call `model.set_kv_cache(batch_size=...)` first")
         total += sum(buffer.nbytes for buffer in block.attn.kv_cache.buffers())
     return total
+
+
+def held_kv_cache_bytes(model: nn.Module) -> int:
+    """Storage bytes of every tensor reachable from the KV caches of a GPT, each storage counted once.
+
+    More than :func:`allocated_kv_cache_bytes`: besides the buffers (keys, values, quantized codes, scales,
+    offsets, residual windows, MKA's ring of sums and its positions) it counts tensors held by plain attributes,
+    such as the :class:`~litgpt_mka.attention.quantization.Workspace` the quantized caches share (allocated by
+    their first read, so call it after a forward to see it). Host-side Python state (MKA's ``HostRing``) holds
+    no tensor and costs no tensor bytes.
+
+    Raises:
+        RuntimeError: a block has no KV cache (call ``model.set_kv_cache(batch_size=...)`` first).
+    """
+    storages: dict[tuple[str, int], int] = {}
+    seen: set[int] = set()
+    for block_idx, block in enumerate(model.transformer.h):
+        if block.attn.kv_cache is None:
+            raise RuntimeError(f"block {block_idx} has no KV cache; call `model.set_kv_cache(batch_size=...)` first")
+        for module in block.attn.kv_cache.modules():
+            for tensor in _reachable_tensors(vars(module), seen):
+                storage = tensor.untyped_storage()
+                storages[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _reachable_tensors(value: Any, seen: set[int]) -> Iterator[torch.Tensor]:
+    """Tensors reachable from `value` through containers and plain objects' attributes (not through submodules:
+    :func:`held_kv_cache_bytes` visits each module itself); `seen` holds the ids of objects already walked."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, nn.Module) or id(value) in seen:
+        return
+    elif isinstance(value, dict | list | tuple | set):
+        seen.add(id(value))
+        for item in value.values() if isinstance(value, dict) else value:
+            yield from _reachable_tensors(item, seen)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        seen.add(id(value))
+        yield from _reachable_tensors(vars(value), seen)

@@ -19,7 +19,8 @@ from torch.profiler import ProfilerActivity, profile
 
 import litgpt_mka  # noqa: F401  (activates the plugin for litgpt modules imported below)
 from litgpt_mka.attention.dispatch import Site, cached_site
-from litgpt_mka.attention.grouped import GroupedQueryAttention, grouped_attention
+from litgpt_mka.attention.functional import grouped_attention
+from litgpt_mka.attention.grouped import GroupedQueryAttention
 from litgpt_mka.measure.kv_cache_size import allocated_kv_cache_bytes, kv_cache_bytes_per_token
 from tests.helpers import (
     assert_cached_decode_matches_full_forward,

@@ -20,8 +20,12 @@ def test_the_command_line_fills_the_options_dataclass(monkeypatch):
     assert parsed == [CompareOptions(configs=[Path("a.yaml"), Path("b.yaml")], seeds=[1, 2],
                                      val_path=[Path("in.txt"), Path("out.txt")], reference="a", max_tokens=1000,
                                      plots=False, lm_eval_tasks=["piqa", "sciq"])]
-    assert cli.list_options(CompareOptions) == {"--configs": str, "--seeds": int, "--val_path": str, "--pretrain_args": str,
-                                                "--lm_eval_tasks": str, "--kv_cache_quantizations": str}
+    assert cli.list_options(CompareOptions) == {"--configs": str, "--seeds": int, "--learning_rates": float,
+                                                "--val_path": str, "--pretrain_args": str, "--lm_eval_tasks": str,
+                                                "--kv_cache_quantizations": str}
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--configs", "a.yaml", "--learning_rates", "4e-3", "0.008", "1.6e-2", "--selection_val", "s"])
+    assert (parsed[-1].learning_rates, parsed[-1].selection_val) == ([0.004, 0.008, 0.016], "s")
 
 
 def test_list_options_take_several_values_after_one_flag():

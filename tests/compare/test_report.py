@@ -1,7 +1,11 @@
-"""litgpt_mka.compare.report: the committed study reports render again byte for byte from their results.json;
-other schemas are refused; the table's busy cells; the setup names runs from different machines."""
+"""litgpt_mka.compare.report: the committed study reports render again byte for byte from their results.json, and
+their loss numbers (means, standard deviations, differences, SEs, verdicts; the t-tests when decided again) are the
+ones numpy and scipy compute from the runs saved in it; other schemas are refused; the table's busy cells; the setup
+names runs from different machines."""
 
 import json
+import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,15 +17,18 @@ from litgpt_mka.compare.records import MeasureSettings, Results, Settings, to_js
 from litgpt_mka.compare.report import PLOT_TITLES, markdown, read_results, setup_lines, table, write_csv
 from litgpt_mka.compare.summary import summarize
 from tests.compare.helpers import synthetic_run
+from tests.compare.recompute import disagreements, final_losses, holm, markdown_table, mean_std, printed_numbers, welch
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 STUDY = DOCS / "study-pythia-14m"
 
 
-@pytest.mark.parametrize("part", ["study-pythia-14m/main", "study-pythia-14m/sweeps", "study-pythia-14m-v2/main",
-                                  "study-pythia-14m-v2/ablation", "study-pythia-14m-v2/lr-0.002",
-                                  "study-pythia-14m-v2/lr-0.004", "study-pythia-14m-v2/lr-0.008",
-                                  "study-pythia-14m-v2/lr-0.016", "study-pythia-14m-v2/lr-0.0005"])
+COMMITTED_PARTS = ["study-pythia-14m/main", "study-pythia-14m/sweeps", "study-pythia-14m-v2/main",
+                   "study-pythia-14m-v2/ablation", "study-pythia-14m-v2/lr-0.002", "study-pythia-14m-v2/lr-0.004",
+                   "study-pythia-14m-v2/lr-0.008", "study-pythia-14m-v2/lr-0.016", "study-pythia-14m-v2/lr-0.0005"]
+
+
+@pytest.mark.parametrize("part", COMMITTED_PARTS)
 def test_committed_study_reports_render_again_byte_for_byte(part, tmp_path):
     """`python -m litgpt_mka.compare.report docs/<study>/<part>/results.json` rewrites the same files (v2's main
     and ablation reports with their quantized-cache tables; each learning rate's as run.sh rendered it)."""
@@ -118,3 +125,93 @@ def test_the_report_command_decides_saved_results_again_by_the_rule_asked_for(tm
     report = (tmp_path / REPORT_MD).read_text()
     assert "**Unpaired design**" in report and "| pythia-14m-mka | +0.0070 | [-0.0010, +0.0150] | Welch (2.9) |" in report
     assert json.loads((tmp_path / RESULTS_JSON).read_text())["settings"]["verdict_rule"] == "t-test"
+
+
+def committed(part: str) -> tuple[dict, str]:
+    """The saved results.json (as JSON, not read through litgpt_mka) and report.md of a committed study part."""
+    return json.loads((DOCS / part / RESULTS_JSON).read_text()), (DOCS / part / REPORT_MD).read_text()
+
+
+@pytest.mark.parametrize("part", COMMITTED_PARTS)
+def test_committed_reports_print_the_mean_and_std_of_each_variants_losses_over_its_seeds(part):
+    """Results table: runs ok, val loss per text (mean ± std over seeds), val ppl (exp of each run's loss, then
+    mean ± std), against numpy on the runs of results.json."""
+    saved, report = committed(part)
+    rows = markdown_table(report, "| variant | runs ok |")
+    texts = [entry["name"] for entry in saved["runs"][0]["evaluation"]["validation"]]
+    losses = {text: final_losses(saved, text) for text in texts}
+    assert sorted(rows) == sorted(losses[texts[0]]) and len(rows) > 1
+    wrong = []
+    for variant, row in rows.items():
+        runs = [run for run in saved["runs"] if run["variant"] == variant]
+        if row["runs ok"] != f"{len(losses[texts[0]][variant])}/{len(runs)}":
+            wrong.append(f"{variant} runs ok: printed {row['runs ok']!r}")
+        for text in texts:
+            wrong += disagreements(f"{variant} val loss ({text})", row[f"val loss ({text})"], mean_std(losses[text][variant]))
+        perplexities = [math.exp(loss) for loss in losses[texts[0]][variant]]
+        wrong += disagreements(f"{variant} val ppl ({texts[0]})", row[f"val ppl ({texts[0]})"], mean_std(perplexities))
+    assert not wrong, "\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("part", COMMITTED_PARTS)
+def test_committed_reports_differences_are_welch_standard_errors_decided_by_the_2_se_rule_they_state(part):
+    """Every committed study was decided by the screening rule its report states (Welch SE, unpaired; better or
+    worse when |d| >= 2 SE): the differences, SEs, seeds, verdicts and "by x SE" computed again."""
+    saved, report = committed(part)
+    assert "(Welch, unpaired:" in report and "Better or worse when |d| >= 2 SE" in report
+    assert not saved["settings"].get("paired_init") and not saved["settings"].get("verdict_rule")
+    primary = saved["runs"][0]["evaluation"]["validation"][0]["name"]
+    losses, reference = final_losses(saved, primary), saved["reference"]
+    rows = markdown_table(report, "| variant | difference | SE |")
+    assert sorted(rows) == sorted(set(losses) - {reference})
+    wrong = []
+    for variant, row in rows.items():
+        test = welch(losses[variant], losses[reference])
+        wrong += disagreements(f"{variant} difference", row["difference"], [test.difference])
+        wrong += disagreements(f"{variant} SE", row["SE"], [test.se])
+        wrong += disagreements(f"{variant} seeds", row["seeds (variant, reference)"], [len(losses[variant]), len(losses[reference])])
+        verdict = "tied within noise" if abs(test.difference) < 2 * test.se else ("worse" if test.difference > 0 else "better")
+        if row["verdict"] != verdict:
+            wrong.append(f"{variant} verdict: printed {row['verdict']!r}, computed {verdict!r}")
+        sentence = next(line for line in report.splitlines() if line.startswith(f"- {variant}: "))
+        if verdict != "tied within noise":
+            (by,) = re.findall(r"by (\d+\.\d) SE\)", sentence)
+            wrong += disagreements(f"{variant} sentence", by, [abs(test.difference) / test.se])
+    assert not wrong, "\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("part", COMMITTED_PARTS)
+def test_committed_results_decided_again_by_t_tests_print_scipys_welch_intervals_p_and_holm(part):
+    """`report --verdict_rule t-test` on a committed study (unpaired: Welch): the difference, its 95% interval, df,
+    p, Holm's p over the variants and the verdict, against scipy's Welch t-test of the saved losses."""
+    pytest.importorskip("scipy.stats")
+    saved = json.loads((DOCS / part / RESULTS_JSON).read_text())
+    text = markdown(read_results(DOCS / part / RESULTS_JSON, rule="t-test"), [])
+    assert "**Unpaired design**" in text and "Welch t-test" in text
+    primary = saved["runs"][0]["evaluation"]["validation"][0]["name"]
+    losses, reference = final_losses(saved, primary), saved["reference"]
+    tests = {variant: welch(values, losses[reference]) for variant, values in losses.items() if variant != reference}
+    adjusted = holm({variant: test.p for variant, test in tests.items()})
+    rows = markdown_table(text, "| variant | difference | 95% interval |")
+    assert sorted(rows) == sorted(tests)
+    wrong = []
+    for variant, row in rows.items():
+        test = tests[variant]
+        wrong += disagreements(f"{variant} difference", row["difference"], [test.difference])
+        wrong += disagreements(f"{variant} interval", row["95% interval"], [test.low, test.high])
+        wrong += disagreements(f"{variant} df", row["test (df)"], [test.df])
+        wrong += p_disagreements(f"{variant} p", row["p"], test.p) + p_disagreements(f"{variant} Holm", row["p (Holm)"], adjusted[variant])
+        decided = ("worse" if test.difference > 0 else "better") if adjusted[variant] < 0.05 else "cannot tell"
+        if not row["verdict"].startswith(decided):
+            wrong.append(f"{variant} verdict: printed {row['verdict']!r}, computed {decided!r}")
+        if decided == "cannot tell":
+            wrong += disagreements(f"{variant} smallest detectable", row["verdict"], [test.half_width])
+    assert row["test (df)"].startswith("Welch (")
+    assert not wrong, "\n" + "\n".join(wrong)
+
+
+def p_disagreements(where: str, cell: str, p: float) -> list[str]:
+    """A p-value cell: three decimals, or "< 0.001"."""
+    if cell.startswith("<"):
+        return [] if p < float(printed_numbers(cell)[0]) else [f"{where}: printed {cell!r}, computed {p:.6f}"]
+    return disagreements(where, cell, [p])

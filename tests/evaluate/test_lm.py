@@ -2,6 +2,8 @@
 log-likelihoods equal unbatched full forwards, rolling windows predict each token once, and generate_until is
 greedy `litgpt generate` cut at the stop strings."""
 
+import json
+
 import pytest
 import torch
 
@@ -11,8 +13,8 @@ from litgpt.tokenizer import Tokenizer  # noqa: E402
 
 from litgpt_mka.checkpoint import load_model  # noqa: E402
 from litgpt_mka.evaluate.lm import LitgptLM, load_lm  # noqa: E402
-from tests.evaluate.checkpoints import PRESETS  # noqa: E402
-from tests.evaluate.reference import greedy_litgpt_generate, log_likelihood, pythia_tokenizer  # noqa: E402
+from tests.evaluate.checkpoints import PRESETS, TASKS_DIR  # noqa: E402
+from tests.evaluate.reference import greedy_litgpt_generate, log_likelihood, pythia_tokenizer, request_tokens  # noqa: E402
 from tests.evaluate.reference import rolling_log_likelihood  # noqa: E402
 from tests.helpers import preset_config, random_gpt  # noqa: E402
 
@@ -116,3 +118,50 @@ def test_tokens_follow_hflm_for_pythia(preset_checkpoints, tokenizer_dir):
     text = "The end.<|endoftext|>"
     assert lm.tok_encode(text) == tokenizer.encode(text, add_special_tokens=False).ids
     assert lm.tok_encode(text)[-1] == lm.eot_token_id == lm.prefix_token_id == tokenizer.token_to_id("<|endoftext|>")
+
+
+def multiple_choice_pairs() -> list[tuple[str, str]]:
+    """tiny_story_choice's requests as lm-eval builds them (each story, then each choice after a space), and one
+    continuation of several tokens after the last story."""
+    documents = [json.loads(line) for line in (TASKS_DIR / "tiny_story_choice.jsonl").read_text().splitlines()]
+    pairs = [(document["story"], f" {choice}") for document in documents for choice in document["choices"]]
+    return pairs + [(documents[-1]["story"], " sky and the sea at night")]
+
+
+def count_forward_rows(model: torch.nn.Module, monkeypatch) -> list[int]:
+    """The batch size of each forward `model` runs from now on."""
+    forward, rows = model.forward, []
+
+    def counted(idx, *args, **kwargs):
+        rows.append(idx.shape[0])
+        return forward(idx, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counted)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def mla_and_unbatched_answers(tokenizer_dir) -> tuple[torch.nn.Module, list[tuple[float, bool]]]:
+    """A one-layer MLA model and its reference answers to `multiple_choice_pairs`: one unbatched forward each."""
+    model = random_gpt(preset_config("pythia-14m-mla", n_layer=1))
+    tokenizer = pythia_tokenizer(tokenizer_dir)
+    return model, [log_likelihood(model, tokenizer, context, continuation) for context, continuation in multiple_choice_pairs()]
+
+
+@pytest.mark.parametrize(
+    "batch_size, expected_rows",
+    [(1, [1] * 9), (3, [3, 3, 3]), ("auto", [4, 4, 4, 1])],  # auto: a probe of max_batch_size 4 first, on a CPU it fits
+)
+def test_choices_sharing_a_context_take_one_forward_row_per_document(
+    batch_size, expected_rows, tokenizer_dir, mla_and_unbatched_answers, monkeypatch
+):
+    """8 documents x 3 one-token choices (24 requests) and one request of 6 tokens: the Collator groups requests
+    that read the same input, so 9 rows (25 before), and the log-likelihoods of unbatched one-request forwards."""
+    pairs, (model, expected), tokenizer = multiple_choice_pairs(), mla_and_unbatched_answers, pythia_tokenizer(tokenizer_dir)
+    assert [len(request_tokens(tokenizer, *pair)[1]) for pair in pairs] == [1] * 24 + [6]
+    lm = LitgptLM(model, Tokenizer(tokenizer_dir), batch_size=batch_size, max_batch_size=4)
+    rows = count_forward_rows(model, monkeypatch)
+    got = lm.loglikelihood(requests("loglikelihood", pairs), disable_tqdm=True)
+    assert rows == expected_rows
+    torch.testing.assert_close(torch.tensor([g[0] for g in got]), torch.tensor([e[0] for e in expected]))
+    assert [g[1] for g in got] == [e[1] for e in expected]

@@ -9,11 +9,20 @@
     litgpt's code path. The fine-tuning scripts' ``main`` get the same wrapper, without the compile part
     (``finetune.py`` here).
 
-    ``setup`` is wrapped (:func:`_data_parallel_without_a_gpu`): with ``--devices`` x ``--num_nodes`` > 1 litgpt
+    ``setup`` is wrapped (:func:`_own_fabric`): with ``--devices`` x ``--num_nodes`` > 1 litgpt
     builds an ``FSDPStrategy``, which Lightning refuses without CUDA; on a machine without CUDA the Fabric that
     ``setup`` creates gets ``DDPStrategy(process_group_backend="gloo")`` in its place, and says so in the run's
     first lines. Everything after (``fabric.launch``, the data split across ranks, checkpoints, ``--resume``) is
     litgpt's multi-process code path unchanged.
+
+Metrics in a CSV file beside the run's logger (``LITGPT_MKA_METRICS_CSV=DIR``; ``litgpt-mka compare`` sets it for
+its runs)
+    litgpt pretrain sends its metrics to the one logger ``--logger_name`` names (``L.Fabric(loggers=[logger])``).
+    With the variable set, that Fabric gets a second logger, ``CSVLogger(root_dir=DIR, name="csv")`` (litgpt's own
+    CSV logger's arguments: ``DIR/csv/version_*/metrics.csv``), unless the first is a CSV logger already. The run's
+    logger stays first, so it is ``fabric.logger`` (the hyperparameters go to it, as without the variable); every
+    ``fabric.log_dict`` reaches both. So compare reads its throughput and loss curve from the CSV file while a
+    user's TensorBoard or W&B logger sees the run as ``litgpt pretrain`` would show it.
 
 Paired initialisation (``LITGPT_MKA_PAIRED_INIT=1``; ``litgpt-mka compare --paired`` sets it for its runs)
     litgpt draws every initial value from one global random stream, in module order, so the same ``--seed`` gives
@@ -48,6 +57,7 @@ from litgpt_mka.precision import warn_if_emulated_bf16
 
 CPU_COMPILE_ENV_VAR = "LITGPT_MKA_CPU_COMPILE"
 PAIRED_INIT_ENV_VAR = "LITGPT_MKA_PAIRED_INIT"
+METRICS_CSV_ENV_VAR = "LITGPT_MKA_METRICS_CSV"
 
 
 def extend_pretrain_module(module: ModuleType) -> None:
@@ -56,7 +66,7 @@ def extend_pretrain_module(module: ModuleType) -> None:
         return
     module.initialize_weights = _every_attention_class_scaled(module, module.initialize_weights)
     module.main = _run_on_the_machine(module.main, skip_cpu_compile=True)
-    module.setup = _data_parallel_without_a_gpu(module, module.setup)
+    module.setup = _own_fabric(module, module.setup)
 
 
 def _attention_classes() -> tuple[type, ...]:
@@ -145,9 +155,9 @@ def _fabric_precision(fabric) -> str | None:
 def _run_on_the_machine(litgpt_main, skip_cpu_compile: bool = False):
     """Wraps a training script's ``main(fabric, ...)``: the bf16 warning, and no ``torch.compile`` on the CPU.
 
-    On the CPU, litgpt pretrain's ``torch.compile(model)`` costs 20-40 s before the first step and gives no
-    speed afterwards (pythia-14m, 98,304 tokens: 97 s with it, 60 s without, identical losses); its slow
-    first iterations also make litgpt's first ETA several times too long. So CPU runs execute eagerly
+    On the CPU, litgpt pretrain's ``torch.compile(model)`` spends its compilation before the first step and, at
+    the presets' sizes, buys no speed afterwards (same losses; the timings: ``docs/precision.md``, "torch.compile
+    on the CPU"); its slow first iterations also make litgpt's first ETA too long. So CPU runs execute eagerly
     (``torch._dynamo.config.disable`` while ``main`` runs), unless ``LITGPT_MKA_CPU_COMPILE=1``.
     """
 
@@ -166,29 +176,49 @@ def _run_on_the_machine(litgpt_main, skip_cpu_compile: bool = False):
     return main
 
 
-def _data_parallel_without_a_gpu(module: ModuleType, litgpt_setup):
-    """litgpt pretrain's ``setup``; without CUDA, several processes train with DDP over gloo instead of FSDP.
+def _own_fabric(module: ModuleType, litgpt_setup):
+    """litgpt pretrain's ``setup``; without CUDA, several processes train with DDP over gloo instead of FSDP; with
+    ``LITGPT_MKA_METRICS_CSV``, the metrics also go to a CSV file (see the module docstring).
 
     litgpt 0.5.13's ``setup`` passes ``FSDPStrategy(auto_wrap_policy={Block}, ...)`` to ``L.Fabric`` whenever
     ``devices * num_nodes > 1``, and Lightning refuses FSDP on a CPU. While litgpt's own ``setup`` runs on a
-    machine without CUDA, the ``L`` it reads is bound to a namespace whose ``Fabric`` is
-    :func:`_fabric_without_fsdp`; ``L`` appears nowhere else in litgpt's pretrain code but in type hints. With
-    CUDA, nothing changes. ``pretrain.initialize_weights`` still tests the real ``FSDPStrategy`` class, so under
-    DDP it initialises the weights itself, as it does on one device.
+    machine without CUDA, or with the variable set, the ``L`` it reads is bound to a namespace whose ``Fabric`` is
+    :func:`_fabric`; ``L`` appears nowhere else in litgpt's pretrain code but in type hints. With CUDA and without
+    the variable, nothing changes. ``pretrain.initialize_weights`` still tests the real ``FSDPStrategy`` class, so
+    under DDP it initialises the weights itself, as it does on one device.
     """
 
     @functools.wraps(litgpt_setup)
     def setup(*args, **kwargs):
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not os.environ.get(METRICS_CSV_ENV_VAR):
             return litgpt_setup(*args, **kwargs)
         lightning = module.L
-        module.L = SimpleNamespace(Fabric=_fabric_without_fsdp)
+        module.L = SimpleNamespace(Fabric=_fabric)
         try:
             return litgpt_setup(*args, **kwargs)
         finally:
             module.L = lightning
 
     return setup
+
+
+def _fabric(*args, loggers=None, **kwargs):
+    """``L.Fabric(...)`` with the metrics CSV logger added (:func:`with_metrics_csv`), and without CUDA through
+    :func:`_fabric_without_fsdp`."""
+    make = L.Fabric if torch.cuda.is_available() else _fabric_without_fsdp
+    return make(*args, loggers=with_metrics_csv(loggers), **kwargs)
+
+
+def with_metrics_csv(loggers: list | None) -> list | None:
+    """`loggers` and, with ``LITGPT_MKA_METRICS_CSV=DIR`` set and no CSV logger among them,
+    ``CSVLogger(root_dir=DIR, name="csv")`` after them (litgpt's ``choose_logger("csv")``, flushed every step)."""
+    from lightning.fabric.loggers import CSVLogger
+
+    folder = os.environ.get(METRICS_CSV_ENV_VAR)
+    loggers = list(loggers or [])
+    if not folder or any(isinstance(logger, CSVLogger) for logger in loggers):
+        return loggers or None
+    return [*loggers, CSVLogger(root_dir=folder, name="csv", flush_logs_every_n_steps=1)]
 
 
 def _fabric_without_fsdp(*args, strategy="auto", **kwargs):

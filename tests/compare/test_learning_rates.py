@@ -1,0 +1,199 @@
+"""compare --learning_rates and --selection_val: run names and specs, the optimizer each run gets, the held-apart
+choice of each variant's rate, the verdicts at the chosen rates, and the report's sections."""
+
+import dataclasses
+import inspect
+import json
+import math
+
+import pytest
+import yaml
+
+from litgpt_mka.compare.learning_rates import optimizer_with_rate, rate_label, run_name, select_rate, summarize_rates
+from litgpt_mka.compare.options import CompareOptions, validate
+from litgpt_mka.compare.records import MeasureSettings, Results, Settings, Validation, to_json
+from tests.compare.helpers import synthetic_run, tiny_yaml
+
+
+def rated(variant: str, seed: int, rate: float, loss: float, selection_loss: float):
+    """A finished run at `rate` with validation loss `loss` (text "val") and `selection_loss` (text "sel")."""
+    run = synthetic_run(variant, seed, loss)
+    selection = Validation("sel", "sel.txt", selection_loss, math.exp(selection_loss), 999, 3, 32)
+    evaluation = dataclasses.replace(run.evaluation, validation=[*run.evaluation.validation, selection])
+    return dataclasses.replace(run, name=run_name(variant, seed, rate), learning_rate=rate, evaluation=evaluation)
+
+
+# mha's selection losses are lowest at 0.008 (inside the grid), mla's at 0.016 (its edge); the verdicts' losses ("val")
+# at the rates not chosen are far lower, so any of them leaking into a verdict would show
+SWEEP = [
+    rated("mha", 1, 0.004, 1.00, 3.00), rated("mha", 2, 0.004, 1.00, 3.10),
+    rated("mha", 1, 0.008, 2.50, 2.80), rated("mha", 2, 0.008, 2.60, 2.90),
+    rated("mha", 1, 0.016, 1.00, 2.95), rated("mha", 2, 0.016, 1.00, 3.00),
+    rated("mla", 1, 0.004, 1.00, 3.20), rated("mla", 2, 0.004, 1.00, 3.30),
+    rated("mla", 1, 0.008, 1.00, 3.00), rated("mla", 2, 0.008, 1.00, 3.10),
+    rated("mla", 1, 0.016, 2.55, 2.90), rated("mla", 2, 0.016, 2.66, 2.95),
+]
+RATES = [0.004, 0.008, 0.016]
+
+
+def test_a_rate_is_spelled_one_way_in_run_names():
+    assert [rate_label(r) for r in (4e-3, 0.008, 1.6e-2, 5e-4, 1e-5, 1)] == ["0.004", "0.008", "0.016", "0.0005",
+                                                                          "1e-05", "1.0"]
+    assert run_name("pythia-14m-mha", 3, 8e-3) == "pythia-14m-mha-lr0.008-seed3"
+    assert run_name("pythia-14m-mha", 3, None) == "pythia-14m-mha-seed3"  # no rate: the names of before
+
+
+def test_the_rate_replaces_only_the_optimizers_lr(tmp_path):
+    config = yaml.safe_load(tiny_yaml(tmp_path, "a").read_text())
+    optimizer = optimizer_with_rate(config, 0.016)
+    assert optimizer == {**config["optimizer"], "init_args": {**config["optimizer"]["init_args"], "lr": 0.016}}
+    assert config["optimizer"]["init_args"]["lr"] == 0.001  # the YAML's own is not touched
+    assert optimizer_with_rate({"optimizer": "SGD"}, 0.1) == {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}
+    assert optimizer_with_rate({}, 0.1) == {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.1}}
+    with pytest.raises(ValueError, match=r"optimizer=\{'lr': 0.1\}: --learning_rates replaces the lr of an optimizer"):
+        optimizer_with_rate({"optimizer": {"lr": 0.1}}, 0.2)
+
+
+def test_litgpt_defaults_that_compare_restates_are_litgpts():
+    from litgpt.pretrain import setup
+
+    from litgpt_mka.compare.learning_rates import LITGPT_DEFAULT_OPTIMIZER
+    from litgpt_mka.compare.plan import LITGPT_DEFAULT_LOGGER
+
+    parameters = inspect.signature(setup).parameters
+    assert (parameters["optimizer"].default, parameters["logger_name"].default) == (LITGPT_DEFAULT_OPTIMIZER,
+                                                                                    LITGPT_DEFAULT_LOGGER)
+
+
+def test_invalid_rates_and_selection_texts_are_refused(tmp_path):
+    config = tiny_yaml(tmp_path, "a")
+    val, sel = (tmp_path / "val.txt", tmp_path / "sel.txt")
+    val.write_text("x"), sel.write_text("y")
+
+    def options(**given):
+        return CompareOptions(configs=[config], val_path=[val, sel], **given)
+
+    validate(options(learning_rates=[0.004, 0.008], selection_val="sel"))
+    for given, message in [
+        (dict(learning_rates=[]), r"learning_rates=\[\] is empty"),
+        (dict(learning_rates=[0.004, -0.1]), r"learning_rates: -0.1 is not a positive number"),
+        (dict(learning_rates=[0.004, float("nan")]), r"learning_rates: nan is not a positive number"),
+        (dict(learning_rates=[0.004, 4e-3]), r"learning_rates=\[0.004, 0.004\] repeat a rate"),
+        (dict(selection_val="sel"), r"selection_val='sel' picks a learning rate, but no --learning_rates are given"),
+        (dict(learning_rates=[0.004], selection_val="val"),
+         r"selection_val='val' is not one of \['sel'\]: 'val', the first --val_path, is the verdicts' text; the"
+         r" selection text must be another --val_path, named by its file stem"),
+        (dict(learning_rates=[0.004], selection_val="nope"), r"selection_val='nope' is not one of \['sel'\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            validate(options(**given))
+    with pytest.raises(ValueError, match=r"selection_val='sel' is not one of \[\]: no --val_path is given"):
+        validate(CompareOptions(configs=[config], learning_rates=[0.004], selection_val="sel"))
+
+
+@pytest.mark.filterwarnings("ignore:each run's validation curve")
+def test_every_config_rate_and_seed_is_a_run_whose_spec_holds_its_rate(tmp_path, shared_data, tokenizer_dir):
+    from litgpt_mka.compare.layout import spec_sha256
+    from litgpt_mka.compare.plan import plan_runs
+
+    configs = [tiny_yaml(tmp_path, "a"), tiny_yaml(tmp_path, "b", n_query_groups=1)]
+    common = dict(configs=configs, seeds=[1, 2], train_path=shared_data / "train.txt", tokenizer_dir=tokenizer_dir,
+                  val_path=[shared_data / "val.txt"], out_dir=tmp_path / "out", context_length=16, decode_new_tokens=4)
+
+    def plan(**given):
+        return plan_runs(CompareOptions(**common, **given), "float32")[1]
+
+    runs = plan(learning_rates=[0.016, 0.004])
+    assert [run.name for run in runs] == [f"{c}-lr{r}-seed{s}" for c in "ab" for r in ("0.016", "0.004") for s in (1, 2)]
+    assert [run.spec.learning_rate for run in runs[:4]] == [0.016, 0.016, 0.004, 0.004]
+    inline = json.loads(runs[0].spec.pretrain_args[-1])  # the last argument: the optimizer, after --pretrain_args
+    assert runs[0].spec.pretrain_args[-2] == "--config"
+    assert inline == {"optimizer": {"class_path": "torch.optim.AdamW",
+                                    "init_args": {"lr": 0.016, "weight_decay": 0.01, "betas": [0.9, 0.95]}}}
+    # adding a rate leaves the other runs' specs as they were: a rerun trains only the new rate's runs
+    more = {run.name: run.spec for run in plan(learning_rates=[0.016, 0.004, 0.008])}
+    assert all(more[run.name] == run.spec for run in runs)
+    assert spec_sha256(more["a-lr0.008-seed1"]) != spec_sha256(more["a-lr0.004-seed1"])
+    # without rates: the names and specs of before (no learning_rate in spec.json, so its sha256 is unchanged)
+    plain = plan()
+    assert [run.name for run in plain] == ["a-seed1", "a-seed2", "b-seed1", "b-seed2"]
+    assert "learning_rate" not in to_json(plain[0].spec) and "--config" not in plain[0].spec.pretrain_args[2:]
+    # the YAMLs' own rates may differ once --learning_rates replaces them
+    differing = yaml.safe_load(configs[1].read_text())
+    differing["optimizer"]["init_args"]["lr"] = 0.5
+    configs[1].write_text(yaml.safe_dump(differing))
+    assert len(plan(learning_rates=[0.004])) == 4
+    with pytest.raises(ValueError, match=r"optimizer\.init_args\.lr \(a\.yaml: 0\.001, b\.yaml: 0\.5\)"):
+        plan_runs(CompareOptions(**common), "float32")
+
+
+def test_each_variants_rate_is_chosen_on_the_selection_text_and_flagged_at_the_grids_edge():
+    mha, mla = select_rate("mha", SWEEP, "sel"), select_rate("mla", SWEEP, "sel")
+    assert (mha.rates, mha.chosen, mha.at_edge) == (RATES, 0.008, False)
+    assert [s.mean for s in mha.losses] == pytest.approx([3.05, 2.85, 2.975])
+    assert [s.n for s in mha.losses] == [2, 2, 2]
+    assert (mla.chosen, mla.at_edge) == (0.016, True)
+    # a rate without a finished run is no candidate; a variant without any has no rate
+    failed = dataclasses.replace(SWEEP[2], status="failed", evaluation=None)
+    assert select_rate("mha", [failed, *SWEEP[3:6]], "sel").losses[0].n == 1
+    assert select_rate("gqa", SWEEP, "sel") == select_rate("gqa", [], "sel")
+    assert select_rate("gqa", [], "sel").chosen is None
+
+
+def test_verdicts_compare_each_variant_at_its_chosen_rate_seed_by_seed():
+    """mla at 0.016 minus mha at 0.008, paired by seed: differences 0.05 and 0.06, d = 0.055, SE = 0.005, df 1."""
+    from litgpt_mka.compare.statistics import two_sided_p
+
+    summary, by_rate, selection = summarize_rates(SWEEP, "mha", RATES, "sel", paired=True, rule="t-test")
+    assert [choice.chosen for choice in selection] == [0.008, 0.016]
+    assert [row.variant for row in summary] == ["mha", "mla"] and summary[0].val_loss["val"].mean == pytest.approx(2.55)
+    d = summary[1].difference
+    assert (d.t_test, d.pairs, d.t_df) == ("paired", 2, pytest.approx(1.0))
+    assert (d.difference, d.se) == (pytest.approx(0.055), pytest.approx(0.005))
+    assert d.p_value == pytest.approx(two_sided_p(11.0, 1.0)) and d.verdict == "cannot tell"
+    # each rate's own comparison is kept; unpaired, Welch decides
+    assert [rate.learning_rate for rate in by_rate] == RATES
+    assert by_rate[1].summary[1].difference.difference == pytest.approx(1.0 - 2.55)
+    assert summarize_rates(SWEEP, "mha", RATES, "sel", paired=False, rule="t-test")[0][1].difference.t_test == "Welch"
+    # without a selection text no rate is chosen and there is no summary across rates
+    assert summarize_rates(SWEEP, "mha", RATES, None, paired=True, rule="t-test")[::2] == ([], [])
+
+
+def sweep_results(selection_val: str | None) -> Results:
+    from litgpt_mka.compare.report import results_of
+
+    settings = Settings(configs=["configs/mha.yaml", "configs/mla.yaml"], seeds=[1, 2], train_path="train.txt",
+                        val_paths=["val.txt", "sel.txt"], tokenizer_dir="tokenizer", data_seed=42,
+                        measure=MeasureSettings(1, 16, 1, 4, "float32", 8), paired_init=True, verdict_rule="t-test",
+                        learning_rates=RATES, selection_val=selection_val)
+    return results_of("litgpt-mka compare", "t", SWEEP[0].environment, settings, "mha", SWEEP)
+
+
+def test_the_report_shows_the_selection_its_bias_and_the_verdicts_at_the_chosen_rates(tmp_path):
+    from litgpt_mka.compare.report import EDGE_FLAG, markdown, read_results, write_outputs
+
+    results = sweep_results("sel")
+    text = markdown(results, [])
+    assert "- Learning rates: 0.004, 0.008, 0.016 (the peak `lr` of the YAMLs' optimizer" in text
+    assert "## Learning-rate selection" in text and "the chosen rate's own loss in this table is that lowest one, so it is optimistic" in text
+    assert "| variant | lr 0.004 | lr 0.008 | lr 0.016 | chosen rate |" in text
+    assert "| mha | 3.0500 ± 0.0707 (2) | **2.8500 ± 0.0707 (2)** | 2.9750 ± 0.0354 (2) | 0.008 |" in text
+    assert f"| mla | 3.2500 ± 0.0707 (2) | 3.0500 ± 0.0707 (2) | **2.9250 ± 0.0354 (2)** | 0.016 ({EDGE_FLAG}) |" in text
+    assert f"- **mla**: {EDGE_FLAG} (0.016 is the largest rate with a finished run" in text
+    assert "## Differences to the reference (each variant at its chosen rate)" in text
+    assert "| mla | +0.0550 |" in text and "2, 2 (2 paired)" in text
+    # results.json keeps the selection; read back, the same report
+    write_outputs(tmp_path, results, with_plots=False)
+    assert markdown(read_results(tmp_path / "results.json"), []) == text
+    header = (tmp_path / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("variant,seed,learning_rate,status,name,") and "val_loss_sel" in header
+
+
+def test_without_a_selection_text_each_rate_is_reported_on_its_own():
+    from litgpt_mka.compare.report import markdown
+
+    text = markdown(sweep_results(None), [])
+    assert "No rate was selected (no `--selection_val`)" in text and "## Learning-rate selection" not in text
+    assert [line for line in text.splitlines() if line.startswith("## Results")] == [
+        "## Results at learning rate 0.004", "## Results at learning rate 0.008", "## Results at learning rate 0.016"]
+    assert "## Differences to the reference at learning rate 0.016" in text
