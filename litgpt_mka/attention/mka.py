@@ -456,7 +456,7 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         self.router = Router(config.n_embd, settings["router_hidden"])
         self.memory = nn.Parameter(torch.empty(config.n_embd))  # p (C,)
         self._long_term = WeightDerived()  # (k(p), v(p)) of the current weights
-        self._decode = WeightDerived()  # _decode_weights() of the current weights
+        self._decode_step_weights = WeightDerived()  # _decode_weights() of the current weights
         self.kv_cache: MemorizedKeyCache | None = None
         self.reset_parameters()
 
@@ -661,7 +661,7 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         """``[W_qkv ; W_1]`` (nh_q hs + 2D + H, C), its bias, and ``(k(p), v(p))`` (2D,): what a decode step reads,
         derived once per weight change. ``qkv`` without a bias gets a zero one (litgpt's Pythia has one)."""
         fc = self.router.fc
-        return self._decode.get(self._derive_decode_weights, self.memory, self.qkv.weight, self.qkv.bias, fc.weight, fc.bias)
+        return self._decode_step_weights.get(self._derive_decode_weights, self.memory, self.qkv.weight, self.qkv.bias, fc.weight, fc.bias)
 
     def _derive_decode_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fc = self.router.fc

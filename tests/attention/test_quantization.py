@@ -251,7 +251,11 @@ def test_cached_decoding_equals_decoding_through_the_reference_quantizer(variant
     idx = tokens(2, 14)
     reference = decode_with(model, idx, 6, True)
     blocks = count_blocks(monkeypatch)
-    torch.testing.assert_close(decode_with(model, idx, 6, False), reference, rtol=1e-5, atol=1e-5)
+    # Row groups fold the scale into the scores, (q . c) s against the reference's q . (c s): equal up to fp32
+    # rounding, which a later layer's float8 e4m3 rounding (3 mantissa bits) can turn into one code a step apart
+    # (seen on a 2-core AMD EPYC for GQA: 27 of 3584 logits off by up to 2.4e-5); a wrong scale or block is off by O(1)
+    atol = 1e-4 if dtype == "float8_e4m3fn" and block_bytes is None else 1e-5
+    torch.testing.assert_close(decode_with(model, idx, 6, False), reference, rtol=1e-5, atol=atol)
     assert blocks, "the decode steps did not read the codes"
 
 
