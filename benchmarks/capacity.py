@@ -83,6 +83,7 @@ import litgpt_mka  # noqa: F401  (activates the plugin)
 from litgpt_mka.attention.quantization import DTYPES as QUANTIZATION_DTYPES
 from litgpt_mka.measure.decode_speed import copy_first_row_of_every_cache, last_position_logits_only
 from litgpt_mka.measure.kv_cache_size import held_kv_cache_bytes, kv_cache_bytes, kv_cache_bytes_per_token
+from litgpt_mka.validation import DTYPE_NAMES, torch_dtype
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the decode benchmark beside this file
 import decode  # noqa: E402  (its rows, bandwidth, device and publishability lines)
@@ -117,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup_tokens", "--warmup-tokens", type=int, default=2, help="untimed decode steps first (default: 2)"
     )
-    parser.add_argument("--dtype", choices=sorted(decode.DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="float32")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
@@ -463,7 +464,7 @@ def report(args, device, dtype, rows, fits, overs, samples, own, machine, second
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = decode.chosen_device(args)
-    dtype = decode.DTYPES[args.dtype]
+    dtype = torch_dtype("--dtype", args.dtype)
     length = args.context + args.warmup_tokens + args.new_tokens
     budget = int(args.cache_budget_gib * GIB)
     rows = capacity_rows(args.size, length, args.variants, args.kv_cache_quantizations)

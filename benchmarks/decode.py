@@ -73,9 +73,9 @@ from litgpt_mka.measure.decode_speed import prefill_random_prompt, time_decode_s
 from litgpt_mka.measure.kv_cache_size import kv_cache_bytes, kv_cache_bytes_per_token
 from litgpt_mka.measure.load import busy_threshold, is_busy
 from litgpt_mka.presets import load_pretrain_yaml
+from litgpt_mka.validation import DTYPE_NAMES, torch_dtype
 
 CONFIG_HUB = Path(__file__).resolve().parents[1] / "config_hub" / "pretrain"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PRESET_ORDER = ("mha", "gqa", "mqa", "mla", "mka", "fmka")  # others follow, alphabetically
 MIN_PUBLISHABLE_ROUNDS = 5
 
@@ -138,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup_tokens", "--warmup-tokens", type=int, default=2, help="untimed decode steps per visit (default: 2)"
     )
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="float32")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--variants", nargs="+", default=None, help="row keys to run (default: all; mha always runs)")
@@ -440,7 +440,7 @@ def publish(text: str, out: Path | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = chosen_device(args)
-    dtype = DTYPES[args.dtype]
+    dtype = torch_dtype("--dtype", args.dtype)
     groups = settings_by_batch(args)
     block_size = max(s.length for group in groups.values() for s in group)
     rows = preset_rows(args.size, block_size, args.variants, args.kv_cache_quantizations)

@@ -72,9 +72,9 @@ from litgpt_mka.attention import registry
 from litgpt_mka.attention.dispatch import override_backends, record_calls
 from litgpt_mka.measure.decode_speed import prefill_random_prompt, time_decode_steps
 from litgpt_mka.presets import load_pretrain_yaml
+from litgpt_mka.validation import DTYPE_NAMES, torch_dtype
 
 CONFIG_HUB = Path(__file__).resolve().parents[1] / "config_hub" / "pretrain"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VARIANTS = ("mha", "gqa", "mqa", "mla", "mka", "fmka")
 # the op each SDPA backend records under aten::scaled_dot_product_attention, and its short name
 KERNELS = {
@@ -476,7 +476,7 @@ def decode_growth(args: argparse.Namespace, section: Section) -> None:
 # -------------------------------------------------------------------------------------------------- cli
 def resolve(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    args.torch_dtype = DTYPES[args.dtype]
+    args.torch_dtype = torch_dtype("--dtype", args.dtype)
     return device, args.torch_dtype
 
 
@@ -489,7 +489,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         sub.set_defaults(function=function)
         sub.add_argument("--out", type=Path, default=None, help="markdown file to append the section to")
         sub.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
-        sub.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+        sub.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bfloat16")
         sub.add_argument("--size", choices=("14m", "70m", "160m"), default="70m")
         sub.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
         return sub

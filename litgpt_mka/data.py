@@ -48,6 +48,8 @@ from tqdm import tqdm
 from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 
+from litgpt_mka.validation import positive_int
+
 DOCUMENT_SEPARATOR = "<|endoftext|>"
 CACHE_FOLDER = ".litgpt_mka_tokens"
 TOKENIZE_BATCH_DOCUMENTS = 1024  # documents per encode_batch call and per write to the token file
@@ -84,8 +86,7 @@ class TextCorpus(DataModule):
     def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int = -1) -> None:
         if tokenizer is None:
             raise ValueError("TextCorpus needs a tokenizer: pass --tokenizer_dir (e.g. ../shared/tokenizers/pythia)")
-        if max_seq_length is None or max_seq_length < 1:
-            raise ValueError(f"max_seq_length={max_seq_length!r} must be a positive integer")
+        positive_int("max_seq_length", max_seq_length)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length

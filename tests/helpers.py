@@ -60,6 +60,21 @@ def preset_config(name: str, **overrides: Any) -> Config:
     return model_config_from_yaml(CONFIG_HUB / f"{name}.yaml", **overrides)
 
 
+def build_gpt(config: Config, module_class: type | None = None) -> GPT:
+    """A litgpt ``GPT`` for `config` whose blocks use `module_class` (default: the config's variant).
+
+    ``build_gpt(config, attention_class("LitgptMultiheadLatentAttention"))`` puts litgpt's own MLA in a
+    model of our MLA config: both have the same state-dict keys, so weights move between them. Modules
+    are created on the current default device (``with torch.device("meta"):`` works).
+    """
+    model = GPT(config)
+    if module_class is not None:
+        for block_idx, block in enumerate(model.transformer.h):
+            if type(block.attn) is not module_class:
+                block.attn = module_class(config, block_idx)
+    return model
+
+
 def random_gpt(config: Config, seed: int = 0, std: float | None = None) -> GPT:
     """A `GPT` in eval mode whose every parameter is random (no zero bias, no unit norm, no zero router).
 

@@ -139,3 +139,49 @@ def test_the_readmes_study_prose_quotes_the_committed_runs():
     }
     wrong = [line for name in quotes for line in disagreements(name, " ".join(found[name].groups()), computed[name])]
     assert not wrong, "\n" + "\n".join(wrong)
+
+
+# ------------------------------------------------------------------------------------------- docs/design.md
+DESIGN = ROOT / "docs" / "design.md"
+DESCRIPTION_COLUMN = 20  # the tree's descriptions start further right than any name
+
+
+def section(text: str, heading: str) -> str:
+    """The text of the ``## heading`` section of a markdown page, up to the next ``## `` heading."""
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : None if end < 0 else end]
+
+
+def design_tree_paths() -> set[str]:
+    """The files of the package tree in design.md's "The package" (its first code block), by path."""
+    block = section(DESIGN.read_text(), "The package").split("```")[1]
+    folders, paths = [], set()
+    for line in block.splitlines():
+        name, indent = line.strip().split("  ")[0], len(line) - len(line.lstrip())
+        if not name or indent >= DESCRIPTION_COLUMN:  # a description's second line
+            continue
+        folders = folders[: indent // 2]  # two spaces per level, the root folder at 0
+        if name.endswith("/"):
+            folders.append(name)
+        else:
+            paths.add("".join(folders) + name)
+    return paths
+
+
+def test_the_design_doc_lists_every_module_of_the_package():
+    package = ROOT / "litgpt_mka"
+    files = {str(p.relative_to(ROOT)) for p in package.rglob("*") if p.suffix in (".py", ".pth")}
+    assert design_tree_paths() == files
+
+
+def test_every_function_the_design_doc_walks_through_exists():
+    """Each ``name()`` or ``Class.name()`` of "From a YAML key to the code that reads it" is defined in the package."""
+    walk = section(DESIGN.read_text(), "From a YAML key to the code that reads it")
+    source = "\n".join(p.read_text() for p in (ROOT / "litgpt_mka").rglob("*.py"))
+    named = set(re.findall(r"`([\w.]+)\(\)`", walk))
+    assert len(named) > 20  # the walk-through was read
+    missing = [name for name in sorted(named) if not all(
+        re.search(rf"^\s*(def|class) {part}\b", source, flags=re.MULTILINE) for part in name.split(".")
+    )]
+    assert missing == []

@@ -2,7 +2,7 @@
 
     python docs/convert-pythia-14m/collect.py --runs RUNS --out docs/convert-pythia-14m
 
-Validation loss: litgpt_mka.compare.evaluate's exact held-out evaluation (every validation token scored
+Validation loss: litgpt_mka.compare.heldout's exact held-out evaluation (every validation token scored
 once, windows of the source's max_seq_length, float32), with the windows the source run defines.
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from litgpt_mka.compare.evaluate import heldout_data, heldout_loss, load_config, load_model
+from litgpt_mka.checkpoint import load_config, load_model
+from litgpt_mka.compare.heldout import heldout_data, heldout_loss
 from litgpt_mka.measure.kv_cache_size import kv_cache_bytes_per_token
 
 UPTRAINED = ("mha", "gqa2", "mqa", "mla16", "mla32", "mla64")

@@ -154,8 +154,8 @@ from litgpt_mka.attention.variant import (
     WeightDerived,
     cache_quantization,
     check_keys,
-    positive_int,
 )
+from litgpt_mka.validation import positive_int
 
 ROUTINGS = ("keys", "keys_values", "outputs")
 MEMORY_SOURCES = ("local", "session", "long_term")

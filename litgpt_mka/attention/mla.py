@@ -115,8 +115,8 @@ from litgpt_mka.attention.variant import (
     WeightDerived,
     cache_quantization,
     check_keys,
-    positive_int,
 )
+from litgpt_mka.validation import int_in_range, positive_int
 
 LATENT_ATTENTION_KEYS = (
     "q_lora_rank",
@@ -147,11 +147,7 @@ def validate_latent_attention(config: Any, variant: str, q_lora_rank_required: b
             f"latent_attention['qk_rope_head_dim']={latent['qk_rope_head_dim']} must be even (RoPE rotates pairs)"
         )
     absorb = latent.get("absorb_max_queries")
-    if absorb is not None and (isinstance(absorb, bool) or not isinstance(absorb, int) or absorb < 0):
-        raise ValueError(
-            f"latent_attention['absorb_max_queries']={absorb!r} must be a non-negative integer, or null for"
-            " the cost-model default"
-        )
+    int_in_range("latent_attention['absorb_max_queries']", absorb, 0, allow_none="the cost-model default")
     if config.n_query_groups != config.n_head:
         raise ValueError(
             f"n_query_groups={config.n_query_groups} must equal n_head={config.n_head} for {variant}"

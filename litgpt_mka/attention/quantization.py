@@ -69,6 +69,7 @@ import torch
 import torch.nn as nn
 
 from litgpt_mka.attention.kv_cache import write_positions
+from litgpt_mka.validation import int_in_range, positive_int
 
 FIELD = "kv_cache_quantization"
 # bits of one stored number, and the largest magnitude its code holds
@@ -133,13 +134,11 @@ def parse_quantization(value: Any) -> KVQuantization | None:
     if dtype not in DTYPES:
         raise ValueError(f"{FIELD}.dtype={dtype!r} must be one of {list(DTYPES)}")
     group_size = value.get("group_size", DEFAULT_GROUP_SIZE)
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
-        raise ValueError(f"{FIELD}.group_size={group_size!r} must be a positive integer")
+    positive_int(f"{FIELD}.group_size", group_size)
     if dtype == "int4" and group_size % 2:
         raise ValueError(f"{FIELD}.group_size={group_size} must be even for int4 (two numbers share a byte)")
     residual = value.get("residual", 0)
-    if isinstance(residual, bool) or not isinstance(residual, int) or residual < 0:
-        raise ValueError(f"{FIELD}.residual={residual!r} must be a non-negative integer (0: no residual window)")
+    int_in_range(f"{FIELD}.residual", residual, 0, note=" (0: no residual window)")
     return KVQuantization(dtype, group_size, residual)
 
 

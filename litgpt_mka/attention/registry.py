@@ -215,19 +215,3 @@ def on_register(callback: Callable[[Variant], None]) -> None:
     """Calls `callback(entry)` for every later :func:`register` (the plugin adds Config fields this way)."""
     _on_register.append(callback)
 
-
-def build_gpt(config: Any, module_class: type | None = None) -> Any:
-    """A litgpt ``GPT`` for `config` whose blocks use `module_class` (default: the config's variant).
-
-    ``build_gpt(config, attention_class("LitgptMultiheadLatentAttention"))`` puts litgpt's own MLA in a
-    model of our MLA config: both have the same state-dict keys, so weights move between them. Modules
-    are created on the current default device (``with torch.device("meta"):`` works).
-    """
-    from litgpt.model import GPT
-
-    model = GPT(config)
-    if module_class is not None:
-        for block_idx, block in enumerate(model.transformer.h):
-            if type(block.attn) is not module_class:
-                block.attn = module_class(config, block_idx)
-    return model

@@ -75,18 +75,6 @@ def cache_quantization(config: Any) -> KVQuantization | None:
     return parse_quantization(getattr(config, QUANTIZATION_FIELD, None))
 
 
-def positive_int(field: str, value: Any, *, allow_none: str | None = None) -> None:
-    """Raises ``ValueError`` naming `field` unless `value` is a positive integer (bools are not).
-
-    ``allow_none``: what ``None`` means, if ``None`` is allowed (said in the message).
-    """
-    if value is None and allow_none is not None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        alternative = f", or null for {allow_none}" if allow_none is not None else ""
-        raise ValueError(f"{field}={value!r} must be a positive integer{alternative}")
-
-
 def check_keys(field: str, settings: dict, allowed: tuple[str, ...]) -> None:
     """Raises ``ValueError`` naming `field` when the dict `settings` has keys outside `allowed`."""
     unknown = sorted(set(settings) - set(allowed))

@@ -11,15 +11,18 @@ Modules (one concern each)
   ``result.json``, ``results.json``), and their one JSON form.
 * :mod:`.layout`: the output folder: every file name, a run's folder (:class:`~.layout.RunFolder`) and plan
   (:class:`~.layout.RunPlan`), reading a run's files back.
-* :mod:`.plan`: the runs (config x seed), their ``litgpt pretrain`` arguments, the check that every
+* :mod:`.plan`: the runs (config x rate x seed), their ``litgpt pretrain`` arguments, the check that every
   setting except the model is identical across configs, the reference variant, the curve-length warning.
+* :mod:`.learning_rates`: the learning-rate axis (``--learning_rates``): each run's optimizer at its rate, and
+  the held-apart choice of each variant's rate (``--selection_val``).
 * :mod:`.runner`: runs every run in its own worker processes, with resume, progress and failure records; after
   every run, reads the results back and has the report rewritten.
 * :mod:`.launch`: who starts the runs (``--launcher``): in order here (the default), several at once here with
   one GPU each, or one SLURM job per run through submitit.
-* :mod:`.worker`: ``python -m litgpt_mka.compare.worker {train,evaluate} RUN_DIR``: the per-run processes.
-* :mod:`.evaluate`: the exact held-out evaluation of a checkpoint.
-* :mod:`.measure`: parameters, training throughput, peak memory, KV cache, decode speed.
+* :mod:`.worker`: ``python -m litgpt_mka.compare.worker {train,evaluate,lm_eval,kv_quantization} RUN_DIR``: the
+  per-run processes (training; held-out evaluation and measurements; lm-eval task scores; quantized-cache decoding).
+* :mod:`.heldout`: the exact held-out evaluation of a checkpoint (full forward, and through the KV cache).
+* :mod:`.measurements`: parameters, training throughput, peak memory, KV cache, decode speed, routing weights.
 * :mod:`.summary`: per-variant mean ± std over seeds, differences to the reference with their t-test and
   verdict, the Pareto frontier; :mod:`.statistics`: Student's t, the paired and Welch tests, Holm's adjustment.
 * :mod:`.tasks`: lm-eval task scores of each run's final checkpoint (``--lm_eval_tasks``).
@@ -27,11 +30,15 @@ Modules (one concern each)
   (``--kv_cache_quantizations``).
 * :mod:`.report` and :mod:`.plots`: ``results.json``, ``results.csv``, ``report.md`` and the PNG plots, from
   a typed :class:`~.records.Results` (they import neither the runner nor the plan).
-* :mod:`.environment`, :mod:`.atomic`: versions/machine, and atomic file writes.
+* :mod:`.environment`, :mod:`.eta`: versions/machine, and the time left.
+
+Checkpoints are read by :mod:`litgpt_mka.checkpoint`, files written atomically by :mod:`litgpt_mka.atomic`, task
+scores come from :mod:`litgpt_mka.evaluate` (compare imports evaluate, never the reverse: docs/design.md, Layers).
 
 Imports run one way: launch <- options, records <- layout <- plan <- runner -> report -> summary -> statistics,
-plots; the workers import layout, records and measure (and tasks, kv_quantization). The busy rule and the decode measurement are
-:mod:`litgpt_mka.measure`'s; what a variant is (its label, whether it is MHA or routes memories) the registry's.
+plots; the workers import layout, records, heldout and measurements (and tasks, kv_quantization). The busy rule
+and the decode measurement are :mod:`litgpt_mka.measure`'s; what a variant is (its label, whether it is MHA or
+routes memories) the registry's.
 
 Output folder (:mod:`.layout`)
 ------------------------------

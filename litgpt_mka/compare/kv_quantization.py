@@ -1,7 +1,7 @@
 """Quantized KV caches of a comparison's runs (``--kv_cache_quantizations``): ``runs/<run>/kv_quantization.json``.
 
 After a run finished, its final checkpoint decodes the primary validation text through the KV cache,
-teacher-forced as ``litgpt generate`` feeds it (:func:`litgpt_mka.compare.evaluate.cached_heldout_loss`: each
+teacher-forced as ``litgpt generate`` feeds it (:func:`litgpt_mka.compare.heldout.cached_heldout_loss`: each
 window's first 64 inputs as one chunk, then one input at a time), once through the unquantized cache and once
 per requested ``kv_cache_quantization``. The difference of the two losses of one checkpoint is what the
 quantized cache costs; the unquantized cached loss agrees with the run's full-forward validation loss (both are
@@ -23,7 +23,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from litgpt_mka.compare.atomic import read_json, write_json
+from litgpt_mka.atomic import read_json, write_json
 from litgpt_mka.compare.layout import RunFolder
 from litgpt_mka.compare.records import CachedLoss, KVQuantizationResult, from_json, to_json
 
@@ -51,8 +51,9 @@ def measure_run(run_dir: Path, quantizations: list[str]) -> KVQuantizationResult
     from litgpt.model import GPT
 
     from litgpt_mka.attention.registry import quantizable_attention_class
-    from litgpt_mka.compare import measure
-    from litgpt_mka.compare.evaluate import PREFILL_TOKENS, cached_heldout_loss, heldout_data, load_config, load_state
+    from litgpt_mka.checkpoint import load_config, load_state, model_weights
+    from litgpt_mka.compare import measurements
+    from litgpt_mka.compare.heldout import PREFILL_TOKENS, cached_heldout_loss, heldout_data
 
     started = time.perf_counter()
     folder = RunFolder(run_dir)
@@ -69,11 +70,11 @@ def measure_run(run_dir: Path, quantizations: list[str]) -> KVQuantizationResult
         config = dataclasses.replace(trained, attention_class_name=decoder,
                                      kv_cache_quantization=None if quantization == UNQUANTIZED else quantization)
         model = GPT(config)
-        model.load_state_dict(state.get("model", state))
+        model.load_state_dict(model_weights(state))
         model.eval()
         print(f"cached decoding of {data.val_path.name}, {quantization} cache ({decoder})", flush=True)
         loss = cached_heldout_loss(model, data, CACHED_BATCH_SIZE)
-        kv = measure.kv_cache(model, settings.decode_batch_size, settings.context_length, settings.decode_dtype)
+        kv = measurements.kv_cache(model, settings.decode_batch_size, settings.context_length, settings.decode_dtype)
         return CachedLoss(quantization=quantization, attention_class_name=decoder,
                           kv_bytes_per_token=kv.bytes_per_token, loss=loss.loss, tokens=loss.tokens)
 

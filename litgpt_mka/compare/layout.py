@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from litgpt_mka.compare.atomic import read_json
+from litgpt_mka.atomic import read_json
 from litgpt_mka.compare.records import RunResult, RunSpec, TrainResult, from_json, read_run, to_json
 
 RESULTS_JSON, RESULTS_CSV, REPORT_MD = "results.json", "results.csv", "report.md"

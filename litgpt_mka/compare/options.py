@@ -14,14 +14,12 @@ from typing import Literal, get_args
 
 from litgpt_mka.compare.launch import check_launcher
 from litgpt_mka.evaluate import lm_eval_missing_message
+from litgpt_mka.validation import DTYPE_NAMES, DtypeName, positive_int
 
 # the choices are Literal types, so that --help lists them and jsonargparse refuses others
 # what `litgpt pretrain --precision` accepts (litgpt.pretrain.setup's annotation)
 Precision = Literal["bf16-true", "bf16-mixed", "32-true"]
 PRECISIONS = get_args(Precision)
-# decode and KV-cache dtypes, by their torch attribute name (torch.float32, ...): litgpt_mka.compare.measure.torch_dtype
-DecodeDtype = Literal["float32", "bfloat16", "float16"]
-DECODE_DTYPES = get_args(DecodeDtype)
 # kv_cache_quantization names (litgpt_mka.attention.quantization.DTYPES; tested equal, kept here so that --help
 # imports no torch)
 KvCacheQuantization = Literal["int8", "int4", "float8_e4m3fn"]
@@ -94,7 +92,7 @@ class CompareOptions:
     """Sequences decoded together (and the batch of the KV-cache size)."""
     decode_new_tokens: int = 32
     """Timed decode steps."""
-    decode_dtype: DecodeDtype | None = None
+    decode_dtype: DtypeName | None = None
     """float32, bfloat16 or float16 for decoding and the KV cache; default: the dtype of `litgpt generate`'s
     default precision on this machine."""
     eval_batch_size: int = 4
@@ -146,14 +144,15 @@ def validate(options: CompareOptions) -> None:
         raise ValueError(f"seeds={options.seeds} repeat a seed")
     for name in ("max_tokens", "max_seq_length", "eval_interval", "context_length", "decode_batch_size",
                  "decode_new_tokens", "eval_batch_size", "parallel_runs"):
-        _require_positive(name, getattr(options, name))
+        if getattr(options, name) is not None:
+            positive_int(name, getattr(options, name))
     check_launcher(options.launcher, options.slurm)
     if options.throughput_skip_iters < 0:
         raise ValueError(f"throughput_skip_iters={options.throughput_skip_iters} must be >= 0")
     if options.precision is not None and options.precision not in PRECISIONS:
         raise ValueError(f"precision={options.precision!r} is not one of {PRECISIONS} (or null for litgpt's default)")
-    if options.decode_dtype is not None and options.decode_dtype not in DECODE_DTYPES:
-        raise ValueError(f"decode_dtype={options.decode_dtype!r} is not one of {DECODE_DTYPES} (or null)")
+    if options.decode_dtype is not None and options.decode_dtype not in DTYPE_NAMES:
+        raise ValueError(f"decode_dtype={options.decode_dtype!r} is not one of {DTYPE_NAMES} (or null)")
     if options.reference is not None and options.reference not in stems:
         raise ValueError(f"reference={options.reference!r} is not one of the configs' file stems {stems}")
     if options.val_path is not None and not val_paths(options):
@@ -219,7 +218,3 @@ def check_learning_rates(options: CompareOptions) -> None:
             " another --val_path, named by its file stem"
         )
 
-
-def _require_positive(name: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ValueError(f"{name}={value!r} must be a positive integer")

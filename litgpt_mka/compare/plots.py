@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from litgpt_mka.compare.atomic import write_atomically
+from litgpt_mka.atomic import write_atomically
 from litgpt_mka.compare.records import Results, Stat, VariantSummary
 from litgpt_mka.compare.summary import pareto_front
 

@@ -26,6 +26,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from litgpt_mka.evaluate.results import TaskScore  # lm_eval.json's scores, as litgpt-mka evaluate reads them
 from litgpt_mka.measure.load import busy_threshold, is_busy
 
 RUN_SCHEMA = "litgpt-mka.compare.run/v2"
@@ -114,7 +115,7 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Throughput:
-    """Steady-state training tokens/s from litgpt's ``iter_time`` (:func:`litgpt_mka.compare.measure.training_throughput`)."""
+    """Steady-state training tokens/s from litgpt's ``iter_time`` (:func:`litgpt_mka.compare.measurements.training_throughput`)."""
 
     tokens_per_iteration: int
     timed_iterations: int
@@ -227,17 +228,6 @@ class MeasureResult:
 
 # -------------------------------------------------------------------------------------------- lm-eval
 @dataclass(frozen=True)
-class TaskScore:
-    """One metric of one lm-eval task on one checkpoint, as lm-eval's results.json gives it."""
-
-    task: str
-    metric: str  # lm-eval's key with its filter, e.g. "acc,none"
-    value: float
-    stderr: float | None  # lm-eval's standard error over the task's examples; None where it gives none ("N/A")
-    higher_is_better: bool | None  # lm-eval's direction of the metric; None when the task declares none
-
-
-@dataclass(frozen=True)
 class LmEvalResult:
     """``runs/<run>/lm_eval.json``: lm-eval task scores of the run's final checkpoint (``litgpt-mka evaluate``'s path)."""
 
@@ -251,7 +241,7 @@ class LmEvalResult:
 # ------------------------------------------------------------------------------------ quantized caches
 @dataclass(frozen=True)
 class CachedLoss:
-    """Held-out loss of cached decoding through one cache (:func:`litgpt_mka.compare.evaluate.cached_heldout_loss`)."""
+    """Held-out loss of cached decoding through one cache (:func:`litgpt_mka.compare.heldout.cached_heldout_loss`)."""
 
     quantization: str  # "none", or a kv_cache_quantization name (int8, int4, float8_e4m3fn)
     attention_class_name: str  # the class that decoded (ours where the run's is litgpt's and quantized)

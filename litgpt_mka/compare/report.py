@@ -32,8 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from litgpt_mka.atomic import read_json, write_json, write_text
 from litgpt_mka.compare import plots
-from litgpt_mka.compare.atomic import read_json, write_json, write_text
 from litgpt_mka.compare.layout import REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUN_LOG, RUNS_DIR
 from litgpt_mka.compare.learning_rates import rate_label, summarize_rates
 from litgpt_mka.compare.options import MIN_CURVE_POINTS

@@ -41,8 +41,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from litgpt_mka.atomic import read_json, write_json
 from litgpt_mka.compare import report
-from litgpt_mka.compare.atomic import read_json, write_json
 from litgpt_mka.compare.environment import command_line, environment, utc_now
 from litgpt_mka.compare.eta import SweepClock, sweep_line
 from litgpt_mka.compare.kv_quantization import read_kv_quantization
@@ -80,7 +80,7 @@ def prepare(options: CompareOptions, argv: list[str] | None = None) -> Compariso
         ValueError: invalid options or configs, or `out_dir` holds a run of the same name with other settings.
         FileNotFoundError: a config, data file or tokenizer folder is missing.
     """
-    from litgpt_mka.compare.measure import default_decode_dtype
+    from litgpt_mka.compare.measurements import default_decode_dtype
 
     shared, runs, reference = plan_runs(options, options.decode_dtype or default_decode_dtype())
     for run in runs:

@@ -11,7 +11,7 @@ scores it (:func:`litgpt_mka.evaluate.evaluate_checkpoint`, float32, the run's s
 import time
 from pathlib import Path
 
-from litgpt_mka.compare.atomic import read_json, write_json
+from litgpt_mka.atomic import read_json, write_json
 from litgpt_mka.compare.records import LmEvalResult, from_json, to_json
 
 LM_EVAL_FILE = "lm_eval.json"

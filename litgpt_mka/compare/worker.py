@@ -19,7 +19,7 @@ Both read ``RUN_DIR/spec.json`` (written by the runner) and write their result a
     ARGS``, which runs ``litgpt pretrain ARGS``; the measurements are rank 0's (not tested on several GPUs).
 ``evaluate``
     Evaluates every complete checkpoint (``step-*`` and ``final``) exactly on the primary validation
-    text and ``final`` on the others (:mod:`.evaluate`), reads litgpt's metrics.csv (:mod:`.measure`),
+    text and ``final`` on the others (:mod:`.heldout`), reads litgpt's metrics.csv (:mod:`.measurements`),
     records MKA/FMKA routing weights, measures parameters, KV cache and decode speed (with the load around
     it) on the final weights, and writes ``result.json`` (a :class:`~litgpt_mka.compare.records.RunResult`
     with ``"status": "ok"``). Then removes
@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 
+from litgpt_mka.atomic import write_json
 from litgpt_mka.attention import registry
-from litgpt_mka.compare.atomic import write_json
 from litgpt_mka.compare.environment import environment, utc_now
 from litgpt_mka.compare.layout import RunFolder, spec_sha256
 from litgpt_mka.compare.records import CurvePoint, EvalResult, MeasureResult, RunResult, TrainResult, Validation, to_json
@@ -81,7 +81,7 @@ def effective_precision(checkpoint_dir: Path) -> str:
     """The precision litgpt trained with: the saved setting, or litgpt's default for null (as litgpt decides)."""
     from litgpt.utils import get_default_supported_precision
 
-    from litgpt_mka.compare.evaluate import read_hyperparameters
+    from litgpt_mka.checkpoint import read_hyperparameters
 
     return read_hyperparameters(checkpoint_dir).get("precision") or get_default_supported_precision(training=True)
 
@@ -95,7 +95,7 @@ def run_litgpt_pretrain(args: list[str]) -> None:
 
 
 def train(run_dir: Path) -> None:
-    from litgpt_mka.compare.measure import measure_phase, peak_memory, reset_peak_memory
+    from litgpt_mka.compare.measurements import measure_phase, peak_memory, reset_peak_memory
 
     folder = RunFolder(run_dir)
     spec, out_dir = folder.read_spec(), folder.checkpoints
@@ -129,7 +129,8 @@ def validation_curve(
 
     Checkpoints holding an iteration already evaluated (the last ``step-*`` is often ``final``) are skipped.
     """
-    from litgpt_mka.compare.evaluate import checkpoint_dirs, heldout_loss, load_model, load_state
+    from litgpt_mka.checkpoint import checkpoint_dirs, load_model, load_state
+    from litgpt_mka.compare.heldout import heldout_loss
 
     dirs = checkpoint_dirs(out_dir)
     if not dirs or dirs[-1].name != "final":
@@ -156,8 +157,8 @@ def validation_record(data, loss: float, tokens: int) -> Validation:
 
 
 def evaluate(run_dir: Path, keep_step_checkpoints: bool) -> None:
-    from litgpt_mka.compare import measure
-    from litgpt_mka.compare.evaluate import heldout_data, heldout_loss
+    from litgpt_mka.compare import measurements
+    from litgpt_mka.compare.heldout import heldout_data, heldout_loss
 
     folder = RunFolder(run_dir)
     spec, trained = folder.read_spec(), folder.read_train()
@@ -167,8 +168,8 @@ def evaluate(run_dir: Path, keep_step_checkpoints: bool) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started, t0 = utc_now(), time.perf_counter()
     primary = heldout_data(out_dir / "final", Path(spec.val_paths[0]))
-    segments = measure.read_metrics(out_dir)
-    throughput = measure.training_throughput(segments, settings.throughput_skip_iters)
+    segments = measurements.read_metrics(out_dir)
+    throughput = measurements.training_throughput(segments, settings.throughput_skip_iters)
     curve, model = validation_curve(out_dir, primary, settings.eval_batch_size, throughput.tokens_per_iteration, device)
     validations = [validation_record(primary, curve[-1].val_loss, curve[-1].val_tokens)]
     for val_path in spec.val_paths[1:]:
@@ -178,19 +179,19 @@ def evaluate(run_dir: Path, keep_step_checkpoints: bool) -> None:
         validations.append(validation_record(data, result.loss, result.tokens))
     routing = None
     if registry.entry_of(model.config).memory_routing:
-        routing = measure.routing(model, primary.windows, primary.new_from, settings.eval_batch_size)
-    parameters = measure.parameter_counts(model)
-    kv_cache = measure.kv_cache(model, settings.decode_batch_size, settings.context_length, settings.decode_dtype)
-    decode = measure.decode_speed(model, settings.decode_batch_size, settings.context_length,
+        routing = measurements.routing(model, primary.windows, primary.new_from, settings.eval_batch_size)
+    parameters = measurements.parameter_counts(model)
+    kv_cache = measurements.kv_cache(model, settings.decode_batch_size, settings.context_length, settings.decode_dtype)
+    decode = measurements.decode_speed(model, settings.decode_batch_size, settings.context_length,
                                   settings.decode_new_tokens, settings.decode_dtype)
     result = RunResult(
         status="ok", name=spec.name, variant=spec.variant, seed=spec.seed, config_path=spec.config_path,
         config_sha256=spec.config_sha256, spec_sha256=spec_sha256(spec),
         train=trained,
         evaluation=EvalResult(validation=validations, curve=curve, routing=routing, device=str(device),
-                              wall_time_s=time.perf_counter() - t0, peak_memory=measure.peak_memory(), started=started),
+                              wall_time_s=time.perf_counter() - t0, peak_memory=measurements.peak_memory(), started=started),
         measure=MeasureResult(parameters=parameters, kv_cache=kv_cache, decode=decode, throughput=throughput,
-                              train_loss_curve=measure.train_loss_curve(segments)),
+                              train_loss_curve=measurements.train_loss_curve(segments)),
         environment=environment(),
         finished=utc_now(),
         learning_rate=spec.learning_rate,

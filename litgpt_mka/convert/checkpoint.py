@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 
+from litgpt_mka.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, load_config, load_model, load_state, model_weights
 from litgpt_mka.data import split_documents
 
 COPIED_FILES = (
@@ -37,22 +38,17 @@ def load_source(checkpoint_dir: Path) -> tuple[Any, dict[str, torch.Tensor], tor
     Raises:
         FileNotFoundError: the folder lacks ``lit_model.pth`` or ``model_config.yaml``.
     """
-    from litgpt.config import Config
-    from litgpt.model import GPT
-
     checkpoint_dir = Path(checkpoint_dir)
-    for name in ("lit_model.pth", "model_config.yaml"):
+    for name in (CHECKPOINT_FILE, CONFIG_FILE):
         if not (checkpoint_dir / name).is_file():
             raise FileNotFoundError(f"{checkpoint_dir} is not a litgpt checkpoint folder: {name} is missing")
-    config = Config.from_file(checkpoint_dir / "model_config.yaml")
+    config = load_config(checkpoint_dir)
     check_mha(config)
-    state = torch.load(checkpoint_dir / "lit_model.pth", map_location="cpu", mmap=True, weights_only=True)
-    state = state.get("model", state)
-    model = GPT(config)
-    model.load_state_dict(state, strict=True)  # legacy `attn.*` keys are reassembled here
+    state = model_weights(load_state(checkpoint_dir / CHECKPOINT_FILE))
+    model = load_model(checkpoint_dir, torch.device("cpu"), state)  # legacy `attn.*` keys are reassembled here
     saved_dtype = next(iter(state.values())).dtype
     canonical = {name: t.detach().to(saved_dtype, copy=True) for name, t in model.state_dict().items()}
-    return config, canonical, model.float().eval()
+    return config, canonical, model
 
 
 def check_mha(config: Any) -> None:

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from litgpt_mka.validation import int_in_range
+
 
 def kv_head_groups(n_head: int, n_query_groups: int) -> int:
     """m = nh / G, the query heads per key/value head.
@@ -39,8 +41,7 @@ def kv_head_groups(n_head: int, n_query_groups: int) -> int:
     Raises:
         ValueError: G is not a divisor of nh in [1, nh].
     """
-    if isinstance(n_query_groups, bool) or not isinstance(n_query_groups, int) or not 1 <= n_query_groups <= n_head:
-        raise ValueError(f"n_query_groups={n_query_groups!r} must be an integer in [1, n_head={n_head}]")
+    int_in_range("n_query_groups", n_query_groups, 1, n_head, high_name="n_head")
     if n_head % n_query_groups:
         divisors = [d for d in range(1, n_head + 1) if n_head % d == 0]
         raise ValueError(f"n_query_groups={n_query_groups} must divide n_head={n_head}; allowed: {divisors}")

@@ -87,6 +87,8 @@ from typing import Any
 
 import torch
 
+from litgpt_mka.validation import int_in_range
+
 ROPE_FITS = ("complex", "mean")
 KV_NORMS = ("calibrated", "ones")
 SVDS = ("exact", "randomized")
@@ -132,11 +134,10 @@ def mla_config_overrides(source: Any, kv_lora_rank: int) -> dict[str, Any]:
     """
     nh, _, R, P, V = mla_dims(source)
     upper = max_kv_lora_rank(source)
-    if isinstance(kv_lora_rank, bool) or not isinstance(kv_lora_rank, int) or not 1 <= kv_lora_rank <= upper:
-        raise ValueError(
-            f"kv_lora_rank={kv_lora_rank!r} must be an integer in [1, {upper}] (min(n_embd={source.n_embd},"
-            f" n_head x (P+V)={nh * (P + V)}): the rank of the stacked non-rotary key and value weights)"
-        )
+    int_in_range("kv_lora_rank", kv_lora_rank, 1, upper, note=(
+        f" (min(n_embd={source.n_embd}, n_head x (P+V)={nh * (P + V)}): the rank of the stacked non-rotary key and"
+        " value weights)"
+    ))
     if source.attn_bias and not source.bias:
         raise ValueError(
             "attn_bias=True with bias=False: the source's query, key and value biases have no place in MLA,"

@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from litgpt_mka.compare.atomic import write_text
+from litgpt_mka.atomic import write_text
 from litgpt_mka.data import split_documents, text_files
 
 TASK = "tinystories_cloze"

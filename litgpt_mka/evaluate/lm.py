@@ -390,7 +390,7 @@ def load_lm(
     """
     from litgpt.tokenizer import Tokenizer
 
-    from litgpt_mka.compare.evaluate import load_model
+    from litgpt_mka.checkpoint import load_model
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} must be one of {list(PRECISIONS)}")

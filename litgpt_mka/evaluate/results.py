@@ -6,13 +6,24 @@ per-sample records), as ``litgpt evaluate`` saves it; ``results.md`` is lm-eval'
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from litgpt_mka.compare.atomic import write_text
-from litgpt_mka.compare.records import TaskScore
+from litgpt_mka.atomic import write_text
 
 STDERR_SUFFIX = "_stderr"
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """One metric of one lm-eval task on one checkpoint, as lm-eval's results.json gives it."""
+
+    task: str
+    metric: str  # lm-eval's key with its filter, e.g. "acc,none"
+    value: float
+    stderr: float | None  # lm-eval's standard error over the task's examples; None where it gives none ("N/A")
+    higher_is_better: bool | None  # lm-eval's direction of the metric; None when the task declares none
 
 
 def write_results(out_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from litgpt_mka.validation import positive_int
+
 # Bytes per token and layer that one block saves for the backward under bf16 autocast, in multiples of n_embd,
 # by attention family and key/value layout ("mha": one key/value head per query head, "grouped": fewer).
 # Counted from autograd's saved tensors (tests/measure/test_training_memory.py checks them at two widths).
@@ -116,8 +118,7 @@ def training_bytes_per_gpu(
     Raises:
         ValueError: devices is not a positive integer.
     """
-    if not isinstance(devices, int) or devices < 1:
-        raise ValueError(f"devices={devices!r} must be a positive integer")
+    positive_int("devices", devices)
     counts = parameter_counts(config) if counts is None else counts
     if devices == 1:
         fixed = MIXED_PRECISION_STATE_BYTES * counts.total + 2 * counts.matmul

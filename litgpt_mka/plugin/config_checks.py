@@ -8,7 +8,7 @@ variant reads, and their checks and defaults, come from the registry
 from typing import Any
 
 from litgpt_mka.attention import registry
-from litgpt_mka.attention.variant import positive_int
+from litgpt_mka.validation import positive_int
 
 
 def validate_litgpt_fields(config: Any) -> None:

@@ -21,13 +21,13 @@ import litgpt_mka  # noqa: F401  (activates the plugin for litgpt modules import
 from litgpt_mka.attention.dispatch import Site, cached_site
 from litgpt_mka.attention.functional import grouped_attention
 from litgpt_mka.attention.grouped import GroupedQueryAttention
-from litgpt_mka.attention.registry import build_gpt
 from litgpt_mka.measure.kv_cache_size import allocated_kv_cache_bytes, kv_cache_bytes_per_token
 from tests.helpers import (
     assert_cached_decode_matches_full_forward,
     assert_chunked_prefill_matches_single_prefill,
     assert_rows_at_different_positions_match_full_forward,
     attention_kernels_run,
+    build_gpt,
     preset_config,
     random_gpt,
     run_with_plugin,

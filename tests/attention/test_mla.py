@@ -16,12 +16,13 @@ from litgpt.model import GPT, apply_rope
 
 from litgpt_mka.attention.dispatch import Site
 from litgpt_mka.attention.mla import LatentKVCache, MultiheadLatentAttention, default_absorb_max_queries
-from litgpt_mka.attention.registry import attention_class, build_gpt
+from litgpt_mka.attention.registry import attention_class
 from tests.helpers import (
     TINY_LATENT,
     assert_cached_decode_matches_full_forward,
     assert_rows_at_different_positions_match_full_forward,
     attention_kernels_run,
+    build_gpt,
     decode_token_by_token,
     prefill_in_chunks,
     preset_config,

@@ -32,7 +32,7 @@ from tests.evaluate.checkpoints import TASKS_DIR
 def independent_validation_loss(checkpoint_dir: Path, val_path: Path, tokenizer_dir: Path, seq: int) -> torch.Tensor:
     """Mean cross-entropy over every target position of the validation stream, each scored once.
 
-    Written from the documented layout, not from litgpt_mka.compare.evaluate: windows of seq + 1 tokens
+    Written from the documented layout, not from litgpt_mka.compare.heldout: windows of seq + 1 tokens
     at stride seq plus one window aligned to the end; a position keeps the loss of the first window
     that scores it, and every position must be scored.
     """
@@ -295,7 +295,8 @@ def test_a_rerun_with_quantized_caches_decodes_the_finished_checkpoints_and_trai
     import dataclasses
 
     from litgpt_mka.attention import registry
-    from litgpt_mka.compare.evaluate import PREFILL_TOKENS, cached_heldout_loss, heldout_data, load_model
+    from litgpt_mka.checkpoint import load_model
+    from litgpt_mka.compare.heldout import PREFILL_TOKENS, cached_heldout_loss, heldout_data
     from litgpt_mka.compare.kv_quantization import read_kv_quantization
     from litgpt_mka.measure.kv_cache_size import kv_cache_bytes
 

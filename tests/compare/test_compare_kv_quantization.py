@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from litgpt_mka.attention import registry
-from litgpt_mka.compare.evaluate import HeldoutData, cached_heldout_loss, heldout_loss
+from litgpt_mka.compare.heldout import HeldoutData, cached_heldout_loss, heldout_loss
 from litgpt_mka.compare.records import CachedLoss, KVQuantizationResult
 from litgpt_mka.compare.summary import summarize
 from litgpt_mka.data import validation_windows

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from litgpt_mka.compare.atomic import write_json
+from litgpt_mka.atomic import write_json
 from litgpt_mka.compare.layout import REPORT_MD, RESULTS_CSV, RESULTS_JSON
 from litgpt_mka.compare.records import MeasureSettings, Results, Settings, to_json
 from litgpt_mka.compare.report import PLOT_TITLES, markdown, read_results, setup_lines, table, write_csv

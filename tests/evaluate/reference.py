@@ -75,7 +75,7 @@ def greedy_litgpt_generate(checkpoint_dir: Path, prompt: str, max_new_tokens: in
     from litgpt.generate.base import generate
     from litgpt.tokenizer import Tokenizer as LitgptTokenizer
 
-    from litgpt_mka.compare.evaluate import load_model
+    from litgpt_mka.checkpoint import load_model
 
     model, tokenizer = load_model(checkpoint_dir, torch.device("cpu")), LitgptTokenizer(checkpoint_dir)
     encoded = tokenizer.encode(prompt)

@@ -30,7 +30,7 @@ def test_the_task_is_scored_by_lm_eval_from_another_directory(preset_checkpoints
 
     import torch
 
-    from litgpt_mka.compare.evaluate import load_model
+    from litgpt_mka.checkpoint import load_model
     from litgpt_mka.evaluate import evaluate_checkpoint
     from tests.evaluate.reference import log_likelihood, pythia_tokenizer
 

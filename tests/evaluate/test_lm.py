@@ -11,7 +11,7 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from litgpt.tokenizer import Tokenizer  # noqa: E402
 
-from litgpt_mka.compare.evaluate import load_model  # noqa: E402
+from litgpt_mka.checkpoint import load_model  # noqa: E402
 from litgpt_mka.evaluate.lm import LitgptLM, load_lm  # noqa: E402
 from tests.evaluate.checkpoints import PRESETS, TASKS_DIR  # noqa: E402
 from tests.evaluate.reference import greedy_litgpt_generate, log_likelihood, pythia_tokenizer, request_tokens  # noqa: E402

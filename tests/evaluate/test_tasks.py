@@ -8,7 +8,7 @@ import pytest
 import torch
 
 pytest.importorskip("lm_eval")
-from litgpt_mka.compare.evaluate import load_model  # noqa: E402
+from litgpt_mka.checkpoint import load_model  # noqa: E402
 from litgpt_mka.evaluate import evaluate_checkpoint  # noqa: E402
 from tests.evaluate.checkpoints import PRESETS, TASKS_DIR  # noqa: E402
 from tests.evaluate.reference import log_likelihood, perplexity_metrics, pythia_tokenizer, rolling_log_likelihood  # noqa: E402

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from litgpt.model import GPT
 
-from tests.finetune.builders import variant_config
+from tests.builders import variant_config
 from tests.helpers import tokens
 
 STEPS = 3

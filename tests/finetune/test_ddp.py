@@ -2,7 +2,7 @@
 identical and has the loss (and weights) of one process with the same global batch.
 
 litgpt pretrain's own multi-process path (DDP over gloo on the CPU) is in tests/plugin/test_pretrain_processes.py,
-FSDP2 sharding of every variant in tests/attention/test_fsdp2.py, meta-device initialisation in test_initialization.py.
+FSDP2 sharding of every variant in tests/attention/test_fsdp2.py, meta-device initialisation in tests/plugin/test_initialization.py.
 """
 
 import lightning as L
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import PROJECT_ROOT
-from tests.finetune.builders import VARIANTS
+from tests.builders import VARIANTS
 from tests.finetune.ddp_worker import train
 from tests.helpers import run_worker
 

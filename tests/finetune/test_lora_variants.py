@@ -16,7 +16,7 @@ from litgpt_mka.finetune.lora import (
     LoRAMultiheadLatentAttention,
     lora_attention_class,
 )
-from tests.finetune.builders import LORA_ALL, VARIANTS, tiny_config_as, variant_config
+from tests.builders import LORA_ALL, VARIANTS, tiny_config_as, variant_config
 from tests.helpers import TINY_LATENT, assert_cached_decode_matches_full_forward, random_gpt, tokens
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from litgpt.model import GPT
 
-from litgpt_mka.attention.registry import VARIANTS, attention_class, build_gpt
+from litgpt_mka.attention.registry import VARIANTS, attention_class
 from litgpt_mka.measure.kv_cache_size import (
     allocated_kv_cache_bytes,
     kv_cache_bytes,
@@ -17,7 +17,7 @@ from litgpt_mka.measure.kv_cache_size import (
     kv_cache_elements_per_token,
 )
 from litgpt_mka.presets import model_config_from_yaml
-from tests.helpers import CONFIG_HUB, preset_config, tiny_config
+from tests.helpers import CONFIG_HUB, build_gpt, preset_config, tiny_config
 
 STOCK_MLA = "LitgptMultiheadLatentAttention"
 # tiny config (3 layers, 4 heads of 16) -> numbers per token per layer, in the cache dtype

@@ -11,8 +11,8 @@ from litgpt.pretrain import initialize_weights
 
 from litgpt_mka.plugin.litgpt_internals import pretrain as pretrain_internals
 from litgpt_mka.plugin.litgpt_internals.pretrain import PAIRED_INIT_ENV_VAR, stream_seed
-from tests.finetune.builders import variant_config
-from tests.finetune.test_initialization import WIDE, assert_std, fabric_with, materialize_like_fsdp
+from tests.builders import variant_config
+from tests.plugin.test_initialization import WIDE, assert_std, fabric_with, materialize_like_fsdp
 
 
 def initialised(variant: str, seed: int, strategy: type = SingleDeviceStrategy, meta: bool = False,

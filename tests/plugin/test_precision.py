@@ -186,7 +186,7 @@ def test_litgpt_pretrain_and_finetune_mains_are_wrapped():
 @pytest.mark.parametrize("cpuinfo, training, decode", [(AMD_ZEN3_CPUINFO, "32-true", "float32"),
                                                        (XEON_SPR_CPUINFO, "bf16-mixed", "bfloat16")])
 def test_compare_defaults_follow_the_machine(cpu_machine, tmp_path, cpuinfo, training, decode):
-    from litgpt_mka.compare.measure import default_decode_dtype
+    from litgpt_mka.compare.measurements import default_decode_dtype
     from litgpt_mka.compare.worker import effective_precision
 
     cpu_machine(cpuinfo)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
+from litgpt_mka.checkpoint import load_config, read_hyperparameters
 from litgpt_mka.data import load_or_tokenize, validation_windows
 
 TEXT_CORPUS_CLASSES = ("litgpt_mka.data.TextCorpus", "TextCorpus")
@@ -39,20 +39,6 @@ class HeldoutData:
 class HeldoutLoss:
     loss: float  # mean cross-entropy in nats per target token
     tokens: int  # targets scored (N - 1)
-
-
-def read_hyperparameters(checkpoint_dir: Path) -> dict:
-    """The ``hyperparameters.yaml`` that litgpt saved beside the checkpoint."""
-    with open(Path(checkpoint_dir) / "hyperparameters.yaml", encoding="utf-8") as f:
-        return yaml.safe_load(f)
-
-
-def load_config(checkpoint_dir: Path):
-    from litgpt.config import Config
-
-    import litgpt_mka  # noqa: F401  (the Config fields of the plugin, also without the .pth hook)
-
-    return Config.from_file(Path(checkpoint_dir) / "model_config.yaml")
 
 
 def heldout_data(checkpoint_dir: Path, val_path: Path | None = None) -> HeldoutData:
@@ -79,23 +65,6 @@ def heldout_data(checkpoint_dir: Path, val_path: Path | None = None) -> HeldoutD
     tokens = load_or_tokenize(val_path, Tokenizer(hparams["tokenizer_dir"]), cache_dir, field_name="val_path")
     windows, new_from = validation_windows(tokens, max_seq_length)
     return HeldoutData(windows, new_from, val_path, max_seq_length, len(tokens))
-
-
-def load_state(checkpoint_file: Path) -> dict:
-    """The saved training state (``model``, ``iter_num``, ...) of a litgpt checkpoint, memory-mapped."""
-    return torch.load(checkpoint_file, map_location="cpu", mmap=True, weights_only=True)
-
-
-def load_model(
-    checkpoint_dir: Path, device: torch.device, state: dict | None = None, dtype: torch.dtype = torch.float32
-) -> torch.nn.Module:
-    """The litgpt ``GPT`` of a checkpoint folder in `dtype` (float32 by default), in eval mode on `device`."""
-    from litgpt.model import GPT
-
-    state = load_state(Path(checkpoint_dir) / "lit_model.pth") if state is None else state
-    model = GPT(load_config(checkpoint_dir))
-    model.load_state_dict(state.get("model", state))
-    return model.to(device=device, dtype=dtype).eval()
 
 
 @torch.no_grad()
@@ -167,14 +136,3 @@ def cached_heldout_loss(model: torch.nn.Module, data: HeldoutData, batch_size: i
         raise RuntimeError(f"scored {count} targets, expected every target of the stream once: {data.num_tokens - 1}")
     return HeldoutLoss(loss=float(total / count), tokens=count)
 
-
-def checkpoint_dirs(out_dir: Path) -> list[Path]:
-    """Complete checkpoint folders of a pretraining out_dir: ``step-*`` by step, then ``final``.
-
-    A folder counts once litgpt wrote its ``model_config.yaml``, the last file of a save.
-    """
-    out_dir = Path(out_dir)
-    steps = [p for p in out_dir.glob("step-*") if (p / "model_config.yaml").is_file()]
-    steps.sort(key=lambda p: int(p.name.split("-")[1]))
-    final = out_dir / "final"
-    return steps + ([final] if (final / "model_config.yaml").is_file() else [])

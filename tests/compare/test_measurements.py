@@ -1,6 +1,6 @@
-"""litgpt_mka.compare.measure: training throughput from litgpt's metrics.csv rows."""
+"""litgpt_mka.compare.measurements: training throughput from litgpt's metrics.csv rows."""
 
-from litgpt_mka.compare.measure import training_throughput
+from litgpt_mka.compare.measurements import training_throughput
 
 
 def test_throughput_times_only_the_last_training_process_whose_load_was_sampled():

@@ -17,25 +17,14 @@ from typing import TypeVar
 
 import torch
 
-from litgpt_mka.compare.options import DECODE_DTYPES
 from litgpt_mka.compare.records import (
     Decode, KVCacheSize, Parameters, PeakMemory, PhaseLoad, Routing, Throughput, TrainLossPoint,
 )
 from litgpt_mka.measure.load import load_average_1min
+from litgpt_mka.precision import EVALUATION_PRECISIONS
+from litgpt_mka.validation import torch_dtype
 
-_PRECISION_DTYPES = {"bf16": "bfloat16", "16": "float16", "32": "float32", "64": "float32"}
 T = TypeVar("T")
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """``"bfloat16"`` -> ``torch.bfloat16`` for the names of :data:`~litgpt_mka.compare.options.DECODE_DTYPES`.
-
-    Raises:
-        ValueError: another name.
-    """
-    if name not in DECODE_DTYPES:
-        raise ValueError(f"decode_dtype={name!r} is not one of {DECODE_DTYPES}")
-    return getattr(torch, name)
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -132,10 +121,10 @@ def train_loss_curve(segments: list[list[dict]]) -> list[TrainLossPoint]:
 
 # ---------------------------------------------------------------------------------------- KV and decode
 def default_decode_dtype() -> str:
-    """The dtype of ``litgpt generate``'s default precision on this machine (bf16-true -> bfloat16)."""
+    """The dtype of ``litgpt generate``'s default precision on this machine (bf16-true -> bfloat16), by name."""
     from litgpt.utils import get_default_supported_precision
 
-    return _PRECISION_DTYPES[get_default_supported_precision(training=False).split("-")[0]]
+    return EVALUATION_PRECISIONS[get_default_supported_precision(training=False)]
 
 
 def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype: str) -> KVCacheSize:
@@ -147,13 +136,13 @@ def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype
     """
     from litgpt_mka.measure.kv_cache_size import allocated_kv_cache_bytes, kv_cache_bytes, kv_cache_bytes_per_token
 
-    device = next(model.parameters()).device
-    model.set_kv_cache(batch_size=batch_size, max_seq_length=context_length, device=device, dtype=torch_dtype(dtype))
+    device, cache_dtype = next(model.parameters()).device, torch_dtype("decode_dtype", dtype)
+    model.set_kv_cache(batch_size=batch_size, max_seq_length=context_length, device=device, dtype=cache_dtype)
     try:
         allocated = allocated_kv_cache_bytes(model)
     finally:
         model.clear_kv_cache()
-    formula = kv_cache_bytes(model.config, batch_size, context_length, torch_dtype(dtype))
+    formula = kv_cache_bytes(model.config, batch_size, context_length, cache_dtype)
     if formula != allocated:
         warnings.warn(
             f"litgpt_mka.measure.kv_cache_size.kv_cache_bytes says {formula} bytes for batch {batch_size} x context {context_length},"
@@ -165,7 +154,7 @@ def kv_cache(model: torch.nn.Module, batch_size: int, context_length: int, dtype
         batch_size=batch_size,
         context_length=context_length,
         bytes_at_context=allocated,
-        bytes_per_token_formula=kv_cache_bytes_per_token(model.config, torch_dtype(dtype)),
+        bytes_per_token_formula=kv_cache_bytes_per_token(model.config, cache_dtype),
         bytes_at_context_formula=formula,
         formula_matches=formula == allocated,
     )
@@ -176,7 +165,7 @@ def decode_speed(model: torch.nn.Module, batch_size: int, context_length: int, n
     load around the measurement."""
     from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
 
-    model = model.to(torch_dtype(dtype))
+    model = model.to(torch_dtype("decode_dtype", dtype))
     tokens_per_s, load = measure_phase(
         lambda: measure_decode_tokens_per_second(model, batch_size, context_length, new_tokens)
     )

@@ -17,7 +17,7 @@ from litgpt import lora
 from litgpt.model import GPT
 from litgpt.pretrain import initialize_weights
 
-from tests.finetune.builders import LORA_ALL, VARIANTS, tiny_config_as, variant_config
+from tests.builders import LORA_ALL, VARIANTS, tiny_config_as, variant_config
 
 WIDE = dict(n_embd=128, n_layer=3)  # enough numbers per tensor for the statistics below
 

@@ -11,7 +11,7 @@ from litgpt import adapter, adapter_v2, lora, model
 from litgpt.utils import load_checkpoint
 
 from litgpt_mka.plugin.litgpt_internals.model import _subclasses
-from tests.finetune.builders import VARIANTS, tiny_config_as, variant_config
+from tests.builders import VARIANTS, tiny_config_as, variant_config
 from tests.helpers import random_gpt, tokens
 
 # variants litgpt's adapters refuse -> the label their message gives

@@ -6,7 +6,7 @@ import torch
 from litgpt.scripts import convert_lit_checkpoint
 from litgpt.utils import save_config
 
-from tests.finetune.builders import variant_config
+from tests.builders import variant_config
 from tests.helpers import random_gpt
 
 # no Hugging Face architecture holds these: refused before litgpt's converter starts

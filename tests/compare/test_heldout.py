@@ -1,4 +1,4 @@
-"""litgpt_mka.compare.evaluate: the evaluated validation windows are the documented layout and never hold training text."""
+"""litgpt_mka.compare.heldout: the evaluated validation windows are the documented layout and never hold training text."""
 
 import torch
 import yaml
@@ -12,7 +12,7 @@ def test_validation_windows_are_disjoint_from_the_training_text(
     """The acceptance setting (TinyStories sample, max_seq_length 512): evaluated windows never hold training text."""
     from litgpt.tokenizer import Tokenizer
 
-    from litgpt_mka.compare.evaluate import heldout_data
+    from litgpt_mka.compare.heldout import heldout_data
     from litgpt_mka.data import TextCorpus, default_cache_dir, load_or_tokenize, validation_windows
 
     monkeypatch.setenv("XDG_CACHE_HOME", subprocess_env["XDG_CACHE_HOME"])
