@@ -224,12 +224,13 @@ class Router(nn.Module):
         nn.init.zeros_(self.out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weights_from_hidden(self.fc(x))  # (B, T, C) -> (B, T, H) -> (B, T, M)
+        return self.weights_from_hidden(self.fc(x), x.dtype)  # (B, T, C) -> (B, T, H) -> (B, T, M)
 
-    def weights_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``softmax(W_2 gelu(hidden) + b_2)``: the router after its hidden layer, (B, T, H) -> (B, T, M)."""
+    def weights_from_hidden(self, hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``softmax(W_2 gelu(hidden) + b_2)`` in `dtype` (the input's: under autocast the hidden layer's output is
+        bf16, the mix stays in the input's dtype): the router after its hidden layer, (B, T, H) -> (B, T, M)."""
         logits = F.linear(F.gelu(hidden), self.out_weight, self.out_bias)  # (B, T, H) -> (B, T, M)
-        return torch.softmax(logits, dim=-1, dtype=torch.float32).to(hidden.dtype)  # (B, T, M)
+        return torch.softmax(logits, dim=-1, dtype=torch.float32).to(dtype)  # (B, T, M)
 
 
 # --------------------------------------------------------------------------------------------- cache
@@ -646,7 +647,7 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         weight, bias, long_term = self._decode_weights()
         projected = F.linear(x, weight, bias)  # (B, 1, nh_q hs + 2D + H)
         qkv, hidden = projected[..., : q_size + 2 * D], projected[..., q_size + 2 * D :]  # (B, 1, nh_q hs + 2D), (B, 1, H)
-        lam = self.router.weights_from_hidden(hidden).unsqueeze(-1)  # (B, 1, M) -> (B, 1, M, 1)
+        lam = self.router.weights_from_hidden(hidden, x.dtype).unsqueeze(-1)  # (B, 1, M) -> (B, 1, M, 1)
         local = qkv[..., q_size : q_size + w]  # (B, 1, w), a view into qkv
         position = input_pos_maxp1 - 1
         sums = self.kv_cache.running_sums(input_pos, local, input_pos_maxp1)  # (B, 1, w)
