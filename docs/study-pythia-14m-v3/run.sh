@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."  # the project root
 S=docs/study-pythia-14m-v3
-part=${1:?"usage: run.sh pilot|sweep"}
+part=${1:?"usage: run.sh pilot|sweep|tuned"}
 # the verdict and selection halves of val.txt (split_val.py; derived, git-ignored, never committed)
 [ -f $S/data/val-selection.txt ] || python $S/split_val.py ../shared/data/tinystories/val.txt $S/data || exit 1
 common=(--train_path ../shared/data/tinystories-train-909k
@@ -20,9 +20,17 @@ case $part in
     litgpt-mka compare --configs config_hub/pretrain/pythia-14m-{mha,mla}.yaml --seeds 1 2 "${common[@]}" \
       --pretrain_args '["--config=docs/study-pythia-14m-v2/configs/optimizer-lr-0.008.yaml"]' --out_dir $S/pilot ;;
   # 2. sweep: GQA, MQA and MKA over 4e-3, 8e-3 and 1.6e-2 (v2 swept MHA, MLA and FMKA: 8e-3, bracketed), 2 paired
-  # seeds; each variant's rate chosen on val-selection, report.md flags a best at the grid's edge
+  # seeds; each variant's rate chosen on val-selection, report.md flags a best at the grid's edge. Superseded by
+  # `tuned`, which holds the same runs (its finished ones were copied into tuned/runs/: the same specs, so skipped)
   sweep)
     litgpt-mka compare --configs config_hub/pretrain/pythia-14m-{gqa,mqa,mka}.yaml --seeds 1 2 "${common[@]}" \
       --learning_rates 0.004 0.008 0.016 --selection_val val-selection --out_dir $S/sweep ;;
-  *) echo "unknown part: $part (allowed: pilot, sweep)"; exit 2 ;;
+  # 2 and 3. tuned: the sweep above on seeds 1 and 2 (MHA, MLA and FMKA given v2's 8e-3), then seeds 3-6 of all six
+  # at each one's chosen rate, seed by seed across the presets; verdicts on val-verdict over all six seeds
+  tuned)
+    litgpt-mka compare --configs config_hub/pretrain/pythia-14m-{mha,gqa,mqa,mla,mka,fmka}.yaml \
+      --seeds 1 2 3 4 5 6 --selection_seeds 1 2 "${common[@]}" --learning_rates 0.004 0.008 0.016 \
+      --config_learning_rates '{"pythia-14m-mha": [0.008], "pythia-14m-mla": [0.008], "pythia-14m-fmka": [0.008]}' \
+      --selection_val val-selection --out_dir $S/tuned ;;
+  *) echo "unknown part: $part (allowed: pilot, sweep, tuned)"; exit 2 ;;
 esac

@@ -13,8 +13,9 @@ Modules (one concern each)
   (:class:`~.layout.RunPlan`), reading a run's files back.
 * :mod:`.plan`: the runs (config x rate x seed), their ``litgpt pretrain`` arguments, the check that every
   setting except the model is identical across configs, the reference variant, the curve-length warning.
-* :mod:`.learning_rates`: the learning-rate axis (``--learning_rates``): each run's optimizer at its rate, and
-  the held-apart choice of each variant's rate (``--selection_val``).
+* :mod:`.learning_rates`: the learning-rate axis (``--learning_rates``, ``--config_learning_rates``): each run's
+  optimizer at its rate, and the held-apart choice of each variant's rate (``--selection_val``), on some seeds
+  before the others run at it (``--selection_seeds``).
 * :mod:`.runner`: runs every run in its own worker processes, with resume, progress and failure records; after
   every run, reads the results back and has the report rewritten.
 * :mod:`.launch`: who starts the runs (``--launcher``): in order here (the default), several at once here with

@@ -20,10 +20,19 @@ The verdicts then compare each variant's runs at its chosen rate with the refere
 winner's curse out of the verdicts: the chosen rate's loss on V is not the minimum of several noisy estimates on V.
 The chosen rate's own loss on S is that minimum, so it is optimistic (biased low); so is, to a lesser degree, V's
 where S and V are alike (the same rate suits both), which is why S must be a text of its own.
+
+Grids per config (``--config_learning_rates``): a config named there trains its own rates instead of
+``--learning_rates`` (:func:`rate_grids`); a one-rate grid there is given rather than chosen, so it is never flagged.
+
+Tune, then confirm (``--selection_seeds``): only the selection seeds train at every rate of their variant's grid, and
+only their runs choose the rate; every other seed trains at the chosen rate alone, once all of the variant's
+selection runs have finished (:func:`chosen_rates`, read from the finished runs, so a rerun plans the same runs). The
+verdicts use every seed at the chosen rate; the selection seeds' runs there were seen by the choice only through S.
 """
 
 import copy
 import math
+from collections.abc import Sequence
 
 from litgpt_mka.compare.records import RateSelection, RateSummary, RunResult, Stat, VariantSummary
 from litgpt_mka.compare.summary import summarize
@@ -67,10 +76,32 @@ def _selection_loss(run: RunResult, selection_val: str) -> float | None:
     return next((v.loss for v in run.evaluation.validation if v.name == selection_val), None)
 
 
-def select_rate(variant: str, runs: list[RunResult], selection_val: str) -> RateSelection:
-    """The variant's rate of lowest mean selection loss over its finished seeds (see the module docstring)."""
+def rate_grids(stems: Sequence[str], learning_rates: Sequence[float] | None,
+               config_learning_rates: dict[str, list[float]] | None) -> dict[str, list[float | None]]:
+    """Each config's rates: its own (``--config_learning_rates``), else ``--learning_rates``, else ``[None]`` (the
+    YAML's own rate)."""
+    shared = [None] if learning_rates is None else [float(rate) for rate in learning_rates]
+    own = config_learning_rates or {}
+    return {stem: [float(rate) for rate in own[stem]] if stem in own else list(shared) for stem in stems}
+
+
+def all_rates(grids: dict[str, list[float | None]]) -> list[float] | None:
+    """Every rate of the grids, in order of first appearance (None: no config has a rate of its own)."""
+    rates = list(dict.fromkeys(rate for grid in grids.values() for rate in grid if rate is not None))
+    return rates or None
+
+
+def select_rate(variant: str, runs: list[RunResult], selection_val: str, seeds: Sequence[int] | None = None,
+                grid_size: int | None = None) -> RateSelection:
+    """The variant's rate of lowest mean selection loss over its finished seeds (see the module docstring).
+
+    `seeds`: only these seeds' runs choose (``--selection_seeds``; None: every seed's); `grid_size`: the number of
+    rates the variant was given (a one-rate grid is given, not chosen, and never flagged at the edge).
+    """
     losses: dict[float, list[float]] = {}
     for run in runs:
+        if seeds is not None and run.seed not in seeds:
+            continue
         if run.ok and run.variant == variant and run.learning_rate is not None:
             loss = _selection_loss(run, selection_val)
             if loss is not None:
@@ -80,7 +111,7 @@ def select_rate(variant: str, runs: list[RunResult], selection_val: str) -> Rate
     if not rates:
         return RateSelection(variant, [], [], None, False)
     chosen = min(zip(rates, stats), key=lambda pair: pair[1].mean)[0]
-    return RateSelection(variant, rates, stats, chosen, chosen in (rates[0], rates[-1]))
+    return RateSelection(variant, rates, stats, chosen, chosen in (rates[0], rates[-1]) and grid_size != 1)
 
 
 def _at(runs: list[RunResult], rate: float) -> list[RunResult]:
@@ -89,19 +120,39 @@ def _at(runs: list[RunResult], rate: float) -> list[RunResult]:
 
 def summarize_rates(
     runs: list[RunResult], reference: str | None, rates: list[float], selection_val: str | None, paired: bool, rule: str,
+    selection_seeds: Sequence[int] | None = None, grids: dict[str, list[float]] | None = None,
 ) -> tuple[list[VariantSummary], list[RateSummary], list[RateSelection]]:
     """(the summary of the verdicts, one summary per rate, each variant's selection).
 
-    With `selection_val`: each variant's runs at its chosen rate, compared with the reference's at its own; without:
-    no summary of the verdicts (no rate is chosen), only each rate's.
+    With `selection_val`: each variant's runs at its chosen rate, every seed, compared with the reference's at its own;
+    without: no summary of the verdicts (no rate is chosen), only each rate's. With `selection_seeds`, the rates are
+    chosen on those seeds' runs and each rate's own summary holds only theirs (the other seeds ran at one rate);
+    `grids`: each variant's rates where ``--config_learning_rates`` was given (a one-rate grid there is given, not
+    chosen; a single ``--learning_rates`` rate is still flagged: the grid is to be widened).
     """
-    by_rate = [RateSummary(rate, summarize(_at(runs, rate), reference, paired, rule)) for rate in sorted(rates)]
+    graded = runs if selection_seeds is None else [run for run in runs if run.seed in selection_seeds]
+    by_rate = [RateSummary(rate, summarize(_at(graded, rate), reference, paired, rule)) for rate in sorted(rates)]
     if selection_val is None:
         return [], by_rate, []
     variants = list(dict.fromkeys(run.variant for run in runs))
-    selection = [select_rate(variant, runs, selection_val) for variant in variants]
+    grids = grids or {}
+    selection = [select_rate(variant, runs, selection_val, selection_seeds,
+                             len(grids[variant]) if variant in grids else None) for variant in variants]
     chosen_runs = []
     for choice in selection:  # a variant without a finished run keeps all its runs: its row shows none finished
         mine = [run for run in runs if run.variant == choice.variant]
         chosen_runs += mine if choice.chosen is None else _at(mine, choice.chosen)
     return summarize(chosen_runs, reference, paired, rule), by_rate, selection
+
+
+def chosen_rates(runs: list[RunResult], grids: dict[str, list[float]], selection_val: str,
+                 selection_seeds: Sequence[int]) -> dict[str, float]:
+    """variant -> its chosen rate, for each variant whose every selection run (grid rate x selection seed) has
+    finished; a variant still training or with a failed run has none yet, so its other seeds wait."""
+    chosen = {}
+    for variant, grid in grids.items():
+        finished = {(run.learning_rate, run.seed) for run in runs
+                    if run.ok and run.variant == variant and run.learning_rate is not None}
+        if all((rate, seed) in finished for rate in grid for seed in selection_seeds):
+            chosen[variant] = select_rate(variant, runs, selection_val, selection_seeds, len(grid)).chosen
+    return chosen

@@ -56,6 +56,15 @@ class CompareOptions:
     """With --learning_rates: the validation text (a --val_path file stem, not the first one) on which each variant's
     best rate is picked (lowest mean loss over its seeds); the verdicts compare the variants at their picked rates on
     the first --val_path text. Default: no rate is picked; the report shows each rate's table (docs/comparing.md)."""
+    config_learning_rates: dict[str, list[float]] | None = None
+    """Rate grids of their own for the configs named by file stem, replacing --learning_rates for them, e.g.
+    '{"pythia-14m-mha": [0.008]}' for a variant whose rate was chosen before (a one-rate grid is given, not chosen).
+    --learning_rates may be left out when every config is named."""
+    selection_seeds: list[int] | None = None
+    """With --selection_val: the seeds (some of --seeds) whose runs at every rate choose each variant's rate; every
+    other seed trains only at its variant's chosen rate, once all of the variant's selection runs have finished, and
+    those runs go seed by seed across the configs. Tune on a few seeds, confirm on more, in one command that resumes.
+    Default: every seed at every rate."""
     train_path: Path | None = None
     """Training text for every run (TextCorpus data.train_path); default: the YAMLs'."""
     val_path: list[Path] | None = None
@@ -187,25 +196,65 @@ def validate(options: CompareOptions) -> None:
                 raise FileNotFoundError(f"{name}={str(path)!r} does not exist")
 
 
+def _check_rate_grid(name: str, rates: list[float]) -> None:
+    if not rates:
+        raise ValueError(f"{name}=[] is empty; give one or more positive rates, or leave it out for the YAMLs' own rate")
+    for rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+            raise ValueError(f"{name}: {rate!r} is not a positive number")
+    if len({float(rate) for rate in rates}) != len(rates):
+        raise ValueError(f"{name}={rates} repeat a rate")
+
+
+def check_config_learning_rates(options: CompareOptions) -> None:
+    """Raises ValueError for a grid of a config that is not compared, a bad grid, or a config left without one."""
+    grids = options.config_learning_rates
+    if grids is None:
+        return
+    stems = [Path(p).stem for p in options.configs]
+    if not grids:
+        raise ValueError("config_learning_rates={} is empty; name one or more configs by file stem, or leave it out")
+    for stem, rates in grids.items():
+        if stem not in stems:
+            raise ValueError(f"config_learning_rates: {stem!r} is not one of the configs' file stems {stems}")
+        _check_rate_grid(f"config_learning_rates[{stem!r}]", rates)
+    unnamed = [stem for stem in stems if stem not in grids]
+    if options.learning_rates is None and unnamed:
+        raise ValueError(f"config_learning_rates names no grid for {unnamed}; give --learning_rates for them, or name"
+                         " every config")
+
+
+def check_selection_seeds(options: CompareOptions) -> None:
+    """Raises ValueError for selection seeds without a selection, empty, repeated or not among --seeds."""
+    seeds = options.selection_seeds
+    if seeds is None:
+        return
+    if options.selection_val is None:
+        raise ValueError(f"selection_seeds={seeds} choose each variant's rate on --selection_val, which is not given")
+    if not seeds:
+        raise ValueError("selection_seeds=[] is empty; give some of --seeds, or leave it out for every seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"selection_seeds={seeds} repeat a seed")
+    outside = [seed for seed in seeds if seed not in options.seeds]
+    if outside:
+        raise ValueError(f"selection_seeds: {outside} are not among seeds={options.seeds}")
+
+
 def check_learning_rates(options: CompareOptions) -> None:
-    """Raises ValueError for an empty, repeated or non-positive rate, or a --selection_val that cannot pick a rate.
+    """Raises ValueError for an empty, repeated or non-positive rate, a per-config grid or selection seed that does
+    not fit the comparison, or a --selection_val that cannot pick a rate.
 
     The selection text must be a --val_path other than the first: the verdicts are read from the first, and a rate
     picked on the same text would carry its selection's luck into them.
     """
     rates = options.learning_rates
     if rates is not None:
-        if not rates:
-            raise ValueError("learning_rates=[] is empty; give one or more positive rates, or leave it out for the"
-                             " YAMLs' own rate")
-        for rate in rates:
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
-                raise ValueError(f"learning_rates: {rate!r} is not a positive number")
-        if len({float(rate) for rate in rates}) != len(rates):
-            raise ValueError(f"learning_rates={rates} repeat a rate")
+        _check_rate_grid("learning_rates", rates)
+    check_config_learning_rates(options)
+    check_selection_seeds(options)
     if options.selection_val is None:
         return
-    if rates is None:
+    if rates is None and options.config_learning_rates is None:
         raise ValueError(f"selection_val={options.selection_val!r} picks a learning rate, but no --learning_rates are"
                          " given to pick from")
     stems = [Path(p).stem for p in val_paths(options)]

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from litgpt_mka.compare.layout import RunPlan
-from litgpt_mka.compare.learning_rates import optimizer_with_rate, run_name
+from litgpt_mka.compare.learning_rates import optimizer_with_rate, rate_grids, run_name
 from litgpt_mka.compare.options import MIN_CURVE_POINTS, CompareOptions, val_paths, validate
 from litgpt_mka.compare.records import MeasureSettings, RunSpec
 from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
@@ -137,7 +137,7 @@ def _overridden_keys(options: CompareOptions) -> set[str]:
                         ("precision", "precision"), ("devices", "devices"), ("eval_interval", "train.save_interval")):
         if getattr(options, option) is not None:
             keys.add(key)
-    if options.learning_rates is not None:
+    if options.learning_rates is not None or options.config_learning_rates is not None:
         keys.add("optimizer.init_args.lr")
     return keys
 
@@ -296,9 +296,20 @@ def warn_short_curves(yaml_config: dict, path: Path, options: CompareOptions) ->
     return message
 
 
-def plan_runs(options: CompareOptions, decode_dtype: str) -> tuple[SharedSettings, list[RunPlan], str | None]:
-    """Validates the options and the configs; every config x rate x seed as a RunPlan (configs outermost, seeds
-    innermost); the reference."""
+def grids_of(options: CompareOptions) -> dict[str, list[float | None]]:
+    """Each config's learning rates (its file stem -> rates; ``[None]``: the YAML's own rate)."""
+    return rate_grids([Path(p).stem for p in options.configs], options.learning_rates, options.config_learning_rates)
+
+
+def plan_runs(options: CompareOptions, decode_dtype: str, chosen: dict[str, float] | None = None,
+              ) -> tuple[SharedSettings, list[RunPlan], str | None]:
+    """Validates the options and the configs; every run as a RunPlan; the reference.
+
+    The runs: per config (in the order given), every rate of its grid x seed (rates outer, seeds inner). With
+    ``--selection_seeds`` only those seeds run over the grid; then every other seed, seed by seed across the configs,
+    at its config's rate in `chosen` (variant -> rate: :func:`~litgpt_mka.compare.learning_rates.chosen_rates`); a
+    config not in `chosen` has no such runs yet (:func:`waiting_runs`).
+    """
     validate(options)
     config_paths = [_absolute(p) for p in options.configs]
     yamls = {path: load_pretrain_yaml(path) for path in config_paths}
@@ -308,17 +319,31 @@ def plan_runs(options: CompareOptions, decode_dtype: str) -> tuple[SharedSetting
     warn_short_curves(yamls[config_paths[0]], config_paths[0], options)
     measure = measure_settings(options, decode_dtype)
     out_dir = _absolute(options.out_dir)
-    runs = []
-    rates = [float(rate) for rate in options.learning_rates] if options.learning_rates is not None else [None]
-    for path in config_paths:
-        sha = file_sha256(path)
-        for rate, seed in itertools.product(rates, options.seeds):
-            spec = RunSpec(
-                name=run_name(path.stem, seed, rate), variant=path.stem, config_path=str(path), config_sha256=sha,
-                seed=seed, pretrain_args=pretrain_arguments(path, seed, options, shared, yamls[path], rate),
-                val_paths=[str(p) for p in shared.val_paths], measure=measure,
-                paired_init=True if options.paired else None,  # None: specs written before pairing resume unpaired
-                learning_rate=rate,  # None: the YAML's rate, and the spec (its sha256) as before rates existed
-            )
-            runs.append(RunPlan.in_comparison(out_dir, len(runs) + 1, spec))
+    grids, chosen = grids_of(options), chosen or {}
+    selection_seeds = options.selection_seeds or options.seeds
+    later_seeds = [seed for seed in options.seeds if seed not in selection_seeds]
+    shas = {path: file_sha256(path) for path in config_paths}
+
+    def spec(path: Path, rate: float | None, seed: int) -> RunSpec:
+        return RunSpec(
+            name=run_name(path.stem, seed, rate), variant=path.stem, config_path=str(path), config_sha256=shas[path],
+            seed=seed, pretrain_args=pretrain_arguments(path, seed, options, shared, yamls[path], rate),
+            val_paths=[str(p) for p in shared.val_paths], measure=measure,
+            paired_init=True if options.paired else None,  # None: specs written before pairing resume unpaired
+            learning_rate=rate,  # None: the YAML's rate, and the spec (its sha256) as before rates existed
+        )
+
+    specs = [spec(path, rate, seed) for path in config_paths
+             for rate, seed in itertools.product(grids[path.stem], selection_seeds)]
+    specs += [spec(path, chosen[path.stem], seed) for seed in later_seeds for path in config_paths
+              if path.stem in chosen]
+    runs = [RunPlan.in_comparison(out_dir, index, run_spec) for index, run_spec in enumerate(specs, start=1)]
     return shared, runs, reference_variant(yamls, options)
+
+
+def waiting_runs(options: CompareOptions, chosen: dict[str, float]) -> list[tuple[str, int]]:
+    """(variant, seed) of each run that waits for its variant's rate to be chosen (``--selection_seeds``)."""
+    if not options.selection_seeds:
+        return []
+    later_seeds = [seed for seed in options.seeds if seed not in options.selection_seeds]
+    return [(Path(p).stem, seed) for seed in later_seeds for p in options.configs if Path(p).stem not in chosen]

@@ -441,6 +441,8 @@ class Settings:
     verdict_rule: str | None = None  # litgpt_mka.compare.summary.VERDICT_RULES; None: "2-SE screening"
     learning_rates: list[float] | None = None  # compare --learning_rates (None: every run at its YAML's own rate)
     selection_val: str | None = None  # compare --selection_val: the validation text (stem) that picks each variant's rate
+    rate_grids: dict[str, list[float]] | None = None  # with --config_learning_rates: each variant's rates
+    selection_seeds: list[int] | None = None  # compare --selection_seeds: the seeds whose runs pick the rates
 
 
 @dataclass(frozen=True)
@@ -495,7 +497,8 @@ class Results:
 _OMITTED_WHEN_EMPTY = frozenset(
     {"lm_eval", "task_scores", "task_stderrs", "task_differences", "kv_quantization", "quantized_caches",
      "t_test", "t_df", "ci95_low", "ci95_high", "p_value", "p_holm", "holm_comparisons", "pairs", "paired_init",
-     "verdict_rule", "learning_rate", "learning_rates", "selection_val", "by_learning_rate", "rate_selection"}
+     "verdict_rule", "learning_rate", "learning_rates", "selection_val", "by_learning_rate", "rate_selection",
+     "rate_grids", "selection_seeds"}
 )
 
 

@@ -94,7 +94,7 @@ def results_of(command: str, written: str, environment: Environment, settings: S
         summary = summarize(runs, reference, paired=paired, rule=rule)
     else:
         summary, by_rate, selection = summarize_rates(runs, reference, settings.learning_rates, settings.selection_val,
-                                                      paired, rule)
+                                                      paired, rule, settings.selection_seeds, settings.rate_grids)
     return Results(command=command, written=written, environment=environment, settings=settings, reference=reference,
                    summary=summary, runs=runs, by_learning_rate=by_rate, rate_selection=selection)
 
@@ -275,13 +275,26 @@ def _machine_lines(runs: list[RunResult]) -> list[str]:
     return ["- Machines:", *(f"  - {machine}" for machine in machines)]
 
 
+def _rates(rates: list[float]) -> str:
+    return ", ".join(rate_label(r) for r in sorted(rates))
+
+
 def _rate_setup_lines(settings: Settings) -> list[str]:
     if settings.learning_rates is None:
         return []
     chosen = (f"; each variant's chosen on `{settings.selection_val}`" if settings.selection_val
               else "; none selected")
-    return [f"- Learning rates: {', '.join(rate_label(r) for r in sorted(settings.learning_rates))} (the peak `lr` of"
-            f" the YAMLs' optimizer, nothing else of it changed; every config x rate x seed is a run){chosen}"]
+    runs = "every config x rate x seed is a run"
+    if settings.selection_seeds:
+        seeds = ", ".join(str(seed) for seed in settings.selection_seeds)
+        runs = (f"seeds {seeds} run at every rate and choose it; every other seed runs at its variant's chosen rate"
+                " only")
+    lines = [f"- Learning rates: {_rates(settings.learning_rates)} (the peak `lr` of the YAMLs' optimizer, nothing"
+             f" else of it changed; {runs}){chosen}"]
+    if settings.rate_grids:
+        lines += [f"  - {variant}: {_rates(grid)}" + (" (given, not chosen)" if len(grid) == 1 else "")
+                  for variant, grid in settings.rate_grids.items()]
+    return lines
 
 
 def setup_lines(results: Results) -> list[str]:
@@ -626,8 +639,10 @@ def selection_lines(results: Results) -> list[str]:
     settings = results.settings
     selection_text, primary = settings.selection_val, val_names(settings)[0]
     rates = sorted(settings.learning_rates)
+    over = ("over its finished seeds" if not settings.selection_seeds
+            else f"over its finished selection seeds ({', '.join(str(seed) for seed in settings.selection_seeds)})")
     lines = [
-        f"Each variant's learning rate is the one of lowest mean loss on `{selection_text}` over its finished seeds;"
+        f"Each variant's learning rate is the one of lowest mean loss on `{selection_text}` {over};"
         f" the verdicts are read on `{primary}`, which the choice did not see. Choosing on a text other than the"
         " verdicts' keeps the winner's curse (the lowest of several noisy losses is biased low) out of the verdicts;"
         " the chosen rate's own loss in this table is that lowest one, so it is optimistic, and it is not compared."
@@ -643,6 +658,8 @@ def selection_lines(results: Results) -> list[str]:
             cell = NO_VALUE if rate not in found else f"{_cell(found[rate], _loss)} ({found[rate].n})"
             cells.append(f"**{cell}**" if rate == choice.chosen else cell)
         chosen = NO_VALUE if choice.chosen is None else rate_label(choice.chosen)
+        if settings.rate_grids and len(settings.rate_grids.get(choice.variant, rates)) == 1:
+            chosen += " (given)"
         lines.append(f"| {choice.variant} | " + " | ".join(cells) + f" | {chosen}"
                      + (f" ({EDGE_FLAG})" if choice.at_edge else "") + " |")
     edges = [choice for choice in results.rate_selection if choice.at_edge]

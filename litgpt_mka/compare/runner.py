@@ -1,7 +1,8 @@
 """Runs a comparison: every run in its own worker processes, resumable; one after the other by default, or handed
 to another launcher (``--launcher parallel`` or ``slurm``: :mod:`litgpt_mka.compare.launch`).
 
-For run ``i`` of ``n`` (configs outermost, then learning rates, seeds innermost):
+For run ``i`` of ``n`` (configs outermost, then learning rates, seeds innermost; with ``--selection_seeds``, the
+other seeds' runs come in a second batch, planned once each variant's rate is chosen: :func:`plan_comparison`):
 
 1. finished (``result.json`` with ``"status": "ok"`` and this spec's sha256)? skip it.
 2. no ``train.json``? ``python -m litgpt_mka.compare.worker train RUN_DIR`` (``--resume auto``).
@@ -49,7 +50,8 @@ from litgpt_mka.compare.kv_quantization import read_kv_quantization
 from litgpt_mka.compare.launch import launcher_of
 from litgpt_mka.compare.layout import REPORT_MD, RunPlan
 from litgpt_mka.compare.options import CompareOptions
-from litgpt_mka.compare.plan import SharedSettings, plan_runs
+from litgpt_mka.compare.learning_rates import all_rates, chosen_rates
+from litgpt_mka.compare.plan import SharedSettings, grids_of, plan_runs, waiting_runs
 from litgpt_mka.compare.records import Failure, RunResult, Settings, to_json
 from litgpt_mka.compare.summary import T_TEST
 from litgpt_mka.compare.tasks import read_lm_eval
@@ -70,6 +72,12 @@ class Comparison:
     command: str  # as typed
     cwd: Path  # where compare ran: the report's paths are relative to it
     reference: str | None  # the variant the others are compared with (None: no MHA config and no --reference)
+    waiting: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # (variant, seed) until its rate is chosen
+
+    @property
+    def total(self) -> int:
+        """Runs planned and waiting."""
+        return len(self.runs) + len(self.waiting)
 
 
 # ------------------------------------------------------------------------------------------ preparation
@@ -80,13 +88,30 @@ def prepare(options: CompareOptions, argv: list[str] | None = None) -> Compariso
         ValueError: invalid options or configs, or `out_dir` holds a run of the same name with other settings.
         FileNotFoundError: a config, data file or tokenizer folder is missing.
     """
+    shared, runs, reference, waiting = plan_comparison(options)
+    return Comparison(options, shared, runs, Path(options.out_dir).expanduser().resolve(), command_line(argv),
+                      Path.cwd(), reference, waiting)
+
+
+def plan_comparison(options: CompareOptions) -> tuple[SharedSettings, list[RunPlan], str | None, list[tuple[str, int]]]:
+    """The runs to bring to a result now, checked against their folders, and those that wait for a chosen rate.
+
+    With ``--selection_seeds``, the variants whose selection runs have all finished (read from their folders) have
+    their rate chosen, and their other seeds' runs are planned at it; the rest wait.
+    """
     from litgpt_mka.compare.measurements import default_decode_dtype
 
-    shared, runs, reference = plan_runs(options, options.decode_dtype or default_decode_dtype())
+    decode_dtype = options.decode_dtype or default_decode_dtype()
+    shared, runs, reference = plan_runs(options, decode_dtype)
+    chosen = {}
+    if options.selection_seeds:
+        finished = [result for result in (run.read_result() for run in runs) if result is not None]
+        chosen = chosen_rates(finished, grids_of(options), options.selection_val, options.selection_seeds)
+        if chosen:
+            shared, runs, reference = plan_runs(options, decode_dtype, chosen)
     for run in runs:
         check_existing_spec(run)
-    return Comparison(options, shared, runs, Path(options.out_dir).expanduser().resolve(), command_line(argv),
-                      Path.cwd(), reference)
+    return shared, runs, reference, waiting_runs(options, chosen)
 
 
 def check_existing_spec(run: RunPlan) -> None:
@@ -293,6 +318,8 @@ def run_results(comparison: Comparison) -> list[RunResult]:
             if quantizations:
                 result = dataclasses.replace(result, kv_quantization=read_kv_quantization(run.run_dir, quantizations))
         results.append(report.public_run(result, comparison.cwd))
+    for variant, seed in comparison.waiting:  # at the rate to be chosen: no rate in its name yet
+        results.append(RunResult(status="pending", name=f"{variant}-seed{seed}", variant=variant, seed=seed))
     return results
 
 
@@ -309,8 +336,11 @@ def settings_of(comparison: Comparison) -> Settings:
         measure=comparison.runs[0].spec.measure,
         paired_init=comparison.options.paired,
         verdict_rule=T_TEST,
-        learning_rates=None if options.learning_rates is None else [float(r) for r in options.learning_rates],
+        learning_rates=all_rates(grids_of(options)),
         selection_val=options.selection_val,
+        rate_grids=None if options.config_learning_rates is None else {
+            variant: [float(r) for r in grid] for variant, grid in grids_of(options).items() if grid != [None]},
+        selection_seeds=options.selection_seeds,
     )
 
 
@@ -324,7 +354,7 @@ def write_report(comparison: Comparison) -> None:
 
 def finish_run(comparison: Comparison, plan: RunPlan) -> list[str]:
     """Brings one run to its result, then its extra phases; the labels of what failed (a launcher's task)."""
-    options, total = comparison.options, len(comparison.runs)
+    options, total = comparison.options, comparison.total
     if not execute(plan, total, options.keep_step_checkpoints):
         return [plan.name]
     failed = []
@@ -352,31 +382,44 @@ def _interrupt(signum, frame) -> None:
 def run_comparison(comparison: Comparison) -> int:
     """Runs every run of a prepared comparison and writes the report; returns the exit status.
 
+    With ``--selection_seeds`` it plans again after each batch: a variant whose selection runs all finished has its
+    rate chosen, and its other seeds' runs follow in the next batch.
     SIGTERM (a job scheduler, ``kill``) is handled like Ctrl-C: the worker is stopped, the report rewritten.
     """
     signal.signal(signal.SIGTERM, _interrupt)
+    clock, done, failed, attempted = SweepClock(), [], [], set()
     try:
         prepare_data(comparison.shared)
-        options, clock, done = comparison.options, SweepClock(), []
-        tasks = [(plan.name, functools.partial(finish_run, comparison, plan)) for plan in comparison.runs]
-        if options.launcher == "sequential":  # runs in this process: their wall times feed the sweep's estimate
-            tasks = [
-                (name, functools.partial(_timed, clock, plan, task)) for (name, task), plan in zip(tasks, comparison.runs)
-            ]
-        launcher = launcher_of(options.launcher, options.parallel_runs, options.slurm, comparison.out_dir)
-
-        def after_each() -> None:
-            write_report(comparison)
-            done.append(True)
-            pending = [run.variant for run in comparison.runs if not run.is_finished()]
-            print(sweep_line(len(done), len(comparison.runs), clock, pending), flush=True)
-
-        failed = launcher.run(tasks, after_each)
+        launcher = launcher_of(comparison.options.launcher, comparison.options.parallel_runs,
+                               comparison.options.slurm, comparison.out_dir)
+        while batch := [plan for plan in comparison.runs if plan.name not in attempted]:
+            attempted |= {plan.name for plan in batch}
+            failed += run_batch(comparison, batch, launcher, clock, done)
+            shared, runs, reference, waiting = plan_comparison(comparison.options)
+            comparison = dataclasses.replace(comparison, runs=runs, waiting=waiting)
     except KeyboardInterrupt:
         write_report(comparison)
         print(f"interrupted: finished runs are kept in {comparison.out_dir}; run the same command again to resume",
               file=sys.stderr, flush=True)
         return INTERRUPTED
+    waiting = (f"; waiting for a chosen rate (a selection run did not finish): {len(comparison.waiting)} runs"
+               if comparison.waiting else "")
     failures = f"; failed runs: {', '.join(failed)}" if failed else ""
-    print(f"report: {comparison.out_dir / REPORT_MD}{failures}", flush=True)
-    return 1 if failed else 0
+    print(f"report: {comparison.out_dir / REPORT_MD}{failures}{waiting}", flush=True)
+    return 1 if failed or comparison.waiting else 0
+
+
+def run_batch(comparison: Comparison, batch: list[RunPlan], launcher, clock: SweepClock, done: list) -> list[str]:
+    """Hands a batch of runs to the launcher; the labels of what failed."""
+    tasks = [(plan.name, functools.partial(finish_run, comparison, plan)) for plan in batch]
+    if comparison.options.launcher == "sequential":  # runs in this process: their wall times feed the sweep's estimate
+        tasks = [(name, functools.partial(_timed, clock, plan, task)) for (name, task), plan in zip(tasks, batch)]
+
+    def after_each() -> None:
+        write_report(comparison)
+        done.append(True)
+        pending = [run.variant for run in comparison.runs if not run.is_finished()]
+        pending += [variant for variant, _ in comparison.waiting]
+        print(sweep_line(len(done), comparison.total, clock, pending), flush=True)
+
+    return launcher.run(tasks, after_each)

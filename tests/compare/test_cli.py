@@ -22,10 +22,15 @@ def test_the_command_line_fills_the_options_dataclass(monkeypatch):
                                      plots=False, lm_eval_tasks=["piqa", "sciq"])]
     assert cli.list_options(CompareOptions) == {"--configs": str, "--seeds": int, "--learning_rates": float,
                                                 "--val_path": str, "--pretrain_args": str, "--lm_eval_tasks": str,
-                                                "--kv_cache_quantizations": str}
+                                                "--kv_cache_quantizations": str, "--selection_seeds": int}
     with pytest.raises(SystemExit):
         cli.main(["compare", "--configs", "a.yaml", "--learning_rates", "4e-3", "0.008", "1.6e-2", "--selection_val", "s"])
     assert (parsed[-1].learning_rates, parsed[-1].selection_val) == ([0.004, 0.008, 0.016], "s")
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--configs", "a.yaml", "--config_learning_rates", '{"a": [8e-3], "b": [0.004, 0.016]}',
+                  "--seeds", "1", "2", "3", "--selection_seeds", "1", "2"])
+    assert (parsed[-1].config_learning_rates, parsed[-1].selection_seeds) == ({"a": [0.008], "b": [0.004, 0.016]},
+                                                                            [1, 2])
 
 
 def test_list_options_take_several_values_after_one_flag():

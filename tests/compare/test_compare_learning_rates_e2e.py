@@ -20,7 +20,8 @@ def logged_learning_rates(checkpoints) -> list[float]:
 @pytest.mark.slow
 def test_a_rate_sweep_is_one_command_that_trains_only_the_rates_added_on_a_rerun(tmp_path, env, shared_data,
                                                                                 tokenizer_dir):
-    """Two tiny runs (about 40 s on an idle 2-core machine): one rate, then a second added by a rerun."""
+    """Three tiny runs (about 60 s on an idle 2-core machine): one rate, then a second added by a rerun, then a
+    second seed at the chosen rate only (--selection_seeds), the grid given per config."""
     config = tiny_yaml(tmp_path / "configs", "tiny-mha")
     vals = [write_stories(tmp_path / "val" / "val.txt", shared_data, 0, VAL_STORIES),
             write_stories(tmp_path / "val" / "val-selection.txt", shared_data, VAL_STORIES, 2 * VAL_STORIES)]
@@ -46,3 +47,18 @@ def test_a_rate_sweep_is_one_command_that_trains_only_the_rates_added_on_a_rerun
     assert selection.rates == [0.004, 0.016]
     assert selection.chosen == min(zip(selection.losses, selection.rates), key=lambda p: p[0].mean)[1]
     assert "## Learning-rate selection" in (out / "report.md").read_text()
+    # a second seed, at the chosen rate only: the grid's runs (the same specs, the grid now given per config) are
+    # skipped, the rate is chosen from seed 1's, and seed 2 trains at it in a second batch of the same command
+    chosen = selection.chosen
+    confirm = run([*args[:-1], "--config_learning_rates", '{"tiny-mha": [0.016, 0.004]}', "--seeds", "1", "2",
+                   "--selection_seeds", "1"], env)
+    assert confirm.stdout.count("finished earlier, skipped") == 2
+    assert f"tiny-mha-lr{chosen}-seed2: training (litgpt pretrain)" in confirm.stdout
+    assert sorted(p.name for p in runs.iterdir()) == sorted(["tiny-mha-lr0.004-seed1", "tiny-mha-lr0.016-seed1",
+                                                             f"tiny-mha-lr{chosen}-seed2"])
+    results = typed_results(out)
+    (selection,) = results.rate_selection
+    assert (selection.chosen, [loss.n for loss in selection.losses]) == (chosen, [1, 1])
+    assert (results.settings.selection_seeds, results.settings.rate_grids) == ([1], {"tiny-mha": [0.016, 0.004]})
+    (row,) = results.summary
+    assert row.val_loss["val"].n == 2  # both seeds at the chosen rate

@@ -197,3 +197,113 @@ def test_without_a_selection_text_each_rate_is_reported_on_its_own():
     assert [line for line in text.splitlines() if line.startswith("## Results")] == [
         "## Results at learning rate 0.004", "## Results at learning rate 0.008", "## Results at learning rate 0.016"]
     assert "## Differences to the reference at learning rate 0.016" in text
+
+
+def test_per_config_grids_and_selection_seeds_are_checked(tmp_path):
+    configs = [tiny_yaml(tmp_path, "a"), tiny_yaml(tmp_path, "b")]
+    val, sel = (tmp_path / "val.txt", tmp_path / "sel.txt")
+    val.write_text("x"), sel.write_text("y")
+
+    def options(**given):
+        return CompareOptions(configs=configs, val_path=[val, sel], seeds=[1, 2, 3], **given)
+
+    validate(options(learning_rates=[0.004, 0.008], config_learning_rates={"a": [0.008]}, selection_val="sel",
+                     selection_seeds=[1, 2]))
+    validate(options(config_learning_rates={"a": [0.008], "b": [0.004, 0.016]}, selection_val="sel"))
+    for given, message in [
+        (dict(config_learning_rates={}), r"config_learning_rates=\{\} is empty"),
+        (dict(learning_rates=[0.004], config_learning_rates={"c": [0.1]}),
+         r"config_learning_rates: 'c' is not one of the configs' file stems \['a', 'b'\]"),
+        (dict(learning_rates=[0.004], config_learning_rates={"a": []}), r"config_learning_rates\['a'\]=\[\] is empty"),
+        (dict(learning_rates=[0.004], config_learning_rates={"a": [0.0]}),
+         r"config_learning_rates\['a'\]: 0.0 is not a positive number"),
+        (dict(config_learning_rates={"a": [0.008]}), r"config_learning_rates names no grid for \['b'\]; give"
+                                                     r" --learning_rates for them, or name every config"),
+        (dict(learning_rates=[0.004], selection_seeds=[1]),
+         r"selection_seeds=\[1\] choose each variant's rate on --selection_val, which is not given"),
+        (dict(learning_rates=[0.004], selection_val="sel", selection_seeds=[]), r"selection_seeds=\[\] is empty"),
+        (dict(learning_rates=[0.004], selection_val="sel", selection_seeds=[1, 1]), r"selection_seeds=\[1, 1\] repeat"),
+        (dict(learning_rates=[0.004], selection_val="sel", selection_seeds=[1, 7]),
+         r"selection_seeds: \[7\] are not among seeds=\[1, 2, 3\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            validate(options(**given))
+
+
+@pytest.mark.filterwarnings("ignore:each run's validation curve")
+def test_selection_seeds_run_the_grid_and_the_other_seeds_only_the_chosen_rate(tmp_path, shared_data, tokenizer_dir):
+    """a: a grid of two rates; b: one given rate. Seed 1 selects; seeds 2 and 3 follow, seed by seed across the
+    configs, at each variant's chosen rate, and only for a variant whose rate is chosen."""
+    from litgpt_mka.compare.plan import plan_runs, waiting_runs
+
+    configs = [tiny_yaml(tmp_path, "a"), tiny_yaml(tmp_path, "b", n_query_groups=1)]
+    options = CompareOptions(
+        configs=configs, seeds=[1, 2, 3], selection_seeds=[1], learning_rates=[0.004, 0.016],
+        config_learning_rates={"b": [0.008]}, selection_val="train", train_path=shared_data / "train.txt",
+        tokenizer_dir=tokenizer_dir, val_path=[shared_data / "val.txt", shared_data / "train.txt"],
+        out_dir=tmp_path / "out", context_length=16, decode_new_tokens=4,
+    )  # selection_val: the second --val_path's stem
+    grid = ["a-lr0.004-seed1", "a-lr0.016-seed1", "b-lr0.008-seed1"]
+    assert [run.name for run in plan_runs(options, "float32")[1]] == grid
+    assert waiting_runs(options, {}) == [("a", 2), ("b", 2), ("a", 3), ("b", 3)]
+    runs = plan_runs(options, "float32", {"a": 0.016, "b": 0.008})[1]
+    assert [run.name for run in runs] == grid + ["a-lr0.016-seed2", "b-lr0.008-seed2", "a-lr0.016-seed3",
+                                                 "b-lr0.008-seed3"]
+    assert [run.index for run in runs] == list(range(1, 8))
+    assert [run.spec.learning_rate for run in runs[3:5]] == [0.016, 0.008]
+    assert [run.name for run in plan_runs(options, "float32", {"b": 0.008})[1][3:]] == ["b-lr0.008-seed2",
+                                                                                         "b-lr0.008-seed3"]
+    assert waiting_runs(options, {"b": 0.008}) == [("a", 2), ("a", 3)]
+    # without selection seeds every seed runs over the grid, as before
+    every = plan_runs(dataclasses.replace(options, selection_seeds=None), "float32")[1]
+    assert [run.name for run in every][:3] == ["a-lr0.004-seed1", "a-lr0.004-seed2", "a-lr0.004-seed3"]
+    assert len(every) == 9 and waiting_runs(dataclasses.replace(options, selection_seeds=None), {}) == []
+
+
+def test_a_rate_is_chosen_once_every_selection_run_finished_and_only_from_the_selection_seeds():
+    from litgpt_mka.compare.learning_rates import chosen_rates
+
+    grids = {"mha": RATES, "mla": RATES}
+    assert chosen_rates(SWEEP, grids, "sel", [1, 2]) == {"mha": 0.008, "mla": 0.016}
+    assert chosen_rates(SWEEP, grids, "sel", [1]) == {"mha": 0.008, "mla": 0.016}
+    failed = dataclasses.replace(SWEEP[7], status="failed", evaluation=None)  # mla at 0.004, seed 2
+    assert chosen_rates([*SWEEP[:7], failed, *SWEEP[8:]], grids, "sel", [1, 2]) == {"mha": 0.008}
+    assert chosen_rates(SWEEP[:-1], grids, "sel", [1, 2]) == {"mha": 0.008}  # mla's last run not finished
+    # a later seed's run at a rate not chosen (its selection loss the lowest of all) does not move the choice
+    stray = rated("mha", 3, 0.004, 1.00, 0.10)
+    assert chosen_rates([*SWEEP, stray], grids, "sel", [1, 2])["mha"] == 0.008
+    assert select_rate("mha", [*SWEEP, stray], "sel").chosen == 0.004  # it would, were every seed choosing
+
+
+def test_verdicts_use_every_seed_at_the_chosen_rate_and_a_given_rate_is_not_flagged():
+    """mla at 0.016 minus mha at 0.008, three paired seeds: differences 0.05, 0.06, 0.07 (d 0.06, SE 0.00577)."""
+    later = [rated("mha", 3, 0.008, 2.70, 9.0), rated("mla", 3, 0.016, 2.77, 9.0)]
+    summary, by_rate, selection = summarize_rates([*SWEEP, *later], "mha", RATES, "sel", paired=True, rule="t-test",
+                                                  selection_seeds=[1, 2])
+    assert [choice.chosen for choice in selection] == [0.008, 0.016]
+    assert [s.n for s in selection[0].losses] == [2, 2, 2]  # seed 3 did not choose
+    d = summary[1].difference
+    assert (d.pairs, d.difference, d.se) == (3, pytest.approx(0.06), pytest.approx(0.01 / math.sqrt(3)))
+    assert all(row.val_loss["val"].n == 2 for rate in by_rate for row in rate.summary)  # each rate: selection seeds
+    # a one-rate grid is given, not chosen: never flagged at the grid's edge
+    only = [run for run in SWEEP if run.variant == "mha" or run.learning_rate == 0.016]
+    grids = {"mha": RATES, "mla": [0.016]}
+    selection = summarize_rates(only, "mha", RATES, "sel", paired=True, rule="t-test", grids=grids)[2]
+    assert [(choice.chosen, choice.at_edge) for choice in selection] == [(0.008, False), (0.016, False)]
+    assert select_rate("mla", only, "sel").at_edge  # the same runs with the grid unknown: flagged
+
+
+def test_the_report_states_the_selection_seeds_and_the_given_rates():
+    from litgpt_mka.compare.report import EDGE_FLAG, markdown, results_of
+
+    later = [rated("mha", 3, 0.008, 2.70, 9.0), rated("mla", 3, 0.016, 2.77, 9.0)]
+    settings = dataclasses.replace(sweep_results("sel").settings, seeds=[1, 2, 3], selection_seeds=[1, 2],
+                                   rate_grids={"mha": RATES, "mla": [0.016]})
+    runs = [run for run in [*SWEEP, *later] if run.variant == "mha" or run.learning_rate == 0.016]
+    text = markdown(results_of("litgpt-mka compare", "t", SWEEP[0].environment, settings, "mha", runs), [])
+    assert ("(the peak `lr` of the YAMLs' optimizer, nothing else of it changed; seeds 1, 2 run at every rate and"
+            " choose it; every other seed runs at its variant's chosen rate only)") in text
+    assert "  - mha: 0.004, 0.008, 0.016\n  - mla: 0.016 (given, not chosen)" in text
+    assert "over its finished selection seeds (1, 2);" in text
+    assert "| mla | — | — | **2.9250 ± 0.0354 (2)** | 0.016 (given) |" in text and EDGE_FLAG not in text
+    assert "3 paired" in text
