@@ -72,3 +72,51 @@ def test_failure_summary_keeps_the_exception_and_the_reasons_after_it():
            "Errors:", "  - n_head=2 must be divisible by n_query_groups=3", "Given value: Namespace(...)"]
     assert error_summary(log) == "ValueError: bad value / Errors: / - n_head=2 must be divisible by n_query_groups=3"
     assert error_summary(["Epoch 1 | iter 5", "Epoch 1 | iter 6"]) == "Epoch 1 | iter 6"
+
+
+@pytest.mark.filterwarnings("ignore:each run's validation curve")
+def test_the_other_seeds_wait_for_a_chosen_rate_and_run_at_it_once_every_selection_run_finished(
+        tmp_path, shared_data, tokenizer_dir, monkeypatch, capsys):
+    """Runs "finish" by writing a result with chosen selection losses (no training): a failed selection run keeps
+    the other seeds waiting (listed, exit status 1); the rerun retries it, chooses, and runs them in a second batch."""
+    import dataclasses
+
+    from litgpt_mka.atomic import write_json
+    from litgpt_mka.compare import runner
+    from litgpt_mka.compare.records import Validation
+    from tests.compare.helpers import synthetic_run
+
+    selection_text = tmp_path / "sel.txt"
+    selection_text.write_text((shared_data / "val.txt").read_text())
+    options = CompareOptions(
+        configs=[tiny_yaml(tmp_path, "a")], seeds=[1, 2, 3], selection_seeds=[1], learning_rates=[0.004, 0.016],
+        selection_val="sel", out_dir=tmp_path / "out", train_path=shared_data / "train.txt",
+        val_path=[shared_data / "val.txt", selection_text], tokenizer_dir=tokenizer_dir, max_tokens=1024,
+        context_length=16, decode_new_tokens=4, plots=False,
+    )
+    selection_loss, failing, started = {0.004: 3.0, 0.016: 2.9}, {"a-lr0.016-seed1"}, []
+
+    def finish(comparison, plan):
+        started.append(plan.name)
+        if plan.name in failing:
+            return [plan.name]
+        run = synthetic_run("a", plan.seed, 3.5)
+        chosen_text = Validation("sel", str(selection_text), selection_loss[plan.spec.learning_rate], 1.0, 9, 3, 32)
+        run = dataclasses.replace(run, name=plan.name, spec_sha256=plan.spec_sha256(), learning_rate=plan.spec.learning_rate,
+                                  evaluation=dataclasses.replace(run.evaluation, validation=[*run.evaluation.validation, chosen_text]))
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(plan.folder.result_json, to_json(run))
+        return []
+
+    monkeypatch.setattr(runner, "finish_run", finish)
+    monkeypatch.setattr(runner, "prepare_data", lambda shared: None)
+    assert runner.run_comparison(prepare(options)) == 1
+    assert started == ["a-lr0.004-seed1", "a-lr0.016-seed1"]
+    assert "waiting for a chosen rate (a selection run did not finish): 2 runs" in capsys.readouterr().out
+    assert "## Not run yet\n\na-lr0.016-seed1, a-seed2, a-seed3" in (tmp_path / "out" / "report.md").read_text()
+    failing.clear()
+    started.clear()
+    assert runner.run_comparison(prepare(options)) == 0
+    # the first batch again (compare's own task skips the finished run), then the chosen rate's seeds
+    assert started == ["a-lr0.004-seed1", "a-lr0.016-seed1", "a-lr0.016-seed2", "a-lr0.016-seed3"]
+    assert "## Not run yet" not in (tmp_path / "out" / "report.md").read_text()
