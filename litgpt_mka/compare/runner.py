@@ -395,8 +395,9 @@ def run_comparison(comparison: Comparison) -> int:
         while batch := [plan for plan in comparison.runs if plan.name not in attempted]:
             attempted |= {plan.name for plan in batch}
             failed += run_batch(comparison, batch, launcher, clock, done)
-            shared, runs, reference, waiting = plan_comparison(comparison.options)
-            comparison = dataclasses.replace(comparison, runs=runs, waiting=waiting)
+            if comparison.options.selection_seeds:  # a rate chosen now adds its variant's other seeds
+                _, runs, _, waiting = plan_comparison(comparison.options)
+                comparison = dataclasses.replace(comparison, runs=runs, waiting=waiting)
     except KeyboardInterrupt:
         write_report(comparison)
         print(f"interrupted: finished runs are kept in {comparison.out_dir}; run the same command again to resume",
