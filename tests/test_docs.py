@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.compare.recompute import disagreements, final_losses, holm, markdown_table, mean_std, welch
+from tests.compare.recompute import (
+    disagreements, final_losses, holm, implied_correlation, losses_by_seed, markdown_table, mean_std, paired, welch,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 MAX_FRONT_PAGE_LINES = 200
 STUDY_V1, STUDY_V2 = ROOT / "docs" / "study-pythia-14m", ROOT / "docs" / "study-pythia-14m-v2"
+STUDY_V3 = ROOT / "docs" / "study-pythia-14m-v3"
 REFERENCE = "pythia-14m-mha"
 BEST_RATE = "lr-0.008"
 
@@ -185,3 +188,25 @@ def test_every_function_the_design_doc_walks_through_exists():
         re.search(rf"^\s*(def|class) {part}\b", source, flags=re.MULTILINE) for part in name.split(".")
     )]
     assert missing == []
+
+
+def test_study_v3s_pilot_answer_quotes_its_paired_runs():
+    """docs/study-pythia-14m-v3/README.md, "The pilot's answer": the per-seed table, the paired interval and the
+    implied correlation, computed again (paired t-test) from pilot/results.json."""
+    saved = json.loads((STUDY_V3 / "pilot" / "results.json").read_text())
+    verdict, selection = (losses_by_seed(saved, text) for text in ("val-verdict", "val-selection"))
+    mha, mla = verdict[REFERENCE], verdict["pythia-14m-mla"]
+    text = (STUDY_V3 / "README.md").read_text()
+    rows = markdown_table(text, "| | seed 1 |")
+    differences = {seed: mla[seed] - mha[seed] for seed in mha}
+    wrong = []
+    for label, losses in (("MHA", mha), ("MLA", mla), ("MLA - MHA (paired)", differences)):
+        printed = " ".join(rows[label][column] for column in ("seed 1", "seed 2", "std"))
+        wrong += disagreements(label, printed, [losses[1], losses[2], mean_std(list(losses.values()))[1]])
+    test = paired(mla, mha)
+    found = re.search(r"MLA - MHA = ([-+][\d.]+), paired 95% interval ±([\d.]+) \(df (\d+), p ([\d.]+)\)", text)
+    wrong += disagreements("interval", " ".join(found.groups()), [test.difference, test.half_width, test.df, test.p])
+    found = re.search(r"implied\s+correlation of paired runs is ([-+][\d.]+) \(([-+][\d.]+) on `val-selection`\)", text)
+    correlations = [implied_correlation(mla, mha), implied_correlation(selection["pythia-14m-mla"], selection[REFERENCE])]
+    wrong += disagreements("correlation", " ".join(found.groups()), correlations)
+    assert wrong == []

@@ -6,7 +6,12 @@ against, read cell by cell.
     mean, std  numpy's mean and sample standard deviation (ddof 1) over those runs
     Welch      d = mean_v - mean_r,  SE^2 = s_v^2/n_v + s_r^2/n_r,  df = SE^4 / ((s_v^2/n_v)^2/(n_v-1) + (s_r^2/n_r)^2/(n_r-1)),
                95% interval d ± t_{0.975, df} SE (scipy.stats.t), p from scipy.stats.ttest_ind(equal_var=False)
+    paired     per seed s both finished: d_s = v_s - r_s;  d = mean(d_s),  SE = std(d_s) / sqrt(n),  df = n - 1,
+               95% interval d ± t_{0.975, df} SE, p from scipy.stats.ttest_rel
     Holm       the m p-values sorted, p_holm_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))
+
+With a learning-rate axis and a selection (results.json's ``rate_selection``), each variant's runs at its chosen
+rate only (:func:`losses_by_seed`).
 
 A printed number agrees with a computed one when they differ by at most half a unit of the last printed digit.
 """
@@ -28,6 +33,19 @@ def final_losses(saved: dict, text: str) -> dict[str, list[float]]:
         if run["status"] == "ok":
             (entry,) = [value for value in run["evaluation"]["validation"] if value["name"] == text]
             losses.setdefault(run["variant"], []).append(entry["loss"])
+    return losses
+
+
+def losses_by_seed(saved: dict, text: str) -> dict[str, dict[int, float]]:
+    """Variant -> seed -> final validation loss on `text` (finished runs; at the variant's chosen rate where the
+    results hold a rate selection)."""
+    chosen = {entry["variant"]: entry["chosen"] for entry in saved.get("rate_selection", [])}
+    losses: dict[str, dict[int, float]] = {}
+    for run in saved["runs"]:
+        if run["status"] != "ok" or (run["variant"] in chosen and run.get("learning_rate") != chosen[run["variant"]]):
+            continue
+        (entry,) = [value for value in run["evaluation"]["validation"] if value["name"] == text]
+        losses.setdefault(run["variant"], {})[run["seed"]] = entry["loss"]
     return losses
 
 
@@ -104,3 +122,38 @@ def disagreements(where: str, cell: str, values: list[float]) -> list[str]:
     if len(printed) == len(values) and all(agrees(p, v) for p, v in zip(printed, values)):
         return []
     return [f"{where}: printed {cell!r}, computed {[round(v, 6) for v in values]}"]
+
+
+@dataclass(frozen=True)
+class Paired:
+    difference: float  # mean over seeds of variant - reference
+    se: float
+    df: int
+    p: float
+    half_width: float  # t_{0.975, df} SE
+    low: float  # the 95% interval
+    high: float
+
+
+def paired(values: dict[int, float], reference: dict[int, float]) -> Paired:
+    """The paired t-test (scipy) of the per-seed differences over the seeds both sides finished."""
+    from scipy import stats
+
+    seeds = sorted(set(values) & set(reference))
+    v = np.asarray([values[s] for s in seeds], dtype=np.float64)
+    r = np.asarray([reference[s] for s in seeds], dtype=np.float64)
+    differences = v - r
+    se = float(differences.std(ddof=1)) / math.sqrt(len(seeds))
+    df = len(seeds) - 1
+    d, half_width = float(differences.mean()), float(stats.t.ppf((1 + LEVEL) / 2, df)) * se
+    p = float(stats.ttest_rel(v, r).pvalue)
+    return Paired(d, se, df, p, half_width, d - half_width, d + half_width)
+
+
+def implied_correlation(values: dict[int, float], reference: dict[int, float]) -> float:
+    """1 - s_d^2 / (s_v^2 + s_r^2) over the seeds both sides finished: the correlation of paired runs that the
+    spreads imply."""
+    seeds = sorted(set(values) & set(reference))
+    v = np.asarray([values[s] for s in seeds])
+    r = np.asarray([reference[s] for s in seeds])
+    return float(1 - (v - r).var(ddof=1) / (v.var(ddof=1) + r.var(ddof=1)))
