@@ -287,12 +287,13 @@ def _rate_setup_lines(settings: Settings) -> list[str]:
     runs = "every config x rate x seed is a run"
     if settings.selection_seeds:
         seeds = ", ".join(str(seed) for seed in settings.selection_seeds)
-        runs = (f"seeds {seeds} run at every rate and choose it; every other seed runs at its variant's chosen rate"
-                " only")
+        runs = (f"seeds {seeds} run at every rate of their variant's grid and choose its rate; every other seed runs at"
+                " the chosen rate only")
     lines = [f"- Learning rates: {_rates(settings.learning_rates)} (the peak `lr` of the YAMLs' optimizer, nothing"
              f" else of it changed; {runs}){chosen}"]
     if settings.rate_grids:
-        lines += [f"  - {variant}: {_rates(grid)}" + (" (given, not chosen)" if len(grid) == 1 else "")
+        given = " (given, not chosen: a rate chosen elsewhere)"
+        lines += [f"  - {variant}: {_rates(grid)}" + (given if len(grid) == 1 else "")
                   for variant, grid in settings.rate_grids.items()]
     return lines
 

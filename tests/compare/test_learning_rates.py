@@ -301,9 +301,9 @@ def test_the_report_states_the_selection_seeds_and_the_given_rates():
                                    rate_grids={"mha": RATES, "mla": [0.016]})
     runs = [run for run in [*SWEEP, *later] if run.variant == "mha" or run.learning_rate == 0.016]
     text = markdown(results_of("litgpt-mka compare", "t", SWEEP[0].environment, settings, "mha", runs), [])
-    assert ("(the peak `lr` of the YAMLs' optimizer, nothing else of it changed; seeds 1, 2 run at every rate and"
-            " choose it; every other seed runs at its variant's chosen rate only)") in text
-    assert "  - mha: 0.004, 0.008, 0.016\n  - mla: 0.016 (given, not chosen)" in text
+    assert ("(the peak `lr` of the YAMLs' optimizer, nothing else of it changed; seeds 1, 2 run at every rate of their"
+            " variant's grid and choose its rate; every other seed runs at the chosen rate only)") in text
+    assert "  - mha: 0.004, 0.008, 0.016\n  - mla: 0.016 (given, not chosen: a rate chosen elsewhere)" in text
     assert "over its finished selection seeds (1, 2);" in text
     assert "| mla | — | — | **2.9250 ± 0.0354 (2)** | 0.016 (given) |" in text and EDGE_FLAG not in text
     assert "3 paired" in text

@@ -101,9 +101,10 @@ def test_the_other_seeds_wait_for_a_chosen_rate_and_run_at_it_once_every_selecti
         if plan.name in failing:
             return [plan.name]
         run = synthetic_run("a", plan.seed, 3.5)
-        chosen_text = Validation("sel", str(selection_text), selection_loss[plan.spec.learning_rate], 1.0, 9, 3, 32)
-        run = dataclasses.replace(run, name=plan.name, spec_sha256=plan.spec_sha256(), learning_rate=plan.spec.learning_rate,
-                                  evaluation=dataclasses.replace(run.evaluation, validation=[*run.evaluation.validation, chosen_text]))
+        on_selection = Validation("sel", str(selection_text), selection_loss[plan.spec.learning_rate], 1.0, 9, 3, 32)
+        evaluation = dataclasses.replace(run.evaluation, validation=[*run.evaluation.validation, on_selection])
+        run = dataclasses.replace(run, name=plan.name, spec_sha256=plan.spec_sha256(),
+                                  learning_rate=plan.spec.learning_rate, evaluation=evaluation)
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(plan.folder.result_json, to_json(run))
         return []
