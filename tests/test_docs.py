@@ -207,6 +207,7 @@ def test_study_v3s_pilot_answer_quotes_its_paired_runs():
     found = re.search(r"MLA - MHA = ([-+][\d.]+), paired 95% interval ±([\d.]+) \(df (\d+), p ([\d.]+)\)", text)
     wrong += disagreements("interval", " ".join(found.groups()), [test.difference, test.half_width, test.df, test.p])
     found = re.search(r"implied\s+correlation of paired runs is ([-+][\d.]+) \(([-+][\d.]+) on `val-selection`\)", text)
-    correlations = [implied_correlation(mla, mha), implied_correlation(selection["pythia-14m-mla"], selection[REFERENCE])]
+    correlations = [implied_correlation(mla, mha),
+                    implied_correlation(selection["pythia-14m-mla"], selection[REFERENCE])]
     wrong += disagreements("correlation", " ".join(found.groups()), correlations)
     assert wrong == []
