@@ -25,13 +25,16 @@ from litgpt_mka.evaluate import evaluate
 
 def run_compare(options: CompareOptions) -> int:
     """``litgpt-mka compare``: exit status 0 (every run finished), 1 (a run failed), 2 (invalid options), 130."""
-    from litgpt_mka.compare.runner import prepare, run_comparison
+    from litgpt_mka.compare.runner import plan_lines, prepare, run_comparison
 
     try:
         comparison = prepare(options)
     except (ValueError, FileNotFoundError) as error:
         print(f"litgpt-mka compare: error: {error}", file=sys.stderr)
         return 2
+    if options.dry_run:
+        print("\n".join(plan_lines(comparison)))
+        return 0
     return run_comparison(comparison)
 
 

@@ -41,6 +41,9 @@ class CompareOptions:
     """`litgpt pretrain` YAML files, one per variant; every setting but the model must agree."""
     out_dir: Path = Path("out/compare")
     """Output folder (runs/ and the report)."""
+    dry_run: bool = False
+    """Print the plan and exit without training: every run with its state (finished, to resume from a checkpoint,
+    failed before, to start, or waiting for its variant's chosen rate) and the reference; nothing is written."""
     seeds: list[int] = field(default_factory=lambda: [42])
     """Model-initialisation seeds (litgpt --seed); each config runs once per seed."""
     paired: bool = True

@@ -114,6 +114,45 @@ def plan_comparison(options: CompareOptions) -> tuple[SharedSettings, list[RunPl
     return shared, runs, reference, waiting_runs(options, chosen)
 
 
+def run_state(run: RunPlan) -> tuple[str, str]:
+    """What the next invocation does with a run: (``finished``, ``failed before``, ``to evaluate``, ``to resume`` or
+    ``to start``; the detail: its loss, the phase that failed, the checkpoint it resumes from)."""
+    from litgpt_mka.checkpoint import checkpoint_dirs
+
+    result = run.read_result()
+    if result is not None and result.ok:
+        primary = result.evaluation.primary
+        return "finished", f"loss {primary.loss:.4f} on {primary.name}"
+    if result is not None and result.status == "failed":
+        return "failed before", f"in {result.failure.phase}; runs again"
+    if run.folder.train_json.is_file():
+        return "to evaluate", "trained"
+    steps = [path for path in checkpoint_dirs(run.folder.checkpoints) if path.name != "final"]
+    return ("to resume", f"from {steps[-1].name}") if steps else ("to start", "")
+
+
+def plan_lines(comparison: Comparison) -> list[str]:
+    """``compare --dry_run``'s output: the plan, one line per run, then the runs waiting for a chosen rate."""
+    states = [run_state(run) for run in comparison.runs]
+    counts: dict[str, int] = {}
+    for kind, _ in states:
+        counts[kind] = counts.get(kind, 0) + 1
+    if comparison.waiting:
+        counts["waiting for a chosen rate"] = len(comparison.waiting)
+    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    lines = [f"compare plan: {comparison.total} runs ({summary}) in {comparison.out_dir};"
+             f" reference: {comparison.reference or 'none'}"]
+    width, digits = max(len(run.name) for run in comparison.runs), len(str(comparison.total))
+    lines += [f"  [{run.index:>{digits}}/{comparison.total}] {run.name:<{width}}  {kind}"
+              + (f" ({detail})" if detail else "") for run, (kind, detail) in zip(comparison.runs, states)]
+    waiting: dict[str, list[str]] = {}
+    for variant, seed in comparison.waiting:
+        waiting.setdefault(variant, []).append(str(seed))
+    lines += [f"  {variant}: seed{'s' * (len(seeds) > 1)} {', '.join(seeds)} wait{'s' * (len(seeds) == 1)} for its"
+              " rate, chosen once its selection runs have finished" for variant, seeds in waiting.items()]
+    return lines
+
+
 def check_existing_spec(run: RunPlan) -> None:
     """Refuses to reuse a run folder that was made with other settings."""
     path = run.folder.spec_json

@@ -1,5 +1,6 @@
 """litgpt_mka.compare.runner: what prepare refuses before any run, and the failure summary of a run's log."""
 
+import dataclasses
 import json
 
 import pytest
@@ -79,8 +80,6 @@ def test_the_other_seeds_wait_for_a_chosen_rate_and_run_at_it_once_every_selecti
         tmp_path, shared_data, tokenizer_dir, monkeypatch, capsys):
     """Runs "finish" by writing a result with chosen selection losses (no training): a failed selection run keeps
     the other seeds waiting (listed, exit status 1); the rerun retries it, chooses, and runs them in a second batch."""
-    import dataclasses
-
     from litgpt_mka.atomic import write_json
     from litgpt_mka.compare import runner
     from litgpt_mka.compare.records import Validation
@@ -121,3 +120,50 @@ def test_the_other_seeds_wait_for_a_chosen_rate_and_run_at_it_once_every_selecti
     # the first batch again (compare's own task skips the finished run), then the chosen rate's seeds
     assert started == ["a-lr0.004-seed1", "a-lr0.016-seed1", "a-lr0.016-seed2", "a-lr0.016-seed3"]
     assert "## Not run yet" not in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore:each run's validation curve")
+def test_a_dry_run_prints_every_runs_state_and_writes_nothing(tmp_path, shared_data, tokenizer_dir, capsys):
+    """--dry_run: a finished run, one that failed, one trained but not evaluated, one to resume from its last
+    complete checkpoint, one to start, and the seeds that wait for a chosen rate; the folder stays as it was."""
+    from litgpt_mka.atomic import write_json
+    from litgpt_mka.cli import run_compare
+    from litgpt_mka.compare.records import Failure
+    from tests.compare.helpers import synthetic_run
+
+    selection_text = tmp_path / "sel.txt"
+    selection_text.write_text((shared_data / "val.txt").read_text())
+    options = CompareOptions(
+        configs=[tiny_yaml(tmp_path, "a")], seeds=[1, 2, 3, 4, 5, 6], selection_seeds=[1, 2, 3, 4, 5],
+        learning_rates=[0.004], selection_val="sel", out_dir=tmp_path / "out", train_path=shared_data / "train.txt",
+        val_path=[shared_data / "val.txt", selection_text], tokenizer_dir=tokenizer_dir, max_tokens=1024,
+        context_length=16, decode_new_tokens=4, dry_run=True,
+    )
+    finished, failed, trained, resumable, _ = prepare(options).runs
+    for run in (finished, failed, trained, resumable):
+        run.run_dir.mkdir(parents=True)
+    write_json(finished.folder.result_json, to_json(dataclasses.replace(
+        synthetic_run("a", 1, 3.25), name=finished.name, spec_sha256=finished.spec_sha256())))
+    failure = Failure("train", 1, "exit status 1", "ValueError: x", "run.log", [])
+    write_json(failed.folder.result_json, to_json(dataclasses.replace(
+        synthetic_run("a", 2, 3.0), status="failed", name=failed.name, spec_sha256=failed.spec_sha256(),
+        evaluation=None, failure=failure)))
+    trained.folder.train_json.write_text("{}")
+    for step in ("step-00000002", "step-00000004", "step-00000006"):  # the last one incomplete: no model_config.yaml
+        (resumable.folder.checkpoints / step).mkdir(parents=True)
+        if step != "step-00000006":
+            (resumable.folder.checkpoints / step / "model_config.yaml").write_text("{}")
+    before = sorted(path.relative_to(tmp_path) for path in (tmp_path / "out").rglob("*"))
+    assert run_compare(options) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"compare plan: 6 runs (1 finished, 1 failed before, 1 to evaluate, 1 to resume, 1 to start,"
+                        f" 1 waiting for a chosen rate) in {tmp_path / 'out'}; reference: a")
+    assert lines[1:] == [
+        "  [1/6] a-lr0.004-seed1  finished (loss 3.2500 on val)",
+        "  [2/6] a-lr0.004-seed2  failed before (in train; runs again)",
+        "  [3/6] a-lr0.004-seed3  to evaluate (trained)",
+        "  [4/6] a-lr0.004-seed4  to resume (from step-00000004)",
+        "  [5/6] a-lr0.004-seed5  to start",
+        "  a: seed 6 waits for its rate, chosen once its selection runs have finished",
+    ]
+    assert sorted(path.relative_to(tmp_path) for path in (tmp_path / "out").rglob("*")) == before
