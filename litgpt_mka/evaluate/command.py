@@ -5,6 +5,7 @@ defaults (seed 1234, results beside the checkpoint).
 Also the checks of its options and tasks, and the message that names the ``[eval]`` extra when lm-eval is missing.
 """
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +49,8 @@ def require_lm_eval() -> None:
 
 
 def check_options(
-    tasks: str | None, batch_size: int | str, precision: str, limit: float | None, num_fewshot: int | None
+    tasks: str | None, batch_size: int | str, precision: str, limit: float | None, num_fewshot: int | None,
+    max_batch_size: int | None = None,
 ) -> list[str]:
     """The task names of `tasks` (comma-separated).
 
@@ -62,11 +64,23 @@ def check_options(
         int_in_range("batch_size", batch_size, note=" or 'auto'")
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} must be one of {list(PRECISIONS)}")
-    if limit is not None and not limit > 0:
-        raise ValueError(f"limit={limit!r} must be positive: a count of examples per task, or a fraction below 1")
-    if num_fewshot is not None and num_fewshot < 0:
-        raise ValueError(f"num_fewshot={num_fewshot!r} must be 0 or more")
+    from litgpt_mka.evaluate.lm import DEFAULT_MAX_BATCH_SIZE  # lm-eval is installed by now (require_lm_eval)
+
+    int_in_range("max_batch_size", max_batch_size, allow_none=f"the default, {DEFAULT_MAX_BATCH_SIZE}")
+    check_limit(limit)
+    int_in_range("num_fewshot", num_fewshot, 0, allow_none="each task's own")
     return names
+
+
+def check_limit(limit: float | None) -> None:
+    """Raises ValueError unless `limit` is None, a whole count of examples (>= 1) or a fraction in (0, 1)."""
+    allowed = "a whole count of examples per task (1 or more), or a fraction of each task in (0, 1)"
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0:
+        raise ValueError(f"limit={limit!r} must be positive and finite: {allowed}")
+    if limit >= 1 and limit != int(limit):
+        raise ValueError(f"limit={limit!r} is above 1 but not a whole number: {allowed}")
 
 
 def task_manager(include_path: Path | None, include_defaults: bool = True):
@@ -121,7 +135,7 @@ def evaluate_checkpoint(
     import litgpt_mka  # noqa: F401  (the plugin builds every variant, also without the .pth hook)
     from litgpt_mka.evaluate.registration import MODEL_NAME, register_with_lm_eval
 
-    names = check_options(tasks, batch_size, precision, limit, num_fewshot)
+    names = check_options(tasks, batch_size, precision, limit, num_fewshot, max_batch_size)
     manager = task_manager(include_path, include_defaults)
     check_tasks_known(names, manager)
     register_with_lm_eval()  # done already by the .pth's import finder, unless LITGPT_MKA_DISABLE=1
@@ -173,8 +187,9 @@ def evaluate(
         tasks: Comma-separated lm-eval task names (or globs), e.g. "lambada_openai,piqa,sciq"; with
             --include_path also the tasks defined there.
         num_fewshot: Few-shot examples per prompt; default: each task's own.
-        batch_size: Requests (or rolling windows) per forward pass; auto: the largest that fits in memory, halving
-            from --max_batch_size.
+        batch_size: Rows per forward pass, one row per group of requests that read the same input (a
+            multiple-choice document whose choices are one token each is one row; a rolling window is one row);
+            auto: the largest that fits in memory, halving from --max_batch_size.
         max_batch_size: The largest batch that auto tries; default: 64 (lm-eval's HFLM's).
         limit: Examples per task: a count, or a fraction of each task when below 1; default: all.
         include_path: A folder of extra lm-eval task YAML files (e.g. tasks on a local JSON file).

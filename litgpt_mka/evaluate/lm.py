@@ -70,7 +70,8 @@ class LitgptLM(TemplateLM):
     Args:
         model: the ``GPT``; its ``config.block_size`` is the context window.
         tokenizer: ``litgpt.tokenizer.Tokenizer`` of the checkpoint.
-        batch_size: requests (or rolling windows) per forward pass, or ``"auto"``.
+        batch_size: rows per forward pass (one row per group of requests that read the same input: a
+            multiple-choice document whose choices are one token each is one row), or ``"auto"``.
         max_batch_size: the largest batch ``"auto"`` tries.
         info: what ``results.json`` records under ``config`` about the model (checkpoint, precision, ...).
     """
@@ -381,7 +382,7 @@ def load_lm(
         checkpoint_dir: the folder.
         device: torch device; default: cuda when available, else cpu.
         precision: weights and KV cache: ``32-true`` (float32), ``bf16-true`` or ``16-true``.
-        batch_size: requests (or rolling windows) per forward pass, or ``auto``.
+        batch_size: rows per forward pass (one per group of requests that read the same input), or ``auto``.
         max_batch_size: the largest batch ``auto`` tries.
 
     Raises:

@@ -12,10 +12,10 @@ logits at the last ``n`` input positions predict the ``n`` continuation tokens:
     predicts c1 c2 k0   k1 k2            (the last n = 3 predictions are scored)
 
 A batch is right-padded to ``T`` with token 0: every variant is causal, so padding after a request's tokens
-changes none of its logits. Requests are scored longest first (the first batch is the largest, so an
-out-of-memory error comes at once), and the results are returned in the requests' order. The two steps of a batch
-are apart (:func:`padded_forward`, :func:`continuation_score`) so that one row can score several continuations
-that read the same input (``LitgptLM`` batches through lm-eval's ``Collator`` so).
+changes none of its logits. The two steps of a batch are apart (:func:`padded_forward`,
+:func:`continuation_score`) so that one row can score several continuations that read the same input;
+``LitgptLM`` (``lm.py``) batches through lm-eval's ``Collator``: longest input first (the first batch is the
+largest, so an out-of-memory error comes at once), the results returned in the requests' order.
 
 ``--batch_size auto`` (:func:`largest_batch_that_fits`): the largest of ``max_batch_size``, its half, its quarter, ... whose
 forward over ``(B, T)`` tokens, ``T`` the longest input, raises no out-of-memory error (halving from
@@ -23,7 +23,7 @@ forward over ``(B, T)`` tokens, ``T`` the longest input, raises no out-of-memory
 ``max_batch_size``.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -81,40 +81,6 @@ def continuation_score(logits: torch.Tensor, end: int, continuation: Sequence[in
     picked = log_probs.gather(-1, targets[:, None]).squeeze(-1)  # (n,)
     greedy = bool((log_probs.argmax(dim=-1) == targets).all())
     return ContinuationScore(float(picked.sum()), greedy)
-
-
-def score_batch(model: torch.nn.Module, windows: Sequence[ScoredWindow]) -> list[ContinuationScore]:
-    """One right-padded forward pass over `windows`, each window's continuation scored from its own row."""
-    logits = padded_forward(model, [window.input_ids for window in windows])  # (B, T, V)
-    return [continuation_score(row, len(w.input_ids), w.continuation) for row, w in zip(logits, windows)]
-
-
-def longest_first_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices into `lengths`, longest first (ties in their original order), in batches of `batch_size`."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def score_windows(
-    model: torch.nn.Module,
-    windows: Sequence[ScoredWindow],
-    batch_size: int,
-    on_batch: Callable[[int, int, int], None] | None = None,
-) -> list[ContinuationScore]:
-    """`score_batch` over batches of `batch_size` windows, longest first; results in the order of `windows`.
-
-    `on_batch(batch_number, batches, requests_done)` is called after each batch (progress).
-    """
-    results: list[ContinuationScore | None] = [None] * len(windows)
-    batches = longest_first_batches([len(w.input_ids) for w in windows], batch_size)
-    done = 0
-    for number, batch in enumerate(batches, start=1):
-        for index, score in zip(batch, score_batch(model, [windows[i] for i in batch])):
-            results[index] = score
-        done += len(batch)
-        if on_batch is not None:
-            on_batch(number, len(batches), done)
-    return results
 
 
 def is_out_of_memory(error: BaseException) -> bool:

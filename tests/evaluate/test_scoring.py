@@ -1,9 +1,9 @@
-"""The token-level scoring of continuations: left truncation to the context window, batching, padding."""
+"""The token-level scoring of continuations: left truncation to the context window, padding."""
 
 import pytest
 import torch
 
-from litgpt_mka.evaluate.scoring import longest_first_batches, score_batch, score_windows, scored_window
+from litgpt_mka.evaluate.scoring import continuation_score, padded_forward, scored_window
 from tests.helpers import random_gpt, tiny_config, tokens
 
 
@@ -31,22 +31,19 @@ def test_requests_that_cannot_be_scored_are_refused(context, continuation, messa
         scored_window(context, continuation, max_length=8)
 
 
-def test_batches_are_longest_first_and_results_come_back_in_request_order():
-    assert longest_first_batches([2, 5, 3, 5, 1], batch_size=2) == [[1, 3], [2, 0], [4]]
+def test_right_padding_changes_no_requests_score():
+    """Windows of different lengths in one padded forward score as each alone (no padding at all)."""
     model = random_gpt(tiny_config(block_size=16))
     ids = tokens(1, 16, seed=3)[0].tolist()
     windows = [scored_window(ids[:n], ids[n : n + 2], max_length=16) for n in (3, 12, 7, 9)]
-    batched = score_windows(model, windows, batch_size=3)
-    one_by_one = [score_batch(model, [window])[0] for window in windows]  # no padding at all
+
+    def score(batch):
+        logits = padded_forward(model, [w.input_ids for w in batch])  # (B, T, V)
+        return [continuation_score(row, len(w.input_ids), w.continuation) for row, w in zip(logits, batch)]
+
+    batched = score(windows)
+    one_by_one = [score([window])[0] for window in windows]
     torch.testing.assert_close(
         torch.tensor([s.log_likelihood for s in batched]), torch.tensor([s.log_likelihood for s in one_by_one])
     )
     assert [s.is_greedy for s in batched] == [s.is_greedy for s in one_by_one]
-
-
-def test_progress_is_reported_once_per_batch():
-    model = random_gpt(tiny_config())
-    windows = [scored_window([1, 2, 3], [4], max_length=16)] * 5
-    calls = []
-    score_windows(model, windows, batch_size=2, on_batch=lambda *args: calls.append(args))
-    assert calls == [(1, 3, 2), (2, 3, 4), (3, 3, 5)]
