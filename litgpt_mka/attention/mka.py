@@ -457,7 +457,6 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         self.router = Router(config.n_embd, settings["router_hidden"])
         self.memory = nn.Parameter(torch.empty(config.n_embd))  # p (C,)
         self._long_term = WeightDerived()  # (k(p), v(p)) of the current weights
-        self._decode_step_weights = WeightDerived()  # _decode_weights() of the current weights
         self.kv_cache: MemorizedKeyCache | None = None
         self.reset_parameters()
 
@@ -556,7 +555,7 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
     def _forward_mixed(self, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
         """``keys`` (mix K) and ``keys_values`` (mix K and V): one SDPA call."""
         B, T, _ = x.shape
-        if self._is_decode_step(T, input_pos, input_pos_maxp1):
+        if self._is_decode_step(x, input_pos, input_pos_maxp1):
             q, k, v = self._decode_step_qkv(x, cos, sin, input_pos, input_pos_maxp1)
         else:
             q, k, v = self._mixed_qkv(x, cos, sin, input_pos, input_pos_maxp1)
@@ -618,36 +617,38 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         return partial_rope(q, cos, sin, self.config), partial_rope(k, cos, sin, self.config), v
 
     # ------------------------------------------------------------------------------------ decode step
-    def _is_decode_step(self, T: int, input_pos, input_pos_maxp1) -> bool:
+    def _is_decode_step(self, x: torch.Tensor, input_pos, input_pos_maxp1) -> bool:
         """One token at a position the host knows (``litgpt generate``: ``input_pos`` (1,), ``input_pos_maxp1``),
-        without autograd: :meth:`_decode_step_qkv` may serve it."""
+        without autograd and outside autocast (where the projection's output is in another dtype than ``x``, and
+        the general path mixes in ``x``'s): :meth:`_decode_step_qkv` may serve it."""
         return (
-            T == 1
+            x.size(1) == 1
             and input_pos is not None
             and input_pos.dim() == 1
             and input_pos_maxp1 is not None
             and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(x.device.type)
         )
 
     def _decode_step_qkv(self, x, cos, sin, input_pos, input_pos_maxp1) -> tuple[torch.Tensor, ...]:
         """:meth:`_mixed_qkv` of one decode step in fewer, smaller operations (the same equations and order of
-        operations, so the same numbers up to rounding): the router's hidden layer and litgpt's ``qkv`` share one
-        matmul (:meth:`_decode_weights`), the ring adds one running sum (:meth:`MemorizedKeyCache.running_sums`),
-        the mix is written in place into the projection's output, where the mixed keys then sit beside the
-        queries, so one RoPE call serves both::
+        operations, so the same numbers up to rounding): the ring adds one running sum
+        (:meth:`MemorizedKeyCache.running_sums`), the mix is written in place into the projection's output, where
+        the mixed keys then sit beside the queries, so one RoPE call serves both::
 
-            [q ; k(x) ; v(x) ; h] = [W_qkv ; W_1] x + [b_qkv ; b_1]       (B, 1, nh_q hs + 2D + H)
+            [q ; k(x) ; v(x)] = qkv(x),  h = fc(x)                         (B, 1, nh_q hs + 2D), (B, 1, H)
             lam = softmax(W_2 gelu(h) + b_2)                               (B, 1, M)
             [k(x) ; v(x)][:w] <- lam_1 local + lam_2 session + lam_3 (k(p), v(p))[:w]   in place
             [q ; K] -> (B, nh_q + nh_kv, 1, hs) -> RoPE -> q, K
+
+        ``qkv`` and ``router.fc`` are called as modules (a LoRA ``qkv`` adds its delta), and no weight is copied.
         """
         c = self.config
         B = x.size(0)
         q_size, D, w = c.n_head * c.head_size, c.n_query_groups * c.head_size, self._sum_width()
-        weight, bias, long_term = self._decode_weights()
-        projected = F.linear(x, weight, bias)  # (B, 1, nh_q hs + 2D + H)
-        qkv, hidden = projected[..., : q_size + 2 * D], projected[..., q_size + 2 * D :]  # (B, 1, nh_q hs + 2D), (B, 1, H)
-        lam = self.router.weights_from_hidden(hidden, x.dtype).unsqueeze(-1)  # (B, 1, M) -> (B, 1, M, 1)
+        qkv = self.qkv(x)  # (B, 1, nh_q hs + 2D)
+        lam = self.router.weights_from_hidden(self.router.fc(x), x.dtype).unsqueeze(-1)  # (B, 1, M) -> (B, 1, M, 1)
+        long_term = self._long_term_memory()  # (2D,)
         local = qkv[..., q_size : q_size + w]  # (B, 1, w), a view into qkv
         position = input_pos_maxp1 - 1
         sums = self.kv_cache.running_sums(input_pos, local, input_pos_maxp1)  # (B, 1, w)
@@ -657,18 +658,6 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         qk = partial_rope(qk, cos, sin, self.config)
         v = self._heads(qkv[..., q_size + D :])  # (B, nh_kv, 1, hs): mixed (keys_values) or v(x) (keys)
         return qk[:, : c.n_head], qk[:, c.n_head :], v  # (B, nh_q, 1, hs), (B, nh_kv, 1, hs)
-
-    def _decode_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``[W_qkv ; W_1]`` (nh_q hs + 2D + H, C), its bias, and ``(k(p), v(p))`` (2D,): what a decode step reads,
-        derived once per weight change. ``qkv`` without a bias gets a zero one (litgpt's Pythia has one)."""
-        fc = self.router.fc
-        return self._decode_step_weights.get(self._derive_decode_weights, self.memory, self.qkv.weight, self.qkv.bias, fc.weight, fc.bias)
-
-    def _derive_decode_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fc = self.router.fc
-        qkv_bias = self.qkv.bias if self.qkv.bias is not None else self.qkv.weight.new_zeros(self.qkv.weight.size(0))
-        weight = torch.cat((self.qkv.weight, fc.weight))  # (nh_q hs + 2D, C) + (H, C)
-        return weight, torch.cat((qkv_bias, fc.bias)), self._long_term_memory()
 
     # ------------------------------------------------------------------------------------------- pieces
     def _sum_width(self) -> int:

@@ -128,7 +128,8 @@ def last_position_logits_only(model: nn.Module) -> Iterator[None]:
 @torch.no_grad()
 def copy_first_row_of_every_cache(model: nn.Module, batch_size: int) -> None:
     """Copies batch row 0 of every KV-cache buffer to rows 1 .. `batch_size` - 1: a prompt prefilled on one row
-    becomes every row's.
+    becomes every row's (and MKA's host-side record of its ring says so, so that decode steps at any batch take
+    the O(1) append, :meth:`~litgpt_mka.attention.mka.MemorizedKeyCache.running_sums`, as after a batch prefill).
 
     Raises:
         RuntimeError: a cache buffer without a leading batch dimension.
@@ -140,6 +141,9 @@ def copy_first_row_of_every_cache(model: nn.Module, batch_size: int) -> None:
                 shape = tuple(buffer.shape)
                 raise RuntimeError(f"{type(cache).__name__}.{name} {shape} has no leading batch dimension to copy")
             buffer[1:] = buffer[:1]  # (B, ...) <- row 0
+        host_ring = getattr(cache, "host_ring", None)  # MKA: the host's record of the ring now holds every row
+        if host_ring is not None and host_ring.rows is not None:
+            host_ring.rows = batch_size
 
 
 def time_decode_steps(

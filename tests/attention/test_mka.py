@@ -186,6 +186,16 @@ def test_token_by_token_decoding_matches_full_forward(routing, layout):
     assert_cached_decode_matches_full_forward(make_model(routing, LAYOUTS[layout]), tokens(), prompt=3)
 
 
+@pytest.mark.parametrize("routing", ("keys", "keys_values"))
+def test_decoding_under_autocast_mixes_in_the_models_dtype_as_the_full_forward(routing):
+    """Under bf16 autocast the projection's output is bf16 while the mix is in the input's dtype (float32): decode
+    steps then take the general path, give the full forward's logits and keep the float32 cache."""
+    model = make_model(routing, LAYOUTS["gqa"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert_cached_decode_matches_full_forward(model, tokens(), prompt=3, rtol=0, atol=0)
+    assert {block.attn.kv_cache.k.dtype for block in model.transformer.h} == {torch.float32}
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_chunked_prefill_matches_single_prefill(routing, layout):

@@ -147,6 +147,17 @@ def test_mla_absorbed_decode_uses_the_effective_weights_before_and_after_merge()
 
 
 @pytest.mark.parametrize("variant", ["mka", "fmka"])
+def test_mka_decode_steps_read_the_lora_qkv_before_and_after_merge(variant):
+    """Cached decoding (the decode-step fast path, T = 1 with input_pos_maxp1) == full forward, with the LoRA delta
+    of ``qkv`` unmerged, then merged (litgpt finetune_lora's generate_example decodes so during training)."""
+    model = lora_gpt(variant)
+    idx = tokens(2, 10)
+    assert_cached_decode_matches_full_forward(model, idx, prompt=4)
+    lora.merge_lora_weights(model)
+    assert_cached_decode_matches_full_forward(model, idx, prompt=4)
+
+
+@pytest.mark.parametrize("variant", ["mka", "fmka"])
 def test_mka_router_and_memory_are_frozen_and_one_step_changes_only_lora(variant):
     model = lora_gpt(variant).train()
     lora.mark_only_lora_as_trainable(model)

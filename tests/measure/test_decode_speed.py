@@ -40,6 +40,23 @@ def test_prefill_of_one_copied_row_decodes_every_row_as_the_full_forward(variant
     torch.testing.assert_close(logits, full.expand(3, -1, -1))
 
 
+def test_mka_rows_copied_from_one_decode_through_the_ring_append_as_after_a_batch_prefill(monkeypatch):
+    """After the copy, MKA's host-side ring record covers every row: decode steps append their running sum in O(1)
+    (``_append_sum``), not through the gather/scatter path that a ring of unknown rows takes."""
+    from litgpt_mka.attention.mka import MemorizedKeyCache
+    from litgpt_mka.measure.decode_speed import prefill_random_prompt
+
+    model = GPT(tiny_config("mka")).eval()
+    token = prefill_random_prompt(model, 4, 6, max_seq_length=12, seed=1, copy_one_row=True)
+    appends = []
+    original = MemorizedKeyCache._append_sum
+    monkeypatch.setattr(MemorizedKeyCache, "_append_sum", lambda self, *a: appends.append(1) or original(self, *a))
+    with torch.no_grad():
+        for t in range(6, 9):
+            token = model(token, torch.tensor([t]), input_pos_maxp1=t + 1).argmax(-1)  # (4, 1)
+    assert len(appends) == 3 * model.config.n_layer
+
+
 def test_measure_decode_tokens_per_second_runs_and_clears_the_cache():
     from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
 
