@@ -233,13 +233,18 @@ class CachedAttention(AttentionVariant):
         check_rope_cache_length(type(self).__name__, rope_cache_length, width, self.rope_width_field)
         return self.new_kv_cache(batch_size, max_seq_length, device, dtype)
 
+    def clear_derived_weights(self) -> None:
+        """Forgets every :class:`WeightDerived` value of the module (MLA's absorbed weights, MKA's ``(k(p), v(p))``);
+        the next use derives them again. Needed after editing a weight through ``.data``, which bumps no version."""
+        for value in vars(self).values():
+            if isinstance(value, WeightDerived):
+                value.clear()
+
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         """Forgets every :class:`WeightDerived` value of the module first: a loaded state dict always replaces
         the weights it was derived from, and inference tensors (``litgpt generate`` builds the model under
         ``inference_mode``) have no version counter to tell."""
-        for value in vars(self).values():
-            if isinstance(value, WeightDerived):
-                value.clear()
+        self.clear_derived_weights()
         super()._load_from_state_dict(*args, **kwargs)
 
 
@@ -263,7 +268,8 @@ class WeightDerived:
     """A value computed from weights once and reused until a weight changes (data pointer, dtype, device or
     in-place version: a load, an optimizer step, ``.to()``). Computed afresh, not cached, while autograd records
     gradients into the weights, inside ``torch.compile``, and in a process of a distributed job
-    (:func:`may_be_regathered`). An edit through ``.data`` bumps no version: call :meth:`clear` after one."""
+    (:func:`may_be_regathered`). An edit through ``.data`` bumps no version: call the module's
+    ``clear_derived_weights`` after one."""
 
     def __init__(self) -> None:
         self.clear()

@@ -19,6 +19,7 @@ from litgpt_mka.attention import mka
 from litgpt_mka.attention.mka import MemorizedKeyAttention, MemorizedKeyCache, routing_weights
 from tests.helpers import (
     assert_cached_decode_matches_full_forward,
+    decode_token_by_token,
     assert_chunked_prefill_matches_single_prefill,
     attention_kernels_run,
     random_gpt,
@@ -427,3 +428,17 @@ def test_long_term_memory_is_computed_once_per_weight_change(monkeypatch):
     optimizer.step()  # in-place update: new version
     model.eval()
     assert_cached_decode_matches_full_forward(model, idx, prompt=3)
+
+
+def test_an_edit_through_data_is_seen_after_clear_derived_weights():
+    """``.data`` edits bump no version, so (k(p), v(p)) stays derived from the old weights until the module forgets
+    it; after ``clear_derived_weights`` decoding gives the logits of a fresh model loaded with the edited weights."""
+    model, fresh, idx = make_model("keys"), make_model("keys", seed=1), tokens()
+    assert_cached_decode_matches_full_forward(model, idx, prompt=3)  # derives (k(p), v(p))
+    for block in model.transformer.h:
+        block.attn.qkv.weight.data.mul_(1.5)
+        block.attn.clear_derived_weights()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = fresh(idx)
+    torch.testing.assert_close(decode_token_by_token(model, idx, prompt=3), expected)
