@@ -149,8 +149,20 @@ def join_list_options(argv: list[str]) -> list[str]:
         if len(values) == 1 and values[0].lstrip().startswith("["):
             joined += [flag, values[0]]  # already a JSON/YAML list
         else:
-            joined.append(f"{flag}={json.dumps([lists[flag](v) for v in values])}")
+            joined.append(f"{flag}={json.dumps([converted(flag, lists[flag], v) for v in values])}")
     return joined
+
+
+KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
+
+
+def converted(flag: str, kind: type, value: str) -> Any:
+    """`value` as `kind`; exits with status 2 and a message naming `flag`, the value and what is allowed."""
+    try:
+        return kind(value)
+    except ValueError:
+        print(f"litgpt-mka: error: {flag} {value!r} is not {KIND_NAMES.get(kind, kind.__name__)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,7 @@ verdicts use every seed at the chosen rate; the selection seeds' runs there were
 """
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -110,7 +111,7 @@ def select_rate(variant: str, runs: list[RunResult], selection_val: str, seeds: 
     stats = [Stat.of(losses[rate]) for rate in rates]
     if not rates:
         return RateSelection(variant, [], [], None, False)
-    chosen = min(zip(rates, stats), key=lambda pair: pair[1].mean)[0]
+    chosen = min(zip(rates, stats), key=lambda pair: (math.isnan(pair[1].mean), pair[1].mean))[0]  # NaN: last
     return RateSelection(variant, rates, stats, chosen, chosen in (rates[0], rates[-1]) and grid_size != 1)
 
 
@@ -138,10 +139,14 @@ def summarize_rates(
     grids = grids or {}
     selection = [select_rate(variant, runs, selection_val, selection_seeds,
                              len(grids[variant]) if variant in grids else None) for variant in variants]
+    if selection_seeds is not None:  # a rate is chosen once every selection run finished, as the runner decides
+        complete = chosen_rates(runs, {v: grids.get(v, rates) for v in variants}, selection_val, selection_seeds)
+        selection = [choice if choice.variant in complete else dataclasses.replace(choice, chosen=None, at_edge=False)
+                     for choice in selection]
     chosen_runs = []
-    for choice in selection:  # a variant without a finished run keeps all its runs: its row shows none finished
+    for choice in selection:  # a variant without a chosen rate keeps only its unfinished runs: none finished shows
         mine = [run for run in runs if run.variant == choice.variant]
-        chosen_runs += mine if choice.chosen is None else _at(mine, choice.chosen)
+        chosen_runs += [run for run in mine if not run.ok] if choice.chosen is None else _at(mine, choice.chosen)
     return summarize(chosen_runs, reference, paired, rule), by_rate, selection
 
 
@@ -154,5 +159,7 @@ def chosen_rates(runs: list[RunResult], grids: dict[str, list[float]], selection
         finished = {(run.learning_rate, run.seed) for run in runs
                     if run.ok and run.variant == variant and run.learning_rate is not None}
         if all((rate, seed) in finished for rate in grid for seed in selection_seeds):
-            chosen[variant] = select_rate(variant, runs, selection_val, selection_seeds, len(grid)).chosen
+            choice = select_rate(variant, runs, selection_val, selection_seeds, len(grid)).chosen
+            if choice is not None:  # None: no run holds a loss on the selection text, so nothing can be chosen
+                chosen[variant] = choice
     return chosen

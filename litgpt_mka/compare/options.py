@@ -140,6 +140,12 @@ def val_paths(options: CompareOptions) -> list[Path]:
     return list(options.val_path or [])
 
 
+def resolved_stem(path: Path) -> str:
+    """The name of a validation text in the report and results: the stem of the file it resolves to (a link's
+    target), as the runs record it."""
+    return Path(path).expanduser().resolve().stem
+
+
 def validate(options: CompareOptions) -> None:
     """Raises ValueError (or FileNotFoundError) naming the first invalid option, its value and what is allowed."""
     if not options.configs:
@@ -169,7 +175,7 @@ def validate(options: CompareOptions) -> None:
         raise ValueError(f"reference={options.reference!r} is not one of the configs' file stems {stems}")
     if options.val_path is not None and not val_paths(options):
         raise ValueError("val_path=[] is empty; give one or more files, or leave it out for the YAMLs' data.val_path")
-    val_stems = [Path(p).stem for p in val_paths(options)]
+    val_stems = [resolved_stem(p) for p in val_paths(options)]
     if len(set(val_stems)) != len(val_stems):
         raise ValueError(
             f"val_path={[str(p) for p in val_paths(options)]} repeat a file stem; the report names each column by it"
@@ -260,7 +266,7 @@ def check_learning_rates(options: CompareOptions) -> None:
     if rates is None and options.config_learning_rates is None:
         raise ValueError(f"selection_val={options.selection_val!r} picks a learning rate, but no --learning_rates are"
                          " given to pick from")
-    stems = [Path(p).stem for p in val_paths(options)]
+    stems = [resolved_stem(p) for p in val_paths(options)]
     allowed = stems[1:]
     if options.selection_val not in allowed:
         verdicts = (f"{stems[0]!r}, the first --val_path, is the verdicts' text" if stems

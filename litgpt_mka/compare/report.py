@@ -659,6 +659,8 @@ def selection_lines(results: Results) -> list[str]:
             cell = NO_VALUE if rate not in found else f"{_cell(found[rate], _loss)} ({found[rate].n})"
             cells.append(f"**{cell}**" if rate == choice.chosen else cell)
         chosen = NO_VALUE if choice.chosen is None else rate_label(choice.chosen)
+        if choice.chosen is None and choice.rates and settings.selection_seeds:
+            chosen += " (not yet: a selection run has not finished)"
         if settings.rate_grids and len(settings.rate_grids.get(choice.variant, rates)) == 1:
             chosen += " (given)"
         lines.append(f"| {choice.variant} | " + " | ".join(cells) + f" | {chosen}"

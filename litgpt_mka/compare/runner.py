@@ -103,15 +103,37 @@ def plan_comparison(options: CompareOptions) -> tuple[SharedSettings, list[RunPl
 
     decode_dtype = options.decode_dtype or default_decode_dtype()
     shared, runs, reference = plan_runs(options, decode_dtype)
+    runs = [as_recorded(run) for run in runs]
     chosen = {}
     if options.selection_seeds:
         finished = [result for result in (run.read_result() for run in runs) if result is not None]
         chosen = chosen_rates(finished, grids_of(options), options.selection_val, options.selection_seeds)
         if chosen:
             shared, runs, reference = plan_runs(options, decode_dtype, chosen)
+            runs = [as_recorded(run) for run in runs]
     for run in runs:
         check_existing_spec(run)
     return shared, runs, reference, waiting_runs(options, chosen)
+
+
+EARLIER_LOGGER = "csv"  # what compare gave every run before it kept the YAML's logger
+
+
+def as_recorded(run: RunPlan) -> RunPlan:
+    """The run with its folder's spec where that spec differs from the planned one only in ``--logger_name csv``:
+    compare gave every run the CSV logger before it kept the YAML's, and those runs resume as they were (compare
+    reads their metrics.csv either way)."""
+    path = run.folder.spec_json
+    if not path.is_file():
+        return run
+    recorded, planned = read_json(path), to_json(run.spec)
+    args = list(planned["pretrain_args"])
+    if recorded == planned or "--logger_name" not in args:
+        return run
+    args[args.index("--logger_name") + 1] = EARLIER_LOGGER
+    if recorded != {**planned, "pretrain_args": args}:
+        return run
+    return dataclasses.replace(run, spec=dataclasses.replace(run.spec, pretrain_args=args))
 
 
 def run_state(run: RunPlan) -> tuple[str, str]:
@@ -435,7 +457,13 @@ def run_comparison(comparison: Comparison) -> int:
             attempted |= {plan.name for plan in batch}
             failed += run_batch(comparison, batch, launcher, clock, done)
             if comparison.options.selection_seeds:  # a rate chosen now adds its variant's other seeds
-                _, runs, _, waiting = plan_comparison(comparison.options)
+                try:
+                    _, runs, _, waiting = plan_comparison(comparison.options)
+                except (ValueError, FileNotFoundError) as error:  # e.g. a config edited while the runs trained
+                    write_report(comparison)
+                    print(f"litgpt-mka compare: error while planning the runs after a chosen rate: {error}",
+                          file=sys.stderr, flush=True)
+                    return 2
                 comparison = dataclasses.replace(comparison, runs=runs, waiting=waiting)
     except KeyboardInterrupt:
         write_report(comparison)

@@ -37,3 +37,12 @@ def test_list_options_take_several_values_after_one_flag():
     assert join_list_options(["compare", "--configs", "a.yaml", "b.yaml", "--seeds", "1", "2", "--out_dir", "o"]) == [
         "compare", '--configs=["a.yaml", "b.yaml"]', "--seeds=[1, 2]", "--out_dir", "o"]
     assert join_list_options(["--seeds", "[3, 4]"]) == ["--seeds", "[3, 4]"]
+
+
+def test_a_list_value_of_the_wrong_type_exits_2_naming_the_option(capsys):
+    from litgpt_mka import cli
+
+    with pytest.raises(SystemExit) as exit_status:
+        cli.main(["compare", "--configs", "a.yaml", "--learning_rates", "0.004", "abc"])
+    assert exit_status.value.code == 2
+    assert "litgpt-mka: error: --learning_rates 'abc' is not a number" in capsys.readouterr().err

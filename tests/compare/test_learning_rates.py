@@ -307,3 +307,37 @@ def test_the_report_states_the_selection_seeds_and_the_given_rates():
     assert "over its finished selection seeds (1, 2);" in text
     assert "| mla | — | — | **2.9250 ± 0.0354 (2)** | 0.016 (given) |" in text and EDGE_FLAG not in text
     assert "3 paired" in text
+
+
+def test_a_rate_is_chosen_only_from_a_complete_grid_and_never_for_a_nan_or_a_missing_selection_loss():
+    """The report decides as the runner does: with selection seeds, a variant whose grid x selection seeds has not all
+    finished has no chosen rate (and no verdict row mixing rates); a NaN mean never wins; no selection loss, no rate."""
+    from litgpt_mka.compare.learning_rates import chosen_rates
+    from litgpt_mka.compare.report import markdown, results_of
+
+    unfinished = dataclasses.replace(SWEEP[11], status="pending", evaluation=None)  # mla at 0.016, seed 2
+    runs = [*SWEEP[:11], unfinished]
+    summary, _, selection = summarize_rates(runs, "mha", RATES, "sel", paired=True, rule="t-test",
+                                            selection_seeds=[1, 2])
+    assert [(choice.chosen, choice.at_edge) for choice in selection] == [(0.008, False), (None, False)]
+    assert summary[1].runs_ok == 0  # none of mla's finished runs (at three rates) stands for it
+    settings = dataclasses.replace(sweep_results("sel").settings, selection_seeds=[1, 2])
+    text = markdown(results_of("litgpt-mka compare", "t", SWEEP[0].environment, settings, "mha", runs), [])
+    assert "| — (not yet: a selection run has not finished) |" in text
+    nan = [rated("mha", 1, 0.004, 1.0, math.nan), rated("mha", 1, 0.008, 1.0, 2.9)]
+    assert select_rate("mha", nan, "sel").chosen == 0.008
+    other_text = [dataclasses.replace(run, evaluation=dataclasses.replace(
+        run.evaluation, validation=run.evaluation.validation[:1])) for run in SWEEP[:6]]  # no "sel" loss
+    assert chosen_rates(other_text, {"mha": RATES}, "sel", [1, 2]) == {}
+
+
+def test_the_selection_text_is_named_as_the_runs_name_it_the_file_a_link_points_to(tmp_path):
+    config = tiny_yaml(tmp_path, "a")
+    val, target = tmp_path / "val.txt", tmp_path / "heldout-b.txt"
+    val.write_text("x"), target.write_text("y")
+    link = tmp_path / "sel.txt"
+    link.symlink_to(target)
+    options = CompareOptions(configs=[config], val_path=[val, link], learning_rates=[0.004])
+    validate(dataclasses.replace(options, selection_val="heldout-b"))
+    with pytest.raises(ValueError, match=r"selection_val='sel' is not one of \['heldout-b'\]"):
+        validate(dataclasses.replace(options, selection_val="sel"))

@@ -167,3 +167,65 @@ def test_a_dry_run_prints_every_runs_state_and_writes_nothing(tmp_path, shared_d
         "  a: seed 6 waits for its rate, chosen once its selection runs have finished",
     ]
     assert sorted(path.relative_to(tmp_path) for path in (tmp_path / "out").rglob("*")) == before
+
+
+@pytest.mark.filterwarnings("ignore:each run's validation curve")
+def test_a_run_recorded_with_the_csv_logger_of_earlier_versions_resumes_as_it_was(tmp_path, shared_data,
+                                                                                  tokenizer_dir):
+    """compare gave every run --logger_name csv before it kept the YAML's logger: such a folder is taken as it was
+    recorded (finished stays finished), while any other difference is still refused."""
+    import yaml
+
+    from litgpt_mka.atomic import write_json
+    from litgpt_mka.compare.layout import spec_sha256
+    from tests.compare.helpers import synthetic_run
+
+    config = tiny_yaml(tmp_path, "tiny")
+    settings = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**settings, "logger_name": "tensorboard"}))
+    options = CompareOptions(configs=[config], out_dir=tmp_path / "out", train_path=shared_data / "train.txt",
+                             val_path=[shared_data / "val.txt"], tokenizer_dir=tokenizer_dir, max_tokens=1024,
+                             context_length=16, decode_new_tokens=4)
+    (planned,) = prepare(options).runs
+    args = list(planned.spec.pretrain_args)
+    assert args[args.index("--logger_name") + 1] == "tensorboard"
+    args[args.index("--logger_name") + 1] = "csv"
+    earlier = dataclasses.replace(planned.spec, pretrain_args=args)
+    planned.run_dir.mkdir(parents=True)
+    write_json(planned.folder.spec_json, to_json(earlier))
+    write_json(planned.folder.result_json, to_json(dataclasses.replace(
+        synthetic_run("tiny", 42, 3.0), name=planned.name, spec_sha256=spec_sha256(earlier))))
+    (resumed,) = prepare(options).runs
+    assert resumed.spec == earlier and resumed.is_finished()
+    write_json(planned.folder.spec_json, to_json(dataclasses.replace(earlier, seed=7)))
+    with pytest.raises(ValueError, match=r"holds a run made with other settings \(differing: pretrain_args, seed\)"):
+        prepare(options)
+
+
+@pytest.mark.filterwarnings("ignore:each run's validation curve")
+def test_a_config_edited_while_the_selection_ran_stops_the_comparison_with_status_2(
+        tmp_path, shared_data, tokenizer_dir, monkeypatch, capsys):
+    from litgpt_mka.compare import runner
+
+    config = tiny_yaml(tmp_path, "a")
+    selection_text = tmp_path / "sel.txt"
+    selection_text.write_text((shared_data / "val.txt").read_text())
+    options = CompareOptions(
+        configs=[config], seeds=[1, 2], selection_seeds=[1], learning_rates=[0.004], selection_val="sel",
+        out_dir=tmp_path / "out", train_path=shared_data / "train.txt", val_path=[shared_data / "val.txt",
+        selection_text], tokenizer_dir=tokenizer_dir, max_tokens=1024, context_length=16, decode_new_tokens=4,
+        plots=False,
+    )
+
+    def finish(comparison, plan):
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        plan.folder.spec_json.write_text(json.dumps(to_json(plan.spec)))
+        config.write_text(config.read_text() + "\n# edited\n")  # while the run trained
+        return []
+
+    monkeypatch.setattr(runner, "finish_run", finish)
+    monkeypatch.setattr(runner, "prepare_data", lambda shared: None)
+    assert runner.run_comparison(prepare(options)) == 2
+    error = capsys.readouterr().err
+    assert "litgpt-mka compare: error while planning the runs after a chosen rate:" in error
+    assert "differing: config_sha256" in error and (tmp_path / "out" / "report.md").is_file()
