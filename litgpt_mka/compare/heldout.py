@@ -43,7 +43,8 @@ class HeldoutLoss:
 
 def heldout_data(checkpoint_dir: Path, val_path: Path | None = None) -> HeldoutData:
     """The validation windows of `val_path` (default: the run's own data.val_path) by the run's own settings
-    (tokenizer, max_seq_length, token cache).
+    (tokenizer, max_seq_length, token cache). A text shorter than one window (max_seq_length + 1 tokens) is one
+    window of its own length: every target scored once, as for a longer text.
 
     Raises:
         ValueError: the run did not train on a TextCorpus, or has no tokenizer_dir.
@@ -63,6 +64,8 @@ def heldout_data(checkpoint_dir: Path, val_path: Path | None = None) -> HeldoutD
     cache_dir = Path(init_args["cache_dir"]) if init_args.get("cache_dir") else None  # None: TextCorpus's default
     val_path = Path(init_args["val_path"] if val_path is None else val_path)
     tokens = load_or_tokenize(val_path, Tokenizer(hparams["tokenizer_dir"]), cache_dir, field_name="val_path")
+    if 2 <= len(tokens) <= max_seq_length:  # shorter than one window (a short out-of-domain text): one window, whole
+        max_seq_length = len(tokens) - 1
     windows, new_from = validation_windows(tokens, max_seq_length)
     return HeldoutData(windows, new_from, val_path, max_seq_length, len(tokens))
 

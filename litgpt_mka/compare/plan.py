@@ -252,6 +252,18 @@ def reference_variant(yamls: dict[Path, dict], options: CompareOptions) -> str |
     return next((path.stem for path, config in yamls.items() if is_mha(config)), None)
 
 
+def world_size(yaml_config: dict, options: CompareOptions) -> int:
+    """The processes litgpt pretrain will train in: devices x num_nodes (``devices: auto``: the visible GPUs, 1
+    without)."""
+    devices = options.devices if options.devices is not None else yaml_config.get("devices", "auto")
+    try:
+        return int(devices) * int(yaml_config.get("num_nodes", 1))
+    except (TypeError, ValueError):
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+
+
 def expected_curve_points(yaml_config: dict, options: CompareOptions) -> tuple[int, int] | None:
     """(validation-curve points, optimizer steps) of a run, as litgpt pretrain will schedule it; None if unknown.
 
@@ -267,18 +279,30 @@ def expected_curve_points(yaml_config: dict, options: CompareOptions) -> tuple[i
     micro, global_batch = train.get("micro_batch_size", 4), train.get("global_batch_size", 64)
     if not (max_tokens and seq and interval):
         return None
-    devices = options.devices if options.devices is not None else yaml_config.get("devices", "auto")
-    try:
-        world = int(devices) * int(yaml_config.get("num_nodes", 1))
-    except (TypeError, ValueError):
-        import torch
-
-        world = max(torch.cuda.device_count(), 1)
+    world = world_size(yaml_config, options)
     iterations = (max_tokens // world) // (micro * seq)
     accumulation = max((global_batch // world) // micro, 1)
     steps = iterations // accumulation
     saved = steps // interval
     return saved + (iterations != saved * interval * accumulation), steps
+
+
+def warn_accumulated_throughput(yaml_config: dict, path: Path, options: CompareOptions) -> str | None:
+    """Warns (and returns the message) when the runs accumulate gradients: litgpt then logs only the last iteration
+    of each optimizer step (``log_interval`` counts steps), whose time holds the optimizer step, so the report's
+    training tokens/s (read from the logged iterations) is not the mean over all iterations."""
+    train = yaml_config.get("train") or {}
+    micro, global_batch = train.get("micro_batch_size", 4), train.get("global_batch_size", 64)
+    world = world_size(yaml_config, options)
+    accumulation = (global_batch // world) // micro
+    if accumulation <= 1:
+        return None
+    message = (f"{path.name} accumulates gradients over {accumulation} iterations per optimizer step"
+               f" (global_batch_size {global_batch}, micro_batch_size {micro}, {world} device(s)): litgpt logs only"
+               " each step's last iteration, whose time includes the optimizer step, so the report's training"
+               " tokens/s reads those iterations only; compare the variants' ratios, not the absolute numbers")
+    warnings.warn(message, stacklevel=2)
+    return message
 
 
 def warn_short_curves(yaml_config: dict, path: Path, options: CompareOptions) -> str | None:
@@ -317,6 +341,7 @@ def plan_runs(options: CompareOptions, decode_dtype: str, chosen: dict[str, floa
     check_decode_fits_block_size(yamls, options)
     shared = shared_settings(options, yamls[config_paths[0]], config_paths[0])
     warn_short_curves(yamls[config_paths[0]], config_paths[0], options)
+    warn_accumulated_throughput(yamls[config_paths[0]], config_paths[0], options)
     measure = measure_settings(options, decode_dtype)
     out_dir = _absolute(options.out_dir)
     grids, chosen = grids_of(options), chosen or {}

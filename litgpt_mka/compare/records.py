@@ -20,6 +20,7 @@ only ever written before the study and is no longer read). Where each file lives
 """
 
 import dataclasses
+import math
 import statistics
 import types
 import typing
@@ -316,10 +317,13 @@ class Stat:
 
     @classmethod
     def of(cls, values: list[float | None]) -> "Stat":
-        """The Stat of the values that are not None."""
+        """The Stat of the values that are not None; a NaN or infinite value (a diverged run) makes mean and std
+        NaN (``statistics.stdev`` cannot take one)."""
         values = [v for v in values if v is not None]
         if not values:
             return cls(None, None, 0)
+        if not all(math.isfinite(v) for v in values):
+            return cls(math.nan, math.nan if len(values) > 1 else None, len(values))
         return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
 
 
@@ -337,7 +341,8 @@ class Difference:
     se: float | None  # None when either side has fewer than two finished seeds
     n: int
     n_reference: int
-    verdict: str  # "better", "worse", "cannot tell" ("tied within noise": the screening rule), "SE unknown", "no runs"
+    verdict: str  # "better", "worse", "cannot tell" ("tied within noise": the screening rule), "SE unknown", "no runs",
+    # "not finite" (a run diverged), "no direction"
     sentence: str
     # the t-test (rule "t-test"; None under the screening rule, and where no SE exists)
     t_test: str | None = None  # "paired" or "Welch"

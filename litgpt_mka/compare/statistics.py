@@ -150,8 +150,10 @@ def paired(differences: list[float], known_variance: float = 0.0) -> TTest:
 
 
 def holm(p_values: list[float]) -> list[float]:
-    """Holm's adjusted p-values, in the order given (see the module docstring)."""
+    """Holm's adjusted p-values, in the order given (see the module docstring); a NaN p (a test of non-finite
+    values) counts as 1, last in the order, so that it moves no other comparison's adjustment."""
     m = len(p_values)
+    p_values = [1.0 if math.isnan(p) else p for p in p_values]
     adjusted, running = [0.0] * m, 0.0
     for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
         running = max(running, min(1.0, (m - rank) * p_values[index]))

@@ -109,6 +109,10 @@ def _difference(
                           f"{variant}: {missing} has no finished run, so nothing is compared.")
     if rule == SCREENING:
         return _screened(variant, label, unit, values, reference, reference_values, higher_is_better, lm_eval_errors)
+    if not all(math.isfinite(value) for value in (*values, *reference_values)):
+        return Difference(reference, None, None, n, n_ref, "not finite",
+                          f"{variant}: a {label} of {variant} or {reference} is not finite (a run diverged), so"
+                          " nothing is compared.")
     e_v, e_r = lm_eval_errors or (0.0, 0.0)
     test = t_test(values, reference_values, seeds, e_v ** 2 + e_r ** 2)
     matched = list(_pairs(values, reference_values, seeds).values()) if seeds is not None else []
@@ -210,7 +214,7 @@ def _mean_stderr(stderrs: list[float | None]) -> float:
 
 def holm_family(tests: dict[str, TTest | None]) -> dict[str, Holm]:
     """Key -> (Holm-adjusted p, family size) over the keys that have a test (the comparisons with the reference)."""
-    tested = {key: test.p for key, test in tests.items() if test is not None}
+    tested = {key: test.p for key, test in tests.items() if test is not None and math.isfinite(test.p)}
     adjusted = statistics.holm(list(tested.values()))
     return {key: (p, len(tested)) for key, p in zip(tested, adjusted)}
 

@@ -48,3 +48,24 @@ def test_validation_windows_are_disjoint_from_the_training_text(
 def _occurs(needle: torch.Tensor, haystack: torch.Tensor, key: int = 8) -> bool:
     candidates = (haystack.unfold(0, key, 1) == needle[:key]).all(dim=1).nonzero().flatten()
     return any(torch.equal(haystack[s : s + len(needle)], needle) for s in candidates.tolist())
+
+
+def test_a_text_shorter_than_one_window_is_one_window_of_its_own_length(
+    shared_data, tokenizer_dir, subprocess_env, tmp_path, monkeypatch
+):
+    """A short secondary text (a sentence of out-of-domain text): one window of its own length, every target scored
+    once, instead of a failure after training."""
+    from litgpt_mka.compare.heldout import heldout_data
+
+    monkeypatch.setenv("XDG_CACHE_HOME", subprocess_env["XDG_CACHE_HOME"])
+    checkpoint = tmp_path / "final"
+    checkpoint.mkdir()
+    data = {"class_path": "litgpt_mka.data.TextCorpus",
+            "init_args": {"train_path": str(shared_data / "train.txt"), "val_path": str(shared_data / "val.txt")}}
+    (checkpoint / "hyperparameters.yaml").write_text(yaml.safe_dump(
+        {"data": data, "tokenizer_dir": str(tokenizer_dir), "train": {"max_seq_length": 512}}))
+    short = tmp_path / "short.txt"
+    short.write_text("A short text of a few words.\n")
+    evaluated = heldout_data(checkpoint, short)
+    assert evaluated.windows.shape == (1, evaluated.num_tokens) and evaluated.max_seq_length == evaluated.num_tokens - 1
+    assert evaluated.new_from.tolist() == [0] and 2 <= evaluated.num_tokens < 20

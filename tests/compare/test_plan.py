@@ -68,3 +68,14 @@ def test_decode_warmup_is_the_decode_measurements_own():
     from litgpt_mka.measure.decode_speed import measure_decode_tokens_per_second
 
     assert DECODE_WARMUP_TOKENS == inspect.signature(measure_decode_tokens_per_second).parameters["warmup_tokens"].default
+
+
+def test_gradient_accumulation_is_warned_about_for_the_throughput_it_reads(tmp_path):
+    from litgpt_mka.compare.options import CompareOptions
+    from litgpt_mka.compare.plan import warn_accumulated_throughput
+
+    config = {"train": {"micro_batch_size": 4, "global_batch_size": 16}, "devices": 1}
+    with pytest.warns(UserWarning, match=r"a\.yaml accumulates gradients over 4 iterations per optimizer step"):
+        assert warn_accumulated_throughput(config, tmp_path / "a.yaml", CompareOptions())
+    config["train"]["global_batch_size"] = 4
+    assert warn_accumulated_throughput(config, tmp_path / "a.yaml", CompareOptions()) is None

@@ -80,3 +80,11 @@ def test_seeds_for_a_half_width_plan_a_study_from_a_pilots_spread():
     assert seeds_for_half_width(0.02, 0.05) == 3 and seeds_for_half_width(0.02, 0.03) == 5
     assert seeds_for_half_width(0.02, 0.02) == 7  # 2.447 x 0.02 / sqrt(7) = 0.0185
     assert seeds_for_half_width(0.0, 0.01) == 2 and seeds_for_half_width(1.0, 1e-3, most=100) is None
+
+
+def test_a_nan_p_value_counts_as_1_and_moves_no_other_adjustment():
+    from litgpt_mka.compare.statistics import holm
+
+    for order in ([0.001, 0.002, math.nan], [math.nan, 0.001, 0.002], [0.002, math.nan, 0.001]):
+        adjusted = dict(zip(map(str, order), holm(order)))
+        assert (adjusted["0.001"], adjusted["0.002"], adjusted["nan"]) == (0.003, 0.004, 1.0)

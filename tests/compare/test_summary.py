@@ -131,3 +131,17 @@ def test_several_comparisons_with_the_reference_are_adjusted_by_holm():
     # paired (the same shift on every seed: the differences spread only by rounding): certain, even after Holm
     paired = summarize(runs, "ref", paired=True)[1].difference
     assert (paired.verdict, paired.t_test, paired.pairs) == ("worse", "paired", 3) and paired.p_holm < 1e-6
+
+
+def test_a_diverged_run_is_said_not_finite_and_leaves_the_other_verdicts_as_they_are():
+    """A NaN loss (a diverged run) makes its variant's comparison "not finite"; the others keep their Holm family."""
+    from litgpt_mka.compare.summary import summarize
+
+    runs = [synthetic_run(variant, seed, loss) for seed in (1, 2, 3, 4)
+            for variant, loss in (("ref", 3.0 + 0.01 * seed), ("v1", 3.2 + 0.01 * seed), ("v2", 3.2 + 0.011 * seed))]
+    diverged = [synthetic_run("nan", seed, math.nan if seed == 4 else 3.0) for seed in (1, 2, 3, 4)]
+    for order in (diverged + runs, runs + diverged):
+        rows = {row.variant: row for row in summarize(order, "ref")}
+        assert rows["nan"].difference.verdict == "not finite"
+        assert (rows["v1"].difference.verdict, rows["v2"].difference.verdict) == ("worse", "worse")
+        assert rows["v1"].difference.holm_comparisons == 2
