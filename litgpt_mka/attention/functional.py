@@ -217,8 +217,8 @@ def grouped_decode(
     nh_kv = keys.codes.size(1)
     g = nh_q // nh_kv
     rows = q.reshape(B * nh_kv, g * T, hs)  # (B, nh_q, 1, hs) -> (B nh_kv, g, hs): a group's heads as rows
-    bias = mask_bias(mask, B, nh_kv, g * T)  # (B nh_kv, g, upto) or None
-    y = decode_attention(rows, keys, values, upto, scale, bias=bias, softcapping=softcapping)  # (B nh_kv, g, hs)
+    additive = mask_bias(mask, B, nh_kv, g * T)  # (B nh_kv, g, upto) or None
+    y = decode_attention(rows, keys, values, upto, scale, softcapping=softcapping, mask=additive)  # (B nh_kv, g, hs)
     return y.view(B, nh_q, T, hs).transpose(1, 2)  # (B nh_kv, g, hs) -> (B, nh_q, 1, hs) -> (B, 1, nh_q, hs)
 
 

@@ -424,10 +424,9 @@ class MultiheadLatentAttention(CachedAttention, litgpt.model.MultiheadLatentAtte
         softcapping = self.config.attention_logit_softcapping
         if softcapping is not None and w.b_k is not None:  # softcapping is not shift-invariant: keep q_nope . b_K
             bias += _key_bias_scores(q_nope, w.b_k).reshape(B, nh * T, 1) * self.scale  # (B, nh T, 1)
-        if mask is not None:
-            bias += mask_bias(mask, B, 1, nh * T)  # (B, nh T, S)
         o_lat = decode_attention(
-            q_lat.reshape(B, nh * T, -1), latent, latent, upto, self.scale, bias=bias, softcapping=softcapping
+            q_lat.reshape(B, nh * T, -1), latent, latent, upto, self.scale, bias=bias, softcapping=softcapping,
+            mask=mask_bias(mask, B, 1, nh * T),  # (B, nh T, S) or None: added after softcapping
         )  # (B, nh T, L): heads as query rows of the one shared latent
         return self._latent_values(o_lat.view(B, nh, T, -1), w)  # (B, nh, T, V)
 

@@ -11,9 +11,9 @@ Notation: ``q`` a query row, ``c_t`` the codes of position t as numbers, ``s_t``
 and offset of its one group (``z_t = 0`` but for int4; :mod:`litgpt_mka.attention.quantization`), so the
 dequantized row is ``x^_t = s_t c_t + z_t``; ``p_t`` the attention weights; ``m_t`` an additive mask (0, or
 float32's finite minimum where position t is not visible: rows at different positions, or no
-``input_pos_maxp1``)::
+``input_pos_maxp1``); ``cap`` litgpt's softcapping where set (before the mask, as litgpt applies it)::
 
-    scores_t = scale q . x^_t + m_t = s_t (scale q . c_t) + z_t (scale sum(q)) + m_t       keys
+    scores_t = cap(scale q . x^_t) + m_t = cap(s_t (scale q . c_t) + z_t (scale sum(q))) + m_t       keys
     o        = sum_t p_t x^_t = sum_t (p_t s_t) c_t + sum_t p_t z_t                         values
 
 A block costs one conversion of its codes (int4: two half-row unpacks) and two matrix products; with several
@@ -89,7 +89,7 @@ def _rows_per_block(row_bytes: int, N: int, device: torch.device) -> int:
 
 def decode_attention(
     q: torch.Tensor, keys: QuantizedSequence, values: QuantizedSequence, upto: int, scale: float,
-    bias: torch.Tensor | None = None, softcapping: float | None = None,
+    bias: torch.Tensor | None = None, softcapping: float | None = None, mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention over the first `upto` positions of quantized sequences, read block by block from their
     codes (the equations in the module docstring), in float32.
@@ -101,8 +101,10 @@ def decode_attention(
             both), then each block is converted once.
         upto: positions attended to (``input_pos_maxp1``, or the cache's length).
         scale: the softmax scale.
-        bias: (N, Q, upto) float32 added to the scaled scores (MLA's RoPE part, an additive mask), or None.
+        bias: (N, Q, upto) float32 added to the scaled scores before softcapping (MLA's RoPE part), or None.
         softcapping: litgpt's ``attention_logit_softcapping`` of the scores, or None.
+        mask: (N, Q, upto) float32 additive mask (:func:`mask_bias`), added after softcapping (which would turn a
+            masked score into ``-softcapping`` instead of keeping it hidden), or None.
 
     Returns:
         (N, Q, Fv) in q's dtype.
@@ -126,6 +128,8 @@ def decode_attention(
             scores.add_(bias[rows])
         if softcapping is not None:
             scores = do_softcapping(scores, softcapping)
+        if mask is not None:
+            scores.add_(mask[rows])
         p = scores.softmax(dim=-1)  # (r, Q, upto) float32
         v = k if shared else values.block(rows, upto, compute, capacity)  # (r, upto, Fv)
         _weighted_values(p, v, _rows_of(value_scales, rows), out=out[rows])

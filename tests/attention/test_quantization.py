@@ -259,6 +259,33 @@ def test_cached_decoding_equals_decoding_through_the_reference_quantizer(variant
     assert blocks, "the decode steps did not read the codes"
 
 
+@pytest.mark.parametrize("input_pos_maxp1", (True, False))
+@pytest.mark.parametrize("variant", ("gqa", "mla", "mka"))
+@torch.no_grad()
+def test_masked_decode_steps_from_the_codes_softcap_before_masking(variant, input_pos_maxp1, monkeypatch):
+    """Rows at different positions (a mask on the decode step) and attention_logit_softcapping: the codes path
+    equals the dequantized reference, whose masked positions stay hidden (softcapping would turn a masked score
+    added before it into -softcapping, a visible weight)."""
+    model = random_gpt(quantized_config(variant, "int8", attention_logit_softcapping=1.0))
+    idx = tokens(2, 16)
+
+    def decode(reference: bool) -> torch.Tensor:
+        model.set_kv_cache(batch_size=2, max_seq_length=20)
+        if reference:
+            with_reference_sequences(model)
+        model(idx[:, :8], torch.arange(8), input_pos_maxp1=8)
+        logits = []
+        for i in range(4):  # row 0 continues at 8, row 1 rewrites from 4: masked steps
+            position = torch.tensor([[8 + i], [4 + i]])
+            logits.append(model(idx[:, 8 + i : 9 + i], position, input_pos_maxp1=9 + i if input_pos_maxp1 else None))
+        return torch.cat(logits, dim=1)
+
+    reference = decode(True)
+    blocks = count_blocks(monkeypatch)
+    torch.testing.assert_close(decode(False), reference, rtol=1e-5, atol=1e-5)
+    assert blocks, "the decode steps did not read the codes"
+
+
 @pytest.mark.parametrize("variant", ("mha", "mla", "fmka"))
 @torch.no_grad()
 def test_litgpt_generate_loop_decodes_from_the_codes_and_greedily_as_the_reference(variant, monkeypatch):
