@@ -517,15 +517,17 @@ class MemorizedKeyAttention(CachedAttention, CausalSelfAttention):
         return _CACHE_UNITS[config.memorized_key_attention["routing"]] * config.n_query_groups * config.head_size
 
     @classmethod
-    def kv_cache_bytes_per_sequence(cls, config: Config, dtype: torch.dtype) -> int:
+    def kv_cache_bytes_per_sequence(cls, config: Config, dtype: torch.dtype, max_seq_length: int | None = None) -> int:
         """The ring of running sums per sequence and layer: ``W (w * 4 + 8)`` bytes (float32 sums, int64 positions).
 
-        ``W = sum_window``, capped at the cache length by :meth:`build_kv_cache`; this counts the full window.
+        ``W = sum_window``, capped at the cache length `max_seq_length` as :meth:`build_kv_cache` caps it (None: the
+        full window).
         """
         settings = config.memorized_key_attention
         width = _sum_width(settings["routing"], config.n_query_groups * config.head_size)
-        ring = settings["sum_window"] * (width * _sum_dtype(dtype).itemsize + torch.int64.itemsize)
-        return ring + super().kv_cache_bytes_per_sequence(config, dtype)  # + a quantized cache's residual window
+        W = settings["sum_window"] if max_seq_length is None else min(settings["sum_window"], max_seq_length)
+        ring = W * (width * _sum_dtype(dtype).itemsize + torch.int64.itemsize)
+        return ring + super().kv_cache_bytes_per_sequence(config, dtype, max_seq_length)  # + the residual window
 
     @classmethod
     def kv_cache_quantized_rows(cls, config: Config) -> tuple[QuantizedRows, ...]:

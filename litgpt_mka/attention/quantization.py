@@ -21,15 +21,19 @@ R      ``residual``: the most recent positions also kept in full precision (0: n
 Equations, per group ``g`` (G numbers of one row; scales and offsets stored in float16)::
 
     int8           s = max|x_g| / 127            q = round(x / s)  in [-127, 127]      x^ = s q
-    int4           s = (max x_g - min x_g) / 15  z = min x_g
+    int4           z = min x_g                   s = (max x_g - z) / 15
                    q = round((x - z) / s)  in [0, 15]                                  x^ = s q + z
     float8_e4m3fn  s = max|x_g| / 448            q = float8_e4m3fn(x / s)              x^ = s q
 
-(``s`` and ``z`` are rounded to float16 first and ``q`` is computed with the rounded values, so x^ is what
-the stored numbers give back.) Quantization is per token: every group lies inside one row, so writing a
+(``s`` and ``z`` are rounded to float16 first, ``z`` down (and clamped to float16's range, +-65504) and then ``s``
+up from the rounded ``z``, so that every code stays in range; ``q`` is computed with the rounded values, so x^ is
+what the stored numbers give back.) Quantization is per token: every group lies inside one row, so writing a
 position never changes another one; chunked prefill, batched ``(B, T)`` positions and rewriting earlier
 positions (speculative decoding) work exactly as with the unquantized cache. The error of one number is at
-most ``s / 2`` (int8, int4); float8's relative error is at most 2^-4 of the number (3 mantissa bits).
+most ``s / 2`` (int8, int4; int4 numbers below -65504, the most negative float16 offset, come back as -65504); float8's
+relative error is at most 2^-4 of the number (3 mantissa bits) where ``x / s`` is a normal float8 number, at
+least 2^-6 in magnitude; smaller numbers of a group (below max|x_g| / 28672) fall into float8's subnormals and,
+below max|x_g| / 458752, to zero: their absolute error is at most ``s`` 2^-10 (half float8's subnormal step).
 Per-channel key scales (KIVI, KVQuantS) need a block of tokens before they can be computed and are not
 implemented.
 
@@ -153,9 +157,19 @@ def check_row_width(quantization: KVQuantization, width: int, row: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- quantizers
+def _float16_rounded(value: torch.Tensor, toward: float) -> torch.Tensor:
+    """float32 `value` as float16, rounded toward ``toward`` (+inf or -inf) where rounding to nearest went the other
+    way, so that the stored number is never on the wrong side of the exact one. `value` must be within float16's
+    range."""
+    nearest = value.to(SCALE_DTYPE)
+    wrong_side = nearest.float() < value if toward > 0 else nearest.float() > value
+    return torch.where(wrong_side, torch.nextafter(nearest, torch.full_like(nearest, toward)), nearest)
+
+
 def _rounded_scale(value: torch.Tensor) -> torch.Tensor:
-    """A scale in float16, never zero or infinite."""
-    return value.clamp(_SCALE_MIN, _SCALE_MAX).to(SCALE_DTYPE)
+    """A scale in float16, never zero or infinite, rounded up: every code of its group then stays in range (a
+    scale rounded down, in float16's subnormal range by as much as a third, would clamp the largest codes)."""
+    return _float16_rounded(value.clamp(_SCALE_MIN, _SCALE_MAX), math.inf)
 
 
 def quantize(x: torch.Tensor, quantization: KVQuantization) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -165,7 +179,9 @@ def quantize(x: torch.Tensor, quantization: KVQuantization) -> tuple[torch.Tenso
     groups = x.float().unflatten(-1, (F // G, G))  # (..., F/G, G)
     if quantization.dtype == "int4":
         low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)  # (..., F/G, 1)
-        scales, offsets = _rounded_scale((high - low) / 15), low.to(SCALE_DTYPE)
+        # z at or below the minimum (rounded down, within float16's range), s from z: codes of [z, max] fit 0..15
+        offsets = _float16_rounded(low.clamp(-_SCALE_MAX, _SCALE_MAX), -math.inf)
+        scales = _rounded_scale((high - offsets.float()) / 15)
         q = ((groups - offsets.float()) / scales.float()).round_().clamp_(0, 15).to(torch.uint8)  # (..., F/G, G)
         q = q.flatten(-2)  # (..., F)
         codes = q[..., : F // 2] | (q[..., F // 2 :] << 4)  # (..., F/2): number i low, i + F/2 high
@@ -234,10 +250,14 @@ class Workspace:
         self._held: dict[str, torch.Tensor] = {}
 
     def get(self, role: str, numel: int, dtype: torch.dtype, device: torch.device, capacity: int) -> torch.Tensor:
-        """A flat tensor of `numel` numbers for `role` (at least `capacity` allocated, once)."""
+        """A flat tensor of `numel` numbers for `role` (at least `capacity` allocated, once).
+
+        Allocated outside inference mode (a normal tensor, as the cache's own buffers are), so that a cache first
+        read under ``torch.inference_mode`` (litgpt generate, chat, serve) stays writable under ``no_grad``."""
         held = self._held.get(role)
-        if held is None or held.numel() < numel or held.dtype != dtype or held.device != device:
-            held = self._held[role] = torch.empty(max(numel, capacity), dtype=dtype, device=device)
+        if held is None or held.numel() < numel or held.dtype != dtype or held.device != device or held.is_inference():
+            with torch.inference_mode(False):
+                held = self._held[role] = torch.empty(max(numel, capacity), dtype=dtype, device=device)
         return held[:numel]
 
     @property
@@ -359,15 +379,24 @@ class QuantizedSequence(nn.Module):
         return apply_scales(x, self.scales.flatten(0, -3)[rows, :upto], offsets)
 
     def _remember_recent(self, input_pos: torch.Tensor, new: torch.Tensor) -> None:
-        """Keeps the chunk's last R rows (bs, *heads, T, F) in the ring, slot ``position mod R``."""
+        """Keeps the chunk's last R rows (bs, *heads, T, F) in the ring, slot ``position mod R``.
+
+        A slot that holds a position this chunk rewrites (but does not keep) is emptied first, so an older exact row
+        never returns in place of the new codes; kept positions that share a slot (a chunk whose positions are not
+        consecutive) leave it empty, so no scatter has to choose between them. Empty slots read from the codes.
+        """
         bs, T, R = new.size(0), new.size(-2), self.residual
         if self.recent.dtype != new.dtype:
             self.recent = self.recent.to(new.dtype)
+        written = input_pos.expand(bs, -1)  # (bs, T)
+        held = self.recent_positions[:bs]  # (bs, R)
+        held.masked_fill_((held.unsqueeze(-1) == written.unsqueeze(1)).any(-1), -1)  # rewritten: no longer exact
         kept = min(T, R)
-        positions = input_pos.expand(bs, -1)[:, T - kept:]  # (bs, kept): the chunk's last positions
+        positions = written[:, T - kept:]  # (bs, kept): the chunk's last positions
         slots = positions.remainder(R)
+        shared = (slots.unsqueeze(-1) == slots.unsqueeze(1)).sum(-1) > 1  # (bs, kept): two kept rows, one slot
         _write(self.recent[:bs], slots, new[..., T - kept:, :])
-        self.recent_positions[:bs].scatter_(1, slots, positions)
+        held.scatter_(1, slots, torch.where(shared, -1, positions))
 
     def _exact_recent(self, rows: torch.Tensor, upto: int) -> None:
         """Puts every ring row below `upto` back into `rows` ((bs, *heads, upto + 1, F); empty and

@@ -156,15 +156,15 @@ class AttentionVariant:
         return (elements - quantized) * dtype.itemsize + stored
 
     @classmethod
-    def kv_cache_bytes_per_sequence(cls, config: Any, dtype: torch.dtype) -> int:
+    def kv_cache_bytes_per_sequence(cls, config: Any, dtype: torch.dtype, max_seq_length: int | None = None) -> int:
         """The residual window of a quantized cache (exact rows and their int64 positions), else nothing.
 
-        Counts the full window R; a cache shorter than R holds only its length.
+        The window holds R rows, or `max_seq_length` for a shorter cache (None: the full window).
         """
         quantization = cache_quantization(config)
         if quantization is None or not quantization.residual:
             return 0
-        R = quantization.residual
+        R = quantization.residual if max_seq_length is None else min(quantization.residual, max_seq_length)
         rows = cls.kv_cache_quantized_rows(config)
         return sum(row.buffers * R * (row.heads * row.width * dtype.itemsize + torch.int64.itemsize) for row in rows)
 

@@ -45,15 +45,16 @@ def kv_cache_bytes(
     dtype: torch.dtype = torch.float32,
     module_class: type | None = None,
 ) -> int:
-    """Bytes that ``set_kv_cache(batch_size, max_seq_length, dtype=dtype)`` allocates (ring buffers capped)."""
+    """Bytes that ``set_kv_cache(batch_size, max_seq_length, dtype=dtype)`` allocates (ring buffers, residual
+    windows and MKA's ring of sums capped at the cache's length, as the caches cap them)."""
     variant = _variant(config, module_class)
     per_token = variant.kv_cache_bytes_per_token(config, dtype)
-    per_sequence = variant.kv_cache_bytes_per_sequence(config, dtype)
     total = 0
     for block_idx in range(config.n_layer):
         length = max_seq_length
         if _is_sliding_window_layer(config, variant, block_idx):
             length = min(max_seq_length, config.sliding_window_size)
+        per_sequence = variant.kv_cache_bytes_per_sequence(config, dtype, max_seq_length)
         total += batch_size * (length * per_token + per_sequence)
     return total
 

@@ -2,6 +2,7 @@
 the equations, the cache against a dense reference cache, every variant through the model and `litgpt generate`,
 the byte accounting against what `set_kv_cache` allocates, and `kv_cache_quantization: null` unchanged."""
 
+import math
 import shutil
 
 import pytest
@@ -25,6 +26,15 @@ def quantized_config(variant: str, quantization, **overrides):
 
 
 # ------------------------------------------------------------------------------- reference quantizers
+def half_rounded(value: torch.Tensor, up: bool) -> float:
+    """float32 `value` as the nearest float16 on its `up` (or down) side: the docstring's rounding of s (up) and z
+    (down). s and z are computed in float32 as the quantizer computes them, so that the stored numbers are equal."""
+    half = value.half()
+    if (half.float() < value) if up else (half.float() > value):
+        half = torch.nextafter(half, torch.tensor(math.inf if up else -math.inf, dtype=torch.float16))
+    return half.double().item()
+
+
 def reference_round_trip(x: torch.Tensor, dtype: str, group: int) -> torch.Tensor:
     """x (..., F) quantized and dequantized group by group, from the module docstring's equations, in float64."""
     out = torch.empty(x.shape, dtype=torch.float64)
@@ -32,14 +42,15 @@ def reference_round_trip(x: torch.Tensor, dtype: str, group: int) -> torch.Tenso
     for r in range(flat.size(0)):
         for start in range(0, flat.size(1), group):
             g = flat[r, start : start + group]
+            g32 = g.float()
             if dtype == "int4":
-                s = torch.tensor((g.max() - g.min()).item() / 15).clamp(2.0**-24).half().double()
-                z = g.min().half().double()
+                z = half_rounded(g32.min().clamp(-65504.0, 65504.0), up=False)
+                s = half_rounded(((g32.max() - z) / 15).clamp(2.0**-24, 65504.0), up=True)
                 q = ((g - z) / s).round().clamp(0, 15)
                 result[r, start : start + group] = q * s + z
             else:
                 limit = 127.0 if dtype == "int8" else 448.0
-                s = torch.tensor(g.abs().max().item() / limit).clamp(2.0**-24).half().double()
+                s = half_rounded((g32.abs().max() / limit).clamp(2.0**-24, 65504.0), up=True)
                 if dtype == "int8":
                     q = (g / s).round().clamp(-127, 127)
                 else:
@@ -68,6 +79,36 @@ def test_integer_error_is_at_most_half_a_step(dtype):
     error = (quant.dequantize(codes, scales, offsets, spec, torch.float32) - x).abs().unflatten(-1, (2, 16))
     step = scales.float().unsqueeze(-1)  # (64, 2, 1)
     assert bool((error <= step / 2 * (1 + 1e-3) + 1e-7).all())
+
+
+@pytest.mark.parametrize("dtype", ("int8", "int4"))
+@pytest.mark.parametrize("case", ("offset far from zero", "float16 subnormal scales", "near float16's maximum"))
+def test_half_a_step_holds_where_float16_rounding_of_s_and_z_would_break_it(dtype, case):
+    """z rounded down and s rounded up (from the rounded z): rounding to nearest put z above the group's minimum
+    (int4 at 1000.26: codes clamped, 370 steps off) and s below its value among float16's subnormals (18 steps)."""
+    generator = torch.Generator().manual_seed(2)
+    x = {"offset far from zero": 1000.26 + 0.01 * torch.rand(64, 32, generator=generator),
+         "float16 subnormal scales": 1e-5 * torch.randn(64, 32, generator=generator),
+         "near float16's maximum": 6e4 * torch.rand(64, 32, generator=generator) - 3e4}[case]
+    spec = KVQuantization(dtype, 16)
+    codes, scales, offsets = quant.quantize(x, spec)
+    error = (quant.dequantize(codes, scales, offsets, spec, torch.float64) - x.double()).abs().unflatten(-1, (2, 16))
+    step = scales.double().unsqueeze(-1)  # (64, 2, 1)
+    assert bool((error <= step / 2 * (1 + 1e-3)).all()), float((error / step).max())
+
+
+def test_int4_numbers_beyond_float16s_range_stay_finite():
+    """The offset is clamped to float16's range: numbers below -65504 come back as -65504, the others within half a
+    step (before, an offset beyond the range was inf and the whole group came back inf or NaN)."""
+    x = torch.tensor([[1e5] * 8, [-1e5] * 8, [-1e5 + 1e4 * k for k in range(8)]])
+    spec = KVQuantization("int4", 8)
+    codes, scales, offsets = quant.quantize(x, spec)
+    got = quant.dequantize(codes, scales, offsets, spec, torch.float64)
+    assert bool(torch.isfinite(got).all())
+    representable = x >= -65504
+    torch.testing.assert_close(got[~representable], torch.full_like(got[~representable], -65504.0))
+    error = (got - x.double()).abs()[representable]
+    assert bool((error <= scales.double().expand_as(x)[representable] / 2 * (1 + 1e-3)).all())
 
 
 def test_zero_groups_come_back_as_zeros_and_int4_constants_exactly():
@@ -125,6 +166,20 @@ def test_residual_window_returns_the_last_positions_exactly():
     torch.testing.assert_close(got[:, 7:8], new, rtol=0, atol=0)
     store.reset()
     assert bool((store.recent_positions == -1).all()) and not store.codes.any()
+
+
+def test_a_chunk_that_rewrites_a_ring_position_without_keeping_it_reads_the_new_codes():
+    """R = 2, positions 0-3 written (the ring holds 2 and 3), then a chunk at [2, 5, 7]: it rewrites 2 and keeps 5
+    and 7 (one slot: both left out of the ring). Position 2 reads the new row's codes, not the ring's old exact row."""
+    g = torch.Generator().manual_seed(0)
+    store = QuantizedSequence((1, 1, 8, 16), KVQuantization("int8", 16, residual=2), dtype=torch.float32)
+    old, new = torch.randn(1, 1, 4, 16, generator=g), torch.randn(1, 1, 3, 16, generator=g)
+    store.write(torch.arange(4), old)
+    got = store.update(torch.tensor([2, 5, 7]), new, 8)
+    expected = reference_round_trip(new, "int8", 16)  # (1, 1, 3, 16): positions 2, 5, 7 from the codes
+    torch.testing.assert_close(got[:, :, [2, 5, 7]], expected)
+    assert store.recent_positions.tolist() == [[-1, -1]]  # 2 forgotten; 5 and 7 share slot 1 (3's): left empty
+    torch.testing.assert_close(got[:, :, 3], reference_round_trip(old, "int8", 16)[:, :, 3])  # 3: from the codes
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -367,8 +422,9 @@ def test_accounted_bytes_equal_what_set_kv_cache_allocates(variant, quantization
     routing = {"memorized_key_attention": {"routing": "outputs"}} if variant == "outputs" else {}
     config = quantized_config("mka" if variant == "outputs" else variant, quantization, **routing)
     model = GPT(config)
-    model.set_kv_cache(batch_size=3, max_seq_length=20)
-    assert allocated_kv_cache_bytes(model) == kv_cache_bytes(config, 3, 20)
+    for length in (20, 4):  # 4: shorter than the residual window (5) and MKA's ring of sums (16), both capped
+        model.set_kv_cache(batch_size=3, max_seq_length=length)
+        assert allocated_kv_cache_bytes(model) == kv_cache_bytes(config, 3, length)
 
 
 @pytest.mark.parametrize("preset", ("pythia-70m-gqa", "pythia-70m-mqa", "pythia-70m-mka", "pythia-70m-fmka"))
@@ -412,6 +468,24 @@ def test_litgpt_generate_decodes_through_a_quantized_cache(variant, dtype, token
     text = generated.stdout.strip().splitlines()[-1]
     assert text.startswith(prompt) and len(text) > len(prompt) + 12
     assert f"'kv_cache_quantization': '{dtype}'" in generated.stderr
+
+
+@pytest.mark.parametrize("variant", ("gqa", "mla", "mka"))
+def test_a_cache_first_read_under_inference_mode_stays_usable_under_no_grad(variant):
+    """litgpt generate reads under torch.inference_mode; the same cache, reset, then serves a no_grad forward (the
+    workspace is allocated as a normal tensor, as the cache's buffers are)."""
+    model = random_gpt(quantized_config(variant, "int8"))
+    idx = tokens(1, 10)
+    model.set_kv_cache(batch_size=1, max_seq_length=16)
+    with torch.inference_mode():
+        expected = [model(idx[:, :4], torch.arange(4), input_pos_maxp1=4),
+                    model(idx[:, 4:5], torch.tensor([4]), input_pos_maxp1=5)]
+    for block in model.transformer.h:
+        block.attn.kv_cache.reset_parameters()
+    with torch.no_grad():
+        got = [model(idx[:, :4], torch.arange(4), input_pos_maxp1=4),
+               model(idx[:, 4:5], torch.tensor([4]), input_pos_maxp1=5)]
+    torch.testing.assert_close(got, expected)
 
 
 @torch.no_grad()
