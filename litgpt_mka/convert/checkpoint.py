@@ -9,8 +9,9 @@ merges it over the training settings::
 
     litgpt pretrain --config TRAINING.yaml --config DIR/pretrain_model.yaml --initial_checkpoint_dir DIR \
         --tokenizer_dir DIR --out_dir OUT
- Not copied: ``hyperparameters.yaml`` (the
-source's training run) and ``config.json`` (the Hugging Face config of the source architecture).
+ ``prompt_style.yaml`` (a fine-tuned source's) is copied
+too. Not copied: ``hyperparameters.yaml`` (the source's training run) and ``config.json`` (the Hugging Face config
+of the source architecture).
 """
 
 import json
@@ -29,19 +30,24 @@ from litgpt_mka.data import split_documents
 COPIED_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "generation_config.json",
     "special_tokens_map.json", "vocab.json", "merges.txt",
+    "prompt_style.yaml",  # litgpt finetune_* writes it; litgpt generate/chat/serve read it before guessing by name
 )
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # litgpt's Tokenizer needs one of them
 
 
 def load_source(checkpoint_dir: Path) -> tuple[Any, dict[str, torch.Tensor], torch.nn.Module]:
     """The source `Config`, its state dict (canonical names, saved dtype) and a float32 ``GPT`` in eval mode.
 
     Raises:
-        FileNotFoundError: the folder lacks ``lit_model.pth`` or ``model_config.yaml``.
+        FileNotFoundError: the folder lacks ``lit_model.pth``, ``model_config.yaml`` or a tokenizer file.
     """
     checkpoint_dir = Path(checkpoint_dir)
     for name in (CHECKPOINT_FILE, CONFIG_FILE):
         if not (checkpoint_dir / name).is_file():
             raise FileNotFoundError(f"{checkpoint_dir} is not a litgpt checkpoint folder: {name} is missing")
+    if not any((checkpoint_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{checkpoint_dir} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): calibration"
+                                " reads text through it, and the converted folder needs it")
     config = load_config(checkpoint_dir)
     check_mha(config)
     state = model_weights(load_state(checkpoint_dir / CHECKPOINT_FILE))

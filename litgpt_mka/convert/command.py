@@ -17,6 +17,22 @@ from litgpt_mka.validation import positive_int
 TARGETS = ("gqa", "mqa", "mla")
 
 
+def check_options_apply(to: str, n_query_groups: int | None, kv_lora_rank: int | None, rope_fit: str, kv_norm: str,
+                        svd: str) -> None:
+    """Raises ValueError for an option the target does not read (it would be silently ignored)."""
+    import litgpt_mka.convert.mla as mla  # the module, not the package (whose __init__ imports this one)
+
+    if to == "mla" and n_query_groups is not None:
+        raise ValueError(f"n_query_groups={n_query_groups} does not apply to --to mla (MLA keeps every head; its cache"
+                         " is the latent, --kv_lora_rank)")
+    if to != "mla":
+        defaults = {"rope_fit": mla.ROPE_FITS[0], "kv_norm": mla.KV_NORMS[0], "svd": mla.SVDS[0]}
+        given = {"kv_lora_rank": kv_lora_rank, "rope_fit": rope_fit, "kv_norm": kv_norm, "svd": svd}
+        for name, value in given.items():
+            if value is not None and value != defaults.get(name):
+                raise ValueError(f"{name}={value!r} applies to --to mla only, not --to {to}")
+
+
 def convert_checkpoint(
     checkpoint_dir: Path,
     to: str,
@@ -60,6 +76,7 @@ def convert_checkpoint(
     _check_choice("svd", svd, mla.SVDS)
     for name, value in (("calibration_tokens", calibration_tokens), ("calibration_seq_length", calibration_seq_length)):
         positive_int(name, value)
+    check_options_apply(to, n_query_groups, kv_lora_rank, rope_fit, kv_norm, svd)
     out_dir = new_out_dir(out_dir, checkpoint_dir)
     started = time.perf_counter()
     config, state, model = load_source(checkpoint_dir)

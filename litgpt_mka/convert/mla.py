@@ -209,9 +209,8 @@ def fit_shared_rope_key(
         s = Z.mean(dim=1)  # (R/2, C)
     elif rope_fit == "complex":
         U, S, Vh = torch.linalg.svd(Z, full_matrices=False)  # (R/2, nh, k), (R/2, k), (R/2, k, C)
-        scale = S[:, :1] / math.sqrt(nh)  # (R/2, 1): alpha gets RMS 1 over the heads
-        alpha = U[:, :, 0] * S[:, :1] / scale  # (R/2, nh)
-        s = Vh[:, 0, :] * scale  # (R/2, C)
+        alpha = U[:, :, 0] * math.sqrt(nh)  # (R/2, nh): RMS 1 over the heads
+        s = Vh[:, 0, :] * (S[:, :1] / math.sqrt(nh))  # (R/2, C): 0 for a pair whose rows are 0 in every head
         phase = alpha.sum(dim=1, keepdim=True)  # (R/2, 1): rotate so that sum_h alpha is real positive
         phase = torch.where(phase.abs() > 0, phase / phase.abs().clamp_min(1e-300), torch.ones_like(phase))
         alpha, s = alpha * phase.conj(), s * phase

@@ -103,6 +103,35 @@ def test_a_folder_without_weights_is_not_a_checkpoint(tmp_path):
         convert_checkpoint(tmp_path, "mqa", tmp_path / "out", **QUIET)
 
 
+def test_a_folder_without_a_tokenizer_is_refused_before_loading(tmp_path):
+    source, _ = mha_checkpoint(tmp_path / "source", tiny_config("mha"))
+    (source / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no tokenizer \(tokenizer.json or tokenizer.model\)"):
+        convert_checkpoint(source, "mqa", tmp_path / "out", **QUIET)
+
+
+def test_a_fine_tuned_sources_prompt_style_is_copied(tmp_path):
+    """litgpt finetune_* writes prompt_style.yaml; generate/chat/serve read it before guessing a style by name."""
+    source, _ = mha_checkpoint(tmp_path / "source", tiny_config("mha"))
+    (source / "prompt_style.yaml").write_text("class_path: litgpt.prompts.Alpaca\n")
+    out = tmp_path / "out"
+    convert_checkpoint(source, "mqa", out, **QUIET)
+    assert (out / "prompt_style.yaml").read_text() == (source / "prompt_style.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("to", "given", "message"),
+    [("gqa", dict(n_query_groups=2, kv_lora_rank=8), r"kv_lora_rank=8 applies to --to mla only, not --to gqa"),
+     ("mqa", dict(rope_fit="mean"), r"rope_fit='mean' applies to --to mla only, not --to mqa"),
+     ("mla", dict(kv_lora_rank=8, n_query_groups=2), r"n_query_groups=2 does not apply to --to mla")],
+)
+def test_options_the_target_does_not_read_are_refused(tmp_path, to, given, message):
+    source, _ = mha_checkpoint(tmp_path / "source", tiny_config("mha"))
+    with pytest.raises(ValueError, match=message):
+        convert_checkpoint(source, to, tmp_path / "out", **given, **QUIET)
+    assert not (tmp_path / "out").exists()
+
+
 def test_bare_state_dicts_and_half_precision_are_kept(tmp_path):
     """A `litgpt download`-style bare bf16 state dict converts to a bf16 state dict."""
     config = tiny_config("mha")

@@ -6,6 +6,8 @@ every attention input has the same norm (a LayerNorm without affine part and L =
 orthogonal image of the input, so its RMS is constant and the calibrated norm weight undoes it). Bounded
 error otherwise."""
 
+import math
+
 import pytest
 import torch
 from litgpt.model import apply_rope, build_rope_cache
@@ -84,6 +86,17 @@ def test_complex_fit_recovers_keys_that_share_one_key_up_to_gains():
     torch.testing.assert_close(with_gains(fitted_alpha, W_r), w)
     torch.testing.assert_close(with_gains(fitted_alpha, b_r[:, None])[..., 0], b)
     assert fit_shared_rope_key(w, b, "mean")[3] > 0.3  # the mean cannot represent the gains
+
+
+def test_a_frequency_pair_zero_in_every_head_fits_to_zero_not_nan():
+    g = torch.Generator().manual_seed(3)
+    nh, R, C = 4, 8, 16
+    w, b = torch.randn(nh, R, C, generator=g, dtype=torch.float64), torch.randn(nh, R, generator=g, dtype=torch.float64)
+    w[:, [0, R // 2]] = 0  # pair 0 (rows 0 and R/2, rotate-half) zero in every head
+    b[:, [0, R // 2]] = 0
+    W_r, b_r, alpha, error = fit_shared_rope_key(w, b, "complex")
+    assert all(bool(torch.isfinite(t).all()) for t in (W_r, b_r, alpha)) and math.isfinite(error)
+    assert not W_r[[0, R // 2]].any() and not b_r[[0, R // 2]].any()
 
 
 def test_complex_fit_is_never_worse_than_the_mean():
