@@ -427,11 +427,19 @@ class ShuffledWindows(IterableDataset):
         self.epoch, self.served = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "served": self.served, "seed": self.seed}
+        return {"epoch": self.epoch, "served": self.served, "seed": self.seed, "world_size": _rank_and_world_size()[1]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores the position; refuses another data seed, or another number of processes (``served`` counts this
+        rank's windows of a ``rank::world_size`` share: at another world size it would point elsewhere)."""
         if state["seed"] != self.seed:
             raise ValueError(f"data.seed={self.seed} differs from the checkpoint's seed {state['seed']}")
+        world_size = _rank_and_world_size()[1]
+        if state.get("world_size", world_size) != world_size:  # checkpoints before it was saved: not checked
+            raise ValueError(
+                f"the checkpoint's data position was saved by {state['world_size']} processes, and this run has"
+                f" {world_size}: resume with devices x num_nodes = {state['world_size']}, or start the run afresh"
+            )
         self.epoch, self.served = state["epoch"], state["served"]
 
 

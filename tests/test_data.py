@@ -167,6 +167,18 @@ def test_shuffled_windows_refuse_a_state_from_another_seed():
         windows.load_state_dict({"epoch": 0, "served": 0, "seed": 2})
 
 
+def test_shuffled_windows_refuse_a_state_saved_by_another_number_of_processes(monkeypatch):
+    windows = ShuffledWindows(torch.zeros(4, 3, dtype=torch.int64), seed=1)
+    monkeypatch.setattr(data_module, "_rank_and_world_size", lambda: (0, 2))
+    saved = windows.state_dict()
+    assert saved["world_size"] == 2
+    monkeypatch.setattr(data_module, "_rank_and_world_size", lambda: (0, 1))
+    with pytest.raises(ValueError, match=r"saved by 2 processes, and this run has 1: resume with devices x num_nodes = 2"):
+        windows.load_state_dict(saved)
+    windows.load_state_dict({"epoch": 1, "served": 2, "seed": 1})  # saved before the world size was: accepted
+    assert (windows.epoch, windows.served) == (1, 2)
+
+
 def test_shared_tinystories_sample_tokenizes_into_disjoint_sets(shared_data, tokenizer, tmp_path):
     module = corpus(tmp_path, tokenizer, shared_data / "train.txt", shared_data / "val.txt", seq=512)
     assert 400_000 < len(module._train_tokens) < 470_000 and 70_000 < len(module._val_tokens) < 85_000

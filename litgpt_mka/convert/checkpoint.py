@@ -17,7 +17,6 @@ of the source architecture).
 import json
 import os
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +184,8 @@ def write_checkpoint(
             "#   litgpt pretrain --config TRAINING.yaml --config THIS_DIR/pretrain_model.yaml"
             " --initial_checkpoint_dir THIS_DIR --tokenizer_dir THIS_DIR --out_dir OUT\n"
         )
-        body = yaml.safe_dump({"model_name": config.name, "model_config": asdict(config)}, sort_keys=False)
+        saved = yaml.safe_load((tmp / "model_config.yaml").read_text(encoding="utf-8"))  # as litgpt (and we) save it
+        body = yaml.safe_dump({"model_name": config.name, "model_config": saved}, sort_keys=False)
         (tmp / "pretrain_model.yaml").write_text(header + body, encoding="utf-8")
         for name in COPIED_FILES:
             if (Path(checkpoint_dir) / name).is_file():

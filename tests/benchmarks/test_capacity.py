@@ -9,7 +9,7 @@ import torch
 from litgpt.generate.base import batched_generate_fn
 
 import litgpt_mka  # noqa: F401  (activates the plugin)
-from litgpt_mka.measure.kv_cache_size import kv_cache_bytes
+from litgpt_mka.measure.kv_cache_size import kv_cache_bytes, kv_cache_bytes_per_token
 from tests.helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "capacity.py"
@@ -110,4 +110,20 @@ def test_report_has_every_row_and_is_marked_when_short(capacity, monkeypatch, tm
     decoded = text.split("### Decode at that batch")[1].split("### Weights")[0]
     assert len([line for line in decoded.splitlines() if line.startswith("| M")]) == 2
     assert "| MHA | none |" in decoded and "| 1.00x |" in decoded
+    assert "| tiny-context step ms |" in decoded and "at a 16-token context (same batch, 18 positions)" in text
     assert "**no:" not in text  # every allocation matches the formula
+
+
+def test_the_prediction_adds_what_the_longer_cache_reads_and_computes_to_the_tiny_context_step(capacity, rows):
+    mha = rows[0][0]
+    fit = capacity.Footprint(batch=2, allocated=0, held=0, flops=3 * 10**9)
+    prediction = capacity.predict(mha, fit, tiny_flops=10**9, tiny_step=0.010, lengths=(26, 126), dtype=torch.float32,
+                                  bandwidth=1e10, rate=1e11)
+    per_step_and_position = 2 * kv_cache_bytes_per_token(mha.config, torch.float32)  # batch 2
+    assert prediction.seconds == pytest.approx(0.010 + 100 * per_step_and_position / 1e10 + 2e9 / 1e11)
+    assert prediction.cache_bytes == 126 * per_step_and_position
+
+
+def test_a_tiny_context_must_be_shorter_than_the_context(capacity):
+    with pytest.raises(SystemExit):
+        capacity.parse_args(["--context", "16", "--tiny_context", "16"])

@@ -59,6 +59,38 @@ def test_import_activates_when_litgpt_was_imported_first(subprocess_env):
     assert result.stdout.split() == ["CausalSelfAttention", "1"]
 
 
+def test_litgpts_config_subclasses_imported_before_activation_gain_the_fields(subprocess_env):
+    code = (
+        "import litgpt.lora\n"
+        "import litgpt_mka\n"
+        "litgpt_mka.activate()\n"
+        "c = litgpt.lora.Config.from_name('pythia-14m', n_layer=1, attention_class_name='GroupedQueryAttention',"
+        " lora_r=4)\n"
+        "print(c.attention_class_name, c.lora_r)\n"
+    )
+    result = python(code, {**subprocess_env, "LITGPT_MKA_DISABLE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["GroupedQueryAttention", "4"]
+
+
+def test_a_stock_architectures_saved_config_is_read_by_litgpt_without_the_plugin(subprocess_env, tmp_path):
+    """save_config leaves out the plugin's fields at their defaults (a variant's config keeps them)."""
+    from litgpt.config import Config
+    from litgpt.utils import save_config
+
+    save_config(Config.from_name("pythia-14m"), tmp_path)
+    saved = (tmp_path / "model_config.yaml").read_text()
+    assert "attention_class_name" not in saved and "kv_cache_quantization" not in saved
+    code = f"from litgpt.config import Config; print(Config.from_file({str(tmp_path / 'model_config.yaml')!r}).n_layer)"
+    result = python(code, {**subprocess_env, "LITGPT_MKA_DISABLE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["6"]
+    gqa = tmp_path / "gqa"
+    gqa.mkdir()
+    save_config(Config.from_name("pythia-14m", attention_class_name="GroupedQueryAttention", n_query_groups=2), gqa)
+    assert "attention_class_name: GroupedQueryAttention" in (gqa / "model_config.yaml").read_text()
+
+
 def test_activation_is_idempotent():
     from litgpt.config import Config
 

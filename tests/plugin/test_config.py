@@ -36,8 +36,13 @@ def test_model_config_yaml_round_trips(tmp_path):
     config = Config.from_name("pythia-14m", n_query_groups=2, attention_class_name="CausalSelfAttention")
     save_config(config, tmp_path)
     saved = yaml.safe_load((tmp_path / "model_config.yaml").read_text())
-    assert saved["attention_class_name"] == "CausalSelfAttention" and saved["memorized_key_attention"] is None
+    assert "attention_class_name" not in saved and "memorized_key_attention" not in saved  # defaults: left out
     assert asdict(Config.from_file(tmp_path / "model_config.yaml")) == asdict(config)
+    mka = Config.from_name("pythia-14m", attention_class_name="MemorizedKeyAttention")
+    save_config(mka, tmp_path)
+    saved = yaml.safe_load((tmp_path / "model_config.yaml").read_text())
+    assert saved["attention_class_name"] == "MemorizedKeyAttention" and saved["memorized_key_attention"]
+    assert asdict(Config.from_file(tmp_path / "model_config.yaml")) == asdict(mka)
 
 
 @pytest.mark.parametrize(

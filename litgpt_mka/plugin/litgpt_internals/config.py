@@ -35,14 +35,42 @@ def new_config_fields(config_cls: type, entries: list) -> list[tuple[str, object
     return [field for field in dict.fromkeys(wanted) if field[0] not in present]
 
 
+PLUGIN_FIELD_DEFAULTS: dict[str, object] = {}  # every field the plugin added to Config -> its default
+
+
+def _add_config_fields(config_cls: type, entries: list) -> None:
+    """Adds the fields `entries` need to litgpt's ``Config`` and to every subclass it already has (litgpt.lora's,
+    litgpt.adapter's, ...: built from the class before the fields existed, as when the plugin is activated after
+    those modules were imported)."""
+    added = new_config_fields(config_cls, entries)
+    PLUGIN_FIELD_DEFAULTS.update({name: default for name, _, default in added})
+    _add_dataclass_fields(config_cls, added)
+    for sub in _subclasses(config_cls):  # re-processed, they take the base's new fields from its dataclass fields
+        if new_config_fields(sub, entries):
+            _rebuild_dataclass(sub, [])
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return list(dict.fromkeys(found))
+
+
 def _add_dataclass_fields(cls: type, new_fields: list) -> None:
     """Adds fields with defaults to an existing dataclass, in place, by letting `dataclass` re-process it."""
-    if not new_fields:
-        return
+    if new_fields:
+        _rebuild_dataclass(cls, new_fields)
+
+
+def _rebuild_dataclass(cls: type, new_fields: list) -> None:
+    """Re-processes the dataclass `cls` in place, with `new_fields` (name, type, default) added as its own."""
+    own = cls.__dict__.get("__annotations__", {})
     for existing in dataclasses.fields(cls):
-        # `dataclass` deleted the class attributes of `default_factory` fields; give every field back its
-        # `Field` so that the second processing sees the same defaults as the first
-        setattr(cls, existing.name, existing)
+        # `dataclass` deleted the class attributes of `default_factory` fields; give every field of its own back its
+        # `Field` so that the second processing sees the same defaults as the first (inherited ones come from the base)
+        if existing.name in own:
+            setattr(cls, existing.name, existing)
     for name, type_, default in new_fields:
         cls.__annotations__[name] = type_
         setattr(cls, name, dataclasses.field(default=default))
@@ -83,8 +111,8 @@ def extend_config_module(module: ModuleType) -> None:
             _derive_latent_fields(self)
         resolve_attention_variant(self)
 
-    _add_dataclass_fields(config_cls, new_config_fields(config_cls, list(registry.VARIANTS.values())))
-    registry.on_register(lambda entry: _add_dataclass_fields(config_cls, new_config_fields(config_cls, [entry])))
+    _add_config_fields(config_cls, list(registry.VARIANTS.values()))
+    registry.on_register(lambda entry: _add_config_fields(config_cls, [entry]))
     config_cls.__post_init__ = __post_init__
     config_cls.attention_class = property(
         lambda self: registry.attention_class(self.attention_class_name),

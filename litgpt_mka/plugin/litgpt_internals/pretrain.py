@@ -36,7 +36,10 @@ Paired initialisation (``LITGPT_MKA_PAIRED_INIT=1``; ``litgpt-mka compare --pair
     gave torch just before (``torch.initial_seed()``). The streams are bound to the modules' ``reset_parameters``,
     so FSDP's meta-device materialisation, which calls them later, module by module, draws the same values.
     Unset (the default for plain ``litgpt pretrain``), the initialisation is litgpt's, draw for draw: a user's
-    ``--seed`` keeps giving the weights it gave before the package was installed.
+    ``--seed`` keeps giving the weights it gave before the package was installed (for litgpt's own architectures;
+    a config with litgpt's ``latent_attention`` and no ``attention_class_name`` builds this package's MLA, the
+    compressed cache, whose output projection starts scaled as every variant's here). Parameters on a device other
+    than the CPU, CUDA or meta (MPS) are refused with the variable set: their generator is not the one seeded.
 """
 
 import functools
@@ -134,8 +137,15 @@ def _cuda_indices(mod: nn.Module) -> list[int]:
     return sorted(torch.cuda.current_device() if d.index is None else d.index for d in devices)
 
 
+PAIRED_DEVICE_TYPES = ("cpu", "cuda", "meta")  # whose generators the paired streams seed (meta draws nothing)
+
+
 def _on_own_stream(mod: nn.Module, reset, stream: int):
     def reset_parameters() -> None:
+        other = sorted({p.device.type for p in mod.parameters(recurse=False)} - set(PAIRED_DEVICE_TYPES))
+        if other:  # e.g. mps: its generator is neither seeded nor forked here, so the draws would not be paired
+            raise ValueError(f"paired initialisation (LITGPT_MKA_PAIRED_INIT=1, compare --paired) supports parameters"
+                             f" on {list(PAIRED_DEVICE_TYPES)}, not {other}; use compare --paired false there")
         cuda = _cuda_indices(mod)
         with torch.random.fork_rng(devices=cuda):  # only the generators seeded here, restored afterwards
             torch.default_generator.manual_seed(stream)

@@ -8,10 +8,14 @@
     it there right after ``litgpt.utils`` executes covers them all; bindings made before the plugin was
     activated are replaced too. ``instantiate_torch_optimizer`` refuses keys beside ``class_path`` and
     ``init_args`` (``--optimizer.lr 3e-3`` on litgpt 0.5.13's command line adds one, which litgpt ignores).
+    ``save_config`` writes litgpt's ``model_config.yaml`` without the plugin's fields where they hold their
+    defaults, so that a stock architecture's checkpoint stays one that litgpt without the plugin reads
+    (a variant's keeps them: it needs the plugin to be built).
 """
 
 import functools
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from litgpt_mka.plugin.config_checks import validate_optimizer
@@ -37,6 +41,28 @@ def extend_utils_module(module: ModuleType) -> None:
 
     _replace_everywhere(module, litgpt_default, get_default_supported_precision)
     _replace_everywhere(module, litgpt_instantiate, instantiate_torch_optimizer)
+    litgpt_save_config = module.save_config
+
+    @functools.wraps(litgpt_save_config)
+    def save_config(config, checkpoint_dir) -> None:
+        litgpt_save_config(config, checkpoint_dir)
+        without_default_plugin_fields(Path(checkpoint_dir) / "model_config.yaml")
+
+    _replace_everywhere(module, litgpt_save_config, save_config)
+
+
+def without_default_plugin_fields(path: Path) -> None:
+    """Rewrites a ``model_config.yaml`` without the plugin's ``Config`` fields that hold their defaults."""
+    import yaml
+
+    from litgpt_mka.plugin.litgpt_internals.config import PLUGIN_FIELD_DEFAULTS
+
+    with open(path, encoding="utf-8") as f:
+        saved = yaml.safe_load(f)
+    kept = {k: v for k, v in saved.items() if k not in PLUGIN_FIELD_DEFAULTS or v != PLUGIN_FIELD_DEFAULTS[k]}
+    if kept != saved:
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.dump(kept, f)  # as litgpt's save_config dumps it
 
 
 def _replace_everywhere(module: ModuleType, original, replacement) -> None:
