@@ -45,22 +45,28 @@ step (forward hooks); and the peak memory of the visit: the process's peak resid
 per visit through ``/proc/self/clear_refs``; it includes every row's shared weights, printed as the baseline)
 on a CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
 
-Prediction: step time = (weight bytes + cache bytes read per step) / bandwidth + FLOPs / matmul rate (no
-overlap assumed). Weight bytes: every parameter but the embedding table (a step gathers B rows of it).
-Cache bytes read: bytes per token x B x S (the whole cache: no ``input_pos_maxp1``). Bandwidth: a large
-tensor copy timed in the same run (STREAM convention, bytes read + written per second, as ``decode.py``).
-FLOPs: the decode step of the capacity probe at batch B, counted by torch's ``FlopCounterMode`` (matmuls, and
-SDPA with the formula ``4 x queries x keys x head size``, CPU's kernel included). Matmul rate: a square
-matmul in the run's dtype (``--matmul_size``: 1024 on a CPU, 4096 on CUDA), timed before and after, the
-better. Rows more than 25% from their prediction are flagged. The column "cache / bytes read" is cache bytes
-read / (weight bytes + cache bytes read): below 0.5, reading the weights, not the cache, dominates the bytes
-of a step.
+Prediction, from each row's own step at a tiny context (``--tiny_context`` prompt tokens, the same batch, decoded in
+the same rounds the same way), as ``decode.py`` predicts:
+
+    step(S) = step(tiny) + (cache bytes read(S) - cache bytes read(tiny)) / bandwidth + (FLOPs(S) - FLOPs(tiny)) / rate
+
+The tiny step holds what does not grow with the context: the weights read once per step, a step's ~1,100 small
+operators, litgpt's per-row sampling and ``.item()``; the two differences are what the longer cache adds. Cache bytes
+read: bytes per token x B x positions (the whole cache: no ``input_pos_maxp1``). Bandwidth: a large tensor copy
+timed in the same run (STREAM convention, bytes read + written per second, as ``decode.py``). FLOPs: the decode step
+of the capacity probe at batch B, at both lengths, counted by torch's ``FlopCounterMode`` (matmuls, and SDPA with
+the formula ``4 x queries x keys x head size``, CPU's kernel included). Matmul rate: a square matmul in the run's
+dtype (``--matmul_size``: 1024 on a CPU, 4096 on CUDA), timed before and after, the better. Rows more than 25% from
+their prediction are flagged: the longer cache costs them more than reading it at copy bandwidth and computing at
+the matmul rate (a kernel that reads the cache below copy bandwidth, dequantization work the counter does not
+count). The column "cache / bytes read" is cache bytes read / (weight bytes + cache bytes read): below 0.5, reading
+the weights, not the cache, dominates the bytes of a step.
 
 Publishability: ``decode.py``'s rule (load average before and after by ``litgpt_mka.measure.load``, at least
 5 rounds).
 
-Cost: the default (70m, fp32, 18 rows, 5 rounds of 2 + 8 steps, budget 0.25 GiB: MHA fits 5 sequences of
-2058 positions, int4 MQA 128) takes under 3 minutes on an idle 2-core CPU and about 1.5 GiB of resident memory
+Cost: the default (70m, fp32, 18 rows, 5 rounds of 2 + 8 steps at both contexts, budget 0.25 GiB: MHA fits 5
+sequences of 2058 positions, int4 MQA 128) takes about 4 minutes on an idle 2-core CPU and about 1.5 GiB of resident memory
 (the weights, 0.86 GiB, shared by every row); not yet run on a GPU.
 """
 
@@ -118,6 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup_tokens", "--warmup-tokens", type=int, default=2, help="untimed decode steps first (default: 2)"
     )
+    parser.add_argument(
+        "--tiny_context", "--tiny-context", type=int, default=16,
+        help="prompt tokens of each row's tiny-context visits, the prediction's fixed term (default: 16)",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="float32")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -132,13 +142,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown report to this file")
     args = parser.parse_args(argv)
-    for name in ("context", "rounds", "new_tokens"):
+    for name in ("context", "tiny_context", "rounds", "new_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}={getattr(args, name)} must be at least 1")
     if args.warmup_tokens < 0:
         parser.error(f"--warmup_tokens={args.warmup_tokens} must be at least 0")
     if args.cache_budget_gib <= 0:
         parser.error(f"--cache_budget_gib={args.cache_budget_gib} must be positive")
+    if args.tiny_context >= args.context:
+        parser.error(f"--tiny_context={args.tiny_context} must be below --context={args.context}")
     return args
 
 
@@ -321,12 +333,13 @@ def resident_memory() -> int:
     return 0
 
 
-def decode_visit(model: GPT, batch: int, args: argparse.Namespace, samples: Samples) -> None:
-    """One visit: allocate, prefill, decode through ``batched_generate_fn``, free; appends to `samples`."""
+def decode_visit(model: GPT, batch: int, context: int, args: argparse.Namespace, samples: Samples) -> None:
+    """One visit: allocate, prefill a `context`-token prompt, decode through ``batched_generate_fn``, free; appends to
+    `samples`."""
     device = next(model.parameters()).device
-    length = args.context + args.warmup_tokens + args.new_tokens
+    length = context + args.warmup_tokens + args.new_tokens
     generator = torch.Generator().manual_seed(args.seed)
-    prompt = torch.randint(0, model.config.vocab_size, (1, args.context), generator=generator)
+    prompt = torch.randint(0, model.config.vocab_size, (1, context), generator=generator)
     prompts = prompt.expand(batch, -1).to(device)  # (B, context): one prompt for every row
     forwards: list[float] = []
     started = model.register_forward_pre_hook(lambda *_: forwards.append(-now(device)))
@@ -379,12 +392,16 @@ class Prediction:
         return self.cache_bytes / (self.weight_bytes + self.cache_bytes)
 
 
-def predict(row, fit: Footprint, length: int, dtype: torch.dtype, bandwidth: float, rate: float) -> Prediction:
-    """Step time = (weights + cache bytes read) / bandwidth + FLOPs / matmul rate (module docstring)."""
+def predict(row, fit: Footprint, tiny_flops: int, tiny_step: float, lengths: tuple[int, int], dtype: torch.dtype,
+            bandwidth: float, rate: float) -> Prediction:
+    """Step time = the tiny-context step + the longer cache's extra bytes / bandwidth + its extra FLOPs / matmul rate
+    (module docstring); `lengths`: the cache positions of the tiny and of the full visits."""
     embedding = row.model.transformer.wte.weight
     weight_bytes = sum(p.nbytes for p in row.model.parameters() if p is not embedding)
-    cache_bytes = kv_cache_bytes_per_token(row.config, dtype) * fit.batch * length
-    return Prediction(weight_bytes, cache_bytes, (weight_bytes + cache_bytes) / bandwidth + fit.flops / rate)
+    per_token = kv_cache_bytes_per_token(row.config, dtype) * fit.batch
+    tiny, full = lengths
+    extra = (full - tiny) * per_token / bandwidth + (fit.flops - tiny_flops) / rate
+    return Prediction(weight_bytes, per_token * full, tiny_step + extra)
 
 
 def table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -395,8 +412,10 @@ def table(header: list[str], body: list[list[str]]) -> list[str]:
     ]
 
 
-def report(args, device, dtype, rows, fits, overs, samples, own, machine, seconds) -> str:
+def report(args, device, dtype, rows, fits, overs, samples, tiny, own, machine, seconds) -> str:
+    """The markdown report; `tiny`: per row, (FLOPs of a decode step at the tiny context, its visits' Samples)."""
     length = args.context + args.warmup_tokens + args.new_tokens
+    tiny_length = args.tiny_context + args.warmup_tokens + args.new_tokens
     budget = args.cache_budget_gib * GIB
     bandwidth, rate = machine["bandwidth"], machine["matmul_rate"]
     lines = [
@@ -411,7 +430,8 @@ def report(args, device, dtype, rows, fits, overs, samples, own, machine, second
         f"- decode: litgpt's `batched_generate_fn` (prefill of one row copied to the batch); {args.rounds}"
         " interleaved rounds; tokens/s = batch / median step, median over rounds [min-max]",
         f"- copy bandwidth {bandwidth / 1e9:.1f} GB/s (bytes read + written per second); matmul rate"
-        f" {rate / 1e9:.0f} GFLOP/s; predicted step = (weights + cache read) / bandwidth + FLOPs / matmul rate",
+        f" {rate / 1e9:.0f} GFLOP/s; predicted step = the row's step at a {args.tiny_context}-token context (same"
+        f" batch, {tiny_length} positions) + the extra cache bytes read / bandwidth + the extra FLOPs / matmul rate",
         f"- memory before any cache (every row's weights, shared): {machine['baseline'] / GIB:.2f} GiB"
         + (" resident" if device.type == "cpu" else " allocated"),
         "",
@@ -440,7 +460,9 @@ def report(args, device, dtype, rows, fits, overs, samples, own, machine, second
     for row in rows:
         fit, sample = fits[row.key], samples[row.key]
         measured = statistics.median(rates[row.key])
-        prediction = predict(row, fit, length, dtype, bandwidth, rate)
+        tiny_flops, tiny_samples = tiny[row.key]
+        tiny_step = statistics.median(tiny_samples.step)
+        prediction = predict(row, fit, tiny_flops, tiny_step, (tiny_length, length), dtype, bandwidth, rate)
         predicted = fit.batch / prediction.seconds
         off = abs(measured / predicted - 1) > OFF_PREDICTION
         body.append([
@@ -448,14 +470,17 @@ def report(args, device, dtype, rows, fits, overs, samples, own, machine, second
             f"{measured:.1f} [{min(rates[row.key]):.1f}-{max(rates[row.key]):.1f}]",
             f"{measured / statistics.median(rates[mha.key]):.2f}x",
             f"{statistics.median(sample.step) * 1e3:.1f}", f"{statistics.median(sample.forward) * 1e3:.1f}",
+            f"{tiny_step * 1e3:.1f}",
             f"{max(sample.peak) / GIB:.2f}", f"{prediction.cache_share:.2f}", f"{fit.flops / 1e9:.2f}",
             f"{predicted:.1f}", f"{measured / predicted:.2f}" + (" **off**" if off else ""),
         ])
     lines += table(
-        ["variant", "cache", "batch", "tok/s median [min-max]", "x MHA", "step ms", "forward ms", "peak GiB",
+        ["variant", "cache", "batch", "tok/s median [min-max]", "x MHA", "step ms", "forward ms",
+         "tiny-context step ms", "peak GiB",
          "cache / bytes read", "GFLOP/step", "predicted tok/s", "measured / predicted"], body,
     )
-    lines += ["", f"**off**: more than {OFF_PREDICTION:.0%} from the prediction.", ""]
+    lines += ["", f"**off**: more than {OFF_PREDICTION:.0%} from the prediction (the longer cache costs more, or"
+              " less, than its bytes at copy bandwidth and its FLOPs at the matmul rate).", ""]
     lines += ["### Weights", "", "Every row shares MHA's parameter tensors except its preset's own:", ""]
     lines += [f"- {preset.upper()}: {', '.join(names) or 'none'}" for preset, names in own.items()]
     return "\n".join(lines) + "\n"
@@ -481,15 +506,18 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             fits[row.key], overs[row.key] = largest_batch(row.model, budget, length)
             print(f"{row.key}: batch {fits[row.key].batch}", file=sys.stderr, flush=True)
+        tiny_length = args.tiny_context + args.warmup_tokens + args.new_tokens
+        tiny = {row.key: (footprint(row.model, fits[row.key].batch, tiny_length).flops, Samples()) for row in rows}
         samples = {row.key: Samples() for row in rows}
         for round_index in range(args.rounds):
             for row in rows:
-                decode_visit(row.model, fits[row.key].batch, args, samples[row.key])
+                decode_visit(row.model, fits[row.key].batch, args.context, args, samples[row.key])
+                decode_visit(row.model, fits[row.key].batch, args.tiny_context, args, tiny[row.key][1])
             print(f"round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
     machine["bandwidth"] = max(machine["bandwidth"], decode.copy_bandwidth(device, copy_mib))
     machine["matmul_rate"] = max(machine["matmul_rate"], matmul_rate(device, dtype, matmul_size))
     machine["load_after"] = decode.load_average()
-    text = report(args, device, dtype, rows, fits, overs, samples, own, machine, time.perf_counter() - started)
+    text = report(args, device, dtype, rows, fits, overs, samples, tiny, own, machine, time.perf_counter() - started)
     decode.publish(text, args.out)
 
 
