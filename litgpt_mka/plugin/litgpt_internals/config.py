@@ -38,6 +38,14 @@ def new_config_fields(config_cls: type, entries: list) -> list[tuple[str, object
 PLUGIN_FIELD_DEFAULTS: dict[str, object] = {}  # every field the plugin added to Config -> its default
 
 
+def plugin_field_defaults() -> dict[str, object]:
+    """Every field the plugin added to litgpt's ``Config`` -> its default (importing ``litgpt.config``, which adds
+    them, first)."""
+    import litgpt.config  # noqa: F401  (the plugin extends it on import)
+
+    return dict(PLUGIN_FIELD_DEFAULTS)
+
+
 def _add_config_fields(config_cls: type, entries: list) -> None:
     """Adds the fields `entries` need to litgpt's ``Config`` and to every subclass it already has (litgpt.lora's,
     litgpt.adapter's, ...: built from the class before the fields existed, as when the plugin is activated after

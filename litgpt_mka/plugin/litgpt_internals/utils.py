@@ -55,11 +55,12 @@ def without_default_plugin_fields(path: Path) -> None:
     """Rewrites a ``model_config.yaml`` without the plugin's ``Config`` fields that hold their defaults."""
     import yaml
 
-    from litgpt_mka.plugin.litgpt_internals.config import PLUGIN_FIELD_DEFAULTS
+    from litgpt_mka.plugin.litgpt_internals.config import plugin_field_defaults
 
+    defaults = plugin_field_defaults()
     with open(path, encoding="utf-8") as f:
         saved = yaml.safe_load(f)
-    kept = {k: v for k, v in saved.items() if k not in PLUGIN_FIELD_DEFAULTS or v != PLUGIN_FIELD_DEFAULTS[k]}
+    kept = {k: v for k, v in saved.items() if k not in defaults or v != defaults[k]}
     if kept != saved:
         with open(path, "w", encoding="utf-8") as f:
             yaml.dump(kept, f)  # as litgpt's save_config dumps it
