@@ -453,7 +453,7 @@ def run_comparison(comparison: Comparison) -> int:
         prepare_data(comparison.shared)
         launcher = launcher_of(comparison.options.launcher, comparison.options.parallel_runs,
                                comparison.options.slurm, comparison.out_dir)
-        while batch := [plan for plan in comparison.runs if plan.name not in attempted]:
+        while batch := next_batch(comparison, attempted):
             attempted |= {plan.name for plan in batch}
             failed += run_batch(comparison, batch, launcher, clock, done)
             if comparison.options.selection_seeds:  # a rate chosen now adds its variant's other seeds
@@ -475,6 +475,18 @@ def run_comparison(comparison: Comparison) -> int:
     failures = f"; failed runs: {', '.join(failed)}" if failed else ""
     print(f"report: {comparison.out_dir / REPORT_MD}{failures}{waiting}", flush=True)
     return 1 if failed or comparison.waiting else 0
+
+
+def next_batch(comparison: Comparison, attempted: set[str]) -> list[RunPlan]:
+    """The planned runs not attempted yet by this invocation; with ``--selection_seeds``, the selection runs first,
+    all of them, before any other seed's (a variant with a given rate is chosen at once, and its later seeds would
+    otherwise run ahead of the others': seed by seed across the configs only holds when they start together)."""
+    batch = [plan for plan in comparison.runs if plan.name not in attempted]
+    selection_seeds = comparison.options.selection_seeds
+    if selection_seeds:
+        selecting = [plan for plan in batch if plan.seed in selection_seeds]
+        return selecting or batch
+    return batch
 
 
 def run_batch(comparison: Comparison, batch: list[RunPlan], launcher, clock: SweepClock, done: list) -> list[str]:

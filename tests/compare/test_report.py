@@ -26,9 +26,11 @@ STUDY = DOCS / "study-pythia-14m"
 COMMITTED_PARTS = ["study-pythia-14m/main", "study-pythia-14m/sweeps", "study-pythia-14m-v2/main",
                    "study-pythia-14m-v2/ablation", "study-pythia-14m-v2/lr-0.002", "study-pythia-14m-v2/lr-0.004",
                    "study-pythia-14m-v2/lr-0.008", "study-pythia-14m-v2/lr-0.016", "study-pythia-14m-v2/lr-0.0005"]
+# also rendered again byte for byte: study v3's paired parts (the Welch/2-SE checks below are of the parts above)
+RENDERED_PARTS = [*COMMITTED_PARTS, "study-pythia-14m-v3/pilot", "study-pythia-14m-v3/tuned"]
 
 
-@pytest.mark.parametrize("part", COMMITTED_PARTS)
+@pytest.mark.parametrize("part", RENDERED_PARTS)
 def test_committed_study_reports_render_again_byte_for_byte(part, tmp_path):
     """`python -m litgpt_mka.compare.report docs/<study>/<part>/results.json` rewrites the same files (v2's main
     and ablation reports with their quantized-cache tables; each learning rate's as run.sh rendered it)."""

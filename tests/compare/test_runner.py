@@ -229,3 +229,48 @@ def test_a_config_edited_while_the_selection_ran_stops_the_comparison_with_statu
     error = capsys.readouterr().err
     assert "litgpt-mka compare: error while planning the runs after a chosen rate:" in error
     assert "differing: config_sha256" in error and (tmp_path / "out" / "report.md").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:each run's validation curve")
+def test_later_seeds_go_seed_by_seed_across_configs_even_when_one_rate_is_chosen_before_the_others(
+        tmp_path, shared_data, tokenizer_dir, monkeypatch):
+    """A rerun after `a` (a given rate) finished its selection run: `b`'s grid runs first, then seed 2 of both, then
+    seed 3 of both; a's later seeds do not run ahead of b's (a comparison stopped in between keeps them even)."""
+    from litgpt_mka.atomic import write_json
+    from litgpt_mka.compare import runner
+    from litgpt_mka.compare.records import Validation
+    from tests.compare.helpers import synthetic_run
+
+    selection_text = tmp_path / "sel.txt"
+    selection_text.write_text((shared_data / "val.txt").read_text())
+    options = CompareOptions(
+        configs=[tiny_yaml(tmp_path, "a"), tiny_yaml(tmp_path, "b")], seeds=[1, 2, 3], selection_seeds=[1],
+        learning_rates=[0.004, 0.016], config_learning_rates={"a": [0.004]}, selection_val="sel",
+        out_dir=tmp_path / "out", train_path=shared_data / "train.txt",
+        val_path=[shared_data / "val.txt", selection_text], tokenizer_dir=tokenizer_dir, max_tokens=1024,
+        context_length=16, decode_new_tokens=4, plots=False,
+    )
+    started = []
+
+    def finish(comparison, plan):
+        if not plan.is_finished():
+            started.append(plan.name)
+        run = synthetic_run(plan.variant, plan.seed, 3.0)
+        on_selection = Validation("sel", str(selection_text), 3.0 - plan.spec.learning_rate, 1.0, 9, 3, 32)
+        evaluation = dataclasses.replace(run.evaluation, validation=[*run.evaluation.validation, on_selection])
+        run = dataclasses.replace(run, name=plan.name, spec_sha256=plan.spec_sha256(),
+                                  learning_rate=plan.spec.learning_rate, evaluation=evaluation)
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(plan.folder.spec_json, to_json(plan.spec))
+        write_json(plan.folder.result_json, to_json(run))
+        return []
+
+    monkeypatch.setattr(runner, "finish_run", finish)
+    monkeypatch.setattr(runner, "prepare_data", lambda shared: None)
+    first = prepare(options).runs[0]
+    assert first.name == "a-lr0.004-seed1"
+    finish(None, first)  # an earlier invocation finished it
+    started.clear()
+    assert runner.run_comparison(prepare(options)) == 0
+    assert started == ["b-lr0.004-seed1", "b-lr0.016-seed1", "a-lr0.004-seed2", "b-lr0.016-seed2",
+                       "a-lr0.004-seed3", "b-lr0.016-seed3"]
