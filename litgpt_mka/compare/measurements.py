@@ -46,11 +46,12 @@ def peak_memory() -> PeakMemory:
 def measure_phase(phase: Callable[[], T]) -> tuple[T, PhaseLoad]:
     """Runs `phase` and records the load around it (:class:`~litgpt_mka.compare.records.PhaseLoad`).
 
-    The run's CPUs are torch's thread count at the start, at most the CPU count; CPU time is this process's
-    (all threads, user + system).
+    The run's CPUs are torch's thread count at the start, at most the CPU count, or 1 where a GPU is available (the
+    worker and litgpt pretrain then drive it from one CPU: ``litgpt_mka.measure.load``'s rule); CPU time is this
+    process's (all threads, user + system).
     """
     cpus = os.cpu_count() or 1
-    threads = min(torch.get_num_threads(), cpus)
+    threads = 1 if torch.cuda.is_available() else min(torch.get_num_threads(), cpus)
     before, wall0, cpu0 = load_average_1min(), time.perf_counter(), time.process_time()
     result = phase()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
