@@ -54,7 +54,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class Welch:
+class TTest:
+    """A difference with its t-test (Welch's or the paired one) and 95% interval."""
+
     difference: float
     se: float
     df: float
@@ -63,8 +65,16 @@ class Welch:
     low: float  # the 95% interval
     high: float
 
+    @classmethod
+    def of(cls, difference: float, se: float, df: float, p: float) -> "TTest":
+        """The interval ``difference ± t_{0.975, df} SE``."""
+        from scipy import stats
 
-def welch(values: list[float], reference: list[float]) -> Welch:
+        half_width = float(stats.t.ppf((1 + LEVEL) / 2, df)) * se
+        return cls(difference, se, df, p, half_width, difference - half_width, difference + half_width)
+
+
+def welch(values: list[float], reference: list[float]) -> TTest:
     """mean(values) - mean(reference) and Welch's t-test of it (scipy)."""
     from scipy import stats
 
@@ -72,9 +82,7 @@ def welch(values: list[float], reference: list[float]) -> Welch:
     a, b = v.var(ddof=1) / len(v), r.var(ddof=1) / len(r)
     se = math.sqrt(a + b)
     df = (a + b) ** 2 / (a * a / (len(v) - 1) + b * b / (len(r) - 1))
-    d, half_width = float(v.mean() - r.mean()), float(stats.t.ppf((1 + LEVEL) / 2, df)) * se
-    p = float(stats.ttest_ind(v, r, equal_var=False).pvalue)
-    return Welch(d, se, df, p, half_width, d - half_width, d + half_width)
+    return TTest.of(float(v.mean() - r.mean()), se, df, float(stats.ttest_ind(v, r, equal_var=False).pvalue))
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:
@@ -124,18 +132,7 @@ def disagreements(where: str, cell: str, values: list[float]) -> list[str]:
     return [f"{where}: printed {cell!r}, computed {[round(v, 6) for v in values]}"]
 
 
-@dataclass(frozen=True)
-class Paired:
-    difference: float  # mean over seeds of variant - reference
-    se: float
-    df: int
-    p: float
-    half_width: float  # t_{0.975, df} SE
-    low: float  # the 95% interval
-    high: float
-
-
-def paired(values: dict[int, float], reference: dict[int, float]) -> Paired:
+def paired(values: dict[int, float], reference: dict[int, float]) -> TTest:
     """The paired t-test (scipy) of the per-seed differences over the seeds both sides finished."""
     from scipy import stats
 
@@ -144,10 +141,7 @@ def paired(values: dict[int, float], reference: dict[int, float]) -> Paired:
     r = np.asarray([reference[s] for s in seeds], dtype=np.float64)
     differences = v - r
     se = float(differences.std(ddof=1)) / math.sqrt(len(seeds))
-    df = len(seeds) - 1
-    d, half_width = float(differences.mean()), float(stats.t.ppf((1 + LEVEL) / 2, df)) * se
-    p = float(stats.ttest_rel(v, r).pvalue)
-    return Paired(d, se, df, p, half_width, d - half_width, d + half_width)
+    return TTest.of(float(differences.mean()), se, len(seeds) - 1, float(stats.ttest_rel(v, r).pvalue))
 
 
 def implied_correlation(values: dict[int, float], reference: dict[int, float]) -> float:
