@@ -397,7 +397,8 @@ def design_text(settings: Settings) -> str:
             f" where p, adjusted by Holm's method for the several comparisons with the reference (one per variant),"
             f" is below {1 - LEVEL:.2f}, so that the interval excludes 0; otherwise cannot tell (± the smallest"
             " detectable difference: the interval's half-width, the smallest difference these seeds could have told"
-            " from 0). With fewer than two seeds (pairs) the SE is unknown and no claim is made.")
+            " from 0; with several comparisons Holm's adjustment can ask up to t(1 - 0.025/m, df) SE, which each"
+            " sentence below gives). With fewer than two seeds (pairs) the SE is unknown and no claim is made.")
 
 
 def _interval(d: Difference) -> str:

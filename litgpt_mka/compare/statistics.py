@@ -114,6 +114,14 @@ class TTest:
     def excludes_zero(self) -> bool:
         return self.p < 1.0 - LEVEL
 
+    def holm_half_width(self, comparisons: int) -> float:
+        """The half-width that Holm's first step asks of a difference in a family of `comparisons`:
+        ``t_{1 - (1 - LEVEL) / (2 m), df} SE``. A difference at least this large is significant after the adjustment
+        whatever the others' p; between `half_width` and this it depends on them."""
+        if self.df is None or comparisons == 1:
+            return self.half_width
+        return t_quantile(1.0 - (1.0 - LEVEL) / comparisons, self.df) * self.se
+
 
 def t_test(design: str, difference: float, variance_terms: list[tuple[float, int]], known_variance: float) -> TTest:
     """The t-test of `difference` whose variance is the sum of ``(term, its df)`` pairs and `known_variance`.

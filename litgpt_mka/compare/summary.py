@@ -16,8 +16,11 @@ test (:mod:`litgpt_mka.compare.statistics` has the formulas), the ``t-test`` rul
 Every difference is shown with its 95% interval ``d ± t_{0.975, df} SE``, df and two-sided p. The verdict is
 "better" or "worse" only when the difference is significant at 5% after Holm's adjustment over the comparisons
 with the reference (one per variant; the interval then excludes 0), else "cannot tell (smallest detectable
-difference ±X at n seeds)", X being the interval's half-width: a difference smaller than that could not have been
-told from 0 at these seeds. With fewer than two finished seeds (pairs) no SE exists and no claim is made.
+difference ±X at n seeds[, up to ±Y after Holm's adjustment for m comparisons])", X being the interval's
+half-width: a difference smaller than that could not have been told from 0 at these seeds. In a family of m > 1
+the adjustment asks more: Y = t_{1 - 0.025/m, df} SE is what Holm's first step asks, so a difference beyond Y is
+told whatever the other comparisons give, one between X and Y depending on them. With fewer than two finished
+seeds (pairs) no SE exists and no claim is made.
 
 The same rule decides lm-eval task metrics (``--lm_eval_tasks``), with lm-eval's standard errors added to the
 variance (:func:`task_difference`), one Holm family per metric, the better sign from lm-eval's ``higher_is_better``.
@@ -172,6 +175,9 @@ def _decided(test: TTest, p_holm: float, comparisons: int, higher_is_better: boo
         verdict = "better" if (test.difference > 0) == higher_is_better else "worse"
         return verdict, verdict
     detectable = f"smallest detectable difference ±{test.half_width:.4f} at {seeds_text}"
+    if comparisons > 1:
+        detectable += (f", up to ±{test.holm_half_width(comparisons):.4f} after Holm's adjustment for {comparisons}"
+                       " comparisons")
     if test.excludes_zero:
         return "cannot tell", (f"cannot tell (its interval excludes 0, but not after Holm's adjustment for"
                                f" {comparisons} comparisons; {detectable})")

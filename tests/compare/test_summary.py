@@ -126,11 +126,26 @@ def test_several_comparisons_with_the_reference_are_adjusted_by_holm():
     assert (d.verdict, d.holm_comparisons, d.p_value) == ("cannot tell", 3, pytest.approx(alone.p_value))
     assert d.p_holm == pytest.approx(3 * alone.p_value)
     assert "its interval excludes 0, but not after Holm's adjustment for 3 comparisons" in d.sentence
+    assert d.t_df == pytest.approx(4)
+    holm_half_width = 3.960786 * d.se  # t_{1 - 0.025/3, 4} (scipy.stats.t.ppf): what Holm's first step asks of 3
+    assert d.sentence.endswith(f"smallest detectable difference ±{d.ci95_high - d.difference:.4f} at 3 and 3 seeds,"
+                               f" up to ±{holm_half_width:.4f} after Holm's adjustment for 3 comparisons).")
     assert v3.difference.p_holm == 1.0
     assert v2.difference.p_holm == pytest.approx(max(2 * v2.difference.p_value, d.p_holm))
     # paired (the same shift on every seed: the differences spread only by rounding): certain, even after Holm
     paired = summarize(runs, "ref", paired=True)[1].difference
     assert (paired.verdict, paired.t_test, paired.pairs) == ("worse", "paired", 3) and paired.p_holm < 1e-6
+
+
+def test_holms_half_width_is_the_t_quantile_its_first_step_asks():
+    """Six paired seeds (df 5) in a family of five: t_{0.995, 5} = 4.032143 SEs (tabulated), not t_{0.975, 5} =
+    2.570582; a family of one asks the interval's own half-width."""
+    from litgpt_mka.compare.statistics import paired
+
+    test = paired([0.01, 0.03, 0.02, 0.05, 0.00, 0.04])
+    assert test.df == 5 and test.half_width == pytest.approx(2.570582 * test.se, rel=1e-6)
+    assert test.holm_half_width(5) == pytest.approx(4.032143 * test.se, rel=1e-6)
+    assert test.holm_half_width(1) == test.half_width
 
 
 def test_a_diverged_run_is_said_not_finite_and_leaves_the_other_verdicts_as_they_are():
