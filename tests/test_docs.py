@@ -144,6 +144,102 @@ def test_the_readmes_study_prose_quotes_the_committed_runs():
     assert not wrong, "\n" + "\n".join(wrong)
 
 
+def blockquote_text(path: Path) -> str:
+    """The ``> `` quoted lines of a markdown page, as one line of single spaces."""
+    quoted = [line[1:] for line in path.read_text().splitlines() if line.startswith(">")]
+    return " ".join(" ".join(quoted).split())
+
+
+def quoted_numbers(text: str, quotes: dict[str, str], computed: dict[str, list[float]]) -> list[str]:
+    """What disagrees between each quote's numbers (regex groups; a missing quote says so) and its computed ones."""
+    wrong = []
+    for name, pattern in quotes.items():
+        found = re.search(pattern, text)
+        wrong += [f"{name}: not found"] if found is None else disagreements(name, " ".join(found.groups()), computed[name])
+    return wrong
+
+
+N = r"([-+]?\d+(?:\.\d+)?)"  # a quoted number
+
+
+def test_study_v2s_reading_by_t_tests_quotes_the_committed_runs():
+    """docs/study-pythia-14m-v2/README.md, "Read again by t-tests": Welch intervals, p and Holm's p (one family per
+    column, as answers-t-test.md) computed again with scipy from the committed results.json."""
+    pytest.importorskip("scipy.stats")
+    main, _ = study(STUDY_V2 / "main")
+    tests, adjusted = welch_against_mha(main)
+    rates = {folder.name: welch_against_mha(study(folder)[0])[0] for folder in STUDY_V2.glob("lr-*")}
+    below = [rates[rate][variant] for rate in ("lr-0.0005", "lr-0.002", "lr-0.004")
+             for variant in ("pythia-14m-mla", "pythia-14m-fmka")]
+    tuned = [rates[rate][variant] for rate in ("lr-0.004", BEST_RATE) for variant in ("pythia-14m-mla", "pythia-14m-fmka")]
+    ablation, _ = study(STUDY_V2 / "ablation")
+    fullq = welch(ablation["pythia-14m-mla-fullq"], ablation[REFERENCE])
+    query = welch(ablation["pythia-14m-mla"], ablation["pythia-14m-mla-fullq"])
+    mla, fmka, steep, best = tests["pythia-14m-mla"], tests["pythia-14m-fmka"], rates["lr-0.016"], rates[BEST_RATE]
+    quotes = {
+        "1e-3 worse": rf"At 1e-3 \*\*MLA and FMKA are worse\*\*, as written: {N} \[{N}, {N}\] and {N} \[{N}, {N}\]"
+                      rf" \(Holm p {N} and {N}\)",
+        "1e-3 upper ends": rf"their intervals reach {N}, {N} and {N},",
+        "below 8e-3 p": rf"every cell cannot tell \(p {N} to {N}\)",
+        "below 8e-3 estimates": rf"six point estimates are all positive \({N} to {N}\)",
+        "1.6e-2": rf"At 1\.6e-2 MLA is better\*\*\" \({N}\): \[{N}, {N}\], p {N}: cannot tell",
+        "8e-3": rf"at 8e-3, MLA {N} \[{N}, {N}\] and FMKA {N} \[{N}, {N}\]",
+        "4e-3 and 8e-3 estimates": rf"point estimates at 4e-3 and 8e-3 \({N} to {N}\)",
+        "ablation": rf"still worse than MHA, {N} \[{N}, {N}\] \(p {N}\), but the query bottleneck's own cost, {N}"
+                    rf" \[{N}, {N}\] \(p {N}\), lies anywhere from {N}% to {N}% of MLA's {N}:",
+    }
+    computed = {
+        "1e-3 worse": [mla.difference, mla.low, mla.high, fmka.difference, fmka.low, fmka.high,
+                       adjusted["pythia-14m-mla"], adjusted["pythia-14m-fmka"]],
+        "1e-3 upper ends": [tests[f"pythia-14m-{v}"].high for v in ("gqa", "mqa", "mka")],
+        "below 8e-3 p": [min(t.p for t in below), max(t.p for t in below)],
+        "below 8e-3 estimates": [min(t.difference for t in below), max(t.difference for t in below)],
+        "1.6e-2": [steep["pythia-14m-mla"].difference, steep["pythia-14m-mla"].low, steep["pythia-14m-mla"].high,
+                   steep["pythia-14m-mla"].p],
+        "8e-3": [x for v in ("pythia-14m-mla", "pythia-14m-fmka") for x in (best[v].difference, best[v].low, best[v].high)],
+        "4e-3 and 8e-3 estimates": [min(t.difference for t in tuned), max(t.difference for t in tuned)],
+        "ablation": [fullq.difference, fullq.low, fullq.high, fullq.p, query.difference, query.low, query.high, query.p,
+                     100 * query.low / mla.difference, 100 * query.high / mla.difference, mla.difference],
+    }
+    below_holm = [p for rate in ("lr-0.0005", "lr-0.002", "lr-0.004") for p in holm({v: t.p for v, t in rates[rate].items()}).values()]
+    assert min(below_holm) >= 0.05 and steep["pythia-14m-mla"].p >= 0.05  # "cannot tell", as quoted
+    wrong = quoted_numbers(blockquote_text(STUDY_V2 / "README.md"), quotes, computed)
+    assert not wrong, "\n" + "\n".join(wrong)
+
+
+def test_study_v1s_reading_by_t_tests_quotes_the_committed_runs():
+    """docs/study-pythia-14m/README.md, "Read again by t-tests": the main study's and the sweeps' Welch intervals,
+    p and Holm's p over each table's configs, computed again with scipy."""
+    pytest.importorskip("scipy.stats")
+    main, _ = study(STUDY_V1 / "main")
+    tests, adjusted = welch_against_mha(main)
+    sweeps, _ = study(STUDY_V1 / "sweeps")
+    sweep_tests, sweep_adjusted = welch_against_mha(sweeps)
+    mla, fmka, mka, gqa, mqa = (tests[f"pythia-14m-{v}"] for v in ("mla", "fmka", "mka", "gqa", "mqa"))
+    latents = ("pythia-14m-mla-kv8", "pythia-14m-mla-kv16", "pythia-14m-mla")
+    quotes = {
+        "worse": rf"\*\*MLA and FMKA are worse\*\*, as written: {N} \[{N}, {N}\] and {N} \[{N}, {N}\]"
+                 rf" \(Holm p {N} and {N}\)",
+        "MKA": rf"MKA's \"worse \(2\.8 SE\)\"\*\*: {N} \[{N}, {N}\], p {N} \(Holm {N}\): cannot tell",
+        "GQA and MQA": rf"GQA {N} \[{N}, {N}\] and MQA {N} \[{N}, {N}\] cannot be told from MHA: a cost up to {N} nats"
+                       rf" \(GQA\) or {N} \(MQA",
+        "sweeps p": rf"have p {N}, {N} and {N}, Holm {N}, {N} and {N} over the six configs: cannot tell",
+        "sweeps trend": rf"lowers the point estimates steadily \({N}, {N}, {N}, {N}\)",
+    }
+    computed = {
+        "worse": [mla.difference, mla.low, mla.high, fmka.difference, fmka.low, fmka.high,
+                  adjusted["pythia-14m-mla"], adjusted["pythia-14m-fmka"]],
+        "MKA": [mka.difference, mka.low, mka.high, mka.p, adjusted["pythia-14m-mka"]],
+        "GQA and MQA": [gqa.difference, gqa.low, gqa.high, mqa.difference, mqa.low, mqa.high, gqa.high, mqa.high],
+        "sweeps p": [*(sweep_tests[v].p for v in latents), *(sweep_adjusted[v] for v in latents)],
+        "sweeps trend": [sweep_tests[v].difference for v in (*latents, "pythia-14m-mla-kv64")],
+    }
+    assert max(sweep_adjusted.values()) == 1.0 and min(sweep_adjusted.values()) >= 0.05  # "no verdict survives"
+    assert adjusted["pythia-14m-mka"] >= 0.05
+    wrong = quoted_numbers(blockquote_text(STUDY_V1 / "README.md"), quotes, computed)
+    assert not wrong, "\n" + "\n".join(wrong)
+
+
 # ------------------------------------------------------------------------------------------- docs/design.md
 DESIGN = ROOT / "docs" / "design.md"
 DESCRIPTION_COLUMN = 20  # the tree's descriptions start further right than any name

@@ -3,7 +3,8 @@ at every variant's own best learning rate and at each shared one, and MLA's quer
 of v1 and v2 as differences to MHA, one panel per variant; final loss against peak learning rate; loss against
 KV-cache bytes.
 
-    python docs/study-pythia-14m-v2/report.py        # from the project root: writes answers.md and three plots
+    python docs/study-pythia-14m-v2/report.py        # from the project root: writes answers.md,
+                                                     # answers-t-test.md and three plots
 
 It reads the records `litgpt-mka compare` wrote (``runs/<run>/result.json`` of every part's folder, finished runs
 only; study v1 from its ``results.json``), so it renders a study in progress: a part without enough runs says so
@@ -13,9 +14,11 @@ instead of claiming. Every verdict is compare's (:func:`litgpt_mka.compare.summa
     SE = sqrt(s_v^2 / n_v + s_r^2 / n_r)    Welch; "worse" when d >= 2 SE, "better" when d <= -2 SE
 
 That is compare's screening rule (:data:`litgpt_mka.compare.summary.SCREENING`), with which this study was written;
-compare now decides by t-tests, but answers.md keeps the rule it was written with (``rule=SCREENING`` below) so that
-it renders as committed. With 2-3 seeds a side that rule is not a test at 5%: ``python -m litgpt_mka.compare.report
-docs/study-pythia-14m-v2/<part>/results.json --verdict_rule t-test`` decides a part again by Welch t-tests.
+answers.md keeps it, so that it renders as committed. With 2-3 seeds a side that rule is not a test at 5%, so
+answers-t-test.md decides the same cells again by compare's rule now (:data:`~litgpt_mka.compare.summary.T_TEST`):
+Welch t-tests (the seeds of v1 and v2 were not paired), 95% intervals, Holm's adjustment within each column (the
+variants against MHA at one setting; the ablation's two questions each alone), better or worse only where the
+adjusted p < 0.05.
 
 Learning rates: a variant's best is the peak learning rate with the lowest mean final loss over its seeds (1e-3
 from the main study, 5e-4, 2e-3, 4e-3, 8e-3 and 1.6e-2 from the sweep); MHA's best likewise. Choosing the lowest
@@ -34,7 +37,7 @@ from litgpt_mka.compare.layout import RunFolder
 from litgpt_mka.compare.plots import loss_vs_kv_cache
 from litgpt_mka.compare.records import Difference, RunResult, VariantSummary
 from litgpt_mka.compare.report import read_results
-from litgpt_mka.compare.summary import SCREENING, difference, summarize
+from litgpt_mka.compare.summary import SCREENING, T_TEST, difference, holm_family, p_text, summarize, t_test
 
 STUDY = Path(__file__).resolve().parent
 V1_RESULTS = STUDY.parent / "study-pythia-14m" / "main" / "results.json"
@@ -83,8 +86,20 @@ def losses_by_learning_rate(main: list[RunResult], sweep: dict[float, list[RunRe
 
 
 # ----------------------------------------------------------------------------------------------- verdicts
-def verdict(losses: dict[str, list[float]], variant: str, reference: str = REFERENCE) -> Difference:
-    return difference(variant, losses.get(variant, []), reference, losses.get(reference, []), rule=SCREENING)
+def verdicts(losses: dict[str, list[float]], variants: list[str], reference: str = REFERENCE,
+             rule: str = SCREENING) -> dict[str, Difference]:
+    """Each of `variants` against `reference` by `rule`; under t-tests they are one Holm family."""
+    reference_losses = losses.get(reference, [])
+    tests = {variant: t_test(losses.get(variant, []), reference_losses) for variant in variants}
+    family = holm_family(tests) if rule == T_TEST else {}
+    return {variant: difference(variant, losses.get(variant, []), reference, reference_losses, rule=rule,
+                                holm=family.get(variant)) for variant in variants}
+
+
+def verdict(losses: dict[str, list[float]], variant: str, reference: str = REFERENCE,
+            rule: str = SCREENING) -> Difference:
+    """One variant against `reference`, alone (a family of one)."""
+    return verdicts(losses, [variant], reference, rule)[variant]
 
 
 @dataclass(frozen=True)
@@ -106,9 +121,16 @@ def tuned(variant: str, losses_by_rate: dict[float, dict[str, list[float]]]) -> 
     return Tuned(variant, best, losses_by_rate[best][variant], means)
 
 
+def tuned_verdicts(variants: list[Tuned], reference: Tuned, rule: str = SCREENING) -> dict[str, Difference]:
+    """Each variant at its best rate against `reference` at its own, by variant name (one Holm family)."""
+    losses = {_swept(v.variant, v.learning_rate): v.losses for v in (*variants, reference)}
+    decided = verdicts(losses, [_swept(v.variant, v.learning_rate) for v in variants],
+                       _swept(reference.variant, reference.learning_rate), rule)
+    return {v.variant: decided[_swept(v.variant, v.learning_rate)] for v in variants}
+
+
 def tuned_verdict(variant: Tuned, reference: Tuned) -> Difference:
-    return difference(_swept(variant.variant, variant.learning_rate), variant.losses,
-                      _swept(reference.variant, reference.learning_rate), reference.losses, rule=SCREENING)
+    return tuned_verdicts([variant], reference)[variant.variant]
 
 
 def at_edge(variant: Tuned) -> bool:
@@ -241,35 +263,54 @@ def _cell(d: Difference) -> str:
         return "no runs"
     if d.se is None:
         return f"{d.difference:+.4f} (1 seed: no claim)"
+    if d.ci95_low is not None:  # a t-test: its interval and Holm-adjusted p
+        return f"{d.difference:+.4f} [{d.ci95_low:+.4f}, {d.ci95_high:+.4f}], p {p_text(d.p_holm)}: **{d.verdict}**"
     return f"{d.difference:+.4f} ± {d.se:.4f}: **{d.verdict}**"
 
 
+def _preamble(rule: str) -> list[str]:
+    """How the cells of answers.md (the 2-SE rule) or answers-t-test.md (t-tests) are decided."""
+    if rule == SCREENING:
+        return ["Written by `python docs/study-pythia-14m-v2/report.py` from the committed run records; every cell is the",
+                "difference of the final validation loss on `val.txt` to MHA (nats/token), ± its SE over seeds, and the",
+                "verdict by the 2-SE rule (the module docstring of `report.py` says how)."]
+    return ["Written by `python docs/study-pythia-14m-v2/report.py` from the committed run records: the cells of",
+            "[answers.md](answers.md), which keeps the 2-SE screening rule the study was written with, decided again by",
+            "compare's rule now ([comparing.md](../comparing.md#paired-runs-and-verdicts)). Every cell is the difference",
+            "of the final validation loss on `val.txt` to MHA (nats/token), its 95% interval by Welch's t-test (the seeds",
+            "of v1 and v2 were not paired) and its p adjusted by Holm's method within the column (the variants against MHA",
+            "at one setting; the ablation's two questions each alone); **better** or **worse** only where that p < 0.05,",
+            "else **cannot tell**."]
+
+
 def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult],
-            sweep: dict[float, list[RunResult]]) -> str:
-    """answers.md: the verdict table and its sentences, the learning rates, the ablation, the curves."""
+            sweep: dict[float, list[RunResult]], rule: str = SCREENING) -> str:
+    """answers.md (`rule` SCREENING) or answers-t-test.md (T_TEST): the verdict table and its sentences, the learning
+    rates, the ablation, the curves."""
     v1_losses, v2_losses = final_losses(v1), final_losses(main)
     full_query = [run for run in ablation if run.variant == FULL_QUERY]
     losses_by_rate = losses_by_learning_rate(main, sweep)
     rates = sorted(losses_by_rate)
     reference = tuned(REFERENCE, losses_by_rate)
     sweep_runs = len(SWEPT) * sum(SWEEP_SEEDS[rate] for rate in sweep)
+    title = "# Study v2: the answers" + ("" if rule == SCREENING else ", decided by t-tests")
+    p_label = "" if rule == SCREENING else " (95% interval, p Holm)"
     lines = [
-        "# Study v2: the answers", "",
-        "Written by `python docs/study-pythia-14m-v2/report.py` from the committed run records; every cell is the",
-        "difference of the final validation loss on `val.txt` to MHA (nats/token), ± its SE over seeds, and the",
-        "verdict by the 2-SE rule (the module docstring of `report.py` says how).", "",
+        title, "", *_preamble(rule), "",
         f"Finished runs: v1 {len(v1)} of 18; v2 main {len(main)} of 18, ablation {len(full_query)} of 3 (its MHA and",
         f"MLA runs are the main study's), learning-rate sweep {sum(map(len, sweep.values()))} of {sweep_runs}.", "",
-        "## Verdicts against MHA", "",
+        "## Verdicts against MHA" + p_label, "",
         "| variant | v1: repeated data, lr 1e-3 | v2: unique data, lr 1e-3 | v2: each at its best lr |",
         "|---|---|---|---|",
     ]
+    v1_ds, v2_ds = verdicts(v1_losses, VARIANTS, rule=rule), verdicts(v2_losses, VARIANTS, rule=rule)
+    best_rates = {variant: tuned(variant, losses_by_rate) for variant in VARIANTS}
+    swept = [variant for variant, best in best_rates.items() if any(rate in best.means for rate in sweep)]
+    tuned_ds = tuned_verdicts([best_rates[variant] for variant in swept], reference, rule)
     sentences = []
     for variant in VARIANTS:
-        v1_d, v2_d = verdict(v1_losses, variant), verdict(v2_losses, variant)
-        best = tuned(variant, losses_by_rate)
-        swept = any(rate in best.means for rate in sweep)
-        tuned_d = tuned_verdict(best, reference) if swept else None
+        v1_d, v2_d, best = v1_ds[variant], v2_ds[variant], best_rates[variant]
+        tuned_d = tuned_ds.get(variant)
         lines.append(f"| {variant} | {_cell(v1_d)} | {_cell(v2_d)} | "
                      f"{_cell(tuned_d) + f' (lr {_rate(best.learning_rate)})' if tuned_d else 'not swept'} |")
         sentences += [f"- v1: {v1_d.sentence}", f"- v2: {v2_d.sentence}"]
@@ -284,11 +325,13 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
         edge = " (edge of the sweep: the optimum may lie beyond)" if at_edge(best) else ""
         lines.append(f"| {variant} | {' | '.join(cells)} | {_rate(best.learning_rate)}{edge} |")
     lines += ["", "![final validation loss against peak learning rate](learning-rates.png)", "",
-              "## Verdicts at each shared learning rate", "",
+              "## Verdicts at each shared learning rate" + p_label, "",
               "| variant | " + " | ".join(f"lr {_rate(rate)}" for rate in rates) + " |",
               "|---|" + "---|" * len(rates)]
-    for variant in (v for v in SWEPT if v != REFERENCE):
-        cells = [_cell(verdict(losses_by_rate[rate], variant)) for rate in rates]
+    compared = [v for v in SWEPT if v != REFERENCE]
+    at_rate = {rate: verdicts(losses_by_rate[rate], compared, rule=rule) for rate in rates}
+    for variant in compared:
+        cells = [_cell(at_rate[rate][variant]) for rate in rates]
         lines.append(f"| {variant} | {' | '.join(cells)} |")
     lines += ["", "Where the variants' optima differ, the verdict at one shared rate depends on which rate: hence the",
               "verdict at each one's own best (above)."]
@@ -296,8 +339,9 @@ def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult
     # new runs' records are committed in the ablation's folder
     ablation_losses = final_losses(main + full_query)
     lines += ["", "## MLA's query ablation (full-rank query, `q_lora_rank: null`)", "",
-              f"- full-rank query against MHA: {verdict(ablation_losses, FULL_QUERY).sentence}",
-              f"- the query bottleneck's cost: {verdict(ablation_losses, 'pythia-14m-mla', FULL_QUERY).sentence}",
+              f"- full-rank query against MHA: {verdict(ablation_losses, FULL_QUERY, rule=rule).sentence}",
+              "- the query bottleneck's cost:"
+              f" {verdict(ablation_losses, 'pythia-14m-mla', FULL_QUERY, rule=rule).sentence}",
               "", "## Curves", "",
               "![v1 and v2 loss differences to MHA during training](curves-v1-v2.png)", "",
               "## Loss against KV-cache bytes, every configuration of v2", "",
@@ -313,13 +357,15 @@ def main(out_dir: Path = STUDY) -> None:
     sweep = {rate: finished_runs(folder) for rate, folder in SWEEP.items()}
     ablation = finished_runs(ABLATION)
     (out_dir / "answers.md").write_text(answers(v1, main_runs, ablation, sweep))
+    (out_dir / "answers-t-test.md").write_text(answers(v1, main_runs, ablation, sweep, rule=T_TEST))
     plot_curves(out_dir / "curves-v1-v2.png", v1, main_runs)
     configurations = sweep_points(main_runs, ablation, sweep)
     colours = configuration_colours(configurations)
     plot_learning_rates(out_dir / "learning-rates.png", losses_by_learning_rate(main_runs, sweep), colours)
     loss_vs_kv_cache(out_dir / "pareto-v2.png", configurations, PRIMARY, max_loss=pareto_max_loss(main_runs),
                      colours=colours)
-    print(f"wrote answers.md, curves-v1-v2.png, learning-rates.png and pareto-v2.png in {out_dir}", file=sys.stderr)
+    print(f"wrote answers.md, answers-t-test.md, curves-v1-v2.png, learning-rates.png and pareto-v2.png in {out_dir}",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ The functions take the typed :class:`~litgpt_mka.compare.records.Results` (the r
 folders, :func:`read_results` from a saved file); this module imports neither the runner nor the plan.
 A saved ``results.json`` is rendered again, e.g. with another reference, by::
 
-    python -m litgpt_mka.compare.report OUT/results.json [--reference NAME] [--verdict_rule t-test]
+    python -m litgpt_mka.compare.report OUT/results.json [--reference NAME] [--verdict_rule t-test] [--out_dir DIR]
 
 Which rule decides the differences is saved with the results (``settings.verdict_rule``): comparisons written
 before the t-test keep the screening rule they were written with, so their reports render as committed;
-``--verdict_rule t-test`` decides them again by Welch t-tests (they were not paired).
+``--verdict_rule t-test`` decides them again by Welch t-tests (they were not paired). Without ``--out_dir`` the files
+beside results.json are replaced.
 """
 
 import argparse
@@ -741,9 +742,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="decide the differences by this rule (default: the saved one; results saved before the"
                              f" t-test: {SCREENING!r})")
     parser.add_argument("--no_plots", action="store_true")
+    parser.add_argument("--out_dir", type=Path,
+                        help="write there (default: beside results_json, replacing the files it was rendered with)")
     args = parser.parse_args(argv)
     results = read_results(args.results_json, args.reference, args.verdict_rule)
-    write_outputs(args.results_json.parent, results, not args.no_plots)
+    out_dir = args.out_dir if args.out_dir is not None else args.results_json.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_outputs(out_dir, results, not args.no_plots)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,19 @@ def test_the_report_command_decides_saved_results_again_by_the_rule_asked_for(tm
     assert json.loads((tmp_path / RESULTS_JSON).read_text())["settings"]["verdict_rule"] == "t-test"
 
 
+def test_the_report_command_writes_into_out_dir_and_leaves_the_saved_files_as_they_were(tmp_path):
+    from litgpt_mka.compare.report import main
+
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    for name in (RESULTS_JSON, REPORT_MD):
+        (saved / name).write_bytes((STUDY / "main" / name).read_bytes())
+    main([str(saved / RESULTS_JSON), "--verdict_rule", "t-test", "--no_plots", "--out_dir", str(tmp_path / "again")])
+    assert "| pythia-14m-mka | +0.0070 | [-0.0010, +0.0150] | Welch (2.9) |" in (tmp_path / "again" / REPORT_MD).read_text()
+    for name in (RESULTS_JSON, REPORT_MD):
+        assert (saved / name).read_bytes() == (STUDY / "main" / name).read_bytes(), name
+
+
 def committed(part: str) -> tuple[dict, str]:
     """The saved results.json (as JSON, not read through litgpt_mka) and report.md of a committed study part."""
     return json.loads((DOCS / part / RESULTS_JSON).read_text()), (DOCS / part / REPORT_MD).read_text()

@@ -93,6 +93,25 @@ def test_each_shared_learning_rate_has_its_own_verdict(report):
     assert "| pythia-14m-fmka | no runs | no runs | no runs |" in table
 
 
+def test_the_t_test_answers_decide_each_column_as_one_holm_family(report):
+    """answers-t-test.md: the screening answers' cells decided by Welch t-tests (95% interval, Holm's p within the
+    column); a 2-seed difference at 3.5 SE, better by the screening rule, cannot be told (df 2, p 0.072)."""
+    main = (runs("pythia-14m-mha", [4.10, 4.12, 4.11]) + runs("pythia-14m-mla", [4.16, 4.17, 4.15])
+            + runs("pythia-14m-fmka", [4.12, 4.14, 4.13]))
+    sweep = {4e-3: runs("pythia-14m-mha", [4.30, 4.32]) + runs("pythia-14m-mla", [4.25, 4.27])}
+
+    screened, tested = report.answers([], main, [], sweep), report.answers([], main, [], sweep, rule="t-test")
+
+    assert "| pythia-14m-mla | +0.0500 ± 0.0082: **worse** | -0.0500 ± 0.0141: **better** |" in screened
+    shared = tested.split("## Verdicts at each shared learning rate (95% interval, p Holm)")[1]
+    assert ("| pythia-14m-mla | +0.0500 [+0.0273, +0.0727], p 0.007: **worse** |"
+            " -0.0500 [-0.1108, +0.0108], p 0.072: **cannot tell** |") in shared
+    # the main column's family: MLA (p 0.0036) and FMKA (+0.02, p 0.0705): Holm 2 x 0.0036 and max(0.0072, 0.0705)
+    assert "v2: pythia-14m-mla: validation loss +0.0500 nats/token against pythia-14m-mha (Welch t-test" in tested
+    assert "p 0.004, Holm-adjusted over 2 comparisons 0.007; 3 and 3 seeds): worse." in tested
+    assert "Holm-adjusted over 2 comparisons 0.070; 3 and 3 seeds): cannot tell" in tested
+
+
 def test_the_pareto_plots_loss_axis_ends_a_little_above_the_main_studys_worst_variant(report):
     main = runs("pythia-14m-mha", [4.10, 4.12]) + runs("pythia-14m-fmka", [4.20, 4.24])
     assert report.pareto_max_loss(main) == pytest.approx(4.22 + report.PARETO_HEADROOM)
@@ -151,8 +170,9 @@ def test_the_committed_v1_verdicts_are_those_of_v1s_own_results(report, tmp_path
             pytest.approx(committed[variant]["difference"]), pytest.approx(committed[variant]["se"]),
             committed[variant]["verdict"])
 
-    report.main(tmp_path)  # the committed records of every part, finished or not, render
-    assert "## Verdicts against MHA" in (tmp_path / "answers.md").read_text()
+    report.main(tmp_path)  # the committed records render again, by either rule, as committed
+    for answers in ("answers.md", "answers-t-test.md"):
+        assert (tmp_path / answers).read_text() == (SCRIPT.parent / answers).read_text(), answers
     for plot in ("curves-v1-v2.png", "learning-rates.png", "pareto-v2.png"):
         assert (tmp_path / plot).stat().st_size > 10_000, plot
 
