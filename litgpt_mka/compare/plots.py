@@ -4,8 +4,8 @@
   one colour per variant, one line per seed.
 * ``loss_vs_kv_cache.png``: the Pareto plot: final validation loss (primary text; mean over seeds, error bar
   = sample std over seeds) against KV-cache bytes per token (log scale), every variant a point; the
-  frontier (:func:`litgpt_mka.compare.summary.pareto_front` of the means: no other point has both a smaller
-  cache and a lower loss) is ringed and joined by a dashed staircase. With ``--kv_cache_quantizations``, each
+  frontier (:func:`litgpt_mka.compare.summary.pareto_front` of the means: no other point has a cache and a loss
+  at most its own, one of them smaller) is ringed and joined by a dashed staircase. With ``--kv_cache_quantizations``, each
   variant's quantized caches are points too (hollow, in the variant's colour, one marker per quantization, joined
   to the variant's own point by a thin line; loss = cached decoding through that cache), on the same frontier;
   only the variants' own points carry a name (moved down where names would overlap: configurations with the
@@ -136,7 +136,7 @@ def loss_vs_kv_cache(path: Path, summary: list[VariantSummary], primary: str, ma
         # the staircase: each frontier point holds its loss until a larger cache buys a lower one
         ax.plot(xs, ys, drawstyle="steps-post", color="black", alpha=0.5, linestyle="--", zorder=0)
         handles.append(ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=1.0,
-                                  label="Pareto frontier: no other\nconfig has a smaller cache\nand a lower loss"))
+                                  label="Pareto frontier: no other\nconfig matches or beats it\non cache and loss both"))
     caches = list(dict.fromkeys(p.cache for p in points if p.cache is not None))
     if caches:
         handles += [Line2D([], [], linestyle="none", marker=_marker(None), color="grey",
