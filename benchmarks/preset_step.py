@@ -76,8 +76,8 @@ def one_step(path: Path, micro_batch: int, seq_len: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="410m", help="the presets config_hub/pretrain/pythia-<size>-*.yaml")
-    parser.add_argument("--micro-batch", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--micro_batch", "--micro-batch", type=int, default=1)
+    parser.add_argument("--seq_len", "--seq-len", type=int, default=128)
     parser.add_argument("--variants", nargs="+", help="e.g. mha mla (default: every preset of the size)")
     args = parser.parse_args()
     paths = sorted(CONFIG_HUB.glob(f"pythia-{args.size}-*.yaml"))

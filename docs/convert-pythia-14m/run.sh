@@ -6,8 +6,9 @@ RUNS=${RUNS:-out/convert-pythia-14m}
 DATA="--data.train_path ../shared/data/tinystories/train.txt --data.val_path ../shared/data/tinystories/val.txt"
 export OMP_NUM_THREADS=1
 
-# 1. the MHA source: 409,600 tokens (100 steps of 8 x 512), float32
-[ -f $RUNS/source/final/lit_model.pth ] || litgpt pretrain --config config_hub/pretrain/pythia-14m-mha.yaml \
+# 1. the MHA source: 409,600 tokens (100 steps of 8 x 512), float32, compiled as it was made (litgpt compiles; the
+#    plugin of today trains eagerly on a CPU unless LITGPT_MKA_CPU_COMPILE=1: docs/precision.md)
+[ -f $RUNS/source/final/lit_model.pth ] || LITGPT_MKA_CPU_COMPILE=1 litgpt pretrain --config config_hub/pretrain/pythia-14m-mha.yaml \
   --data litgpt_mka.data.TextCorpus $DATA --tokenizer_dir ../shared/tokenizers/pythia \
   --precision 32-true --train.max_tokens 409600 --eval.interval 1000 --eval.final_validation false \
   --out_dir $RUNS/source
