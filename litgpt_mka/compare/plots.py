@@ -12,6 +12,9 @@
   same cache bytes and close losses), and a legend beside the axes names the markers.
 * ``routing.png`` (MKA/FMKA variants only): one panel per variant, layers on x, one bar per memory (local,
   session, long-term): mean routing weight over seeds, error bar = std.
+* ``differences.png`` (t-tested comparisons only): each variant's primary validation loss minus the reference's,
+  one row per variant: the difference (diamond), its 95% interval (bar), the verdict beside it and, for paired
+  runs, each seed's own difference (dots, the pairs the paired t-test reads); a line at 0.
 * ``throughput.png``: training and decode tokens/s per variant (mean, error bar = std over seeds); a variant
   timed on a busy machine has no bar and reads "busy".
 
@@ -200,6 +203,43 @@ def routing(path: Path, summary: list[VariantSummary], sources: list[str]) -> No
     _save(figure, path)
 
 
+def per_seed_differences(results: Results, variant: str) -> list[float]:
+    """The primary validation loss of each seed of `variant` minus the reference's at the same seed (finished runs,
+    the seeds both sides have, in seed order): the pairs of a paired t-test."""
+    def by_seed(name: str) -> dict[int, float]:
+        return {run.seed: run.evaluation.validation[0].loss for run in results.runs if run.ok and run.variant == name}
+
+    ours, theirs = by_seed(variant), by_seed(results.reference)
+    return [ours[seed] - theirs[seed] for seed in sorted(ours.keys() & theirs.keys())]
+
+
+def differences(path: Path, results: Results, primary: str) -> bool:
+    """The differences to the reference with their 95% intervals (module docstring); False, and nothing written,
+    where no difference has an interval (the screening rule, or fewer than two seeds)."""
+    rows = [row for row in results.summary if row.difference is not None and row.difference.ci95_low is not None]
+    if not rows:
+        return False
+    figure, colours = _figure(7.0, 1.2 + 0.55 * len(rows)), variant_colours(results.summary)
+    ax = figure.add_subplot()
+    for i, row in enumerate(rows):
+        d, colour = row.difference, colours[row.variant]
+        if d.t_test == "paired":
+            seeds = per_seed_differences(results, row.variant)
+            ax.scatter(seeds, [i + 0.22] * len(seeds), s=14, color=colour, alpha=0.6, linewidths=0)
+        ax.plot([d.ci95_low, d.ci95_high], [i, i], color=colour, linewidth=2.5, solid_capstyle="butt")
+        ax.plot([d.difference], [i], marker="D", color=colour)
+        ax.annotate(f" {d.verdict}", (d.ci95_high, i), va="center", fontsize="small")
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [row.variant for row in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.6)
+    ax.set_xlabel(f"validation loss on {primary} minus {results.reference}'s (nats/token)")
+    ax.set_title("Differences to the reference: mean (diamond), 95% interval (bar), seeds (dots, paired)",
+                 fontsize="medium")
+    ax.grid(alpha=0.3, axis="x")
+    _save(figure, path)
+    return True
+
+
 def throughput(path: Path, summary: list[VariantSummary]) -> None:
     figure, colours = _figure(9.0, 4.0), variant_colours(summary)
     for position, (key, busy_key, title) in enumerate((("train_tokens_per_s", "train_busy", "training tokens/s"),
@@ -235,6 +275,8 @@ def write_plots(out_dir: Path, results: Results) -> list[str]:
     loss_vs_tokens(out_dir / "loss_vs_tokens.png", results, primary)
     loss_vs_kv_cache(out_dir / "loss_vs_kv_cache.png", results.summary, primary)
     written = ["loss_vs_tokens.png", "loss_vs_kv_cache.png"]
+    if differences(out_dir / "differences.png", results, primary):
+        written.append("differences.png")
     with_routing = [r for r in ok if r.evaluation.routing is not None]
     if with_routing:
         routing(out_dir / "routing.png", results.summary, with_routing[0].evaluation.routing.sources)

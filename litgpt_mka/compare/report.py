@@ -605,6 +605,7 @@ DEFINITIONS = [
 PLOT_TITLES = {
     "loss_vs_tokens.png": "Validation loss against training tokens",
     "loss_vs_kv_cache.png": "Validation loss against KV-cache bytes per token (Pareto)",
+    "differences.png": "Differences to the reference with their 95% intervals",
     "routing.png": "Learned routing weights of MKA/FMKA per layer",
     "throughput.png": "Training and decode throughput (quiet runs only)",
 }

@@ -46,3 +46,33 @@ def test_a_point_above_the_loss_limit_is_drawn_at_the_edge_with_its_loss(tmp_pat
     names = {text.get_text(): text.xy for text in ax.texts}
     assert names["mha (lr 5e-4): 4.575, off the scale"] == (6144, 4.28)
     assert names["mla"] == (960, pytest.approx(4.225)) and names["mha"] == (6144, pytest.approx(4.195))
+
+
+def test_the_differences_plot_draws_each_interval_its_verdict_and_the_pairs_the_test_reads(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from litgpt_mka.compare import plots
+    from litgpt_mka.compare.summary import SCREENING, summarize
+    from tests.compare.helpers import synthetic_run
+
+    runs = [synthetic_run("mha", seed, loss) for seed, loss in ((1, 3.60), (2, 3.70), (3, 3.80))]
+    runs += [synthetic_run("mla", seed, loss) for seed, loss in ((1, 3.630), (2, 3.731), (3, 3.829))]
+    runs += [synthetic_run("gqa", seed, loss) for seed, loss in ((1, 3.61), (3, 3.79))]  # seed 2 did not finish
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: saved.append(figure))
+    paired = SimpleNamespace(summary=summarize(runs, "mha", paired=True), runs=runs, reference="mha")
+
+    assert plots.differences(tmp_path / "differences.png", paired, "val")
+
+    ax = saved[0].axes[0]
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["mla", "gqa"]  # the summary's order
+    rows = {row.variant: row.difference for row in paired.summary if row.variant != "mha"}
+    dots = [tuple(collection.get_offsets()[:, 0]) for collection in ax.collections]
+    assert dots == [pytest.approx((0.030, 0.031, 0.029)), pytest.approx((0.01, -0.01))]  # mla's three pairs, gqa's two
+    horizontal = [line for line in ax.lines if len(line.get_ydata()) == 2 and line.get_ydata()[0] == line.get_ydata()[1]]
+    bars = [tuple(line.get_xdata()) for line in horizontal]
+    assert bars == [(rows["mla"].ci95_low, rows["mla"].ci95_high), (rows["gqa"].ci95_low, rows["gqa"].ci95_high)]
+    assert [text.get_text() for text in ax.texts] == [" worse", " cannot tell"]
+    # the screening rule has no intervals: nothing is drawn
+    screened = SimpleNamespace(summary=summarize(runs, "mha", rule=SCREENING), runs=runs, reference="mha")
+    assert not plots.differences(tmp_path / "screened.png", screened, "val") and len(saved) == 1
