@@ -1,4 +1,4 @@
-"""The ``litgpt-mka`` command (jsonargparse, like litgpt's): ``litgpt-mka compare|convert|evaluate|cloze|report ...``.
+"""The ``litgpt-mka`` command (jsonargparse, like litgpt's): ``litgpt-mka compare|convert|evaluate|cloze|heldout|report``.
 
 Each subcommand is either an options dataclass that jsonargparse reads directly (fields = options, field
 docstrings = help) with a function that runs it, or one function whose parameters are the options; either
@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from litgpt_mka.compare.options import CompareOptions
 from litgpt_mka.convert import convert
@@ -61,6 +61,46 @@ def cloze(val_path: Path, *, out_dir: Path, max_docs: int | None = None) -> int:
     return 0
 
 
+def heldout(checkpoint_dir: Path, *, val_path: list[Path] | None = None, batch_size: int = 8,
+            device: Literal["auto", "cpu", "cuda"] = "auto") -> int:
+    """Exact held-out loss of a `litgpt pretrain` checkpoint on whole validation texts, as `compare` evaluates its
+    runs: every target of a text scored once, in the run's own windows (litgpt_mka/compare/heldout.py). litgpt's
+    own validation reads `eval.max_iters` batches only.
+
+    Prints a line per text: its name, loss (nats/token), perplexity, targets scored. Exit status 0, or 2 for a
+    missing checkpoint or text, a run whose validation text is unknown (not a TextCorpus: name one), or a bad option.
+
+    Args:
+        checkpoint_dir: A checkpoint folder of `litgpt pretrain` (OUT/final or OUT/step-*).
+        val_path: Validation texts (.txt files or folders of them); default: the run's own data.val_path.
+        batch_size: Windows per forward pass.
+        device: "auto" (CUDA where available), "cpu" or "cuda"; the model runs in float32.
+    """
+    import math
+
+    import torch
+
+    from litgpt_mka.checkpoint import load_model
+    from litgpt_mka.compare.heldout import heldout_data, heldout_loss
+
+    if batch_size < 1:
+        print(f"litgpt-mka heldout: error: batch_size={batch_size} must be at least 1", file=sys.stderr)
+        return 2
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        texts = [heldout_data(Path(checkpoint_dir), path) for path in (val_path or [None])]
+        model = load_model(Path(checkpoint_dir), torch.device(device))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"litgpt-mka heldout: error: {error}", file=sys.stderr)
+        return 2
+    for data in texts:
+        result = heldout_loss(model, data, batch_size)
+        print(f"{data.val_path.stem}: loss {result.loss:.4f} nats/token, perplexity {math.exp(result.loss):.2f},"
+              f" {result.tokens} targets ({data.val_path})")
+    return 0
+
+
 def report(results_json: Path, reference: str | None = None, plots: bool = True) -> int:
     """Render report.md, results.csv and the plots of a comparison again from its results.json (nothing reruns).
 
@@ -93,6 +133,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "convert": Subcommand(convert),  # its parameters are the options; it returns the exit status
     "evaluate": Subcommand(evaluate),
     "cloze": Subcommand(cloze),
+    "heldout": Subcommand(heldout),
     "report": Subcommand(report),
 }
 

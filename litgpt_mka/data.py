@@ -119,8 +119,16 @@ def default_cache_dir() -> Path:
 
 
 def text_files(path: Path, field_name: str = "path") -> list[Path]:
+    """`path` itself when it is a file, else the .txt files under the folder `path`, sorted.
+
+    Raises:
+        FileNotFoundError: nothing exists at `path`.
+        ValueError: `path` is a folder without .txt files.
+    """
     if path.is_file():
         return [path]
+    if not path.exists():
+        raise FileNotFoundError(f"{field_name}={str(path)!r} does not exist")
     files = sorted(p for p in path.rglob("*.txt") if p.is_file())
     if not files:
         raise ValueError(f"{field_name}={str(path)!r} is a folder without .txt files")

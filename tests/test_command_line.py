@@ -1,5 +1,6 @@
 """The `litgpt-mka` command as a user meets it: every subcommand's --help lists its choices and marks its required
-options, `compare --pretrain_args` passes litgpt's own flags through, and `cloze` and `report` are subcommands."""
+options, `compare --pretrain_args` passes litgpt's own flags through, and `cloze`, `heldout` and `report` are
+subcommands."""
 
 import json
 import re
@@ -20,6 +21,7 @@ HELP = {
     "convert": ({"to": "{gqa,mqa,mla}", "rope_fit": "{complex,mean}", "svd": "{exact,randomized}"}, ["to", "out_dir"]),
     "evaluate": ({"precision": "{32-true,bf16-true,16-true}", "batch_size": "'auto'"}, ["tasks"]),
     "cloze": ({}, ["out_dir"]),
+    "heldout": ({"device": "'auto', 'cpu', 'cuda'"}, []),
     "report": ({"plots": "{true,false}"}, []),
 }
 STUDY_RESULTS = PROJECT_ROOT / "docs" / "study-pythia-14m-v2" / "lr-0.002" / "results.json"
@@ -95,3 +97,78 @@ def test_report_subcommand_renders_a_saved_comparison_again(tmp_path, capsys):
     assert "## Differences to the reference" in (tmp_path / "by_subcommand" / "report.md").read_text()
     assert exit_status(["report", str(tmp_path / "missing.json")]) == 2
     assert "litgpt-mka report: error:" in capsys.readouterr().err
+
+
+def test_heldout_scores_every_target_of_a_text_once_in_the_runs_windows(tmp_path, tokenizer_dir, monkeypatch, capsys):
+    """`litgpt-mka heldout` on a saved checkpoint (an MQA of ours, max_seq_length 16): the loss of each text equals
+    a reference written from the documented layout (stride-16 windows, then one window aligned to the end whose
+    targets no earlier window scored), the run's own val_path is the default, and bad input exits 2 naming it."""
+    import torch
+    import torch.nn.functional as F
+    import yaml
+    from litgpt.config import Config
+    from litgpt.model import GPT
+    from litgpt.tokenizer import Tokenizer
+    from litgpt.utils import save_config
+
+    from litgpt_mka.data import split_documents
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    L = 16
+    config = Config.from_name("pythia-14m", n_layer=1, n_embd=32, n_head=2, n_query_groups=1, block_size=64,
+                              attention_class_name="GroupedQueryAttention")
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    checkpoint = tmp_path / "final"
+    checkpoint.mkdir()
+    torch.save({"model": model.state_dict()}, checkpoint / "lit_model.pth")
+    save_config(config, checkpoint)
+    val = tmp_path / "val.txt"
+    val.write_text("Once upon a time, a little girl named Lily found a red ball in the park.\n<|endoftext|>\n"
+                   "Tom had a big dog. The dog liked to run and jump in the sun all day long.\n")
+    other = tmp_path / "other.txt"
+    other.write_text("The cat sat on the warm mat and looked at the birds outside the window.\n")
+    data = {"class_path": "litgpt_mka.data.TextCorpus", "init_args": {"train_path": str(val), "val_path": str(val)}}
+    (checkpoint / "hyperparameters.yaml").write_text(yaml.safe_dump(
+        {"data": data, "tokenizer_dir": str(tokenizer_dir), "train": {"max_seq_length": L}}))
+
+    def reference(path: Path) -> tuple[float, int]:
+        tokenizer = Tokenizer(tokenizer_dir)  # TextCorpus's stream: each document without BOS, followed by EOS
+        ids = torch.cat([tokenizer.encode(doc, bos=False, eos=True) for doc in split_documents(path.read_text())]).long()
+        starts = list(range(0, len(ids) - 1 - L + 1, L))  # full windows of L + 1 tokens, stride L
+        scored_to = starts[-1] + L if starts else 0  # targets 1..scored_to are scored by them
+        losses = []
+        with torch.no_grad():
+            for start in starts:
+                window = ids[start : start + L + 1]
+                losses.append(F.cross_entropy(model(window[None, :-1])[0], window[1:], reduction="none"))
+            if scored_to < len(ids) - 1:  # the tail: one window aligned to the end, its new targets only
+                window = ids[-(L + 1):]
+                nll = F.cross_entropy(model(window[None, :-1])[0], window[1:], reduction="none")
+                losses.append(nll[L - (len(ids) - 1 - scored_to):])
+        nll = torch.cat(losses).double()
+        assert len(nll) == len(ids) - 1
+        return float(nll.mean()), len(nll)
+
+    assert exit_status(["heldout", str(checkpoint), "--val_path", str(val), str(other), "--batch_size", "2"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert exit_status(["heldout", str(checkpoint)]) == 0  # the run's own val_path
+    assert capsys.readouterr().out.splitlines() == printed[:1]
+    for line, path in zip(printed, (val, other), strict=True):
+        loss, targets = reference(path)
+        match = re.fullmatch(rf"{path.stem}: loss ([\d.]+) nats/token, perplexity ([\d.]+), (\d+) targets \(.*\)", line)
+        assert match and int(match.group(3)) == targets
+        assert float(match.group(1)) == pytest.approx(loss, abs=5e-5)
+    assert reference(val)[1] > 2 * L and reference(val)[1] % L != 0  # full windows and a tail; `other` is one window
+
+    assert exit_status(["heldout", str(checkpoint), "--val_path", str(tmp_path / "missing.txt")]) == 2
+    assert "val_path='" in (error := capsys.readouterr().err) and "missing.txt' does not exist" in error
+    assert exit_status(["heldout", str(checkpoint), "--batch_size", "0"]) == 2
+    assert "batch_size=0 must be at least 1" in capsys.readouterr().err
+    (checkpoint / "hyperparameters.yaml").write_text(yaml.safe_dump(
+        {"data": {"class_path": "litgpt.data.TinyStories"}, "tokenizer_dir": str(tokenizer_dir),
+         "train": {"max_seq_length": L}}))
+    assert exit_status(["heldout", str(checkpoint)]) == 2
+    assert "is not a TextCorpus; its validation text is unknown: name one (val_path)" in capsys.readouterr().err
+    assert exit_status(["heldout", str(checkpoint), "--val_path", str(other)]) == 0  # a named text needs no TextCorpus
+    assert capsys.readouterr().out.splitlines() == printed[1:]

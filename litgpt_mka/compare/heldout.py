@@ -47,19 +47,20 @@ def heldout_data(checkpoint_dir: Path, val_path: Path | None = None) -> HeldoutD
     window of its own length: every target scored once, as for a longer text.
 
     Raises:
-        ValueError: the run did not train on a TextCorpus, or has no tokenizer_dir.
+        ValueError: no `val_path` given and the run did not train on a TextCorpus (its validation text is then
+            unknown), or the run has no tokenizer_dir.
     """
     from litgpt.tokenizer import Tokenizer
 
     hparams = read_hyperparameters(checkpoint_dir)
     data = hparams.get("data") or {}
-    if not isinstance(data, dict) or data.get("class_path") not in TEXT_CORPUS_CLASSES:
-        raise ValueError(
-            f"data={data!r} in {checkpoint_dir}/hyperparameters.yaml is not a TextCorpus; its validation text is unknown"
-        )
+    text_corpus = isinstance(data, dict) and data.get("class_path") in TEXT_CORPUS_CLASSES
+    if val_path is None and not text_corpus:
+        raise ValueError(f"data={data!r} in {checkpoint_dir}/hyperparameters.yaml is not a TextCorpus; its validation"
+                         " text is unknown: name one (val_path)")
     if hparams.get("tokenizer_dir") is None:
         raise ValueError(f"tokenizer_dir is not set in {checkpoint_dir}/hyperparameters.yaml")
-    init_args = data["init_args"]
+    init_args = data["init_args"] if text_corpus else {}
     max_seq_length = hparams["train"].get("max_seq_length") or load_config(checkpoint_dir).block_size
     cache_dir = Path(init_args["cache_dir"]) if init_args.get("cache_dir") else None  # None: TextCorpus's default
     val_path = Path(init_args["val_path"] if val_path is None else val_path)
