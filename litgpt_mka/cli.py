@@ -101,24 +101,30 @@ def heldout(checkpoint_dir: Path, *, val_path: list[Path] | None = None, batch_s
     return 0
 
 
-def report(results_json: Path, reference: str | None = None, plots: bool = True) -> int:
+def report(results_json: Path, reference: str | None = None, plots: bool = True,
+           verdict_rule: Literal["t-test", "2-SE screening"] | None = None, out_dir: Path | None = None) -> int:
     """Render report.md, results.csv and the plots of a comparison again from its results.json (nothing reruns).
 
     Exit status 0, or 2 for a missing or unreadable results.json or an unknown reference.
 
     Args:
-        results_json: OUT_DIR/results.json of `litgpt-mka compare`; the outputs are written beside it.
+        results_json: OUT_DIR/results.json of `litgpt-mka compare`.
         reference: The variant (config file stem) the others are compared with; default: the saved one.
         plots: Write the PNG plots (needs matplotlib).
+        verdict_rule: Decide the differences by this rule; default: the saved one (the screening rule for results
+            saved before the t-test).
+        out_dir: Write there; default: beside results_json, replacing the files it was rendered with.
     """
     from litgpt_mka.compare.report import read_results, write_outputs
 
     try:
-        results = read_results(Path(results_json), reference)
+        results = read_results(Path(results_json), reference, verdict_rule)
     except (ValueError, FileNotFoundError) as error:
         print(f"litgpt-mka report: error: {error}", file=sys.stderr)
         return 2
-    write_outputs(Path(results_json).parent, results, plots)
+    out_dir = Path(results_json).parent if out_dir is None else Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_outputs(out_dir, results, plots)
     return 0
 
 

@@ -22,7 +22,7 @@ HELP = {
     "evaluate": ({"precision": "{32-true,bf16-true,16-true}", "batch_size": "'auto'"}, ["tasks"]),
     "cloze": ({}, ["out_dir"]),
     "heldout": ({"device": "'auto', 'cpu', 'cuda'"}, []),
-    "report": ({"plots": "{true,false}"}, []),
+    "report": ({"plots": "{true,false}", "verdict_rule": "'t-test', '2-SE screening'"}, []),
 }
 STUDY_RESULTS = PROJECT_ROOT / "docs" / "study-pythia-14m-v2" / "lr-0.002" / "results.json"
 
@@ -95,6 +95,14 @@ def test_report_subcommand_renders_a_saved_comparison_again(tmp_path, capsys):
     for name in ("report.md", "results.csv"):
         assert (tmp_path / "by_subcommand" / name).read_text() == (tmp_path / "by_module" / name).read_text()
     assert "## Differences to the reference" in (tmp_path / "by_subcommand" / "report.md").read_text()
+    # decided again by t-tests into another folder, as the module's entry point does; the saved files stay
+    saved = (tmp_path / "by_subcommand" / "report.md").read_text()
+    assert exit_status(["report", str(tmp_path / "by_subcommand" / "results.json"), "--plots", "false",
+                        "--verdict_rule", "t-test", "--out_dir", str(tmp_path / "again")]) == 0
+    report_main([str(tmp_path / "by_module" / "results.json"), "--no_plots", "--verdict_rule", "t-test"])
+    assert (tmp_path / "again" / "report.md").read_text() == (tmp_path / "by_module" / "report.md").read_text()
+    assert "Welch t-test" in (tmp_path / "again" / "report.md").read_text()
+    assert (tmp_path / "by_subcommand" / "report.md").read_text() == saved
     assert exit_status(["report", str(tmp_path / "missing.json")]) == 2
     assert "litgpt-mka report: error:" in capsys.readouterr().err
 
