@@ -42,8 +42,8 @@ def cloze(val_path: Path, *, out_dir: Path, max_docs: int | None = None) -> int:
     """Build the local TinyStories cloze task for lm-eval (LAMBADA's format: the last word of held-out stories).
 
     Writes OUT_DIR/tinystories_cloze.jsonl and OUT_DIR/tinystories_cloze.yaml; pass OUT_DIR as --include_path to
-    `litgpt-mka evaluate` or `lm_eval` (see litgpt_mka/evaluate/cloze.py). Exit status 0, or 2 for a text with no
-    story to use.
+    `litgpt-mka evaluate` or `lm_eval` (see litgpt_mka/evaluate/cloze.py). Exit status 0, or 2 for a missing text or
+    one with no story to use.
 
     Args:
         val_path: Held-out .txt file(s) or folder, stories separated by <|endoftext|> lines.
@@ -68,11 +68,13 @@ def heldout(checkpoint_dir: Path, *, val_path: list[Path] | None = None, batch_s
     own validation reads `eval.max_iters` batches only.
 
     Prints a line per text: its name, loss (nats/token), perplexity, targets scored. Exit status 0, or 2 for a
-    missing checkpoint or text, a run whose validation text is unknown (not a TextCorpus: name one), or a bad option.
+    missing checkpoint, tokenizer or text, a run whose validation text is unknown (not a TextCorpus: name one), no
+    CUDA for --device cuda, or a bad option.
 
     Args:
         checkpoint_dir: A checkpoint folder of `litgpt pretrain` (OUT/final or OUT/step-*).
-        val_path: Validation texts (.txt files or folders of them); default: the run's own data.val_path.
+        val_path: Validation texts (.txt files or folders of them), tokenized as TextCorpus does (documents without
+            BOS, each followed by EOS); default: the run's own data.val_path.
         batch_size: Windows per forward pass.
         device: "auto" (CUDA where available), "cpu" or "cuda"; the model runs in float32.
     """
@@ -83,15 +85,22 @@ def heldout(checkpoint_dir: Path, *, val_path: list[Path] | None = None, batch_s
     from litgpt_mka.checkpoint import load_model
     from litgpt_mka.compare.heldout import heldout_data, heldout_loss
 
+    refusal = None
     if batch_size < 1:
-        print(f"litgpt-mka heldout: error: batch_size={batch_size} must be at least 1", file=sys.stderr)
+        refusal = f"batch_size={batch_size} must be at least 1"
+    elif val_path == []:
+        refusal = "val_path=[] names no text; leave it out for the run's own"
+    elif device == "cuda" and not torch.cuda.is_available():
+        refusal = "device='cuda', but torch sees no CUDA device here"
+    if refusal is not None:
+        print(f"litgpt-mka heldout: error: {refusal}", file=sys.stderr)
         return 2
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         texts = [heldout_data(Path(checkpoint_dir), path) for path in (val_path or [None])]
         model = load_model(Path(checkpoint_dir), torch.device(device))
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: a missing checkpoint, text or tokenizer folder
         print(f"litgpt-mka heldout: error: {error}", file=sys.stderr)
         return 2
     for data in texts:
@@ -122,9 +131,7 @@ def report(results_json: Path, reference: str | None = None, plots: bool = True,
     except (ValueError, FileNotFoundError) as error:
         print(f"litgpt-mka report: error: {error}", file=sys.stderr)
         return 2
-    out_dir = Path(results_json).parent if out_dir is None else Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_outputs(out_dir, results, plots)
+    write_outputs(Path(results_json).parent if out_dir is None else Path(out_dir), results, plots)
     return 0
 
 

@@ -324,7 +324,8 @@ def load_or_tokenize(
     by :func:`tokenize` on a cache miss.
 
     Raises:
-        ValueError: `path` holds no document.
+        FileNotFoundError: nothing exists at `path`.
+        ValueError: `path` is a folder without .txt files, or holds no document.
     """
     files = text_files(Path(path), field_name)
     cached = token_file(path, tokenizer, cache_dir, field_name)

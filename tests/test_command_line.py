@@ -96,13 +96,13 @@ def test_report_subcommand_renders_a_saved_comparison_again(tmp_path, capsys):
         assert (tmp_path / "by_subcommand" / name).read_text() == (tmp_path / "by_module" / name).read_text()
     assert "## Differences to the reference" in (tmp_path / "by_subcommand" / "report.md").read_text()
     # decided again by t-tests into another folder, as the module's entry point does; the saved files stay
-    saved = (tmp_path / "by_subcommand" / "report.md").read_text()
+    saved = {name: (tmp_path / "by_subcommand" / name).read_bytes() for name in ("report.md", "results.json")}
     assert exit_status(["report", str(tmp_path / "by_subcommand" / "results.json"), "--plots", "false",
                         "--verdict_rule", "t-test", "--out_dir", str(tmp_path / "again")]) == 0
     report_main([str(tmp_path / "by_module" / "results.json"), "--no_plots", "--verdict_rule", "t-test"])
     assert (tmp_path / "again" / "report.md").read_text() == (tmp_path / "by_module" / "report.md").read_text()
     assert "Welch t-test" in (tmp_path / "again" / "report.md").read_text()
-    assert (tmp_path / "by_subcommand" / "report.md").read_text() == saved
+    assert {name: (tmp_path / "by_subcommand" / name).read_bytes() for name in saved} == saved
     assert exit_status(["report", str(tmp_path / "missing.json")]) == 2
     assert "litgpt-mka report: error:" in capsys.readouterr().err
 
@@ -173,6 +173,22 @@ def test_heldout_scores_every_target_of_a_text_once_in_the_runs_windows(tmp_path
     assert "val_path='" in (error := capsys.readouterr().err) and "missing.txt' does not exist" in error
     assert exit_status(["heldout", str(checkpoint), "--batch_size", "0"]) == 2
     assert "batch_size=0 must be at least 1" in capsys.readouterr().err
+    assert exit_status(["heldout", str(checkpoint), "--val_path", "[]"]) == 2
+    assert "val_path=[] names no text" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert exit_status(["heldout", str(checkpoint), "--device", "cuda"]) == 2
+        assert "device='cuda', but torch sees no CUDA device here" in capsys.readouterr().err
+    hyperparameters = (checkpoint / "hyperparameters.yaml").read_text()
+    (checkpoint / "hyperparameters.yaml").write_text(yaml.safe_dump({"data": data}))  # no tokenizer_dir, no train
+    assert exit_status(["heldout", str(checkpoint)]) == 2
+    assert "tokenizer_dir is not set in" in capsys.readouterr().err
+    (checkpoint / "hyperparameters.yaml").write_text(yaml.safe_dump({"data": data, "tokenizer_dir": str(tmp_path / "gone")}))
+    assert exit_status(["heldout", str(checkpoint)]) == 2  # a tokenizer folder that is gone: an error, not a traceback
+    assert "litgpt-mka heldout: error:" in capsys.readouterr().err
+    (checkpoint / "hyperparameters.yaml").write_text("just a string\n")
+    assert exit_status(["heldout", str(checkpoint)]) == 2
+    assert "hyperparameters.yaml holds 'just a string', not the settings of a litgpt run" in capsys.readouterr().err
+    (checkpoint / "hyperparameters.yaml").write_text(hyperparameters)
     (checkpoint / "hyperparameters.yaml").write_text(yaml.safe_dump(
         {"data": {"class_path": "litgpt.data.TinyStories"}, "tokenizer_dir": str(tokenizer_dir),
          "train": {"max_seq_length": L}}))

@@ -180,9 +180,9 @@ def test_study_v2s_reading_by_t_tests_quotes_the_committed_runs():
         "1e-3 worse": rf"At 1e-3 \*\*MLA and FMKA are worse\*\*, as written: {N} \[{N}, {N}\] and {N} \[{N}, {N}\]"
                       rf" \(Holm p {N} and {N}\)",
         "1e-3 upper ends": rf"their intervals reach {N}, {N} and {N},",
-        "below 8e-3 p": rf"every cell cannot tell \(p {N} to {N}\)",
+        "below 8e-3 p": rf"every cell cannot tell \(unadjusted p {N} to {N}\)",
         "below 8e-3 estimates": rf"six point estimates are all positive \({N} to {N}\)",
-        "1.6e-2": rf"At 1\.6e-2 MLA is better\*\*\" \({N}\): \[{N}, {N}\], p {N}: cannot tell",
+        "1.6e-2": rf"At 1\.6e-2 MLA is better\*\*\" \({N}\): \[{N}, {N}\], unadjusted p {N}: cannot tell",
         "8e-3": rf"at 8e-3, MLA {N} \[{N}, {N}\] and FMKA {N} \[{N}, {N}\]",
         "4e-3 and 8e-3 estimates": rf"point estimates at 4e-3 and 8e-3 \({N} to {N}\)",
         "ablation": rf"still worse than MHA, {N} \[{N}, {N}\] \(p {N}\), but the query bottleneck's own cost, {N}"

@@ -90,8 +90,9 @@ def verdicts(losses: dict[str, list[float]], variants: list[str], reference: str
              rule: str = SCREENING) -> dict[str, Difference]:
     """Each of `variants` against `reference` by `rule`; under t-tests they are one Holm family."""
     reference_losses = losses.get(reference, [])
-    tests = {variant: t_test(losses.get(variant, []), reference_losses) for variant in variants}
-    family = holm_family(tests) if rule == T_TEST else {}
+    family = {}
+    if rule == T_TEST:
+        family = holm_family({variant: t_test(losses.get(variant, []), reference_losses) for variant in variants})
     return {variant: difference(variant, losses.get(variant, []), reference, reference_losses, rule=rule,
                                 holm=family.get(variant)) for variant in variants}
 
@@ -259,8 +260,8 @@ def _mean_cell(mean: float, seeds: int) -> str:
 
 
 def _cell(d: Difference) -> str:
-    if d.difference is None:
-        return "no runs"
+    if d.difference is None:  # "no runs", or "not finite" (a diverged run)
+        return d.verdict
     if d.se is None:
         return f"{d.difference:+.4f} (1 seed: no claim)"
     if d.ci95_low is not None:  # a t-test: its interval and Holm-adjusted p
@@ -279,8 +280,8 @@ def _preamble(rule: str) -> list[str]:
             "compare's rule now ([comparing.md](../comparing.md#paired-runs-and-verdicts)). Every cell is the difference",
             "of the final validation loss on `val.txt` to MHA (nats/token), its 95% interval by Welch's t-test (the seeds",
             "of v1 and v2 were not paired) and its p adjusted by Holm's method within the column (the variants against MHA",
-            "at one setting; the ablation's two questions each alone); **better** or **worse** only where that p < 0.05,",
-            "else **cannot tell**."]
+            "at one setting; the ablation's two questions each alone; a comparison in two tables, as at 1e-3, takes each",
+            "table's family); **better** or **worse** only where that p < 0.05, else **cannot tell**."]
 
 
 def answers(v1: list[RunResult], main: list[RunResult], ablation: list[RunResult],

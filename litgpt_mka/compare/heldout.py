@@ -43,16 +43,19 @@ class HeldoutLoss:
 
 def heldout_data(checkpoint_dir: Path, val_path: Path | None = None) -> HeldoutData:
     """The validation windows of `val_path` (default: the run's own data.val_path) by the run's own settings
-    (tokenizer, max_seq_length, token cache). A text shorter than one window (max_seq_length + 1 tokens) is one
-    window of its own length: every target scored once, as for a longer text.
+    (tokenizer, max_seq_length, token cache). The text is tokenized as TextCorpus does (each document without BOS,
+    followed by EOS), also for a run that trained on another data module. A text shorter than one window
+    (max_seq_length + 1 tokens) is one window of its own length: every target scored once, as for a longer text.
 
     Raises:
-        ValueError: no `val_path` given and the run did not train on a TextCorpus (its validation text is then
-            unknown), or the run has no tokenizer_dir.
+        ValueError: hyperparameters.yaml is not a mapping, no `val_path` given and the run did not train on a
+            TextCorpus (its validation text is then unknown), or the run has no tokenizer_dir.
     """
     from litgpt.tokenizer import Tokenizer
 
     hparams = read_hyperparameters(checkpoint_dir)
+    if not isinstance(hparams, dict):
+        raise ValueError(f"{checkpoint_dir}/hyperparameters.yaml holds {hparams!r}, not the settings of a litgpt run")
     data = hparams.get("data") or {}
     text_corpus = isinstance(data, dict) and data.get("class_path") in TEXT_CORPUS_CLASSES
     if val_path is None and not text_corpus:
@@ -61,7 +64,7 @@ def heldout_data(checkpoint_dir: Path, val_path: Path | None = None) -> HeldoutD
     if hparams.get("tokenizer_dir") is None:
         raise ValueError(f"tokenizer_dir is not set in {checkpoint_dir}/hyperparameters.yaml")
     init_args = data["init_args"] if text_corpus else {}
-    max_seq_length = hparams["train"].get("max_seq_length") or load_config(checkpoint_dir).block_size
+    max_seq_length = (hparams.get("train") or {}).get("max_seq_length") or load_config(checkpoint_dir).block_size
     cache_dir = Path(init_args["cache_dir"]) if init_args.get("cache_dir") else None  # None: TextCorpus's default
     val_path = Path(init_args["val_path"] if val_path is None else val_path)
     tokens = load_or_tokenize(val_path, Tokenizer(hparams["tokenizer_dir"]), cache_dir, field_name="val_path")

@@ -207,7 +207,7 @@ def per_seed_differences(results: Results, variant: str) -> list[float]:
     """The primary validation loss of each seed of `variant` minus the reference's at the same seed (finished runs,
     the seeds both sides have, in seed order): the pairs of a paired t-test."""
     def by_seed(name: str) -> dict[int, float]:
-        return {run.seed: run.evaluation.validation[0].loss for run in results.runs if run.ok and run.variant == name}
+        return {run.seed: run.evaluation.primary.loss for run in results.runs if run.ok and run.variant == name}
 
     ours, theirs = by_seed(variant), by_seed(results.reference)
     return [ours[seed] - theirs[seed] for seed in sorted(ours.keys() & theirs.keys())]

@@ -120,6 +120,7 @@ def write_outputs(out_dir: Path, results: Results, with_plots: bool = True) -> N
     With learning rates, the plots are of the runs at the chosen rates (``--selection_val``), else one set per rate
     in ``OUT/lr<rate>/``.
     """
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / RESULTS_JSON, to_json(results))
     write_csv(out_dir / RESULTS_CSV, results)
     figures = []
@@ -399,7 +400,7 @@ def design_text(settings: Settings) -> str:
             f" is below {1 - LEVEL:.2f}, so that the interval excludes 0; otherwise cannot tell (± the smallest"
             " detectable difference: the interval's half-width, the smallest difference these seeds could have told"
             " from 0; with several comparisons Holm's adjustment can ask up to t(1 - 0.025/m, df) SE, which each"
-            " sentence below gives). With fewer than two seeds (pairs) the SE is unknown and no claim is made.")
+            " cannot-tell sentence below gives). With fewer than two seeds (pairs) the SE is unknown and no claim is made.")
 
 
 def _interval(d: Difference) -> str:
@@ -747,9 +748,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="write there (default: beside results_json, replacing the files it was rendered with)")
     args = parser.parse_args(argv)
     results = read_results(args.results_json, args.reference, args.verdict_rule)
-    out_dir = args.out_dir if args.out_dir is not None else args.results_json.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_outputs(out_dir, results, not args.no_plots)
+    write_outputs(args.out_dir if args.out_dir is not None else args.results_json.parent, results, not args.no_plots)
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ class TTest:
 
     def holm_half_width(self, comparisons: int) -> float:
         """The half-width that Holm's first step asks of a difference in a family of `comparisons`:
-        ``t_{1 - (1 - LEVEL) / (2 m), df} SE``. A difference at least this large is significant after the adjustment
+        ``t_{1 - (1 - LEVEL) / (2 m), df} SE``. A difference larger than this is significant after the adjustment
         whatever the others' p; between `half_width` and this it depends on them."""
         if self.df is None or comparisons == 1:
             return self.half_width

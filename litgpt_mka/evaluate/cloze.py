@@ -60,7 +60,8 @@ def write_cloze_task(val_path: Path, out_dir: Path, max_docs: int | None = None)
     """Writes the task's JSON Lines and YAML into `out_dir`; returns the YAML's path.
 
     Raises:
-        ValueError: no story of `val_path` ends in a plain word.
+        FileNotFoundError: nothing exists at `val_path`.
+        ValueError: `val_path` is a folder without .txt files, or no story of it ends in a plain word.
     """
     stories = [doc for path in text_files(Path(val_path), "val_path") for doc in split_documents(path.read_text(encoding="utf-8"))]
     docs = cloze_docs(stories, max_docs)

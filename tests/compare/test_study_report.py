@@ -98,7 +98,8 @@ def test_the_t_test_answers_decide_each_column_as_one_holm_family(report):
     column); a 2-seed difference at 3.5 SE, better by the screening rule, cannot be told (df 2, p 0.072)."""
     main = (runs("pythia-14m-mha", [4.10, 4.12, 4.11]) + runs("pythia-14m-mla", [4.16, 4.17, 4.15])
             + runs("pythia-14m-fmka", [4.12, 4.14, 4.13]))
-    sweep = {4e-3: runs("pythia-14m-mha", [4.30, 4.32]) + runs("pythia-14m-mla", [4.25, 4.27])}
+    sweep = {4e-3: runs("pythia-14m-mha", [4.30, 4.32]) + runs("pythia-14m-mla", [4.25, 4.27])
+                   + runs("pythia-14m-fmka", [4.05, 4.07])}  # FMKA's best rate: 4e-3, MLA's and MHA's 1e-3
 
     screened, tested = report.answers([], main, [], sweep), report.answers([], main, [], sweep, rule="t-test")
 
@@ -110,6 +111,10 @@ def test_the_t_test_answers_decide_each_column_as_one_holm_family(report):
     assert "v2: pythia-14m-mla: validation loss +0.0500 nats/token against pythia-14m-mha (Welch t-test" in tested
     assert "p 0.004, Holm-adjusted over 2 comparisons 0.007; 3 and 3 seeds): worse." in tested
     assert "Holm-adjusted over 2 comparisons 0.070; 3 and 3 seeds): cannot tell" in tested
+    # the best-rate column is one family too: MLA at 1e-3 (p 0.0036) and FMKA at 4e-3 against MHA at 1e-3
+    best = [line for line in tested.splitlines() if line.startswith("- best learning rates:")]
+    assert len(best) == 2 and all("Holm-adjusted over 2 comparisons" in line for line in best)
+    assert "pythia-14m-fmka (lr 4e-3): validation loss -0.0500 nats/token against pythia-14m-mha (lr 1e-3)" in best[1]
 
 
 def test_the_pareto_plots_loss_axis_ends_a_little_above_the_main_studys_worst_variant(report):
