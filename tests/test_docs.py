@@ -307,3 +307,23 @@ def test_study_v3s_pilot_answer_quotes_its_paired_runs():
                     implied_correlation(selection["pythia-14m-mla"], selection[REFERENCE])]
     wrong += disagreements("correlation", " ".join(found.groups()), correlations)
     assert wrong == []
+
+
+def test_study_v3s_retrained_runs_equal_the_pilots_bit_for_bit():
+    """docs/study-pythia-14m-v3/README.md: `tuned`'s MHA and MLA seeds 1 and 2 end with the pilot's losses on every
+    text and the same validation curve, to the last digit of the float; the digits it quotes are theirs."""
+    pilot = json.loads((STUDY_V3 / "pilot" / "results.json").read_text())
+    tuned = json.loads((STUDY_V3 / "tuned" / "results.json").read_text())
+
+    def run(saved: dict, variant: str, seed: int) -> dict:
+        (found,) = [r for r in saved["runs"] if r["variant"] == variant and r["seed"] == seed
+                    and r.get("learning_rate") in (None, 0.008) and r["status"] == "ok"]
+        return found
+
+    readme = " ".join((STUDY_V3 / "README.md").read_text().split())
+    for variant in (REFERENCE, "pythia-14m-mla"):
+        for seed in (1, 2):
+            ours, theirs = run(tuned, variant, seed)["evaluation"], run(pilot, variant, seed)["evaluation"]
+            assert [v["loss"] for v in ours["validation"]] == [v["loss"] for v in theirs["validation"]], (variant, seed)
+            assert [c["val_loss"] for c in ours["curve"]] == [c["val_loss"] for c in theirs["curve"]], (variant, seed)
+            assert repr(ours["validation"][0]["loss"]) in readme, (variant, seed)
