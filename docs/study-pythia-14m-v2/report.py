@@ -37,7 +37,7 @@ from litgpt_mka.compare.layout import RunFolder
 from litgpt_mka.compare.plots import loss_vs_kv_cache
 from litgpt_mka.compare.records import Difference, RunResult, VariantSummary
 from litgpt_mka.compare.report import read_results
-from litgpt_mka.compare.summary import SCREENING, T_TEST, difference, holm_family, p_text, summarize, t_test
+from litgpt_mka.compare.summary import SCREENING, T_TEST, difference, loss_differences, p_text, summarize
 
 STUDY = Path(__file__).resolve().parent
 V1_RESULTS = STUDY.parent / "study-pythia-14m" / "main" / "results.json"
@@ -89,12 +89,8 @@ def losses_by_learning_rate(main: list[RunResult], sweep: dict[float, list[RunRe
 def verdicts(losses: dict[str, list[float]], variants: list[str], reference: str = REFERENCE,
              rule: str = SCREENING) -> dict[str, Difference]:
     """Each of `variants` against `reference` by `rule`; under t-tests they are one Holm family."""
-    reference_losses = losses.get(reference, [])
-    family = {}
-    if rule == T_TEST:
-        family = holm_family({variant: t_test(losses.get(variant, []), reference_losses) for variant in variants})
-    return {variant: difference(variant, losses.get(variant, []), reference, reference_losses, rule=rule,
-                                holm=family.get(variant)) for variant in variants}
+    samples = {name: (losses.get(name, []), []) for name in (reference, *variants)}  # unpaired: no seeds
+    return loss_differences(samples, reference, paired=False, rule=rule)
 
 
 def verdict(losses: dict[str, list[float]], variant: str, reference: str = REFERENCE,

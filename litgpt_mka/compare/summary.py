@@ -267,8 +267,10 @@ def _against_reference(
     return {variant: decide(variant, seeds=seeds[variant], rule=rule, holm=family.get(variant)) for variant in compared}
 
 
-def _loss_differences(losses: dict[str, tuple[list[float], list[int]]], reference: str, paired: bool,
-                      rule: str) -> dict[str, Difference]:
+def loss_differences(losses: dict[str, tuple[list[float], list[int]]], reference: str, paired: bool,
+                     rule: str) -> dict[str, Difference]:
+    """Every variant of `losses` (its values, their seeds) but `reference` against it, by `rule`; under t-tests one
+    Holm family (the variants with a test)."""
     reference_losses = losses[reference][0]
     return _against_reference(
         losses, reference, paired, rule, lambda _: 0.0,
@@ -332,7 +334,7 @@ def summarize(results: list[RunResult], reference: str | None, paired: bool = Fa
     compared = reference is not None and reference in by_variant
     losses = {variant: ([r.evaluation.primary.loss for r in ok], [r.seed for r in ok])
               for variant, ok in finished.items()}
-    differences = _loss_differences(losses, reference, paired, rule) if compared else {}
+    differences = loss_differences(losses, reference, paired, rule) if compared else {}
     task_differences = _task_differences(task_scores, reference, paired, rule) if compared else {}
     rows = []
     for variant, runs in by_variant.items():
