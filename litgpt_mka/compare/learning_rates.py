@@ -16,10 +16,12 @@ verdicts' text V)::
 
 flagged ``at_edge`` when it is the smallest or the largest of those rates (the optimum may lie outside the grid).
 The verdicts then compare each variant's runs at its chosen rate with the reference's at its own, seed by seed
-(:func:`~litgpt_mka.compare.summary.summarize`, paired when the runs are). Choosing on S rather than V keeps the
-winner's curse out of the verdicts: the chosen rate's loss on V is not the minimum of several noisy estimates on V.
-The chosen rate's own loss on S is that minimum, so it is optimistic (biased low); so is, to a lesser degree, V's
-where S and V are alike (the same rate suits both), which is why S must be a text of its own.
+(:func:`~litgpt_mka.compare.summary.summarize`, paired when the runs are). The chosen rate's own loss on S is the
+minimum of several noisy estimates, so it is optimistic (biased low: the winner's curse). Choosing on S rather than V
+keeps the text's share of that luck out of the verdicts (how well one rate's runs happen to fit S's stories), not the
+runs' share: a choosing run at the chosen rate won the choice, and its initialisation's luck shows on V as on S. That
+share shrinks as the rates' losses lie further apart against the spread of the seeds, and only runs that took no part
+in the choice are free of it (``--selection_seeds``, below).
 
 Grids per config (``--config_learning_rates``): a config named there trains its own rates instead of
 ``--learning_rates`` (:func:`rate_grids`); a one-rate grid there is given rather than chosen, so it is never flagged.
@@ -27,7 +29,8 @@ Grids per config (``--config_learning_rates``): a config named there trains its 
 Tune, then confirm (``--selection_seeds``): only the selection seeds train at every rate of their variant's grid, and
 only their runs choose the rate; every other seed trains at the chosen rate alone, once all of the variant's
 selection runs have finished (:func:`chosen_rates`, read from the finished runs, so a rerun plans the same runs). The
-verdicts use every seed at the chosen rate; the selection seeds' runs there were seen by the choice only through S.
+verdicts use every seed at the chosen rate; the report checks them on the other seeds' runs alone, which carry none of
+the choice's luck (:func:`litgpt_mka.compare.report.unchosen_seed_lines`).
 """
 
 import copy

@@ -43,7 +43,9 @@ from litgpt_mka.compare.records import (
     VariantSummary, from_json, read_run, to_json,
 )
 from litgpt_mka.compare.statistics import LEVEL
-from litgpt_mka.compare.summary import SCREENING, SE_FACTOR, T_TEST, VERDICT_RULES, p_text, summarize, task_key
+from litgpt_mka.compare.summary import (
+    SCREENING, SE_FACTOR, T_TEST, VERDICT_RULES, loss_differences, p_text, summarize, task_key,
+)
 from litgpt_mka.measure.load import BUSY_LOAD_MARGIN
 
 NO_VALUE = "—"
@@ -628,7 +630,8 @@ def rate_sections(results: Results) -> list[str]:
     """With --learning_rates: the selection and the comparison at the chosen rates, else each rate's comparison."""
     if results.settings.selection_val is not None:
         lines = ["## Learning-rate selection", ""] + selection_lines(results) + [""]
-        return lines + comparison_sections(at_chosen_rates(results), heading=" (each variant at its chosen rate)")
+        lines += comparison_sections(at_chosen_rates(results), heading=" (each variant at its chosen rate)")
+        return lines + unchosen_seed_lines(results)
     lines = ["## Learning rates", "", "No rate was selected (no `--selection_val`): each learning rate's runs are"
              " compared on their own below, and no verdict across rates is made.", ""]
     for rate in results.by_learning_rate:
@@ -646,12 +649,18 @@ def selection_lines(results: Results) -> list[str]:
     rates = sorted(settings.learning_rates)
     over = ("over its finished seeds" if not settings.selection_seeds
             else f"over its finished selection seeds ({', '.join(str(seed) for seed in settings.selection_seeds)})")
+    luck = ("the check on the seeds that did not choose, below the verdicts, reads them without it"
+            if settings.selection_seeds else "every seed's runs took part in the choice; `--selection_seeds` would"
+            " leave the other seeds out of it and check the verdicts on them")
     lines = [
         f"Each variant's learning rate is the one of lowest mean loss on `{selection_text}` {over};"
-        f" the verdicts are read on `{primary}`, which the choice did not see. Choosing on a text other than the"
-        " verdicts' keeps the winner's curse (the lowest of several noisy losses is biased low) out of the verdicts;"
-        " the chosen rate's own loss in this table is that lowest one, so it is optimistic, and it is not compared."
-        f" Cells: loss on `{selection_text}` (nats/token), mean ± std over seeds (seeds).",
+        f" the verdicts are read on `{primary}`, which the choice did not see. The lowest of several noisy losses is"
+        " biased low (the winner's curse): the chosen rate's own loss in this table is that lowest one, so it is"
+        " optimistic, and it is not compared. Reading the verdicts on another text keeps the luck of the text out of"
+        " them (how well one rate's runs happen to fit these stories), not the luck of the runs: a choosing run at"
+        " the chosen rate won the choice, and its luck (its initialisation) shows on every text, so a little of the"
+        " curse can reach the verdicts through it, the less the further apart the rates' losses lie against the"
+        f" spread of the seeds; {luck}. Cells: loss on `{selection_text}` (nats/token), mean ± std over seeds (seeds).",
         "",
         "| variant | " + " | ".join(f"lr {rate_label(rate)}" for rate in rates) + " | chosen rate |",
         "|---|" + "---|" * (len(rates) + 1),
@@ -673,6 +682,42 @@ def selection_lines(results: Results) -> list[str]:
     lines += [""] + [f"- **{choice.variant}**: {EDGE_FLAG} ({rate_label(choice.chosen)} is the {_edge(choice)} rate"
                      " with a finished run; the best rate may lie beyond it)." for choice in edges]
     return lines if edges else lines[:-1]
+
+
+def unchosen_seed_lines(results: Results) -> list[str]:
+    """With ``--selection_seeds``: the differences to the reference over the other seeds' runs alone (at the chosen
+    rates, by the same test and rule, one Holm family), a check that carries none of the choice's winner's curse;
+    empty until one of those seeds has finished for the reference and another variant."""
+    settings, reference = results.settings, results.reference
+    if not settings.selection_seeds or reference is None:
+        return []
+    losses: dict[str, tuple[list[float], list[int]]] = {}
+    for run in at_chosen_rates(results).runs:
+        if run.ok and run.seed not in settings.selection_seeds:
+            values, seeds = losses.setdefault(run.variant, ([], []))
+            values.append(run.evaluation.primary.loss), seeds.append(run.seed)
+    if reference not in losses or len(losses) < 2:
+        return []
+    differences = loss_differences(losses, reference, bool(settings.paired_init), verdict_rule(settings))
+    choosing, checking = _seed_list(settings.selection_seeds), _seed_list(sorted({s for _, seeds in losses.values()
+                                                                                   for s in seeds}))
+    lines = [
+        "## Check: the seeds that did not choose the rates", "",
+        f"Seeds {choosing} chose each rate that was not given; seeds {checking} trained at the chosen rates only, after the choice, so"
+        f" the differences over their runs alone carry none of its winner's curse (learning-rate selection, above)."
+        f" Validation loss on `{val_names(settings)[0]}` minus **{reference}**'s, by the same test and rule as the"
+        f" verdicts, with fewer seeds: where the two tables disagree, the choice's luck is one suspect, the fewer"
+        f" seeds the other.", "",
+        "| variant | " + " | ".join(TESTED_HEADERS) + " |",
+        "|---|" + "---|" * len(TESTED_HEADERS),
+    ]
+    lines += [f"| {variant} | " + " | ".join(_tested_cells(difference)) + " |"
+              for variant, difference in differences.items()]
+    return lines + [""]
+
+
+def _seed_list(seeds: list[int]) -> str:
+    return ", ".join(str(seed) for seed in seeds)
 
 
 def _edge(choice: RateSelection) -> str:

@@ -309,6 +309,32 @@ def test_the_report_states_the_selection_seeds_and_the_given_rates():
     assert "3 paired" in text
 
 
+def test_the_report_checks_the_verdicts_on_the_seeds_that_did_not_choose_the_rates():
+    """With --selection_seeds, a second table decides on the later seeds' runs alone (scipy's paired t-test on them,
+    not on the choosing seeds'); it is absent until a later seed finished, and without selection seeds."""
+    stats = pytest.importorskip("scipy.stats")
+    from litgpt_mka.compare.report import markdown, results_of
+
+    settings = dataclasses.replace(sweep_results("sel").settings, seeds=[1, 2, 3, 4], selection_seeds=[1, 2])
+    mha, mla = [2.70, 2.80], [2.77, 2.90]  # at mha's chosen 0.008 and mla's chosen 0.016
+    later = [rated("mha", seed, 0.008, loss, 9.0) for seed, loss in zip((3, 4), mha)]
+    later += [rated("mla", seed, 0.016, loss, 9.0) for seed, loss in zip((3, 4), mla)]
+    text = markdown(results_of("litgpt-mka compare", "t", SWEEP[0].environment, settings, "mha", [*SWEEP, *later]), [])
+    check = text.split("## Check: the seeds that did not choose the rates")[1].split("\n## ")[0]
+    assert "Seeds 1, 2 chose each rate that was not given; seeds 3, 4 trained at the chosen rates only" in check
+    differences = [b - a for a, b in zip(mha, mla)]
+    d, se = sum(differences) / 2, stats.tstd(differences) / 2 ** 0.5
+    half_width, p = stats.t.ppf(0.975, 1) * se, stats.ttest_rel(mla, mha).pvalue
+    row = (f"| mla | {d:+.4f} | [{d - half_width:+.4f}, {d + half_width:+.4f}] | paired (1.0) | {p:.3f} | {p:.3f} |"
+           f" 2, 2 (2 paired) | cannot tell (±{half_width:.4f}) |")
+    assert row in check.splitlines()
+    assert "| mla | +0.0700 |" in text  # the verdicts: every seed at the chosen rates (+0.055 on 1, 2; +0.085 on 3, 4)
+    assert "## Check" not in markdown(results_of("litgpt-mka compare", "t", SWEEP[0].environment, settings, "mha",
+                                                  SWEEP), [])
+    assert "## Check" not in markdown(sweep_results("sel"), [])  # every seed chose: nothing left to check on
+    assert "`--selection_seeds` would leave the other seeds out of it" in markdown(sweep_results("sel"), [])
+
+
 def test_a_rate_is_chosen_only_from_a_complete_grid_and_never_for_a_nan_or_a_missing_selection_loss():
     """The report decides as the runner does: with selection seeds, a variant whose grid x selection seeds has not all
     finished has no chosen rate (and no verdict row mixing rates); a NaN mean never wins; no selection loss, no rate."""
