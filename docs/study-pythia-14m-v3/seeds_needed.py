@@ -24,10 +24,14 @@ from scipy import stats
 
 
 def final_losses(saved: dict, variant: str, text: str) -> dict[int, float]:
-    """Seed -> final validation loss on `text`, finished runs of `variant` only."""
+    """Seed -> final validation loss on `text`, finished runs of `variant` only (at its chosen learning rate, where
+    the results choose one: compare --learning_rates --selection_val)."""
+    chosen = {entry["variant"]: entry["chosen"] for entry in saved.get("rate_selection", [])}
+    if variant in chosen and chosen[variant] is None:
+        raise SystemExit(f"{variant}: no learning rate chosen yet (a selection run has not finished)")
     losses = {}
     for run in saved["runs"]:
-        if run["variant"] == variant and run["status"] == "ok":
+        if run["variant"] == variant and run["status"] == "ok" and run.get("learning_rate") == chosen.get(variant):
             (entry,) = [value for value in run["evaluation"]["validation"] if value["name"] == text]
             losses[run["seed"]] = entry["loss"]
     return losses
