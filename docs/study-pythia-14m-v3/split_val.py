@@ -1,7 +1,8 @@
 """Split TinyStories' val.txt into two held-apart halves for study v3, by story: even stories -> verdict, odd -> selection.
 
 Study v3 picks each variant's learning rate on one half (`val-selection`) and reads its verdicts from the other
-(`val-verdict`), so that the rate chosen on noise in the selection half cannot flatter the verdict. Stories are
+(`val-verdict`), so that the text's noise in the selection half cannot flatter the verdict (a run's own luck shows
+on both halves: compare's report checks the verdicts on the seeds that did not choose the rates). Stories are
 separated by lines that read `<|endoftext|>` (../shared/data/tinystories/README.md); alternating keeps both halves
 alike in length and topic. The halves are derived at run time into data/ (git-ignored): the shared text is never
 committed. Deterministic: the same val.txt always gives the same halves.
