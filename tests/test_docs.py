@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.compare.recompute import (
-    disagreements, final_losses, holm, implied_correlation, losses_by_seed, markdown_table, mean_std, paired, welch,
+    disagreements, final_losses, holm, losses_by_seed, markdown_table, mean_std, paired, variance_removed_by_pairing,
+    welch,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,11 +303,53 @@ def test_study_v3s_pilot_answer_quotes_its_paired_runs():
     test = paired(mla, mha)
     found = re.search(r"MLA - MHA = ([-+][\d.]+), paired 95% interval ±([\d.]+) \(df (\d+), p ([\d.]+)\)", text)
     wrong += disagreements("interval", " ".join(found.groups()), [test.difference, test.half_width, test.df, test.p])
-    found = re.search(r"implied\s+correlation of paired runs is ([-+][\d.]+) \(([-+][\d.]+) on `val-selection`\)", text)
-    correlations = [implied_correlation(mla, mha),
-                    implied_correlation(selection["pythia-14m-mla"], selection[REFERENCE])]
-    wrong += disagreements("correlation", " ".join(found.groups()), correlations)
+    prose = " ".join(text.split())
+    found = re.search(r"Pairing removed (\d+)% of the variance .* \((\d+)% on `val-selection`\)", prose)
+    removed = [100 * variance_removed_by_pairing(mla, mha),
+               100 * variance_removed_by_pairing(selection["pythia-14m-mla"], selection[REFERENCE])]
+    wrong += disagreements("pairing removed", " ".join(found.groups()), removed)
+    s_v, s_r = mean_std(list(mla.values()))[1], mean_std(list(mha.values()))[1]
+    found = re.search(r"pairing removes at most 2 s_v s_r / \(s_v² \+ s_r²\) of the variance, (\d+)% here", prose)
+    wrong += disagreements("pairing's limit", found.group(1), [100 * 2 * s_v * s_r / (s_v**2 + s_r**2)])
     assert wrong == []
+
+
+def test_study_v3s_seed_counts_are_those_of_the_pilots_spreads():
+    """docs/study-pythia-14m-v3/README.md: 19-24 paired seeds (31-33 by Welch) for ±0.02 at the pilot's spreads on
+    the two texts, 6 to over 10,000 over the 95% interval of a one-df spread, and v2's ~40 a side by Welch."""
+    stats = pytest.importorskip("scipy.stats")
+
+    def seeds_for(spread: float, per_side_terms: int = 1) -> int | None:
+        n = 2
+        while stats.t.ppf(0.975, n - 1) * spread * (per_side_terms / n) ** 0.5 > 0.02:
+            n += 1
+            if n > 10_000:
+                return None
+        return n
+
+    def counts(saved: dict, text: str, reference: str = REFERENCE) -> tuple[int, int | None, int | None, int]:
+        """(paired, lowest and highest over s_d's 95% interval, Welch per side) for MLA - MHA on `text`."""
+        losses = losses_by_seed(saved, text)
+        mla, mha = losses["pythia-14m-mla"], losses[reference]
+        seeds = sorted(set(mla) & set(mha))
+        s_d = mean_std([mla[s] - mha[s] for s in seeds])[1]
+        s_v, s_r = mean_std([mla[s] for s in seeds])[1], mean_std([mha[s] for s in seeds])[1]
+        df = len(seeds) - 1
+        low, high = (s_d * (df / stats.chi2.ppf(q, df)) ** 0.5 for q in (0.975, 0.025))
+        return (seeds_for(s_d), seeds_for(low), seeds_for(high),
+                seeds_for(((s_v**2 + s_r**2) / 2) ** 0.5, per_side_terms=2))
+
+    pilot = json.loads((STUDY_V3 / "pilot" / "results.json").read_text())
+    (paired_a, low_a, high_a, welch_a), (paired_b, low_b, high_b, welch_b) = (
+        counts(pilot, text) for text in ("val-verdict", "val-selection"))
+    prose = " ".join((STUDY_V3 / "README.md").read_text().split())
+    assert (f"needs about **{min(paired_a, paired_b)}-{max(paired_a, paired_b)} paired seeds** (Welch at the same"
+            f" spreads: {min(welch_a, welch_b)}-{max(welch_a, welch_b)} a side)") in prose
+    assert (high_a, high_b) == (None, None)
+    assert f"anywhere from {min(low_a, low_b)} to over 10,000 seeds" in prose
+    v2 = json.loads((STUDY_V2 / BEST_RATE / "results.json").read_text())
+    welch_v2 = counts(v2, "val")[3]
+    assert round(welch_v2, -1) == 40 and "about 40 seeds a side for MLA - MHA" in prose
 
 
 def test_study_v3s_retrained_runs_equal_the_pilots_bit_for_bit():

@@ -6,13 +6,17 @@
 From a finished compare run (results.json), per seed s present for both: d_s = loss_variant,s - loss_reference,s on
 `--text` (the final validation loss). With n seeds the paired interval is d ± t(0.975, n-1) s_d / sqrt(n), s_d the
 sample standard deviation of the d_s; the seeds needed are the smallest n with t(0.975, n-1) s_d / sqrt(n) <= the
-target. Beside it, the unpaired view of the same runs: the implied correlation of paired runs,
+target. s_d is itself an estimate with n - 1 degrees of freedom: its 95% interval, s_d sqrt((n - 1) / chi2_{0.975})
+to s_d sqrt((n - 1) / chi2_{0.025}), gives the range of seeds the same target could take. Beside it, the unpaired
+view of the same runs: the share of an unpaired difference's variance that pairing removed,
 
-    rho = 1 - s_d^2 / (s_v^2 + s_r^2)                       (s_v, s_r: each side's standard deviation over seeds)
+    removed = 1 - s_d^2 / (s_v^2 + s_r^2)                   (s_v, s_r: each side's standard deviation over seeds)
 
-and the seeds the Welch interval would need at those standard deviations (t with n-1 df per side, a close bound).
-With 2 seeds every standard deviation has 1 degree of freedom: the estimates are rough, and the answer is a
-planning number, not a result.
+which equals the correlation r of paired runs only where s_v = s_r (in general removed = 2 r s_v s_r / (s_v^2 +
+s_r^2), at most 2 s_v s_r / (s_v^2 + s_r^2) when the spreads differ); the correlation itself (Pearson's; with 2 seeds
+always +-1, so no estimate); and the seeds the Welch interval would need at those standard deviations (t with n-1 df
+per side, a close bound). With 2 seeds every standard deviation has 1 degree of freedom: the answer is a planning
+number, not a result.
 """
 
 import argparse
@@ -20,6 +24,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 
@@ -42,12 +47,26 @@ def sample_std(values: list[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def seeds_for(half_width: float, std: float, per_side_terms: int = 1) -> int:
-    """Smallest n >= 2 with t(0.975, n-1) * std * sqrt(per_side_terms / n) <= half_width."""
+MOST_SEEDS = 10_000
+
+
+def seeds_for(half_width: float, std: float, per_side_terms: int = 1) -> int | None:
+    """Smallest n >= 2 with t(0.975, n-1) * std * sqrt(per_side_terms / n) <= half_width; None beyond MOST_SEEDS."""
     n = 2
     while stats.t.ppf(0.975, n - 1) * std * math.sqrt(per_side_terms / n) > half_width:
         n += 1
+        if n > MOST_SEEDS:
+            return None
     return n
+
+
+def spread_interval(std: float, n: int) -> tuple[float, float]:
+    """The 95% interval of the standard deviation whose estimate from n values is `std` (chi-square, n - 1 df)."""
+    return tuple(std * math.sqrt((n - 1) / stats.chi2.ppf(q, n - 1)) for q in (0.975, 0.025))
+
+
+def seeds_text(n: int | None) -> str:
+    return f"over {MOST_SEEDS:,}" if n is None else str(n)
 
 
 def main() -> None:
@@ -66,7 +85,8 @@ def main() -> None:
     differences = [variant[s] - reference[s] for s in seeds]
     s_d = sample_std(differences)
     s_v, s_r = sample_std([variant[s] for s in seeds]), sample_std([reference[s] for s in seeds])
-    rho = 1 - s_d**2 / (s_v**2 + s_r**2)
+    removed = 1 - s_d**2 / (s_v**2 + s_r**2)
+    correlation = float(np.corrcoef([variant[s] for s in seeds], [reference[s] for s in seeds])[0, 1])
     n = len(seeds)
     mean = sum(differences) / n
     half = stats.t.ppf(0.975, n - 1) * s_d / math.sqrt(n)
@@ -76,9 +96,13 @@ def main() -> None:
     print(f"  {args.variant}: " + ", ".join(f"{variant[s]:.4f}" for s in seeds) + f"  (std {s_v:.4f})")
     print(f"  paired differences: " + ", ".join(f"{d:+.4f}" for d in differences) + f"  (std {s_d:.4f})")
     print(f"  mean difference {mean:+.4f}, paired 95% interval ±{half:.4f} at n = {n}")
-    print(f"  implied correlation of paired runs: {rho:+.2f}")
-    print(f"  seeds for ±{args.half_width}: paired {seeds_for(args.half_width, s_d)},"
-          f" unpaired (Welch, per side) {seeds_for(args.half_width, unpaired_std, per_side_terms=2)}")
+    print(f"  pairing removed {removed:.0%} of an unpaired difference's variance (at most"
+          f" {2 * s_v * s_r / (s_v**2 + s_r**2):.0%} at these spreads)")
+    print(f"  correlation of paired runs: {correlation:+.2f}" + (" (two seeds: always ±1, no estimate)" if n == 2 else ""))
+    low, high = (seeds_for(args.half_width, spread) for spread in spread_interval(s_d, n))
+    print(f"  seeds for ±{args.half_width}: paired {seeds_text(seeds_for(args.half_width, s_d))} (from {seeds_text(low)}"
+          f" to {seeds_text(high)} over the 95% interval of s_d, {n - 1} df),"
+          f" unpaired (Welch, per side) {seeds_text(seeds_for(args.half_width, unpaired_std, per_side_terms=2))}")
 
 
 if __name__ == "__main__":

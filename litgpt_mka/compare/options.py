@@ -48,8 +48,8 @@ class CompareOptions:
     """Model-initialisation seeds (litgpt --seed); each config runs once per seed."""
     paired: bool = True
     """Paired initialisation: for a seed, every parameter that two configs share by name and shape starts from the
-    same values (the variants' own parameters from their own draws), so seed s of every variant is a matched pair
-    and the report decides by paired t-tests; false: litgpt's own initialisation and Welch t-tests
+    same values (the variants' own parameters from their own draws), so seed s of every variant is paired with
+    seed s of the others and the report decides by paired t-tests; false: litgpt's own initialisation and Welch t-tests
     (docs/comparing.md: Paired runs)."""
     learning_rates: list[float] | None = None
     """Peak learning rates (the YAML optimizer's lr, replaced; nothing else of it changes), e.g. --learning_rates 0.004

@@ -390,8 +390,11 @@ def design_text(settings: Settings) -> str:
     if settings.paired_init:
         design = ("**Paired design**: for a seed, every parameter the variants share by name and shape started from"
                   " the same values (`compare --paired`), and every run read the same training windows in the same"
-                  " order, so seed s of each variant is a matched pair. Paired t-test on the per-seed differences"
-                  " over the seeds both finished: d = mean(v_s - r_s), SE = s_d / sqrt(k), df = k - 1.")
+                  " order, so seed s of each variant is paired with seed s of the others by design (their own"
+                  " parameters start from their own draws, and training takes the two apart from there). Paired"
+                  " t-test on the per-seed differences over the seeds both finished: d = mean(v_s - r_s),"
+                  " SE = s_d / sqrt(k), df = k - 1; valid whatever the runs' correlation, narrower than Welch's only"
+                  " where paired runs move together enough to pay for its fewer degrees of freedom.")
     else:
         design = ("**Unpaired design**: the seed changes the initialisation, which litgpt draws from one stream in"
                   " module order, so the same seed gives two architectures different values even where they share"
@@ -400,9 +403,12 @@ def design_text(settings: Settings) -> str:
     return (f"{design} The {LEVEL:.0%} interval is d ± t(0.975, df) SE, p two-sided. Rule: better or worse only"
             f" where p, adjusted by Holm's method for the several comparisons with the reference (one per variant),"
             f" is below {1 - LEVEL:.2f}, so that the interval excludes 0; otherwise cannot tell (± the smallest"
-            " detectable difference: the interval's half-width, the smallest difference these seeds could have told"
-            " from 0; with several comparisons Holm's adjustment can ask up to t(1 - 0.025/m, df) SE, which each"
-            " cannot-tell sentence below gives). With fewer than two seeds (pairs) the SE is unknown and no claim is made.")
+            " detectable difference: the interval's half-width, the smallest observed difference these seeds could"
+            " have told from 0, though a true difference of that size would be told only about half the time; with several"
+            " comparisons Holm's adjustment can ask up to t(1 - 0.025/m, df) SE, which each cannot-tell sentence"
+            " below gives). With fewer than two seeds (pairs) the SE is unknown and no claim is made. The seeds"
+            " sample initialisations only: every run read the same data in the same order, and the verdicts' text"
+            " is one sample of texts, so a verdict holds for this data order and this text.")
 
 
 def _interval(d: Difference) -> str:

@@ -28,7 +28,9 @@ Holm's step-down adjustment of m p-values (:func:`holm`), sorted p_(1) <= ... <=
 
     p_holm_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))
 
-rejecting where p_holm < 1 - level controls the chance of any false "better"/"worse" among the m at 1 - level.
+rejecting where p_holm < 1 - level keeps the chance of calling any zero difference among the m "better" or
+"worse" at most 1 - level, whatever their dependence, provided each p is valid (a p from a winner of a selection is
+not quite: the report checks such verdicts on the seeds that did not choose).
 """
 
 import math
@@ -159,7 +161,8 @@ def paired(differences: list[float], known_variance: float = 0.0) -> TTest:
 
 def holm(p_values: list[float]) -> list[float]:
     """Holm's adjusted p-values, in the order given (see the module docstring); a NaN p (a test of non-finite
-    values) counts as 1, last in the order, so that it moves no other comparison's adjustment."""
+    values) counts as 1, last in the order, but still counts in m: a caller that wants it out of the family leaves
+    it out (:func:`litgpt_mka.compare.summary.holm_family` does)."""
     m = len(p_values)
     p_values = [1.0 if math.isnan(p) else p for p in p_values]
     adjusted, running = [0.0] * m, 0.0

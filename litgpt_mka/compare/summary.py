@@ -17,7 +17,8 @@ Every difference is shown with its 95% interval ``d ± t_{0.975, df} SE``, df an
 "better" or "worse" only when the difference is significant at 5% after Holm's adjustment over the comparisons
 with the reference (one per variant; the interval then excludes 0), else "cannot tell (smallest detectable
 difference ±X at n seeds[, up to ±Y after Holm's adjustment for m comparisons])", X being the interval's
-half-width: a difference smaller than that could not have been told from 0 at these seeds. In a family of m > 1
+half-width: an observed difference had to exceed it to be told from 0 at these seeds (a true difference of size X
+would be told only about half the time: X is the bar a result must clear, not a guarantee). In a family of m > 1
 the adjustment asks more: Y = t_{1 - 0.025/m, df} SE is what Holm's first step asks, so a difference beyond Y is
 told whatever the other comparisons give, one between X and Y depending on them. With fewer than two finished
 seeds (pairs) no SE exists and no claim is made.
@@ -70,8 +71,9 @@ def task_difference(
 
     s: sample std over seeds; e: the mean over seeds of lm-eval's standard error of the metric (its sampling
     error over the task's examples: every run answers the same examples, so it does not shrink with more seeds;
-    both sides' are added, as for independent test sets, which overstates the SE of a difference on the same
-    examples rather than understating it; in the Welch-Satterthwaite df it counts as known, infinitely many df).
+    both sides' are added, as for independent test sets, which usually overstates the SE of a difference on the
+    same examples (when both models tend to get the same examples right, as models of one data and budget do) rather
+    than understating it; in the Welch-Satterthwaite df it counts as known, infinitely many df).
     A standard error lm-eval does not give counts as 0. Which sign is better follows lm-eval's
     ``higher_is_better``; without it, no verdict.
     """
@@ -219,7 +221,8 @@ def _mean_stderr(stderrs: list[float | None]) -> float:
 
 
 def holm_family(tests: dict[str, TTest | None]) -> dict[str, Holm]:
-    """Key -> (Holm-adjusted p, family size) over the keys that have a test (the comparisons with the reference)."""
+    """Key -> (Holm-adjusted p, family size) over the keys that have a test with a finite p (the comparisons with the
+    reference; a diverged variant's NaN test leaves the family, which the sentences' "over m comparisons" shows)."""
     tested = {key: test.p for key, test in tests.items() if test is not None and math.isfinite(test.p)}
     adjusted = statistics.holm(list(tested.values()))
     return {key: (p, len(tested)) for key, p in zip(tested, adjusted)}

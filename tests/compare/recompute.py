@@ -144,9 +144,9 @@ def paired(values: dict[int, float], reference: dict[int, float]) -> TTest:
     return TTest.of(float(differences.mean()), se, len(seeds) - 1, float(stats.ttest_rel(v, r).pvalue))
 
 
-def implied_correlation(values: dict[int, float], reference: dict[int, float]) -> float:
-    """1 - s_d^2 / (s_v^2 + s_r^2) over the seeds both sides finished: the correlation of paired runs that the
-    spreads imply."""
+def variance_removed_by_pairing(values: dict[int, float], reference: dict[int, float]) -> float:
+    """1 - s_d^2 / (s_v^2 + s_r^2) over the seeds both sides finished: the share of an unpaired difference's variance
+    that pairing removed (the correlation of paired runs only where s_v = s_r)."""
     seeds = sorted(set(values) & set(reference))
     v = np.asarray([values[s] for s in seeds])
     r = np.asarray([reference[s] for s in seeds])
