@@ -370,3 +370,14 @@ def test_study_v3s_retrained_runs_equal_the_pilots_bit_for_bit():
             assert [v["loss"] for v in ours["validation"]] == [v["loss"] for v in theirs["validation"]], (variant, seed)
             assert [c["val_loss"] for c in ours["curve"]] == [c["val_loss"] for c in theirs["curve"]], (variant, seed)
             assert repr(ours["validation"][0]["loss"]) in readme, (variant, seed)
+
+
+def test_comparing_mds_example_of_pairing_widening_an_interval_is_study_v3s():
+    """docs/comparing.md: "study v3's MKA - MHA at two seeds, which moved apart: ±0.67 paired, ±0.33 by Welch"."""
+    pytest.importorskip("scipy.stats")
+    losses = losses_by_seed(json.loads((STUDY_V3 / "tuned" / "results.json").read_text()), "val-verdict")
+    mka, mha = ({seed: losses[variant][seed] for seed in (1, 2)} for variant in ("pythia-14m-mka", REFERENCE))
+    prose = " ".join((ROOT / "docs" / "comparing.md").read_text().split())
+    found = re.search(r"study v3's MKA - MHA at two seeds, which moved apart: ±([\d.]+) paired, ±([\d.]+) by Welch", prose)
+    half_widths = [paired(mka, mha).half_width, welch(list(mka.values()), list(mha.values())).half_width]
+    assert disagreements("MKA - MHA", " ".join(found.groups()), half_widths) == []
