@@ -87,7 +87,7 @@ def test_training_order_resumes_exactly_from_a_saved_state(tmp_path, tokenizer):
     resumed = module.train_dataloader()
     resumed.load_state_dict(state)
     continued = list(resumed)[:7]
-    for expected, got in zip(reference[5:], continued):
+    for expected, got in zip(reference[5:], continued, strict=True):  # seven batches, each the uninterrupted one
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 

@@ -69,7 +69,6 @@ def test_the_readme_study_table_quotes_the_committed_runs():
     """The README's study v2 table, row by row: KV bytes/token (measured), val loss at 1e-3 (mean ± std), Welch's
     difference, 95% interval, p and Holm's p against MHA with the verdict (or the smallest detectable difference),
     and at the best rate MHA's loss and the others' Welch differences, intervals and verdicts."""
-    pytest.importorskip("scipy.stats")
     losses, saved = study(STUDY_V2 / "main")
     best, _ = study(STUDY_V2 / BEST_RATE)
     tests, adjusted = welch_against_mha(losses)
@@ -118,7 +117,6 @@ def test_the_readmes_best_rate_is_where_each_swept_variant_ends_lowest():
 def test_the_readmes_study_prose_quotes_the_committed_runs():
     """The numbers the README's study prose quotes: MLA at 1.6e-2 (Welch), MLA with a full-rank query (the ablation's
     SE), v1's MLA and FMKA gaps and v1's MKA p."""
-    pytest.importorskip("scipy.stats")
     readme = " ".join((ROOT / "README.md").read_text().split())
     number = r"([-+]?\d+\.\d+)"
     quotes = {
@@ -166,7 +164,6 @@ N = r"([-+]?\d+(?:\.\d+)?)"  # a quoted number
 def test_study_v2s_reading_by_t_tests_quotes_the_committed_runs():
     """docs/study-pythia-14m-v2/README.md, "Read again by t-tests": Welch intervals, p and Holm's p (one family per
     column, as answers-t-test.md) computed again with scipy from the committed results.json."""
-    pytest.importorskip("scipy.stats")
     main, _ = study(STUDY_V2 / "main")
     tests, adjusted = welch_against_mha(main)
     rates = {folder.name: welch_against_mha(study(folder)[0])[0] for folder in STUDY_V2.glob("lr-*")}
@@ -211,7 +208,6 @@ def test_study_v2s_reading_by_t_tests_quotes_the_committed_runs():
 def test_study_v1s_reading_by_t_tests_quotes_the_committed_runs():
     """docs/study-pythia-14m/README.md, "Read again by t-tests": the main study's and the sweeps' Welch intervals,
     p and Holm's p over each table's configs, computed again with scipy."""
-    pytest.importorskip("scipy.stats")
     main, _ = study(STUDY_V1 / "main")
     tests, adjusted = welch_against_mha(main)
     sweeps, _ = study(STUDY_V1 / "sweeps")
@@ -317,7 +313,8 @@ def test_study_v3s_pilot_answer_quotes_its_paired_runs():
 def test_study_v3s_seed_counts_are_those_of_the_pilots_spreads():
     """docs/study-pythia-14m-v3/README.md: 19-24 paired seeds (31-33 by Welch) for ±0.02 at the pilot's spreads on
     the two texts, 6 to over 10,000 over the 95% interval of a one-df spread, and v2's ~40 a side by Welch."""
-    stats = pytest.importorskip("scipy.stats")
+    from scipy import stats
+
 
     def seeds_for(spread: float, per_side_terms: int = 1) -> int | None:
         n = 2
@@ -374,7 +371,6 @@ def test_study_v3s_retrained_runs_equal_the_pilots_bit_for_bit():
 
 def test_comparing_mds_example_of_pairing_widening_an_interval_is_study_v3s():
     """docs/comparing.md: "study v3's MKA - MHA at two seeds, which moved apart: ±0.67 paired, ±0.33 by Welch"."""
-    pytest.importorskip("scipy.stats")
     losses = losses_by_seed(json.loads((STUDY_V3 / "tuned" / "results.json").read_text()), "val-verdict")
     mka, mha = ({seed: losses[variant][seed] for seed in (1, 2)} for variant in ("pythia-14m-mka", REFERENCE))
     prose = " ".join((ROOT / "docs" / "comparing.md").read_text().split())

@@ -76,16 +76,39 @@ def test_no_reads_of_input_pos_values_when_input_pos_maxp1_is_given(case):
     assert logits.shape == (2, 1, config.padded_vocab_size)
 
 
+def cache_state(cache) -> dict:
+    """Every buffer of a cache, and what its host knows of MKA's ring: what a reset must bring back."""
+    state = {name: buffer.clone() for name, buffer in cache.named_buffers()}
+    ring = getattr(cache, "host_ring", None)
+    return state if ring is None else {**state, "host_ring": (list(ring.held), ring.rows)}
+
+
+def assert_states_equal(state: dict, expected: dict) -> None:
+    assert state.keys() == expected.keys()
+    for name, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=name)
+        else:
+            assert state[name] == value, name
+
+
 @pytest.mark.parametrize("case", OUR_CACHES)
 def test_reset_between_samples_gives_the_same_second_sample(case):
-    """litgpt generate calls `kv_cache.reset_parameters()` between samples."""
+    """litgpt generate calls `kv_cache.reset_parameters()` between samples: it brings every buffer (and MKA's
+    host-side ring) back to a freshly built cache's, and the second sample decodes as the first did."""
     model = random_gpt(config_of(case))
     idx = tokens(1, 12)
     with torch.no_grad():
         model.set_kv_cache(batch_size=1)
+        caches = [block.attn.kv_cache for block in model.transformer.h]
+        fresh = [cache_state(cache) for cache in caches]
         first = [model(idx[:, t : t + 1], torch.tensor([t])) for t in range(12)]
-        for block in model.transformer.h:
-            block.attn.kv_cache.reset_parameters()
+        written = [cache_state(cache) for cache in caches]
+        assert any(not torch.equal(written[0][name], fresh[0][name]) for name in fresh[0] if name != "host_ring")
+        for cache in caches:
+            cache.reset_parameters()
+        for cache, expected in zip(caches, fresh):
+            assert_states_equal(cache_state(cache), expected)
         second = [model(idx[:, t : t + 1], torch.tensor([t])) for t in range(12)]
     torch.testing.assert_close(torch.cat(second, dim=1), torch.cat(first, dim=1))
 

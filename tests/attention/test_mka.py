@@ -411,23 +411,44 @@ def test_cache_class_is_built_by_set_kv_cache():
 
 
 def test_long_term_memory_is_computed_once_per_weight_change(monkeypatch):
-    """Decoding projects p once per weight version (not per step); a load or an optimizer step refreshes it."""
+    """Decoding projects p once per weight version (not per step); a load, an in-place edit and an optimizer step
+    each refresh it: decoding then gives the logits of a fresh model holding the same weights (an independent
+    reference: a stale (k(p), v(p)) would agree with the model's own full forward, which reads the same cache)."""
     model, other = make_model("keys", seed=0), make_model("keys", seed=1)
     calls = []
     for block in model.transformer.h:
         original = block.attn._project_memory
         monkeypatch.setattr(block.attn, "_project_memory", lambda _o=original: calls.append(1) or _o())
     idx = tokens()
+
+    def decodes_as_a_fresh_model_with_its_weights() -> torch.Tensor:
+        fresh = make_model("keys", seed=2)
+        fresh.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            expected = fresh(idx)
+        decoded = decode_token_by_token(model, idx, prompt=3)
+        torch.testing.assert_close(decoded, expected)
+        return decoded
+
     assert_cached_decode_matches_full_forward(model, idx, prompt=3)
     assert len(calls) == 2  # one per layer, for the full forward and every decode step together
+    before = decode_token_by_token(model, idx, prompt=3)
+    assert len(calls) == 2  # decoding again: the same weights, nothing recomputed
     model.load_state_dict(other.state_dict())
-    assert_cached_decode_matches_full_forward(model, idx, prompt=3)  # refreshed after the load
+    loaded = decodes_as_a_fresh_model_with_its_weights()
+    assert len(calls) == 4 and (loaded - before).abs().max() > 0.1
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.qkv.weight.mul_(1.5)  # in place: a new version
+    edited = decodes_as_a_fresh_model_with_its_weights()
+    assert len(calls) == 6 and (edited - loaded).abs().max() > 0.1
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=100.0)  # a large step, so that its change is well above tolerance
     model(idx).logsumexp(-1).mean().backward()  # grad enabled: computed afresh, not cached
     optimizer.step()  # in-place update: new version
     model.eval()
-    assert_cached_decode_matches_full_forward(model, idx, prompt=3)
+    stepped = decodes_as_a_fresh_model_with_its_weights()
+    assert (stepped - edited).abs().max() > 1e-3
 
 
 def test_an_edit_through_data_is_seen_after_clear_derived_weights():

@@ -312,7 +312,8 @@ def test_the_report_states_the_selection_seeds_and_the_given_rates():
 def test_the_report_checks_the_verdicts_on_the_seeds_that_did_not_choose_the_rates():
     """With --selection_seeds, a second table decides on the later seeds' runs alone (scipy's paired t-test on them,
     not on the choosing seeds'); it is absent until a later seed finished, and without selection seeds."""
-    stats = pytest.importorskip("scipy.stats")
+    from scipy import stats
+
     from litgpt_mka.compare.report import markdown, results_of
 
     settings = dataclasses.replace(sweep_results("sel").settings, seeds=[1, 2, 3, 4], selection_seeds=[1, 2])

@@ -60,14 +60,15 @@ def test_metrics_reach_a_csv_file_beside_the_runs_own_logger(tmp_path, monkeypat
 
 
 @pytest.mark.filterwarnings("ignore:each run's validation curve")
-@pytest.mark.parametrize("logger_name", ["tensorboard", None])
+@pytest.mark.parametrize("logger_name", ["wandb", None])
 def test_the_yamls_logger_reaches_litgpt_pretrain_unchanged(tmp_path, monkeypatch, shared_data, tokenizer_dir,
                                                             logger_name):
-    """tensorboard is not installed here, so the run stops where litgpt pretrain builds its logger: `choose_logger`
-    gets the YAML's logger_name (litgpt's default where the YAML names none), and setup the run's optimizer."""
+    """The run stops where litgpt pretrain builds its logger (a stand-in `choose_logger`, so nothing needs wandb or
+    tensorboard): it gets the YAML's logger_name, one that is not litgpt's default, or litgpt's default
+    (tensorboard) where the YAML names none; and setup gets the run's optimizer."""
     import litgpt.pretrain
 
-    from litgpt_mka.compare.plan import plan_runs
+    from litgpt_mka.compare.plan import LITGPT_DEFAULT_LOGGER, plan_runs
     from litgpt_mka.compare.worker import run_litgpt_pretrain
 
     config = yaml.safe_load(tiny_yaml(tmp_path, "a").read_text())
@@ -93,6 +94,6 @@ def test_the_yamls_logger_reaches_litgpt_pretrain_unchanged(tmp_path, monkeypatc
     monkeypatch.setattr(sys, "argv", sys.argv)  # run_litgpt_pretrain sets it
     with pytest.raises(Stop):
         run_litgpt_pretrain([*run.spec.pretrain_args, "--out_dir", str(tmp_path / "out")])
-    assert built["logger_name"] == "tensorboard"
+    assert built["logger_name"] == (logger_name or LITGPT_DEFAULT_LOGGER)
     assert built["optimizer"] == {"class_path": "torch.optim.AdamW",
                                   "init_args": {"lr": 0.016, "weight_decay": 0.01, "betas": [0.9, 0.95]}}

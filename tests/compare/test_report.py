@@ -199,7 +199,6 @@ def test_committed_reports_differences_are_welch_standard_errors_decided_by_the_
 def test_committed_results_decided_again_by_t_tests_print_scipys_welch_intervals_p_and_holm(part):
     """`report --verdict_rule t-test` on a committed study (unpaired: Welch): the difference, its 95% interval, df,
     p, Holm's p over the variants and the verdict, against scipy's Welch t-test of the saved losses."""
-    pytest.importorskip("scipy.stats")
     saved = json.loads((DOCS / part / RESULTS_JSON).read_text())
     text = markdown(read_results(DOCS / part / RESULTS_JSON, rule="t-test"), [])
     assert "**Unpaired design**" in text and "Welch t-test" in text

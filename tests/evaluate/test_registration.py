@@ -3,6 +3,7 @@ litgpt-mka --model_args checkpoint_dir=...`) scores a checkpoint as `litgpt-mka 
 `--batch_size auto` and its arguments reach the model; wrong model arguments raise naming them."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,13 +25,20 @@ TASKS = "tiny_story_choice"
 
 
 def test_the_model_is_registered_by_the_plugin_at_interpreter_start(subprocess_env):
-    """A fresh interpreter that imports only lm-eval finds the model; registering again changes nothing."""
+    """A fresh interpreter that imports only lm-eval finds the model, before any call of ours; registering again
+    changes nothing."""
     code = (
-        "from lm_eval.api.registry import get_model; import lm_eval.models; "
+        "import lm_eval.models; from lm_eval.api import registry; "
+        f"assert {MODEL_NAME!r} in registry.MODEL_REGISTRY, 'not registered when lm_eval.models was imported'; "
+        f"before = registry.get_model({MODEL_NAME!r}); "
         "from litgpt_mka.evaluate.registration import register_with_lm_eval; register_with_lm_eval(); "
-        f"print(get_model({MODEL_NAME!r}).__qualname__)"
+        f"assert registry.get_model({MODEL_NAME!r}) is before, 'registering again replaced the model'; "
+        "print(before.__qualname__)"
     )
     assert run([sys.executable, "-c", code], env=subprocess_env).stdout.strip() == "LitgptLM"
+    disabled = subprocess.run([sys.executable, "-c", code], env={**subprocess_env, "LITGPT_MKA_DISABLE": "1"},
+                              capture_output=True, text=True, timeout=600)  # the plugin off: the check can fail
+    assert disabled.returncode != 0 and "not registered when lm_eval.models was imported" in disabled.stderr
 
 
 def test_lm_eval_builds_the_model_from_model_args(preset_checkpoints):
