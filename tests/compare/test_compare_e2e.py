@@ -290,8 +290,9 @@ def test_failing_config_is_recorded_and_the_other_runs_complete(env, shared_data
 
 @pytest.mark.slow
 def test_a_rerun_with_quantized_caches_decodes_the_finished_checkpoints_and_trains_nothing(finished, env, tmp_path):
-    """--kv_cache_quantizations on a finished comparison (MHA and MKA of it): kv_quantization.json per run, what an
-    independent cached decode of final/ gives; MHA (litgpt's class) decodes through ours."""
+    """--kv_cache_quantizations on a finished comparison (MHA and MKA of it): kv_quantization.json per run, what a
+    separate cached decode of final/ in this process gives (the wiring: cached_heldout_loss itself is checked
+    against a reference in test_compare_kv_quantization.py); MHA (litgpt's class) decodes through ours."""
     import dataclasses
 
     from litgpt_mka.attention import registry
@@ -339,8 +340,9 @@ def test_a_rerun_with_quantized_caches_decodes_the_finished_checkpoints_and_trai
 
 @pytest.mark.slow
 def test_a_rerun_with_tasks_scores_the_finished_checkpoints_and_trains_nothing(finished, env, tmp_path):
-    """--lm_eval_tasks on a copy of the finished comparison (its MQA run): lm_eval.json holds what an independent
-    lm-eval of final/ gives, the report a task table, and nothing trains."""
+    """--lm_eval_tasks on a copy of the finished comparison (its MQA run): lm_eval.json holds what a separate
+    lm-eval of final/ in this process gives (the wiring: the scoring itself is checked against lm-eval's HFLM in
+    tests/evaluate), the report a task table, and nothing trains."""
     pytest.importorskip("lm_eval")
     from litgpt_mka.evaluate import evaluate_checkpoint
     from litgpt_mka.evaluate.results import task_scores
