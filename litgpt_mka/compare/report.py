@@ -646,6 +646,7 @@ def rate_sections(results: Results) -> list[str]:
 
 
 EDGE_FLAG = "best at the grid's edge: widen the grid"
+UNEQUAL_SEEDS = "its rates' means are over unequal seeds: may move as runs finish"
 
 
 def selection_lines(results: Results) -> list[str]:
@@ -682,6 +683,8 @@ def selection_lines(results: Results) -> list[str]:
             chosen += " (not yet: a selection run has not finished)"
         if settings.rate_grids and len(settings.rate_grids.get(choice.variant, rates)) == 1:
             chosen += " (given)"
+        if choice.chosen is not None and len({loss.n for loss in choice.losses}) > 1:
+            chosen += f" ({UNEQUAL_SEEDS})"
         lines.append(f"| {choice.variant} | " + " | ".join(cells) + f" | {chosen}"
                      + (f" ({EDGE_FLAG})" if choice.at_edge else "") + " |")
     edges = [choice for choice in results.rate_selection if choice.at_edge]

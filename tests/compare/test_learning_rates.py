@@ -309,6 +309,18 @@ def test_the_report_states_the_selection_seeds_and_the_given_rates():
     assert "3 paired" in text
 
 
+def test_a_choice_over_rates_with_unequal_seeds_is_marked_as_one_that_may_move():
+    """Without --selection_seeds the report chooses on whatever finished: mha's 0.008 has one seed of two here."""
+    from litgpt_mka.compare.report import UNEQUAL_SEEDS, markdown, results_of
+
+    unfinished = dataclasses.replace(SWEEP[3], status="pending", evaluation=None)  # mha at 0.008, seed 2
+    runs = [*SWEEP[:3], unfinished, *SWEEP[4:]]
+    text = markdown(results_of("litgpt-mka compare", "t", SWEEP[0].environment, sweep_results("sel").settings, "mha",
+                               runs), [])
+    assert f"| mha | 3.0500 ± 0.0707 (2) | **2.8000 (1)** | 2.9750 ± 0.0354 (2) | 0.008 ({UNEQUAL_SEEDS}) |" in text
+    assert UNEQUAL_SEEDS not in markdown(sweep_results("sel"), [])  # every rate over both seeds
+
+
 def test_the_report_checks_the_verdicts_on_the_seeds_that_did_not_choose_the_rates():
     """With --selection_seeds, a second table decides on the later seeds' runs alone (scipy's paired t-test on them,
     not on the choosing seeds'); it is absent until a later seed finished, and without selection seeds."""
