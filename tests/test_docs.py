@@ -315,7 +315,6 @@ def test_study_v3s_seed_counts_are_those_of_the_pilots_spreads():
     the two texts, 6 to over 10,000 over the 95% interval of a one-df spread, and v2's ~40 a side by Welch."""
     from scipy import stats
 
-
     def seeds_for(spread: float, per_side_terms: int = 1) -> int | None:
         n = 2
         while stats.t.ppf(0.975, n - 1) * spread * (per_side_terms / n) ** 0.5 > 0.02:

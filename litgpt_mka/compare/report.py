@@ -655,7 +655,7 @@ def selection_lines(results: Results) -> list[str]:
     selection_text, primary = settings.selection_val, val_names(settings)[0]
     rates = sorted(settings.learning_rates)
     over = ("over its finished seeds" if not settings.selection_seeds
-            else f"over its finished selection seeds ({', '.join(str(seed) for seed in settings.selection_seeds)})")
+            else f"over its finished selection seeds ({_seed_list(settings.selection_seeds)})")
     luck = ("the check on the seeds that did not choose, below the verdicts, reads them without it"
             if settings.selection_seeds else "every seed's runs took part in the choice; `--selection_seeds` would"
             " leave the other seeds out of it and check the verdicts on them")
@@ -712,8 +712,8 @@ def unchosen_seed_lines(results: Results) -> list[str]:
                                                                                    for s in seeds}))
     lines = [
         "## Check: the seeds that did not choose the rates", "",
-        f"Seeds {choosing} chose each rate that was not given; seeds {checking} trained at the chosen rates only, after the choice, so"
-        f" the differences over their runs alone carry none of its winner's curse (learning-rate selection, above)."
+        f"Seeds {choosing} chose each rate that was not given; seeds {checking} trained at the chosen rates only,"
+        f" after the choice, so the differences over their runs alone carry none of its winner's curse (learning-rate selection, above)."
         f" Validation loss on `{val_names(settings)[0]}` minus **{reference}**'s, by the same test and rule as the"
         f" verdicts, with fewer seeds: where the two tables disagree, the choice's luck is one suspect, the fewer"
         f" seeds the other.", "",
