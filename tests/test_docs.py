@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.compare.recompute import (
@@ -65,44 +66,90 @@ def verdict(test, p_holm: float) -> str:
     return ("worse" if test.difference > 0 else "better") if p_holm < 0.05 else "cannot tell"
 
 
-def test_the_readme_study_table_quotes_the_committed_runs():
-    """The README's study v2 table, row by row: KV bytes/token (measured), val loss at 1e-3 (mean ± std), Welch's
-    difference, 95% interval, p and Holm's p against MHA with the verdict (or the smallest detectable difference),
-    and at the best rate MHA's loss and the others' Welch differences, intervals and verdicts."""
-    losses, saved = study(STUDY_V2 / "main")
-    best, _ = study(STUDY_V2 / BEST_RATE)
-    tests, adjusted = welch_against_mha(losses)
-    best_tests, best_adjusted = welch_against_mha(best)
-    rows = markdown_table((ROOT / "README.md").read_text(), "| variant | KV cache / token")
+def paired_against_mha(losses: dict[str, dict[int, float]]) -> tuple[dict, dict[str, float]]:
+    """Each variant's paired t-test against MHA, and Holm's p over them."""
+    tests = {variant: paired(values, losses[REFERENCE]) for variant, values in losses.items() if variant != REFERENCE}
+    return tests, holm({variant: test.p for variant, test in tests.items()})
+
+
+def printed_rate(rate: float) -> str:
+    return f"{rate:.1e}".replace(".0e", "e").replace("e-0", "e-")  # 0.008 -> 8e-3, 0.016 -> 1.6e-2
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", STUDY_V3 / "README.md"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_study_v3_table_quotes_the_committed_runs(page):
+    """Study v3's table, on the front page and in the study's README, row by row: KV bytes/token (measured), the
+    chosen rate, val-verdict loss at it (mean ± std, seeds), the paired difference to MHA with its 95% interval, p
+    and Holm's p, the verdict (Holm's p < 0.05; else "cannot tell" with the 95% half-width), and the same test on
+    the seeds that did not choose the rates (3-6) alone."""
+    saved = json.loads((STUDY_V3 / "tuned" / "results.json").read_text())
+    losses = losses_by_seed(saved, "val-verdict")
+    choosing = set(saved["settings"]["selection_seeds"])  # seeds 1 and 2 chose the rates; the later ones never did
+    later = {variant: {s: x for s, x in values.items() if s not in choosing} for variant, values in losses.items()}
+    chosen = {entry["variant"]: entry["chosen"] for entry in saved["rate_selection"]}
+    given = {entry["variant"] for entry in saved["rate_selection"] if len(entry["rates"]) == 1}
+    tests, adjusted = paired_against_mha(losses)
+    later_tests, later_adjusted = paired_against_mha(later)
+    rows = markdown_table(page.read_text(), "| variant | KV cache / token")
     wrong = []
     for label, row in rows.items():
         variant = f"pythia-14m-{label.split()[0].lower()}"
-        kv_bytes = {run["measure"]["kv_cache"]["bytes_per_token"] for run in saved["runs"] if run["variant"] == variant}
+        kv_bytes = {run["measure"]["kv_cache"]["bytes_per_token"] for run in saved["runs"]
+                    if run["variant"] == variant and run["status"] == "ok"}
         wrong += disagreements(f"{label} KV", row["KV cache / token (fp32)"], [*kv_bytes])
-        wrong += disagreements(f"{label} loss", row["val loss at 1e-3 (mean ± std)"], mean_std(losses[variant]))
-        best_cell = row["each at its best rate (8e-3): vs MHA, 95% interval"]
+        rate = printed_rate(chosen[variant]) + (" (given)" if variant in given else "")
+        wrong += [] if row["rate"] == rate else [f"{label} rate: printed {row['rate']!r}, chosen {rate!r}"]
+        seeds = list(losses[variant].values())
+        wrong += disagreements(f"{label} loss", row["val-verdict loss (mean ± std, seeds)"],
+                               [*mean_std(seeds), len(seeds)])
+        later_cell = row[f"seeds {min(later[variant])}-{max(later[variant])} alone: 95% interval (Holm p)"]
         if variant == REFERENCE:
-            wrong += [] if row["vs MHA at 1e-3: 95% interval (p, Holm)"] == "reference" else [f"{label}: not the reference"]
-            wrong += disagreements(f"{label} at the best rate", best_cell, [mean_std(best[variant])[0]])
+            cells = (row["vs MHA: paired 95% interval (p, Holm)"], row["verdict"], later_cell)
+            wrong += [] if cells == ("reference", "", "") else [f"{label}: not the reference, {cells}"]
             continue
         test = tests[variant]
-        numbers = [test.difference, test.low, test.high, test.p, adjusted[variant]]
-        wrong += disagreements(f"{label} vs MHA", row["vs MHA at 1e-3: 95% interval (p, Holm)"], numbers)
+        wrong += disagreements(f"{label} vs MHA", row["vs MHA: paired 95% interval (p, Holm)"],
+                               [test.difference, test.low, test.high, test.p, adjusted[variant]])
         decided = verdict(test, adjusted[variant])
-        expected = [] if decided != "cannot tell" else [test.half_width]
-        if not row["at 1e-3"].startswith(decided):
-            wrong.append(f"{label} verdict: printed {row['at 1e-3']!r}, computed {decided!r}")
-        wrong += disagreements(f"{label} detectable", row["at 1e-3"], expected)
-        if variant not in best:
-            wrong += [] if best_cell == "not swept" else [f"{label}: {best_cell!r}, but {variant} is not in {BEST_RATE}"]
-            continue
-        test = best_tests[variant]
-        interval, _, decided = best_cell.partition(": ")
-        wrong += disagreements(f"{label} at the best rate", interval, [test.difference, test.low, test.high])
-        if decided != verdict(test, best_adjusted[variant]):
-            wrong.append(f"{label} best-rate verdict: printed {decided!r}, computed {verdict(test, best_adjusted[variant])!r}")
-    assert len(rows) == len(losses)
+        if not re.fullmatch(rf"{decided}( \(±{N}\))?", row["verdict"]):
+            wrong.append(f"{label} verdict: printed {row['verdict']!r}, computed {decided!r}")
+        unresolved = [test.half_width] if decided == "cannot tell" else []
+        wrong += disagreements(f"{label} unresolved", row["verdict"], unresolved)
+        test, cell = later_tests[variant], later_cell
+        interval, _, decided = cell.partition(": ")
+        wrong += disagreements(f"{label} seeds 3-6", interval,
+                               [test.difference, test.low, test.high, later_adjusted[variant]])
+        if decided != (computed := verdict(test, later_adjusted[variant])):
+            wrong.append(f"{label} seeds 3-6 verdict: printed {decided!r}, computed {computed!r}")
+    assert len(rows) == len(losses) == 6
+    assert {len(seeds) for seeds in losses.values()} == {6}
     assert not wrong, "\n" + "\n".join(wrong)
+
+
+def test_the_readmes_study_v3_summary_quotes_the_committed_runs():
+    """The README's "What it says" on study v3: MKA's paired difference to MHA (below it on every seed), its cache
+    against MHA's, and the range of the 95% half-widths of the variants that cannot be told from MHA."""
+    saved = json.loads((STUDY_V3 / "tuned" / "results.json").read_text())
+    losses = losses_by_seed(saved, "val-verdict")
+    tests, adjusted = paired_against_mha(losses)
+    mka, mha = losses["pythia-14m-mka"], losses[REFERENCE]
+    kv_bytes = {run["variant"]: run["measure"]["kv_cache"]["bytes_per_token"] for run in saved["runs"]
+                if run["status"] == "ok"}
+    verdicts = {variant: verdict(test, adjusted[variant]) for variant, test in tests.items()}
+    unresolved = [tests[variant].half_width for variant, said in verdicts.items() if said == "cannot tell"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    quotes = {
+        "MKA": rf"MKA is the one gap six seeds resolve: at its tuned rate it ends {N} nats below MHA, lower on every"
+               r" seed",
+        "MKA's cache": rf"its cache is {N}% larger than MHA's",
+        "unresolved": rf"GQA, MQA, MLA and FMKA cannot be told from MHA at ±{N} to ±{N} nats",
+    }
+    computed = {"MKA": [-tests["pythia-14m-mka"].difference],
+                "MKA's cache": [100 * (kv_bytes["pythia-14m-mka"] / kv_bytes[REFERENCE] - 1)],
+                "unresolved": [min(unresolved), max(unresolved)]}
+    assert quoted_numbers(readme, quotes, computed) == []
+    assert verdicts["pythia-14m-mka"] == "better" and list(verdicts.values()).count("cannot tell") == 4
+    assert all(mka[seed] < mha[seed] for seed in mha) and len(mha) == 6
 
 
 def test_the_readmes_best_rate_is_where_each_swept_variant_ends_lowest():
@@ -114,33 +161,17 @@ def test_the_readmes_best_rate_is_where_each_swept_variant_ends_lowest():
         assert min(means, key=means.get) == BEST_RATE, (variant, means)
 
 
-def test_the_readmes_study_prose_quotes_the_committed_runs():
-    """The numbers the README's study prose quotes: MLA at 1.6e-2 (Welch), MLA with a full-rank query (the ablation's
-    SE), v1's MLA and FMKA gaps and v1's MKA p."""
+def test_the_readmes_study_v2_summary_quotes_the_committed_runs():
+    """The README's lines on study v2: MLA's and FMKA's Welch differences to MHA at 1e-3 and their Holm p."""
     readme = " ".join((ROOT / "README.md").read_text().split())
     number = r"([-+]?\d+\.\d+)"
-    quotes = {
-        "MLA at 1.6e-2": rf"MLA's 2-seed {number} at 1\.6e-2 \(\[{number}, {number}\], p {number}\)",
-        "MLA full-rank query": rf"full-rank query MLA is still worse than MHA, {number} \(SE {number}\)",
-        "v1 MLA and FMKA": rf"\(v1 {number} and {number}:",
-        "v1 MKA p": rf"MKA's \"worse\" \(v1 p {number};",
-    }
-    found = {name: re.search(pattern, readme) for name, pattern in quotes.items()}
-    assert all(found.values()), [name for name, match in found.items() if match is None]
-    steep, _ = study(STUDY_V2 / "lr-0.016")
-    ablation, _ = study(STUDY_V2 / "ablation")
-    v1, _ = study(STUDY_V1 / "main")
-    mla = welch(steep["pythia-14m-mla"], steep[REFERENCE])
-    fullq = welch(ablation["pythia-14m-mla-fullq"], ablation[REFERENCE])
-    v1_tests = {variant: welch(v1[variant], v1[REFERENCE]) for variant in ("pythia-14m-mla", "pythia-14m-fmka", "pythia-14m-mka")}
-    computed = {
-        "MLA at 1.6e-2": [mla.difference, mla.low, mla.high, mla.p],
-        "MLA full-rank query": [fullq.difference, fullq.se],
-        "v1 MLA and FMKA": [v1_tests["pythia-14m-mla"].difference, v1_tests["pythia-14m-fmka"].difference],
-        "v1 MKA p": [v1_tests["pythia-14m-mka"].p],
-    }
-    wrong = [line for name in quotes for line in disagreements(name, " ".join(found[name].groups()), computed[name])]
-    assert not wrong, "\n" + "\n".join(wrong)
+    found = re.search(rf"MLA worse than MHA by {number} nats and FMKA by {number} at the presets' rate 1e-3 "
+                      rf"\(Welch, Holm p {number} and {number}\)", readme)
+    assert found, "the README's study v2 summary is not found"
+    tests, adjusted = welch_against_mha(study(STUDY_V2 / "main")[0])
+    mla, fmka = "pythia-14m-mla", "pythia-14m-fmka"
+    computed = [tests[mla].difference, tests[fmka].difference, adjusted[mla], adjusted[fmka]]
+    assert disagreements("study v2 at 1e-3", " ".join(found.groups()), computed) == []
 
 
 def blockquote_text(path: Path) -> str:
@@ -376,3 +407,38 @@ def test_comparing_mds_example_of_pairing_widening_an_interval_is_study_v3s():
     found = re.search(r"study v3's MKA - MHA at two seeds, which moved apart: ±([\d.]+) paired, ±([\d.]+) by Welch", prose)
     half_widths = [paired(mka, mha).half_width, welch(list(mka.values()), list(mha.values())).half_width]
     assert disagreements("MKA - MHA", " ".join(found.groups()), half_widths) == []
+
+
+def test_study_v3s_answer_quotes_its_paired_runs():
+    """docs/study-pythia-14m-v3/README.md, "The answer": MKA's paired difference to MHA (lower on every seed, on both
+    halves of val.txt), the range of the paired half-widths, and for each variant the share of an unpaired
+    difference's variance that pairing removed and Pearson's r of its runs with MHA's."""
+    saved = json.loads((STUDY_V3 / "tuned" / "results.json").read_text())
+    losses = losses_by_seed(saved, "val-verdict")
+    labels = {"GQA": "pythia-14m-gqa", "MQA": "pythia-14m-mqa", "MLA": "pythia-14m-mla", "MKA": "pythia-14m-mka",
+              "FMKA": "pythia-14m-fmka"}
+    half_widths = {label: paired(losses[variant], losses[REFERENCE]).half_width for label, variant in labels.items()}
+    narrowest, widest = min(half_widths, key=half_widths.get), max(half_widths, key=half_widths.get)
+    removed, correlation = [], []
+    for variant in labels.values():
+        seeds = sorted(losses[variant])
+        removed.append(100 * variance_removed_by_pairing(losses[variant], losses[REFERENCE]))
+        pairs = [(losses[variant][s], losses[REFERENCE][s]) for s in seeds]
+        correlation.append(np.corrcoef(np.transpose(pairs))[0, 1])
+    prose = " ".join(section((STUDY_V3 / "README.md").read_text(), "The answer").split())
+    mka = paired(losses["pythia-14m-mka"], losses[REFERENCE])
+    mka_holm = paired_against_mha(losses)[1]["pythia-14m-mka"]
+    quotes = {
+        "MKA": rf"\*\*MKA ends lower than MHA\*\*, by {N} nats on `val-verdict` "
+               rf"\(95% interval \[{N}, {N}\], Holm p {N}\)",
+        "half-widths": rf"half-widths run from ±{N} \({narrowest}\) to ±{N} \({widest}\)",
+        "removed": r"removed " + ", ".join(rf"{N}% \({label}\)" for label in labels),
+        "correlation": r"Pearson's r of paired runs " + ", ".join([N] * len(labels)),
+    }
+    computed = {"MKA": [-mka.difference, mka.low, mka.high, mka_holm],
+                "half-widths": [half_widths[narrowest], half_widths[widest]], "removed": removed,
+                "correlation": correlation}
+    assert quoted_numbers(prose, quotes, computed) == []
+    for text in ("val-verdict", "val-selection"):  # "lower on every one of the six seeds, on `val-selection` too"
+        by_seed = losses_by_seed(saved, text)
+        assert all(by_seed["pythia-14m-mka"][seed] < by_seed[REFERENCE][seed] for seed in range(1, 7)), text

@@ -1,5 +1,5 @@
 """Study v3's scripts: split_val.py's halves of val.txt (the story counts its README states) and seeds_needed.py's
-reading of a tuned comparison (each variant at its chosen rate)."""
+reading of a tuned comparison (each variant at its chosen rate), no_leak.py's checks (they fail on a planted leak)."""
 
 import pytest
 
@@ -38,3 +38,30 @@ def test_seeds_needed_reads_each_variant_at_its_chosen_rate():
         seeds_needed.final_losses(saved, "mqa", "val-verdict")
     untuned = {"runs": [{**run("mha", 1, None, 3.6), "learning_rate": None}]}  # no rate axis (the pilot, v2)
     assert seeds_needed.final_losses(untuned, "mha", "val-verdict") == {1: 3.6}
+
+
+@pytest.mark.parametrize("variant", ["mka", "fmka"])
+def test_no_leak_passes_a_causal_model_and_fails_a_planted_leak(variant, monkeypatch):
+    """no_leak.py's checks hold for the variants (random weights), and fail when MKA's running sums see the whole
+    sequence (a leak of later tokens) or when a row's memory mixes in the batch's other rows."""
+    import torch
+
+    from litgpt_mka.attention import mka
+    from tests.helpers import random_gpt, tiny_config, tokens
+
+    no_leak = load_script(STUDY / "no_leak.py", "study_v3_no_leak")
+    model, ids = random_gpt(tiny_config(variant), std=0.3), tokens(3, 32)
+    no_leak.assert_no_leak(model, ids, kept=12)
+    running_sums = mka.running_sums
+
+    def whole_sequence(src, prefix=None):
+        positions = torch.arange(1, src.size(1) + 1).view(1, -1, 1)  # (1, T, 1)
+        return src.float().mean(dim=1, keepdim=True) * positions
+
+    def across_rows(src, prefix=None):
+        return running_sums(src + src.mean(dim=0, keepdim=True), prefix)
+
+    for leak in (whole_sequence, across_rows):
+        monkeypatch.setattr(mka, "running_sums", leak)
+        with pytest.raises(AssertionError, match="Tensor-likes are not close"):
+            no_leak.assert_no_leak(model, ids, kept=12)
