@@ -72,6 +72,12 @@ def paired_against_mha(losses: dict[str, dict[int, float]]) -> tuple[dict, dict[
     return tests, holm({variant: test.p for variant, test in tests.items()})
 
 
+def study_v3_tuned() -> tuple[dict, dict[str, dict[int, float]]]:
+    """Study v3's saved `run.sh tuned` results.json, and each variant's final val-verdict loss by seed at its rate."""
+    saved = json.loads((STUDY_V3 / "tuned" / "results.json").read_text())
+    return saved, losses_by_seed(saved, "val-verdict")
+
+
 def printed_rate(rate: float) -> str:
     return f"{rate:.1e}".replace(".0e", "e").replace("e-0", "e-")  # 0.008 -> 8e-3, 0.016 -> 1.6e-2
 
@@ -82,8 +88,7 @@ def test_the_study_v3_table_quotes_the_committed_runs(page):
     chosen rate, val-verdict loss at it (mean ± std, seeds), the paired difference to MHA with its 95% interval, p
     and Holm's p, the verdict (Holm's p < 0.05; else "cannot tell" with the 95% half-width), and the same test on
     the seeds that did not choose the rates (3-6) alone."""
-    saved = json.loads((STUDY_V3 / "tuned" / "results.json").read_text())
-    losses = losses_by_seed(saved, "val-verdict")
+    saved, losses = study_v3_tuned()
     choosing = set(saved["settings"]["selection_seeds"])  # seeds 1 and 2 chose the rates; the later ones never did
     later = {variant: {s: x for s, x in values.items() if s not in choosing} for variant, values in losses.items()}
     chosen = {entry["variant"]: entry["chosen"] for entry in saved["rate_selection"]}
@@ -129,8 +134,7 @@ def test_the_study_v3_table_quotes_the_committed_runs(page):
 def test_the_readmes_study_v3_summary_quotes_the_committed_runs():
     """The README's "What it says" on study v3: MKA's paired difference to MHA (below it on every seed), its cache
     against MHA's, and the range of the 95% half-widths of the variants that cannot be told from MHA."""
-    saved = json.loads((STUDY_V3 / "tuned" / "results.json").read_text())
-    losses = losses_by_seed(saved, "val-verdict")
+    saved, losses = study_v3_tuned()
     tests, adjusted = paired_against_mha(losses)
     mka, mha = losses["pythia-14m-mka"], losses[REFERENCE]
     kv_bytes = {run["variant"]: run["measure"]["kv_cache"]["bytes_per_token"] for run in saved["runs"]
@@ -401,7 +405,7 @@ def test_study_v3s_retrained_runs_equal_the_pilots_bit_for_bit():
 
 def test_comparing_mds_example_of_pairing_widening_an_interval_is_study_v3s():
     """docs/comparing.md: "study v3's MKA - MHA at two seeds, which moved apart: ±0.67 paired, ±0.33 by Welch"."""
-    losses = losses_by_seed(json.loads((STUDY_V3 / "tuned" / "results.json").read_text()), "val-verdict")
+    losses = study_v3_tuned()[1]
     mka, mha = ({seed: losses[variant][seed] for seed in (1, 2)} for variant in ("pythia-14m-mka", REFERENCE))
     prose = " ".join((ROOT / "docs" / "comparing.md").read_text().split())
     found = re.search(r"study v3's MKA - MHA at two seeds, which moved apart: ±([\d.]+) paired, ±([\d.]+) by Welch", prose)
@@ -413,11 +417,11 @@ def test_study_v3s_answer_quotes_its_paired_runs():
     """docs/study-pythia-14m-v3/README.md, "The answer": MKA's paired difference to MHA (lower on every seed, on both
     halves of val.txt), the range of the paired half-widths, and for each variant the share of an unpaired
     difference's variance that pairing removed and Pearson's r of its runs with MHA's."""
-    saved = json.loads((STUDY_V3 / "tuned" / "results.json").read_text())
-    losses = losses_by_seed(saved, "val-verdict")
+    saved, losses = study_v3_tuned()
     labels = {"GQA": "pythia-14m-gqa", "MQA": "pythia-14m-mqa", "MLA": "pythia-14m-mla", "MKA": "pythia-14m-mka",
               "FMKA": "pythia-14m-fmka"}
-    half_widths = {label: paired(losses[variant], losses[REFERENCE]).half_width for label, variant in labels.items()}
+    tests, adjusted = paired_against_mha(losses)
+    half_widths = {label: tests[variant].half_width for label, variant in labels.items()}
     narrowest, widest = min(half_widths, key=half_widths.get), max(half_widths, key=half_widths.get)
     removed, correlation = [], []
     for variant in labels.values():
@@ -426,8 +430,7 @@ def test_study_v3s_answer_quotes_its_paired_runs():
         pairs = [(losses[variant][s], losses[REFERENCE][s]) for s in seeds]
         correlation.append(np.corrcoef(np.transpose(pairs))[0, 1])
     prose = " ".join(section((STUDY_V3 / "README.md").read_text(), "The answer").split())
-    mka = paired(losses["pythia-14m-mka"], losses[REFERENCE])
-    mka_holm = paired_against_mha(losses)[1]["pythia-14m-mka"]
+    mka, mka_holm = tests["pythia-14m-mka"], adjusted["pythia-14m-mka"]
     quotes = {
         "MKA": rf"\*\*MKA ends lower than MHA\*\*, by {N} nats on `val-verdict` "
                rf"\(95% interval \[{N}, {N}\], Holm p {N}\)",
